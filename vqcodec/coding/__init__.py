@@ -1,0 +1,1 @@
+"""Bits: the .vqz container, the range coder and the exact inference of the priors."""

@@ -1,0 +1,1 @@
+"""The networks: hierarchical VQ-VAE and PixelSNAIL priors (pure torch, no I/O)."""

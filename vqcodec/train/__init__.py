@@ -1,0 +1,1 @@
+"""Training of both stages, code extraction, distributed helpers and export."""

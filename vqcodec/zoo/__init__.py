@@ -1,0 +1,1 @@
+"""Bundled models: weights and configuration, found by name or by SHA-256."""
