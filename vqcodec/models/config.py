@@ -118,3 +118,37 @@ def three_level_config() -> ModelConfig:
             PriorConfig(attention_every=0, n_cond_blocks=6),
         ),
     )
+
+
+def level_names(n_levels: int) -> tuple[str, ...]:
+    """Human names of the levels, top first: ("top", "bottom") or ("top", "middle", "bottom")."""
+    if n_levels == 2:
+        return ("top", "bottom")
+    if n_levels == 3:
+        return ("top", "middle", "bottom")
+    return tuple(f"level{i}" for i in range(n_levels))
+
+
+def tiny_config() -> ModelConfig:
+    """A very small 2-level model for tests and CPU smoke runs."""
+    return ModelConfig(
+        vqvae=VQVAEConfig(
+            channels=16,
+            res_channels=8,
+            n_res_blocks=1,
+            levels=(LevelConfig(codebook_size=32, code_dim=8), LevelConfig(codebook_size=32, code_dim=8)),
+        ),
+        priors=(
+            PriorConfig(channels=16, n_blocks=2, n_heads=2, attention_radius=2, n_out_blocks=1),
+            PriorConfig(
+                channels=16, n_blocks=2, attention_every=0, n_cond_blocks=1, cond_channels=16, n_out_blocks=1
+            ),
+        ),
+    )
+
+
+PRESETS = {
+    "tiny": tiny_config,
+    "default": ModelConfig,
+    "3level": three_level_config,
+}
