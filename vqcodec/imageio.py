@@ -1,0 +1,342 @@
+"""Everything between image files and the uint8 RGB arrays the codec's model works on.
+
+``load_image`` reduces any image Pillow can read to a :class:`SourceImage`: an RGB array for the
+model plus what the decoder needs to give back the original's look (grayscale or colour, an alpha
+plane, the ICC profile). ``to_pil`` and ``save_image`` go the other way.
+
+Conventions, chosen so that every input has one documented meaning:
+
+* Grayscale ("1", "L", "I;16*", "I", "F") is replicated to three channels and restored as "L".
+* 16-bit samples ("I;16*", and "I", which Pillow uses for some 16-bit files) are reduced to 8 bits
+  with rounding, ``round(v / 257)``; "I" values outside 0..65535 are clipped. Float ("F") samples
+  follow Pillow's own convention of a 0..255 scale, rounded and clipped.
+* Pillow decodes 16-bit RGB(A) and LA by keeping the high byte of each sample, so those lose up to
+  one level more than rounding would; they are still reported as reduced to 8 bits.
+* Palette images become RGB, or RGBA when they have transparency; "L" and "RGB" images with a
+  transparent colour (PNG tRNS) become "LA"/"RGBA".
+* An alpha plane that is fully opaque is dropped, since the codec would store it for nothing.
+* CMYK is converted to sRGB through its ICC profile when it has one, otherwise with Pillow's plain
+  formula; other colour spaces (YCbCr, LAB, HSV, ...) with Pillow's plain conversion.
+* An ICC profile is kept only when it describes the pixels handed to the codec (an RGB profile for
+  colour, a gray one for grayscale).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings as pywarnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from vqcodec.errors import FormatError, ImageTooLargeError
+
+MODES = ("RGB", "L", "RGBA", "LA")
+"""The modes a SourceImage can have, i.e. that the decoder restores."""
+
+MAX_SIDE = 16384
+"""Longest accepted side in pixels; a multiple of every model's ``multiple``, so padding stays in bounds."""
+
+MAX_PIXELS = 2**26
+"""Largest accepted area (64 Mpx, e.g. 8192 x 8192): the RGB array is then 192 MiB and one float32
+copy of it 768 MiB. It lies below Pillow's own decompression-bomb threshold (~89 Mpx), so every
+accepted image opens without Pillow's warning."""
+
+
+# What Pillow raises on bad input: its decoders let struct and EOF errors through as well.
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_WIDE_MODES = (*_SIXTEEN_BIT_MODES, "I", "F")
+
+# Modes with a direct counterpart among the four the codec keeps (premultiplied alpha undone).
+_EXACT_CONVERSIONS = {"1": "L", "La": "LA", "PA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB"}
+
+# The data colour space field of an ICC header (bytes 16-19) that fits each kept mode.
+_ICC_SPACES = {"RGB": b"RGB ", "L": b"GRAY", "RGBA": b"RGB ", "LA": b"GRAY"}
+
+_FORMATS_WITHOUT_ALPHA = ("JPEG",)
+
+_SAVE_OPTIONS: dict[str, dict[str, int]] = {"JPEG": {"quality": 95}}
+
+
+@dataclass
+class SourceImage:
+    """An image as the codec sees it, and what the decoder needs to restore it."""
+
+    rgb: np.ndarray
+    """uint8 [H, W, 3]: what the model codes (grayscale replicated to 3 channels)."""
+    mode: str
+    """"RGB", "L", "RGBA" or "LA": the mode the decoder restores."""
+    alpha: np.ndarray | None
+    """uint8 [H, W], kept losslessly by the codec; None when the image is opaque."""
+    icc_profile: bytes | None
+    warnings: list[str] = field(default_factory=list)
+    """What was lost or changed on the way in, for the user."""
+
+    @property
+    def height(self) -> int:
+        return self.rgb.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.rgb.shape[1]
+
+
+def load_image(source: str | os.PathLike[str] | bytes | BinaryIO | Image.Image) -> SourceImage:
+    """Read an image file, bytes, binary stream or Pillow image; see the module docstring.
+
+    Raises FormatError for anything that is not a readable, non-empty image and ImageTooLargeError
+    for images over the limits, checked from the header before any pixel is decoded. A missing or
+    unreadable path raises the usual OSError. The input is only ever read.
+    """
+    if isinstance(source, Image.Image):
+        with _reading("image"):
+            return _from_pil(source, "image")
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fsdecode(source)
+        with open(source, "rb") as fp:
+            return _open(fp, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _open(io.BytesIO(source), "image data")
+    return _open(source, str(getattr(source, "name", "image stream")))
+
+
+def to_pil(rgb: np.ndarray, mode: str, alpha: np.ndarray | None, icc_profile: bytes | None) -> Image.Image:
+    """Rebuild the image described by a SourceImage's fields, e.g. from a decoded ``rgb``.
+
+    For "L"/"LA" the gray level is the rounded mean of the three channels: the model's
+    reconstruction of a gray image is not exactly gray, and the mean is the least noisy estimate.
+    """
+    _check_rgb(rgb)
+    if mode not in MODES:
+        raise ValueError(f"unsupported mode {mode!r}; expected one of {', '.join(MODES)}")
+    has_alpha = mode in ("RGBA", "LA")
+    if has_alpha != (alpha is not None):
+        raise ValueError(f"mode {mode} {'needs an' if has_alpha else 'takes no'} alpha plane")
+    if alpha is not None and (alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]):
+        raise ValueError(f"alpha must be uint8 {rgb.shape[:2]}, got {alpha.dtype} {alpha.shape}")
+
+    if mode in ("RGB", "RGBA"):
+        colour = rgb
+    else:
+        colour = ((rgb.sum(axis=2, dtype=np.uint16) + 1) // 3).astype(np.uint8)[..., None]
+    planes = colour if alpha is None else np.concatenate([colour, alpha[..., None]], axis=2)
+    image = Image.fromarray(np.ascontiguousarray(planes[..., 0] if mode == "L" else planes))
+    if icc_profile:
+        image.info["icc_profile"] = icc_profile
+    return image
+
+
+def save_image(
+    image: Image.Image, path_or_file: str | os.PathLike[str] | BinaryIO, format: str | None = None
+) -> None:
+    """Write ``image``, in ``format`` or else the one its file name's extension names (PNG if none).
+
+    The ICC profile in ``image.info`` is written wherever the format can hold one. Formats without
+    alpha (JPEG) get the image without its alpha plane, with a Python warning.
+    """
+    fmt = (format or _format_from_name(path_or_file)).upper()
+    if fmt in _FORMATS_WITHOUT_ALPHA and image.mode in ("RGBA", "LA"):
+        pywarnings.warn(f"{fmt} cannot store alpha; the alpha plane is dropped", stacklevel=2)
+        image = image.convert(image.mode[:-1])
+    options: dict[str, object] = dict(_SAVE_OPTIONS.get(fmt, {}))
+    if icc_profile := image.info.get("icc_profile"):
+        options["icc_profile"] = icc_profile
+    image.save(path_or_file, format=fmt, **options)
+
+
+def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad the bottom and right by repeating the edge pixels up to sides divisible by ``multiple``.
+
+    Edge replication keeps the padding as cheap to code as the border it continues. Returns ``rgb``
+    itself when no padding is needed.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    height, width = rgb.shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"cannot pad an empty {height}x{width} array")
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return rgb
+    return np.pad(rgb, [(0, pad_h), (0, pad_w)] + [(0, 0)] * (rgb.ndim - 2), mode="edge")
+
+
+def crop(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Undo ``pad_to_multiple``: the top-left ``height`` x ``width`` (a view, not a copy)."""
+    if not (0 < height <= rgb.shape[0] and 0 < width <= rgb.shape[1]):
+        raise ValueError(f"cannot crop {rgb.shape[0]}x{rgb.shape[1]} to {height}x{width}")
+    return rgb[:height, :width]
+
+
+def _open(fp: BinaryIO, name: str) -> SourceImage:
+    with _reading(name), Image.open(fp) as image:
+        return _from_pil(image, name)
+
+
+@contextmanager
+def _reading(name: str) -> Iterator[None]:
+    """Turn whatever Pillow raises on bad input into one of this module's one-line errors."""
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: too large ({_one_line(exc)}; {_limits()})") from exc
+    except UnidentifiedImageError as exc:
+        raise FormatError(f"{name}: not an image, or a format Pillow cannot read") from exc
+    except _PILLOW_ERRORS as exc:
+        raise FormatError(f"{name}: corrupt or truncated image ({_one_line(exc)})") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_size(width: int, height: int, name: str) -> None:
+    if width <= 0 or height <= 0:
+        raise FormatError(f"{name}: empty image ({width}x{height})")
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ImageTooLargeError(f"{name}: {width}x{height} is too large ({_limits()})")
+
+
+def _limits() -> str:
+    return f"limits: {MAX_SIDE} px a side, {MAX_PIXELS} px in all"
+
+
+def _from_pil(image: Image.Image, name: str) -> SourceImage:
+    _check_size(image.width, image.height, name)
+    warnings: list[str] = []
+    if getattr(image, "is_animated", False):
+        warnings.append("image has several frames; only the first is coded")
+    if image.mode not in _WIDE_MODES and _decoded_from_16_bits(image):
+        warnings.append("16-bit image reduced to 8 bits")
+    image.load()
+    icc_profile = image.info.get("icc_profile") or None
+    image = _upright(image, warnings)
+    gray_or_rgb, mode, icc_profile = _standard_planes(image, icc_profile, warnings)
+    # A few formats (e.g. ICO, EPS) only settle their size as they decode; the codec relies on the limits.
+    _check_size(gray_or_rgb.shape[1], gray_or_rgb.shape[0], name)
+
+    alpha = None
+    if mode in ("RGBA", "LA"):
+        gray_or_rgb, alpha = gray_or_rgb[..., :-1], gray_or_rgb[..., -1]
+        if alpha.min() == 255:
+            alpha, mode = None, mode[:-1]
+        else:
+            alpha = np.ascontiguousarray(alpha)
+    if mode in ("L", "LA"):
+        rgb = np.repeat(gray_or_rgb.reshape(*gray_or_rgb.shape[:2], 1), 3, axis=2)
+    else:
+        rgb = np.ascontiguousarray(gray_or_rgb)
+
+    if icc_profile is not None and icc_profile[16:20] != _ICC_SPACES[mode]:
+        warnings.append(
+            f"ICC profile for colour space {icc_profile[16:20]!r} does not fit a {mode} image; dropped"
+        )
+        icc_profile = None
+    return SourceImage(rgb=rgb, mode=mode, alpha=alpha, icc_profile=icc_profile, warnings=warnings)
+
+
+def _decoded_from_16_bits(image: Image.Image) -> bool:
+    """Whether Pillow's raw mode for the not yet loaded pixels has 16-bit samples (e.g. "RGB;16B").
+
+    Pillow narrows such images to 8 bits as it decodes them, so the raw mode is the only trace.
+    """
+    for tile in getattr(image, "tile", ()):
+        args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
+        if any(isinstance(arg, str) and ";16" in arg for arg in args):
+            return True
+    return False
+
+
+def _upright(image: Image.Image, warnings: list[str]) -> Image.Image:
+    """Apply the EXIF orientation, so that the decoded image looks as the original is displayed."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # EXIF parsing fails in many ways; a bad tag must not make the image unusable
+        warnings.append("unreadable EXIF data; orientation not applied")
+        return image
+    if orientation in range(2, 9):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+def _standard_planes(
+    image: Image.Image, icc_profile: bytes | None, warnings: list[str]
+) -> tuple[np.ndarray, str, bytes | None]:
+    """The pixels as uint8 planes in one of "L", "LA", "RGB", "RGBA", and the ICC profile that fits them."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        samples = np.asarray(image).astype(np.int64)
+        if samples.min() < 0 or samples.max() > 65535:
+            warnings.append("32-bit integer samples outside 0..65535 clipped")
+            samples = samples.clip(0, 65535)
+        warnings.append("16-bit image reduced to 8 bits")
+        return ((samples * 255 + 32767) // 65535).astype(np.uint8), "L", icc_profile
+    if mode == "F":
+        warnings.append("32-bit float image reduced to 8 bits")
+        return np.asarray(image).round().clip(0, 255).astype(np.uint8), "L", icc_profile
+
+    if mode in _EXACT_CONVERSIONS:
+        image = image.convert(_EXACT_CONVERSIONS[mode])
+    elif mode == "P":
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    elif mode in ("L", "RGB") and "transparency" in image.info:
+        image = image.convert(mode + "A")
+    elif mode == "CMYK":
+        image, icc_profile = _cmyk_to_rgb(image, icc_profile, warnings)
+    elif mode not in MODES:
+        warnings.append(f"{mode} image converted to RGB")
+        image = image.convert("RGB")
+    return np.asarray(image), image.mode, icc_profile
+
+
+def _cmyk_to_rgb(
+    image: Image.Image, icc_profile: bytes | None, warnings: list[str]
+) -> tuple[Image.Image, None]:
+    """Convert to RGB, through the ICC profile where possible; the CMYK profile no longer applies after."""
+    converted = _to_srgb(image, icc_profile) if icc_profile is not None else None
+    if converted is not None:
+        warnings.append("CMYK image converted to sRGB with its ICC profile")
+        return converted, None
+    warnings.append("CMYK image converted to RGB without colour management")
+    return image.convert("RGB"), None
+
+
+def _to_srgb(image: Image.Image, icc_profile: bytes) -> Image.Image | None:
+    """Colour-managed conversion to sRGB; None where Pillow lacks LittleCMS or the profile is unusable."""
+    try:
+        from PIL import ImageCms
+    except ImportError:
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
+
+
+def _format_from_name(path_or_file: str | os.PathLike[str] | BinaryIO) -> str:
+    """The format a path's (or an open file's) extension names; PNG where there is no extension."""
+    is_path = isinstance(path_or_file, (str, os.PathLike))
+    name = path_or_file if is_path else getattr(path_or_file, "name", None)
+    if not isinstance(name, (str, os.PathLike)):  # BytesIO, or a file opened from a descriptor
+        return "PNG"
+    extension = os.path.splitext(os.fsdecode(name))[1].lower()
+    if not extension:
+        return "PNG"
+    fmt = Image.registered_extensions().get(extension)
+    if fmt is None:
+        raise ValueError(f"unknown image file extension {extension!r}; pass format= explicitly")
+    return fmt
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] array, got {rgb.dtype} {rgb.shape}")
