@@ -1,0 +1,283 @@
+"""The .vqz container: round trips, the size budget, and rejection of every kind of damage."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import struct
+import subprocess
+import sys
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vqcodec.coding.container import (
+    MAX_PIXELS,
+    MAX_SIDE,
+    Chunk,
+    ColourMode,
+    Padding,
+    VQZFile,
+    code_checksum,
+    model_id,
+)
+from vqcodec.errors import (
+    CorruptDataError,
+    FormatError,
+    ImageTooLargeError,
+    ModelMismatchError,
+    UnsupportedVersionError,
+    VQZError,
+)
+
+DIGEST = hashlib.sha256(b"a model file").digest()
+
+
+def plain(**changes) -> VQZFile:
+    """A plain RGB 768 x 512 image with two levels and a 20 kB payload."""
+    fields = dict(
+        model_id=model_id(DIGEST),
+        width=768,
+        height=512,
+        colour=ColourMode.RGB,
+        padding=Padding.EDGE,
+        level_shapes=((64, 96), (128, 192)),
+        code_crc=0x12345678,
+        payload=np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes(),
+    )
+    return VQZFile(**{**fields, **changes})
+
+
+def with_chunks() -> VQZFile:
+    """A small RGBA image with an alpha plane, an ICC profile and an unknown ancillary chunk."""
+    rng = np.random.default_rng(1)
+    return plain(
+        width=13,
+        height=7,
+        colour=ColourMode.RGBA,
+        padding=Padding.REFLECT,
+        level_shapes=((1, 1), (2, 4)),
+        payload=rng.integers(0, 256, 24, dtype=np.uint8).tobytes(),
+        alpha=rng.integers(0, 256, 13 * 7, dtype=np.uint8).tobytes(),
+        icc=b"fake ICC profile",
+        extra_chunks=(Chunk(0xF0, b"future"),),
+    )
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value >= 0x80 else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def craft(
+    version: int = 0x10,
+    width_m1: bytes = varint(7),
+    height_m1: bytes = varint(7),
+    image: int = ColourMode.RGB,
+    levels: tuple[tuple[int, int], ...] = ((1, 1), (2, 2)),
+    chunks: tuple[tuple[int, bytes], ...] = (),
+    payload: bytes = bytes(8),
+    payload_len: int | None = None,
+) -> bytes:
+    """A file written straight from the spec's tables, with valid CRCs, for fields the API refuses."""
+    header = (
+        b"VQZ" + bytes((version,)) + model_id(DIGEST) + width_m1 + height_m1 + bytes((image, len(levels)))
+    )
+    header += b"".join(varint(h - 1) + varint(w - 1) for h, w in levels)
+    header += bytes((1, 24)) + struct.pack("<I", 0) + varint(len(chunks))
+    header += varint(len(payload) if payload_len is None else payload_len)
+    header += struct.pack("<I", zlib.crc32(header))
+    body = b"".join(bytes((t,)) + varint(len(d)) + d for t, d in chunks) + payload
+    return header + body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_round_trip_plain() -> None:
+    file = plain()
+    assert VQZFile.from_bytes(file.to_bytes()) == file
+
+
+def test_round_trip_with_chunks() -> None:
+    file = with_chunks()
+    assert VQZFile.from_bytes(file.to_bytes()) == file
+
+
+def test_round_trip_grey_alpha_three_levels() -> None:
+    file = plain(
+        colour=ColourMode.LA,
+        padding=Padding.ZERO,
+        width=1,
+        height=MAX_SIDE,
+        level_shapes=((1, 1), (1, 2), (4, 4)),
+        alpha=bytes(MAX_SIDE),
+    )
+    assert VQZFile.from_bytes(file.to_bytes()) == file
+
+
+def test_header_of_a_plain_rgb_image_is_small() -> None:
+    file = plain()
+    overhead = len(file.to_bytes()) - len(file.payload)
+    assert overhead == 49  # the spec's worked example, section 4
+    largest = plain(width=MAX_SIDE, height=MAX_PIXELS // MAX_SIDE, level_shapes=((1024, 2048), (2048, 4096)))
+    assert len(largest.to_bytes()) - len(largest.payload) < 64
+
+
+def test_spec_layout_matches_the_writer() -> None:
+    assert VQZFile.from_bytes(craft()).to_bytes() == craft()
+
+
+def test_every_truncation_is_rejected() -> None:
+    data = with_chunks().to_bytes()
+    for end in range(len(data)):
+        with pytest.raises(VQZError):
+            VQZFile.from_bytes(data[:end])
+
+
+def test_every_single_byte_change_is_rejected() -> None:
+    """Every byte is a signature byte, the version, or covered by a CRC-32 (which catches any one byte)."""
+    data = bytearray(with_chunks().to_bytes())
+    rng = np.random.default_rng(2)
+    for position in range(len(data)):
+        damaged = data.copy()
+        damaged[position] ^= int(rng.integers(1, 256))
+        with pytest.raises(VQZError):
+            VQZFile.from_bytes(bytes(damaged))
+
+
+def test_random_damage_never_escapes_as_another_exception() -> None:
+    rng = np.random.default_rng(3)
+    data = with_chunks().to_bytes()
+    for _ in range(300):
+        damaged = bytearray(data)
+        for position in rng.integers(0, len(data), int(rng.integers(1, 6))):
+            damaged[position] = int(rng.integers(0, 256))
+        with contextlib.suppress(VQZError):
+            VQZFile.from_bytes(bytes(damaged))
+    for _ in range(300):
+        noise = rng.integers(0, 256, int(rng.integers(0, 80)), dtype=np.uint8).tobytes()
+        for candidate in (noise, b"VQZ\x10" + noise):
+            with pytest.raises(VQZError):
+                VQZFile.from_bytes(candidate)
+
+
+@pytest.mark.parametrize(
+    "width_m1, height_m1",
+    [
+        (varint(MAX_SIDE), varint(0)),  # one side too long
+        (varint(MAX_SIDE - 1), varint(MAX_SIDE - 1)),  # too many pixels
+        (varint(2**35 - 1), varint(2**35 - 1)),  # the largest varint
+    ],
+)
+def test_huge_images_are_refused_before_allocation(width_m1: bytes, height_m1: bytes) -> None:
+    data = craft(width_m1=width_m1, height_m1=height_m1, image=ColourMode.RGBA, payload_len=2**34)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageTooLargeError):
+            VQZFile.from_bytes(data)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_huge_code_maps_are_refused() -> None:
+    with pytest.raises(ImageTooLargeError):
+        VQZFile.from_bytes(craft(levels=((1, 1), (MAX_SIDE + 1, 1))))
+
+
+def test_unknown_ancillary_chunk_is_skipped_and_unknown_critical_refused() -> None:
+    parsed = VQZFile.from_bytes(craft(chunks=((0xC3, b"later"),)))
+    assert parsed.extra_chunks == (Chunk(0xC3, b"later"),)
+    with pytest.raises(UnsupportedVersionError):
+        VQZFile.from_bytes(craft(chunks=((0x43, b"later"),)))
+
+
+def test_versions() -> None:
+    assert VQZFile.from_bytes(craft(version=0x1F)).to_bytes() == craft()  # a newer minor is read
+    with pytest.raises(UnsupportedVersionError):
+        VQZFile.from_bytes(craft(version=0x20))
+    with pytest.raises(UnsupportedVersionError):  # refused before anything else is read
+        VQZFile.from_bytes(b"VQZ\x20")
+    with pytest.raises(FormatError):
+        VQZFile.from_bytes(craft(version=0x01))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        craft(image=0x0C | ColourMode.RGB),  # padding mode 3
+        craft(image=0x10 | ColourMode.RGB),  # reserved bit
+        craft(image=ColourMode.RGBA),  # alpha mode without ALPHA chunk
+        craft(chunks=((0x01, zlib.compress(bytes(64))),)),  # ALPHA chunk in an RGB file
+        craft(image=ColourMode.LA, chunks=((0x01, zlib.compress(bytes(63))),)),  # alpha too short
+        craft(image=ColourMode.LA, chunks=((0x01, zlib.compress(bytes(65))),)),  # alpha too long
+        craft(image=ColourMode.LA, chunks=((0x01, zlib.compress(bytes(64)) + b"x"),)),  # data after zlib
+        craft(image=ColourMode.LA, chunks=((0x01, b"not zlib"),)),
+        craft(chunks=((0x81, b"icc"), (0x81, b"icc"))),  # duplicate ICC
+        craft(chunks=((0x81, b""),)),  # empty ICC
+        craft(levels=()),
+        craft(levels=((1, 1),) * 9),
+        craft(payload=bytes(6)),  # payload not whole words
+        craft(width_m1=b"\x87\x00"),  # overlong varint
+        craft(width_m1=b"\x80\x80\x80\x80\x80\x01"),  # six-byte varint
+        craft() + b"\x00",  # trailing byte
+        craft(payload_len=9),  # payload length beyond the file
+        b"PNG\x10" + craft()[4:],
+    ],
+)
+def test_invalid_files_raise_format_error(data: bytes) -> None:
+    with pytest.raises(FormatError):
+        VQZFile.from_bytes(data)
+
+
+def test_code_checksum_serialisation() -> None:
+    top = np.array([[1, 2, 3], [4, 5, 6]])
+    bottom = np.array([[65535, 0]], dtype=np.uint16)
+    expected = zlib.crc32(struct.pack("<8H", 1, 2, 3, 4, 5, 6, 65535, 0))
+    assert code_checksum([top, bottom]) == expected
+    assert code_checksum([top.T.copy().T, bottom.astype(np.int64)]) == expected
+    with pytest.raises(ValueError):
+        code_checksum([np.array([[65536]])])
+
+
+def test_decoder_checks() -> None:
+    maps = [np.zeros((64, 96), dtype=np.int64), np.ones((128, 192), dtype=np.int64)]
+    file = plain(code_crc=code_checksum(maps))
+    file.check_model(DIGEST)
+    file.check_levels([(64, 96), (128, 192)])
+    file.check_codes(maps)
+    with pytest.raises(ModelMismatchError):
+        file.check_model(hashlib.sha256(b"another model").digest())
+    with pytest.raises(ModelMismatchError):
+        file.check_levels([(32, 48), (64, 96)])
+    maps[1][5, 7] = 2
+    with pytest.raises(CorruptDataError):
+        file.check_codes(maps)
+
+
+def test_writer_refuses_invalid_fields() -> None:
+    file = plain()
+    for changes in (
+        dict(width=0),
+        dict(model_id=DIGEST),
+        dict(payload=b"abc"),
+        dict(colour=ColourMode.RGBA),
+        dict(precision=16),
+        dict(extra_chunks=(Chunk(0x05, b""),)),
+        dict(extra_chunks=(Chunk(0x81, b"icc"),)),
+    ):
+        with pytest.raises(VQZError):
+            dataclasses.replace(file, **changes)
+    with pytest.raises(ImageTooLargeError):
+        dataclasses.replace(file, width=MAX_SIDE + 1)
+
+
+def test_container_does_not_import_torch() -> None:
+    code = "import sys, vqcodec.coding.container; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

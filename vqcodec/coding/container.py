@@ -1,0 +1,359 @@
+"""The ``.vqz`` container: a small header, optional chunks and the range-coded payload.
+
+``bitstream_spec/vqz.md`` is normative; this module follows it section by section:
+
+    header   "VQZ", version, model id, geometry, colour and padding modes, code-map shapes,
+             coder and precision, code checksum, chunk count, payload length, header CRC-32
+    chunks   type (u8, bit 7 = ancillary), length (varint), data
+    payload  the range coder's 32-bit words, little-endian
+    body CRC CRC-32 of the chunks and payload
+
+Integers are little-endian; a *varint* is unsigned LEB128 in its shortest form, at most 5 bytes.
+:meth:`VQZFile.from_bytes` returns a valid file or raises a :class:`~vqcodec.errors.VQZError`: every
+length is checked against the bytes that remain and the image size against the limits before
+anything sized by the file is allocated.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from vqcodec.coding.entropy import PRECISION
+from vqcodec.errors import (
+    CorruptDataError,
+    FormatError,
+    ImageTooLargeError,
+    ModelMismatchError,
+    UnsupportedVersionError,
+)
+
+SIGNATURE = b"VQZ"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+MODEL_ID_LEN = 16
+"""Bytes of the model's SHA-256 kept in the header (a 128-bit prefix)."""
+MAX_SIDE = 16384
+MAX_PIXELS = 2**27
+MAX_LEVELS = 8
+CODER_RANGE = 1
+"""Coder id of the range coder of ``entropy.py`` (32-bit words, 64-bit state)."""
+ANCILLARY = 0x80
+"""Chunk-type bit: set if a decoder that does not know the type may skip the chunk."""
+
+_VARINT_MAX_BYTES = 5
+_U32 = struct.Struct("<I")
+
+
+class ColourMode(IntEnum):
+    """Colour channels of the image; the alpha of LA and RGBA is stored in an ALPHA chunk."""
+
+    L = 0
+    LA = 1
+    RGB = 2
+    RGBA = 3
+
+    @property
+    def has_alpha(self) -> bool:
+        return self in (ColourMode.LA, ColourMode.RGBA)
+
+
+class Padding(IntEnum):
+    """How the encoder extended the image to the model's multiple; the decoder crops it off."""
+
+    EDGE = 0
+    REFLECT = 1
+    ZERO = 2
+
+
+class ChunkType(IntEnum):
+    ALPHA = 0x01
+    """Critical: the alpha plane, u8 row-major, zlib-compressed."""
+    ICC = 0x81
+    """Ancillary: an ICC colour profile, raw bytes."""
+
+
+_KNOWN_CHUNKS = frozenset(ChunkType)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk: type byte and data. A ``VQZFile`` keeps unknown ancillary ones for tools to carry."""
+
+    type: int
+    data: bytes
+
+    @property
+    def critical(self) -> bool:
+        return not self.type & ANCILLARY
+
+
+@dataclass(frozen=True)
+class VQZFile:
+    """One ``.vqz`` file. Construction validates every field, so an instance is always writable."""
+
+    model_id: bytes
+    width: int
+    height: int
+    colour: ColourMode
+    padding: Padding
+    level_shapes: tuple[tuple[int, int], ...]
+    """(h, w) of each code map, top level first."""
+    code_crc: int
+    payload: bytes
+    coder: int = CODER_RANGE
+    precision: int = PRECISION
+    icc: bytes | None = None
+    alpha: bytes | None = None
+    """The alpha plane, ``width * height`` bytes row-major, for the LA and RGBA modes only."""
+    extra_chunks: tuple[Chunk, ...] = ()
+    """Ancillary chunks of types this version does not define, in file order."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "level_shapes", tuple((int(h), int(w)) for h, w in self.level_shapes))
+        if len(self.model_id) != MODEL_ID_LEN:
+            raise FormatError(f"model id must be {MODEL_ID_LEN} bytes, got {len(self.model_id)}")
+        _check_geometry(self.width, self.height)
+        if not isinstance(self.colour, ColourMode) or not isinstance(self.padding, Padding):
+            raise FormatError("colour and padding must be ColourMode and Padding members")
+        if not 1 <= len(self.level_shapes) <= MAX_LEVELS:
+            raise FormatError(f"number of levels must be in 1..{MAX_LEVELS}, got {len(self.level_shapes)}")
+        for h, w in self.level_shapes:
+            _check_geometry(w, h, what="code map")
+        if self.coder != CODER_RANGE or self.precision != PRECISION:
+            raise FormatError(
+                f"unknown entropy coder {self.coder} with precision {self.precision}"
+                f" (expected {CODER_RANGE} with {PRECISION})"
+            )
+        if not 0 <= self.code_crc < 2**32:
+            raise FormatError("code checksum must be a 32-bit unsigned integer")
+        if len(self.payload) % 4:
+            raise FormatError(f"payload length {len(self.payload)} is not a multiple of 4 bytes")
+        if self.colour.has_alpha != (self.alpha is not None):
+            raise FormatError(f"colour mode {self.colour.name} and the presence of an alpha plane disagree")
+        if self.alpha is not None and len(self.alpha) != self.width * self.height:
+            raise FormatError(f"alpha plane has {len(self.alpha)} bytes, expected {self.width * self.height}")
+        if self.icc is not None and not self.icc:
+            raise FormatError("ICC profile is empty")
+        for chunk in self.extra_chunks:
+            if not 0 <= chunk.type < 256 or chunk.critical or chunk.type in _KNOWN_CHUNKS:
+                raise FormatError(f"extra chunk type 0x{chunk.type:02x} must be an unknown ancillary type")
+
+    def to_bytes(self) -> bytes:
+        """Serialise, following the spec field by field."""
+        header = bytearray(SIGNATURE)
+        header.append(VERSION_MAJOR << 4 | VERSION_MINOR)
+        header += self.model_id
+        header += _varint(self.width - 1) + _varint(self.height - 1)
+        header.append(self.colour | self.padding << 2)
+        header.append(len(self.level_shapes))
+        for h, w in self.level_shapes:
+            header += _varint(h - 1) + _varint(w - 1)
+        header += bytes((self.coder, self.precision))
+        header += _U32.pack(self.code_crc)
+        chunks = self._chunks()
+        header += _varint(len(chunks)) + _varint(len(self.payload))
+        header += _U32.pack(zlib.crc32(header))
+        body = b"".join(bytes((c.type,)) + _varint(len(c.data)) + c.data for c in chunks) + self.payload
+        return bytes(header) + body + _U32.pack(zlib.crc32(body))
+
+    def _chunks(self) -> list[Chunk]:
+        chunks = []
+        if self.alpha is not None:
+            chunks.append(Chunk(ChunkType.ALPHA, zlib.compress(self.alpha, 9)))
+        if self.icc is not None:
+            chunks.append(Chunk(ChunkType.ICC, self.icc))
+        return chunks + list(self.extra_chunks)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> VQZFile:
+        """Parse and check a whole file; raises a ``VQZError`` subclass on any defect."""
+        reader = _Reader(bytes(data))
+        if reader.take(len(SIGNATURE)) != SIGNATURE:
+            raise FormatError("not a .vqz file (bad signature)")
+        version = reader.u8()
+        if version >> 4 > VERSION_MAJOR:
+            raise UnsupportedVersionError(
+                f"file has format version {version >> 4}.{version & 15}; this decoder reads {VERSION_MAJOR}.x"
+            )
+        if version >> 4 < VERSION_MAJOR:
+            raise FormatError(f"invalid format version {version >> 4}.{version & 15}")
+        model_id = reader.take(MODEL_ID_LEN)
+        width = reader.varint() + 1
+        height = reader.varint() + 1
+        image = reader.u8()
+        level_shapes = tuple((reader.varint() + 1, reader.varint() + 1) for _ in range(reader.u8()))
+        coder, precision = reader.u8(), reader.u8()
+        code_crc = reader.u32()
+        n_chunks = reader.varint()
+        payload_len = reader.varint()
+        if zlib.crc32(reader.data[: reader.pos]) != reader.u32():
+            raise FormatError("header CRC mismatch")
+        _check_geometry(width, height)
+        if image >> 4:
+            raise FormatError(f"reserved bits of the image byte are set (0x{image:02x})")
+        colour = _enum(ColourMode, image & 3, "colour mode")
+        padding = _enum(Padding, image >> 2 & 3, "padding mode")
+
+        body_start = reader.pos
+        if n_chunks > reader.remaining:
+            raise FormatError(f"{n_chunks} chunks cannot fit in the remaining {reader.remaining} bytes")
+        chunks = []
+        for _ in range(n_chunks):
+            chunk_type = reader.u8()
+            chunks.append(Chunk(chunk_type, reader.take(reader.varint())))
+        payload = reader.take(payload_len)
+        body_end = reader.pos
+        if zlib.crc32(reader.data[body_start:body_end]) != reader.u32():
+            raise FormatError("body CRC mismatch (chunks or payload damaged)")
+        if reader.remaining:
+            raise FormatError(f"{reader.remaining} bytes of trailing data after the body CRC")
+
+        alpha = icc = None
+        extra_chunks = []
+        for chunk in chunks:
+            if chunk.type == ChunkType.ALPHA and alpha is None:
+                alpha = _inflate(chunk.data, width * height)
+            elif chunk.type == ChunkType.ICC and icc is None:
+                icc = chunk.data
+            elif chunk.type in _KNOWN_CHUNKS:
+                raise FormatError(f"duplicate {ChunkType(chunk.type).name} chunk")
+            elif chunk.critical:
+                raise UnsupportedVersionError(f"unknown critical chunk type 0x{chunk.type:02x}")
+            else:
+                extra_chunks.append(chunk)
+        return cls(
+            model_id=model_id,
+            width=width,
+            height=height,
+            colour=colour,
+            padding=padding,
+            level_shapes=level_shapes,
+            code_crc=code_crc,
+            payload=payload,
+            coder=coder,
+            precision=precision,
+            icc=icc,
+            alpha=alpha,
+            extra_chunks=tuple(extra_chunks),
+        )
+
+    def check_model(self, sha256_digest: bytes) -> None:
+        """Raise ``ModelMismatchError`` unless the file was written with the model of this digest."""
+        if len(sha256_digest) != 32:
+            raise ValueError("expected the 32-byte SHA-256 digest of the model file")
+        if model_id(sha256_digest) != self.model_id:
+            raise ModelMismatchError(
+                f"file needs model {self.model_id.hex()}, not {model_id(sha256_digest).hex()}"
+            )
+
+    def check_levels(self, shapes: Sequence[tuple[int, int]]) -> None:
+        """Raise ``ModelMismatchError`` unless the model gives the code-map shapes the file declares."""
+        shapes = tuple((int(h), int(w)) for h, w in shapes)
+        if shapes != self.level_shapes:
+            raise ModelMismatchError(f"file has code maps {self.level_shapes}, the model gives {shapes}")
+
+    def check_codes(self, maps: Sequence[np.ndarray]) -> None:
+        """Raise ``CorruptDataError`` unless the decoded maps have the encoder's code checksum."""
+        if tuple(np.shape(m) for m in maps) != self.level_shapes:
+            raise ValueError(f"code maps must have shapes {self.level_shapes}")
+        if code_checksum(maps) != self.code_crc:
+            raise CorruptDataError("code checksum mismatch: the decoded codes differ from the encoder's")
+
+
+def model_id(sha256_digest: bytes) -> bytes:
+    """The model id stored in a file: the first ``MODEL_ID_LEN`` bytes of the model file's SHA-256."""
+    return bytes(sha256_digest[:MODEL_ID_LEN])
+
+
+def code_checksum(maps: Sequence[np.ndarray]) -> int:
+    """CRC-32 of the code maps, levels top first, each row-major, every code as u16 little-endian."""
+    crc = 0
+    for codes in maps:
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"code maps must be 2-D integer arrays, got {codes.dtype} {codes.shape}")
+        if codes.size and (codes.min() < 0 or codes.max() >= 2**16):
+            raise ValueError("codes must lie in 0..65535")
+        crc = zlib.crc32(codes.astype("<u2").tobytes(), crc)
+    return crc
+
+
+def _check_geometry(width: int, height: int, what: str = "image") -> None:
+    if width < 1 or height < 1:
+        raise FormatError(f"{what} size {width}x{height} is empty")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"{what} size {width}x{height} exceeds the limits ({MAX_SIDE} per side, {MAX_PIXELS} pixels)"
+        )
+
+
+def _enum(kind: type[IntEnum], value: int, what: str) -> IntEnum:
+    try:
+        return kind(value)
+    except ValueError:
+        raise FormatError(f"unknown {what} {value}") from None
+
+
+def _inflate(data: bytes, size: int) -> bytes:
+    """Decompress a zlib stream that must hold exactly ``size`` bytes, never producing more."""
+    inflater = zlib.decompressobj()
+    try:
+        plane = inflater.decompress(data, size + 1)
+    except zlib.error as error:
+        raise FormatError(f"alpha chunk is not a valid zlib stream ({error})") from None
+    if len(plane) != size or not inflater.eof or inflater.unused_data:
+        raise FormatError(f"alpha chunk does not hold exactly {size} bytes")
+    return plane
+
+
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, least significant first, bit 7 set on all but the last."""
+    if not 0 <= value < 1 << 7 * _VARINT_MAX_BYTES:
+        raise ValueError(f"varint out of range: {value}")
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class _Reader:
+    """A cursor over the file that raises ``FormatError`` instead of reading past the end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int) -> bytes:
+        if n > self.remaining:
+            raise FormatError(f"file truncated: needs {n} bytes at offset {self.pos}, has {self.remaining}")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        return _U32.unpack(self.take(4))[0]
+
+    def varint(self) -> int:
+        value = 0
+        for i in range(_VARINT_MAX_BYTES):
+            byte = self.u8()
+            value |= (byte & 0x7F) << 7 * i
+            if not byte & 0x80:
+                if byte == 0 and i > 0:
+                    raise FormatError(f"overlong varint ending at offset {self.pos}")
+                return value
+        raise FormatError(f"varint longer than {_VARINT_MAX_BYTES} bytes at offset {self.pos}")
