@@ -9,9 +9,10 @@ uses zero padding k // 2, masked convs multiply their weight by a fixed 0/1 mask
     conditioning (lower priors only, computed once by ``condition``), level i above is f_i = 2^(n-i)
     times coarser:
       e_i = cond_embeds[i](cond_codes[i])               nn.Embedding(K_i, D), as [B, D, h_i, w_i]
-      e_i = nearest upsample by f_i, crop to [:H, :W]
+      e_i = nearest upsample by f_i / 2, crop to [:ceil(H/2), :ceil(W/2)]   (the level just above)
       c = cond_conv(concat(e_0, .., e_{n-1}))           1x1 conv, n*D -> D
       c = c + conv2(elu(conv1(elu(c))))                 per cond_stack[j]: 3x3 convs D -> D
+      c = nearest upsample by 2, crop to [:H, :W]       the stack runs at 1/4 of this level's positions
     for i, block in enumerate(blocks):                  gated residual block
       h = block.conv1(elu(x))                           masked conv k x k, mask "B", C -> C
       h = block.conv2(dropout(elu(h)))                  masked conv k x k, mask "B", C -> 2C
@@ -188,18 +189,20 @@ class PixelSNAILPrior(nn.Module):
         if size is None:
             size = (2 * cond_codes[-1].shape[-2], 2 * cond_codes[-1].shape[-1])
         H, W = size
+        h_above, w_above = -(-H // 2), -(-W // 2)
         embedded = []
         for i, (codes, embed) in enumerate(zip(cond_codes, self.cond_embeds, strict=True)):
             f = 2 ** (n - i)
             if tuple(codes.shape[-2:]) != (-(-H // f), -(-W // f)):
                 raise ValueError(f"upper level {i} has shape {tuple(codes.shape[-2:])} for a {H}x{W} map")
             e = embed(codes).permute(0, 3, 1, 2)
-            e = F.interpolate(e, scale_factor=f, mode="nearest")[..., :H, :W]
+            e = F.interpolate(e, scale_factor=f // 2, mode="nearest")[..., :h_above, :w_above]
             embedded.append(e)
+        # The deep stack runs at the resolution of the level just above: a quarter of the positions.
         c = self.cond_conv(torch.cat(embedded, dim=1))
         for block in self.cond_stack:
             c = block(c)
-        return c
+        return F.interpolate(c, scale_factor=2, mode="nearest")[..., :H, :W]
 
     def forward(
         self,
