@@ -1,0 +1,79 @@
+"""The training and model-file commands, end to end through click, on the tiny preset."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+from synthetic_images import make_images
+
+from vqcodec.cli import main
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(*args: str | Path) -> Result:
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def fails(*args: str | Path, message: str) -> None:
+    """The command exits non-zero with one clean ``Error:`` line that says ``message``, no traceback."""
+    result = invoke(*args)
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_train_export_sample(tmp_path: Path) -> None:
+    images, val = make_images(tmp_path / "images"), make_images(tmp_path / "val", n=2, seed=1)
+    run, model = tmp_path / "run", tmp_path / "model.safetensors"
+    common = ["--steps", "3", "--device", "cpu", "--batch-size", "4", "--val-every", "2"]
+    vqvae = ["train", "vqvae", "--data", images, "--out", run, "--crop", "32", "--preset", "tiny"]
+    assert "Starting a new run" in ok(*vqvae, "--val", val, *common).stderr
+    resumed = ok("train", "vqvae", "--data", images, "--out", run, "--crop", "32", *common, "--resume")
+    assert "nothing to do" in resumed.stderr  # the run's own preset (tiny) is the default
+    fails(*vqvae, *common, "--batch-size", "2", message="batch_size=2 (checkpoint: 4)")
+
+    fails("export", "--run", run, "--out", model, message="prior-top")
+    result = ok("train", "prior", "--run", run, "--level", "top", *common, "--crops-per-image", "2")
+    assert "Extracting train codes" in result.stderr and "Extracting val codes" in result.stderr
+    result = ok("train", "prior", "--run", run, "--level", "bottom", *common)
+    assert "Reusing the train codes" in result.stderr
+    fails("train", "prior", "--run", run, "--level", "middle", "--steps", "1", message="levels top, bottom")
+
+    sha = ok("export", "--run", run, "--out", model).stdout.strip()
+    assert sha == hashlib.sha256(model.read_bytes()).hexdigest()
+
+    out = tmp_path / "samples"
+    result = ok("sample", "--model", model, "--n", "2", "--out", out, "--device", "cpu", "--size", "24x16")
+    paths = [Path(line) for line in result.stdout.splitlines()]
+    assert [p.name for p in paths] == ["sample_0_000.png", "sample_0_001.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.size == (24, 16) and image.mode == "RGB"
+    fails("sample", "--model", model, "--out", out, "--size", "20x16", message="multiples of 8")
+    fails("sample", "--model", model, "--out", out, "--size", "big", message="WIDTHxHEIGHT")
+    fails("sample", "--model", images / "img1.png", "--out", out, message="not a model file")
+
+
+def test_user_errors_are_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails("train", "vqvae", "--data", empty, "--out", tmp_path / "run", "--steps", "1", message="no images")
+    fails("train", "prior", "--run", empty, "--level", "top", "--steps", "1", message="train stage 1 first")
+    fails("export", "--run", tmp_path / "missing", "--out", "m.safetensors", message="does not exist")
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["train"], ["train", "vqvae"], ["train", "prior"], ["export"], ["sample"]]
+)
+def test_help_teaches_with_examples(command: list[str]) -> None:
+    result = ok(*command, "--help")
+    assert "Usage:" in result.output and "vqcodec" in result.output

@@ -1,0 +1,198 @@
+"""Model files: exact round trips, stable SHA-256, and clean rejection of anything malformed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from synthetic_images import make_images
+
+from vqcodec.models.config import PRESETS, ModelConfig, tiny_config
+from vqcodec.models.model import CodecModel, build_prior, sample_images
+from vqcodec.models.vqvae import VQVAE
+from vqcodec.train.checkpoint import checkpoint_path, read_model_state
+from vqcodec.train.export import export
+from vqcodec.train.stage1 import train_vqvae
+from vqcodec.train.stage2 import train_prior
+from vqcodec.zoo import modelfile
+from vqcodec.zoo.modelfile import ModelFileError, config_from_dict, load_model, save_model
+
+
+def tiny_model(seed: int = 0) -> CodecModel:
+    torch.manual_seed(seed)
+    return CodecModel(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    return path, save_model(tiny_model(), path)
+
+
+def body(tensors: dict[str, torch.Tensor], **metadata: str) -> bytes:
+    defaults = {"format": "vqcodec-model", "version": "1", "config": tiny_config().to_json()}
+    return safetensors.torch.save(tensors, metadata={**defaults, **metadata})
+
+
+def weights() -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in tiny_model().state_dict().items()}
+
+
+def test_round_trip_is_exact(model_file: tuple[Path, str]) -> None:
+    path, sha = model_file
+    model, loaded_sha = load_model(path)
+    assert loaded_sha == sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not model.training and model.config == tiny_config()
+    original = tiny_model().eval()
+    for (name, a), b in zip(original.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert load_model(path.read_bytes())[1] == sha
+
+
+def test_sha256_is_stable_across_saves_and_processes(model_file: tuple[Path, str], tmp_path: Path) -> None:
+    path, sha = model_file
+    assert {save_model(tiny_model(), tmp_path / f"{i}.safetensors") for i in range(3)} == {sha}
+    script = (
+        "import sys, torch; from vqcodec.models.config import tiny_config; from vqcodec.models.model import "
+        "CodecModel; from vqcodec.zoo.modelfile import save_model; torch.manual_seed(0); "
+        "print(save_model(CodecModel(tiny_config()), sys.argv[1]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "p.safetensors")], capture_output=True)
+    assert out.stdout.decode().strip() == sha
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_every_preset_config_round_trips() -> None:
+    for make in PRESETS.values():
+        config = make()
+        assert config_from_dict(json.loads(config.to_json())) == config
+    assert config_from_dict({}) == ModelConfig()  # missing keys take their defaults
+
+
+def test_exported_model_reproduces_the_trained_networks(tmp_path: Path) -> None:
+    images = make_images(tmp_path / "images", n=4)
+    run = tmp_path / "run"
+    train_vqvae(images, run, 2, batch_size=2, crop=32, device="cpu", config="tiny")
+    for level in ("top", "bottom"):
+        train_prior(run, level, 2, batch_size=2, device="cpu", crops_per_image=1)
+    sha = export(run, tmp_path / "a.safetensors")
+    assert export(run, tmp_path / "b.safetensors") == sha
+    model, loaded_sha = load_model(tmp_path / "a.safetensors")
+    assert loaded_sha == sha
+    vqvae = VQVAE(tiny_config().vqvae).eval()
+    vqvae.load_state_dict(read_model_state(checkpoint_path(run, "vqvae")))
+    x = torch.rand(2, 3, 32, 48) - 0.5
+    assert torch.equal(model.vqvae(x).recon, vqvae(x).recon)
+    codes = vqvae.encode(x)
+    for level, stage in enumerate(("prior-top", "prior-bottom")):
+        prior = build_prior(tiny_config(), level).eval()
+        prior.load_state_dict(read_model_state(checkpoint_path(run, stage)))
+        assert torch.equal(
+            model.priors[level](codes[level], codes[:level]), prior(codes[level], codes[:level])
+        )
+    images = sample_images(model, 2, 16, 24, seed=3)
+    assert images.shape == (2, 3, 16, 24) and images.dtype == torch.uint8
+    assert torch.equal(images, sample_images(model, 2, 16, 24, seed=3))
+
+
+# --- rejections ------------------------------------------------------------------------------------
+
+
+PICKLE = b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s."  # pickle of {"a": 1}
+ZIP = b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(64)  # what torch.save writes
+
+
+@pytest.mark.parametrize(
+    "data", [PICKLE, ZIP, b"", b"1234", bytes(64), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      "]
+)
+def test_rejects_what_is_not_a_safetensors_file(data: bytes) -> None:
+    with pytest.raises(ModelFileError, match="not a model file"):
+        load_model(data)
+
+
+def test_rejects_a_truncated_file(model_file: tuple[Path, str]) -> None:
+    data = model_file[0].read_bytes()
+    with pytest.raises(ModelFileError, match="corrupted"):
+        load_model(data[:-100])
+
+
+def test_rejects_missing_extra_and_misshapen_tensors() -> None:
+    good = weights()
+    missing = {k: v for k, v in good.items() if k != "priors.0.embed.weight"}
+    with pytest.raises(ModelFileError, match=r"lacks 1 tensors.*priors.0.embed.weight"):
+        load_model(body(missing))
+    with pytest.raises(ModelFileError, match="unexpected tensors.*payload"):
+        load_model(body({**good, "payload": torch.zeros(3)}))
+    with pytest.raises(ModelFileError, match="expected shape"):
+        load_model(body({**good, "priors.0.embed.weight": torch.zeros(3, 3)}))
+    with pytest.raises(ModelFileError, match="expected dtype F32"):
+        load_model(body({**good, "priors.0.embed.weight": good["priors.0.embed.weight"].double()}))
+
+
+def test_rejects_bad_metadata() -> None:
+    good = weights()
+    with pytest.raises(ModelFileError, match="metadata"):
+        load_model(safetensors.torch.save(good))
+    with pytest.raises(ModelFileError, match="metadata"):
+        load_model(body(good, extra="1"))
+    with pytest.raises(ModelFileError, match="format"):
+        load_model(body(good, format="gguf"))
+    with pytest.raises(ModelFileError, match="version"):
+        load_model(body(good, version="2"))
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        load_model(body(good, config="{"))
+
+
+def config_json(**changes: object) -> str:
+    data = tiny_config().to_dict()
+    for path, value in changes.items():
+        *parents, key = path.split("__")
+        target = data
+        for p in parents:
+            target = target[int(p)] if p.isdigit() else target[p]
+        target[key] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"vqvae__levels__0__codebook_size": 100_000}, r"codebook_size = 100000 is out of bounds"),
+        ({"vqvae__channels": 8192}, "channels = 8192 is out of bounds"),
+        ({"priors__1__n_blocks": -1}, "out of bounds"),
+        ({"vqvae__channels": True}, "must be an integer"),
+        ({"vqvae__channels": "16"}, "must be an integer"),
+        ({"priors__0__dropout": float("nan")}, "finite number"),
+        ({"vqvae__levels": [{}] * 5}, "1 to 4 entries"),
+        ({"vqvae__levels": [{}] * 3}, "3 levels"),
+        ({"vqvae__bottom_stride": 6}, "power of two"),
+        ({"priors__0__kernel_size": 4}, "odd kernel size"),
+        ({"vqvae__surprise": 1}, r"unknown keys \['surprise'\]"),
+        ({"priors__0__n_heads": 3}, "not divisible"),
+    ],
+)
+def test_rejects_bad_configs(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ModelFileError, match=message):
+        load_model(body(weights(), config=config_json(**changes)))
+
+
+def test_rejects_files_over_the_size_limit(
+    model_file: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(modelfile, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(ModelFileError, match="larger than"):
+        load_model(model_file[0])
+    with pytest.raises(ModelFileError, match="larger than"):
+        load_model(model_file[0].read_bytes())
+
+
+def test_loading_leaves_the_callers_rng_alone(model_file: tuple[Path, str]) -> None:
+    state = torch.get_rng_state()
+    load_model(model_file[0])
+    assert torch.equal(torch.get_rng_state(), state)

@@ -1,0 +1,235 @@
+"""Training: the data stream, both stages learning, exact resumes, the code cache, 3 levels, DDP on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+import torch.multiprocessing as mp
+from synthetic_images import make_images
+
+from vqcodec.models.config import LevelConfig, PriorConfig, three_level_config
+from vqcodec.train.checkpoint import checkpoint_path, read_state
+from vqcodec.train.data import ImageFolder, StreamSampler, list_images
+from vqcodec.train.export import export
+from vqcodec.train.stage1 import train_vqvae
+from vqcodec.train.stage2 import extract_codes, load_codes, resolve_level, train_prior
+from vqcodec.zoo.modelfile import load_model
+
+CROP = 32
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def val_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_images(tmp_path_factory.mktemp("val"), n=3, seed=1)
+
+
+def stage1(images: Path, run: Path, steps: int, **options) -> dict:
+    defaults = dict(batch_size=4, crop=CROP, device="cpu", config="tiny", log_every=1)
+    return train_vqvae(images, run, steps, **{**defaults, **options})
+
+
+def stage2(run: Path, level: str, steps: int, **options) -> dict:
+    defaults = dict(batch_size=4, device="cpu", crops_per_image=2, log_every=1)
+    return train_prior(run, level, steps, **{**defaults, **options})
+
+
+def tensors(run: Path, stage: str) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(checkpoint_path(run, stage))
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def metrics(run: Path, stage: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["stage"] == stage]
+
+
+@pytest.fixture(scope="module")
+def run8(tmp_path_factory: pytest.TempPathFactory, images: Path, val_images: Path) -> Path:
+    """A stage-1 run of 8 uninterrupted steps, with validation at the end."""
+    run = tmp_path_factory.mktemp("run8")
+    stage1(images, run, 8, val_data=val_images)
+    return run
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def test_images_are_found_recursively_and_case_insensitively(images: Path) -> None:
+    names = [p.relative_to(images).as_posix() for p in list_images(images)]
+    assert names[0] == "img0.JPG" and names[-1] == "sub/img7.png" and len(names) == 8
+
+
+def test_crops_are_deterministic_in_range_and_flipped_sometimes(images: Path) -> None:
+    data = ImageFolder(images, 64)
+    a, b = data[(3, 123)], data[(3, 123)]
+    assert a.shape == (3, 64, 64) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert a.min() >= -0.5 and a.max() <= 0.5
+    assert len({data[(3, seed)].sum().item() for seed in range(6)}) == 6
+    big = ImageFolder(images, 128)[(0, 1)]  # 128x96 images are upscaled to fit a 128 crop
+    assert big.shape == (3, 128, 128)
+    centre = ImageFolder(images, 64, train=False)
+    assert torch.equal(centre[(2, 0)], centre[(2, 99)])
+
+
+def test_stream_is_a_function_of_the_step_and_split_over_ranks() -> None:
+    full = list(StreamSampler(10, 4, seed=7, start=0, stop=8))
+    assert list(StreamSampler(10, 4, seed=7, start=5, stop=8)) == full[5:]
+    halves = [list(StreamSampler(10, 4, seed=7, start=0, stop=8, rank=r, world_size=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves, strict=True)] == full
+    stream = [index for batch in full for index, _ in batch]  # 32 samples: 3 epochs and a bit
+    assert sorted(stream[:10]) == sorted(stream[10:20]) == list(range(10)) and stream[:10] != stream[10:20]
+
+
+# --- stage 1 ---------------------------------------------------------------------------------------
+
+
+def test_vqvae_loss_drops(images: Path, tmp_path: Path) -> None:
+    stage1(images, tmp_path, 40, batch_size=8, lr=2e-3)
+    mse = [r["mse"] for r in metrics(tmp_path, "vqvae")]
+    assert len(mse) == 40
+    assert sum(mse[-5:]) < 0.7 * sum(mse[:5])
+    assert (tmp_path / "config.json").exists()
+
+
+def test_interrupted_vqvae_run_resumes_exactly(
+    images: Path, val_images: Path, run8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = StreamSampler.batch
+
+    def crash_at_step_6(self: StreamSampler, step: int) -> list[tuple[int, int]]:
+        if step == 6:
+            raise KeyboardInterrupt
+        return batch(self, step)
+
+    monkeypatch.setattr(StreamSampler, "batch", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        stage1(images, tmp_path, 8, ckpt_every=4, val_data=val_images, val_every=4)
+    assert read_state(checkpoint_path(tmp_path, "vqvae"))["step"] == 4
+    monkeypatch.setattr(StreamSampler, "batch", batch)
+
+    stage1(images, tmp_path, 8, ckpt_every=4, val_data=val_images, val_every=4)
+    assert_identical(tensors(tmp_path, "vqvae"), tensors(run8, "vqvae"))
+    resumed, straight = metrics(tmp_path, "vqvae"), metrics(run8, "vqvae")
+    assert [r["step"] for r in resumed if "loss" in r] == list(range(1, 9))  # steps 5, 6 logged once
+    assert [r["loss"] for r in resumed if "loss" in r] == [r["loss"] for r in straight if "loss" in r]
+
+
+def test_resume_refuses_other_settings(images: Path, run8: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run8, run)
+    with pytest.raises(ValueError, match="batch_size=8"):
+        stage1(images, run, 9, batch_size=8)
+    with pytest.raises(ValueError, match="another model configuration"):
+        stage1(images, run, 9, config="default")
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        stage1(images, tmp_path / "new", 9, resume=True)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        stage1(images, tmp_path / "new", 9, crop=36)
+
+
+# --- stage 2 ---------------------------------------------------------------------------------------
+
+
+def test_codes_are_cached_and_follow_the_vqvae(images: Path, run8: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run8, run)
+    paths = extract_codes(run, crops_per_image=3, device="cpu")
+    assert set(paths) == {"train", "val"}  # the validation folder is stage 1's
+    top, bottom = load_codes(paths["train"])
+    assert top.shape == (24, 4, 4) and bottom.shape == (24, 8, 8) and top.dtype == torch.int16
+    mtime = paths["train"].stat().st_mtime_ns
+    assert extract_codes(run, device="cpu") == paths and paths["train"].stat().st_mtime_ns == mtime
+
+    stage1(images, run, 9)  # the VQ-VAE changes: the codes are extracted again
+    extract_codes(run, device="cpu")
+    assert paths["train"].stat().st_mtime_ns != mtime and len(load_codes(paths["train"])[0]) == 24
+
+
+def test_prior_loss_drops(run8: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run8, run)
+    stage2(run, "top", 40, batch_size=16, lr=3e-3, crops_per_image=4)
+    bits = [r["bits"] for r in metrics(run, "prior-top") if "bits" in r]
+    assert sum(bits[-5:]) < 0.85 * sum(bits[:5])
+    last = metrics(run, "prior-top")[-1]
+    assert last["step"] == 40 and {"train_bits", "val_bits"} <= last.keys()
+
+
+@pytest.mark.parametrize("level", ["top", "bottom"])
+def test_prior_resumes_exactly(run8: Path, tmp_path: Path, level: str) -> None:
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(run8, straight)
+    shutil.copytree(run8, resumed)
+    stage2(straight, level, 6)
+    stage2(resumed, level, 3)
+    stage2(resumed, level, 6)
+    assert_identical(tensors(straight, f"prior-{level}"), tensors(resumed, f"prior-{level}"))
+
+
+def test_levels_by_name_or_index() -> None:
+    assert [resolve_level(x, 3) for x in ("top", "middle", "bottom", "2", 1)] == [0, 1, 2, 2, 1]
+    with pytest.raises(ValueError, match="top, bottom"):
+        resolve_level("middle", 2)
+
+
+def test_three_level_model_trains_and_exports(images: Path, tmp_path: Path) -> None:
+    small_prior = PriorConfig(channels=8, n_blocks=1, attention_every=0, n_cond_blocks=1, cond_channels=8)
+    config = replace(
+        three_level_config(),
+        vqvae=replace(
+            three_level_config().vqvae,
+            channels=16,
+            res_channels=8,
+            n_res_blocks=1,
+            levels=(LevelConfig(codebook_size=16, code_dim=8),) * 3,
+        ),
+        priors=(replace(small_prior, n_cond_blocks=0), small_prior, small_prior),
+    )
+    stage1(images, tmp_path, 1, config=config)
+    stage2(tmp_path, "middle", 1)
+    stage2(tmp_path, "bottom", 1)
+    assert [r["step"] for r in metrics(tmp_path, "prior-bottom")] == [1, 1]  # training, validation
+    with pytest.raises(FileNotFoundError, match="prior-top"):
+        export(tmp_path, tmp_path / "model.safetensors")
+    export(tmp_path, tmp_path / "model.safetensors", allow_untrained=True)
+    model, _ = load_model(tmp_path / "model.safetensors")
+    assert model.config == config
+
+
+# --- several processes -----------------------------------------------------------------------------
+
+
+def _ddp_worker(rank: int, port: int, images: str, run: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    stage1(Path(images), Path(run), 3, val_data=Path(images), val_every=2)
+    stage2(Path(run), "bottom", 2)
+
+
+def test_ddp_on_cpu(images: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(port, str(images), str(tmp_path)), nprocs=2, start_method="spawn")
+    assert read_state(checkpoint_path(tmp_path, "vqvae"))["step"] == 3
+    assert read_state(checkpoint_path(tmp_path, "prior-bottom"))["step"] == 2
+    assert [r["step"] for r in metrics(tmp_path, "vqvae")] == [1, 2, 2, 3, 3]  # rank 0 logs alone

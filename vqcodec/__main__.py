@@ -1,0 +1,5 @@
+"""`python -m vqcodec` runs the command-line interface."""
+
+from vqcodec.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""A training run: its folder, its metrics log, and the settings both training stages share.
+
+A run folder holds everything of one model in training::
+
+    RUN/config.json                      the ModelConfig (written by stage 1, read by everything after)
+    RUN/metrics.jsonl                    one JSON object per line: {"stage", "step", ...}
+    RUN/vqvae/checkpoint.safetensors     stage 1
+    RUN/codes/{train,val}.safetensors    stage-1 codes of many crops, the priors' training data
+    RUN/prior-<level>/checkpoint.safetensors   stage 2, one per level ("prior-top", "prior-bottom", ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from vqcodec.models.config import ModelConfig, level_names
+from vqcodec.train import dist
+from vqcodec.zoo.modelfile import atomic_path, config_from_json
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """bf16 autocast on CUDA and fp32 elsewhere by default; fp16 (with loss scaling) only on CUDA."""
+    if precision is None:
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs a CUDA device")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A loss scaler, active for fp16 only (a no-op pass-through otherwise)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def say(message: str) -> None:
+    """A progress message on stderr, from the main process only (tqdm-safe)."""
+    if dist.is_main():
+        tqdm.write(message, file=sys.stderr)
+
+
+def prior_stage(n_levels: int, level: int) -> str:
+    """The stage (and checkpoint folder) name of the prior of ``level``: "prior-top", "prior-bottom", ..."""
+    return f"prior-{level_names(n_levels)[level]}"
+
+
+def write_config(run: Path, config: ModelConfig) -> None:
+    """Record the run's ModelConfig (main process); a run folder never changes its model (all processes)."""
+    path = run / "config.json"
+    if path.exists():
+        if read_config(run) != config:
+            raise ValueError(
+                f"{run} already holds a run with another model configuration: choose another folder"
+            )
+        return
+    if not dist.is_main():
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def read_config(run: Path) -> ModelConfig:
+    path = run / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: train stage 1 first (vqcodec train vqvae --out {run})")
+    return config_from_json(path.read_text())
+
+
+def should_resume(checkpoint: Path, resume: bool | None) -> bool:
+    """Resume if asked to, or (``resume`` None) whenever a checkpoint exists; say which."""
+    if resume and not checkpoint.exists():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
+    resuming = checkpoint.exists() if resume is None else resume
+    if resuming:
+        say(f"Resuming from {checkpoint}" + ("" if resume else " (found it; --no-resume starts over)"))
+    elif checkpoint.exists():
+        say(f"Starting over: {checkpoint} will be overwritten")
+    else:
+        say(f"Starting a new run (no checkpoint at {checkpoint})")
+    return resuming
+
+
+def check_same_settings(saved: dict[str, Any], given: dict[str, Any]) -> None:
+    """A resumed run must continue with the settings that shaped it so far."""
+    diffs = [f"{k}={given[k]!r} (checkpoint: {saved.get(k)!r})" for k in given if saved.get(k) != given[k]]
+    if diffs:
+        raise ValueError(
+            "cannot resume with different settings: "
+            + ", ".join(diffs)
+            + "; use the checkpoint's values or start over (--no-resume)"
+        )
+
+
+class MetricsLog:
+    """Appends JSON records {"stage", "step", ...} to RUN/metrics.jsonl (main process only)."""
+
+    def __init__(self, run: Path, stage: str) -> None:
+        self.path = run / "metrics.jsonl"
+        self.stage = stage
+        self.enabled = dist.is_main()
+
+    def rewind(self, step: int) -> None:
+        """Drop this stage's records after ``step``: a resumed (or restarted) run logs those steps again."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not self._after(line, step)]
+        if len(kept) < len(lines):
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(kept))
+
+    def _after(self, line: str, step: int) -> bool:
+        record = json.loads(line)
+        return record.get("stage") == self.stage and record.get("step", 0) > step
+
+    def write(self, step: int, **values: Any) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"stage": self.stage, "step": step, **values}) + "\n")
