@@ -1,0 +1,266 @@
+"""The ``vqcodec`` command line: a thin click shell over the Python API (no logic lives here).
+
+Commands are grouped by what they work on: training a run folder (``train vqvae``, ``train
+prior``), and model files (``export``, ``sample``). Errors a user can cause end as one line on stderr
+and a non-zero exit status. Commands import their API module when they run, so that ``--help`` does not
+wait for torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from vqcodec import cli_codec
+from vqcodec.errors import VQZError
+from vqcodec.models.config import PRESETS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEVICE_HELP = "cpu, cuda or cuda:N  [default: cuda if available, else cpu]"
+
+
+def user_errors(f: F) -> F:
+    """Report errors a user can cause (missing files, malformed inputs, bad settings) as one clean line."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except (ValueError, OSError, VQZError) as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    """WxH -> (width, height)."""
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 256x256") from None
+    return width, height
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="vqcodec")
+def main() -> None:
+    """vqcodec: a learned lossy image codec (hierarchical VQ-VAE codes + PixelSNAIL priors).
+
+    \b
+    Train a model in a run folder, export it to a model file, and use the model file:
+      vqcodec train vqvae --data photos/ --out runs/a --steps 100000 --batch-size 128
+      vqcodec train prior --run runs/a --level top --steps 100000
+      vqcodec train prior --run runs/a --level bottom --steps 100000
+      vqcodec export --run runs/a --out a.safetensors
+      vqcodec sample --model a.safetensors --n 8 --out samples/
+      vqcodec compress --model a.safetensors photo.png photo.vqz
+      vqcodec decompress --model a.safetensors photo.vqz photo.png
+    """
+
+
+# --- training: a run folder -----------------------------------------------------------------------
+
+
+@main.group()
+def train() -> None:
+    """Train a model: stage 1 (the VQ-VAE), then stage 2 (one prior per level, top first).
+
+    \b
+    Several GPUs: launch the same command with torchrun, e.g.
+      torchrun --nproc_per_node 8 -m vqcodec train vqvae --data photos/ --out runs/a ...
+      torchrun --nproc_per_node 8 -m vqcodec train prior --run-dir runs/a --level top ...
+    (torchrun itself would take --run as an abbreviation of its --run-path).
+    --batch-size is the global batch, split over the GPUs.
+    A run resumes from its checkpoint automatically (and continues exactly as an uninterrupted
+    run would); --no-resume starts over, --resume insists on a checkpoint.
+    """
+
+
+def common_training_options(f: F) -> F:
+    """Options both training stages share."""
+    options = [
+        click.option("--steps", type=click.IntRange(min=1), required=True, help="Total steps of the run."),
+        click.option("--device", default=None, help=DEVICE_HELP, show_default=False),
+        click.option(
+            "--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, help="Adam learning rate."
+        ),
+        click.option("--seed", type=int, default=0, help="Seeds initialisation, data stream and dropout."),
+        click.option("--val-every", type=click.IntRange(min=1), default=1000, help="Validate every N steps."),
+        click.option(
+            "--ckpt-every", type=click.IntRange(min=1), default=1000, help="Checkpoint every N steps."
+        ),
+        click.option(
+            "--log-every", type=click.IntRange(min=1), default=10, help="Log metrics every N steps."
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Data loading processes [default: 4 on CUDA, 0 on CPU].",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["fp32", "bf16", "fp16"]),
+            default=None,
+            help="Autocast precision [default: bf16 on CUDA, fp32 on CPU]; fp16 uses loss scaling.",
+        ),
+        click.option(
+            "--resume/--no-resume",
+            default=None,
+            help="Resume from the checkpoint [default: when one exists].",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@train.command("vqvae")
+@click.option(
+    "--data", type=click.Path(exists=True, file_okay=False), required=True, help="Folder of training images."
+)
+@click.option(
+    "--out", "run", type=click.Path(file_okay=False), required=True, help="Run folder to create or resume."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Images per step (global).")
+@click.option(
+    "--crop", type=click.IntRange(min=1), default=256, help="Side of the square training crops (px)."
+)
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default=None,
+    help="Model configuration [default: the run's own when resuming, else default].",
+)
+@click.option(
+    "--val", "val_data", type=click.Path(exists=True, file_okay=False), help="Folder of validation images."
+)
+@common_training_options
+@user_errors
+def train_vqvae(data: str, run: str, preset: str | None, **options: Any) -> None:
+    """Stage 1: train the VQ-VAE on random crops of the images under --data.
+
+    \b
+    Writes RUN/config.json, RUN/vqvae/checkpoint.safetensors and RUN/metrics.jsonl, e.g.
+      vqcodec train vqvae --data photos/ --out runs/a --steps 100000 --batch-size 128 --crop 256
+      vqcodec train vqvae --data photos/ --out runs/tiny --steps 200 --batch-size 8 --crop 64 \\
+          --preset tiny --device cpu --val val_photos/
+    """
+    from vqcodec.train.stage1 import train_vqvae as api
+
+    api(data, run, config=preset, **options)
+
+
+@train.command("prior")
+@click.option(
+    "--run",
+    "--run-dir",
+    "run",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Run folder (after stage 1); spell it --run-dir under torchrun.",
+)
+@click.option("--level", required=True, help="top, middle, bottom, or a level index (0 = top).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Code maps per step (global).")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False),
+    help="Training images [default: the cached codes', else stage 1's].",
+)
+@click.option(
+    "--val",
+    "val_data",
+    type=click.Path(exists=True, file_okay=False),
+    help="Validation images [default: the cached codes', else stage 1's].",
+)
+@click.option(
+    "--crops-per-image",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Random crops encoded per image [default: the cached codes', else 8].",
+)
+@click.option(
+    "--crop",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Crop side for the codes [default: the cached codes', else stage 1's].",
+)
+@common_training_options
+@user_errors
+def train_prior(run: str, level: str, **options: Any) -> None:
+    """Stage 2: train the prior of one level on codes of the trained VQ-VAE.
+
+    The first prior to train extracts the codes of many random crops into RUN/codes/, and the
+    others reuse them; the levels can be trained in any order. Reports the NLL in bits per code on
+    training and validation codes.
+
+    \b
+      vqcodec train prior --run runs/a --level top --steps 100000
+      vqcodec train prior --run runs/a --level bottom --steps 100000 --crops-per-image 16
+    """
+    from vqcodec.train.stage2 import train_prior as api
+
+    api(run, level, **options)
+
+
+# --- model files -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--run", type=click.Path(exists=True, file_okay=False), required=True, help="Trained run folder."
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), required=True, help="Model file to write (.safetensors)."
+)
+@click.option(
+    "--allow-untrained-priors", is_flag=True, help="Export even if a level has no trained prior (testing)."
+)
+@user_errors
+def export(run: str, out: str, allow_untrained_priors: bool) -> None:
+    """Write a run's VQ-VAE and priors to one model file; prints its SHA-256.
+
+    \b
+      vqcodec export --run runs/a --out a.safetensors
+    """
+    from vqcodec.train.export import export as api
+
+    click.echo(api(run, out, allow_untrained=allow_untrained_priors))
+
+
+@main.command()
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), required=True, help="Model file.")
+@click.option("--n", type=click.IntRange(min=1), default=4, help="Number of images.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the PNG files.")
+@click.option("--device", default=None, help=DEVICE_HELP, show_default=False)
+@click.option(
+    "--size", default="256x256", callback=parse_size, help="WIDTHxHEIGHT, multiples of the top stride."
+)
+@click.option(
+    "--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Softmax temperature."
+)
+@click.option("--seed", type=int, default=0, help="Seed of the draws.")
+@user_errors
+def sample(
+    model: str, n: int, out: str, device: str | None, size: tuple[int, int], temperature: float, seed: int
+) -> None:
+    """Draw images from a model's priors and write them as PNG files.
+
+    \b
+      vqcodec sample --model a.safetensors --n 8 --out samples/ --size 256x256 --temperature 0.9
+    """
+    from vqcodec.sample import sample_to_folder
+    from vqcodec.train.run import default_device
+
+    width, height = size
+    for path in sample_to_folder(model, out, n, width, height, temperature, seed, device or default_device()):
+        click.echo(path)
+
+
+# --- codecs: compress, decompress, info, models (in vqcodec/cli_codec.py) -------------------------
+
+cli_codec.register(main)
