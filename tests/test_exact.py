@@ -1,0 +1,308 @@
+"""Exact integer priors: close to the float model, stepper == full evaluation, the same tables everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import random
+from decimal import Decimal
+
+import numpy as np
+import pytest
+import torch
+
+from vqcodec.coding import entropy, exact
+from vqcodec.coding.exact import FA, FE, TABLE_SIZE, WEIGHT_MAX, ExactPrior, frequencies
+from vqcodec.models import order
+from vqcodec.models.config import ModelConfig, PriorConfig, three_level_config, tiny_config
+from vqcodec.models.pixelsnail import PixelSNAILPrior
+from vqcodec.models.sampling import sample_codes
+
+TOTAL = 2**entropy.PRECISION
+
+
+def small(config: PriorConfig) -> PriorConfig:
+    return dataclasses.replace(config, channels=8, cond_channels=8, n_blocks=2, n_cond_blocks=1)
+
+
+def make_priors() -> dict[str, PixelSNAILPrior]:
+    """One float prior of every kind, small, float64, eval mode."""
+    torch.manual_seed(0)
+    tiny, three = tiny_config(), three_level_config()
+    top_k5 = PriorConfig(
+        channels=8, n_blocks=2, attention_every=1, n_heads=2, attention_radius=3, kernel_size=5
+    )
+    priors = {
+        "top": PixelSNAILPrior(dataclasses.replace(tiny.priors[0], attention_every=1), 32),
+        "top_k5": PixelSNAILPrior(top_k5, 16),
+        "bottom": PixelSNAILPrior(tiny.priors[1], 32, (32,)),
+        "three_middle": PixelSNAILPrior(small(three.priors[1]), 16, (12,)),
+        "three_bottom": PixelSNAILPrior(small(three.priors[2]), 16, (12, 10)),
+    }
+    return {name: prior.double().eval() for name, prior in priors.items()}
+
+
+PRIORS = make_priors()
+EXACT = {name: ExactPrior.from_float(prior) for name, prior in PRIORS.items()}
+
+
+def random_cond(prior: PixelSNAILPrior, h: int, w: int, seed: int = 0) -> list[torch.Tensor]:
+    """Random [h_i, w_i] codes for every level above ``prior``'s (top first) for an h x w map."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(prior.cond_codebook_sizes)
+    return [
+        torch.randint(k, (-(-h // 2 ** (n - i)), -(-w // 2 ** (n - i))), generator=g)
+        for i, k in enumerate(prior.cond_codebook_sizes)
+    ]
+
+
+def stepper_tables(prior: ExactPrior, codes: torch.Tensor, cond: list[torch.Tensor]) -> list[np.ndarray]:
+    """The stepper's tables of every step, fed the known codes as an encoder does."""
+    stepper = prior.stepper(*codes.shape, cond)
+    tables = []
+    for t in range(stepper.n_steps):
+        ys, xs = stepper.positions(t)
+        tables.append(stepper.freqs(t))
+        stepper.set_codes(t, codes[ys, xs])
+    return tables
+
+
+def reference_frequencies(logits: list[int]) -> list[int]:
+    """The frequency rule of exact.md in plain Python integers."""
+    table = exact.tables().exp
+    top = max(logits)
+    e = [int(table[min(top - v, TABLE_SIZE - 1)]) for v in logits]
+    total = sum(e)
+    f = [1 + v * (TOTAL - len(logits)) // total for v in e]
+    f[logits.index(top)] += TOTAL - sum(f)
+    return f
+
+
+def exact_round(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
+
+
+def test_tables_are_reproducible_and_match_their_definition() -> None:
+    first = exact.tables()
+    exact.tables.cache_clear()
+    again = exact.tables()
+    assert first is not again
+    for a, b in zip(first, again, strict=True):
+        assert a.dtype == np.int64 and np.array_equal(a, b)
+    elu, sigmoid, exp = again
+    assert len(elu) == len(exp) == TABLE_SIZE and len(sigmoid) == 2 * TABLE_SIZE
+    # Spot values, each from its own 50-digit exp (the module uses powers of exp(-1/2^FA)).
+    rng = random.Random(0)
+    edges = [0, 1, 2, 1023, 1024, 7807, 7808, 14906, 14907, TABLE_SIZE - 1]
+    spots = edges + rng.sample(range(TABLE_SIZE), 40)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 50
+        for i in spots:
+            e = (Decimal(-i) / 2**FA).exp()
+            assert elu[i] == exact_round(2**FA * (e - 1)), i
+            assert exp[i] == exact_round(2**FE * e), i
+            for j in (i, 2 * TABLE_SIZE - 1 - i):
+                x = Decimal(j - TABLE_SIZE) / 2**FA
+                assert sigmoid[j] == exact_round(2**FA / (1 + (-x).exp())), j
+    assert elu[0] == 0 and elu[-1] == -(2**FA) and exp[0] == 2**FE and exp[-1] == 0
+    assert sigmoid[0] == 0 and sigmoid[TABLE_SIZE] == 2 ** (FA - 1) and sigmoid[-1] == 2**FA
+    assert (np.diff(elu) <= 0).all() and (np.diff(exp) <= 0).all() and (np.diff(sigmoid) >= 0).all()
+    assert (elu >= -np.arange(TABLE_SIZE)).all()  # what the integer ELU relies on
+
+
+@pytest.mark.parametrize("k", [2, 4, 5, 512, 4096])
+def test_frequency_rule(k: int) -> None:
+    g = torch.Generator().manual_seed(k)
+    logits = torch.cat(
+        [
+            torch.randint(-8 * 2**FA, 8 * 2**FA, (20, k), generator=g),
+            torch.randint(-(2**40), 2**40, (4, k), generator=g),
+            torch.zeros(1, k, dtype=torch.int64),  # all equal
+            torch.zeros(1, k, dtype=torch.int64).index_fill_(1, torch.tensor([k - 1]), 2**40),  # one huge
+            torch.full((1, k), 7).index_fill_(1, torch.tensor([0, k - 1]), 9),  # a tie for the maximum
+        ]
+    )
+    f = frequencies(logits)
+    assert f.dtype == torch.int64 and f.shape == logits.shape
+    assert (f >= 1).all() and (f.sum(dim=1) == TOTAL).all()
+    for row, table in zip(logits.tolist(), f.tolist(), strict=True):
+        assert table == reference_frequencies(row)
+    if k & (k - 1) == 0:
+        assert (f[-3] == TOTAL // k).all()
+    assert f[-2, -1] == TOTAL - k + 1 and (f[-2, :-1] == 1).all()
+    assert 0 <= f[-1, 0] - f[-1, -1] < k  # the first maximum takes the remainder
+
+
+def test_frequencies_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        frequencies(torch.zeros(3, 4))  # float
+    with pytest.raises(ValueError):
+        frequencies(torch.zeros(3, 1, dtype=torch.int64))
+
+
+def test_weight_quantisation_follows_the_spec() -> None:
+    layer = EXACT["top"].blocks[0].conv2
+    conv = PRIORS["top"].blocks[0].conv2
+    w = layer.weight.T  # [out, fan_in]
+    assert torch.equal(w, w.round()) and w.abs().max() <= WEIGHT_MAX
+    for c in range(w.shape[0]):
+        s = int(layer.shift[c])
+        row = (conv.weight[c] * conv.mask[0, 0]).flatten().abs().max().item()
+        assert round(row * 2**s) <= WEIGHT_MAX < round(row * 2 ** (s + 1))  # the largest such s
+        assert int(w[c].abs().max()) == round(row * 2**s)
+        assert int(layer.bias[c]) == round(conv.bias[c].item() * 2 ** (s + FA)) + 2 ** (s - 1)  # + rounding
+
+
+@pytest.mark.parametrize("kind", ["top", "top_k5", "bottom", "three_bottom"])
+def test_close_to_float_model(kind: str) -> None:
+    prior, quantised = PRIORS[kind], EXACT[kind]
+    h, w = 7, 9
+    codes = torch.randint(prior.codebook_size, (h, w), generator=torch.Generator().manual_seed(3))
+    cond = random_cond(prior, h, w)
+    with torch.no_grad():
+        reference = prior(codes[None], [c[None] for c in cond] or None)[0].permute(1, 2, 0)
+    error = (quantised.logits_full(codes, cond) / 2**FA - reference).abs().max().item()
+    print(f"{kind}: max |exact - float| logit difference {error:.4f}")
+    assert error < 0.01  # about 0.002 with rounding shifts (0.02 is the design goal)
+
+
+def peaked(prior: PixelSNAILPrior, factor: float) -> PixelSNAILPrior:
+    """A copy of ``prior`` with its logits scaled: a peaked distribution, like a trained prior's."""
+    copy = PixelSNAILPrior(prior.config, prior.codebook_size, prior.cond_codebook_sizes).double().eval()
+    copy.load_state_dict(prior.state_dict())
+    with torch.no_grad():
+        copy.out_conv.weight.mul_(factor)
+        copy.out_conv.bias.mul_(factor)
+    return copy
+
+
+def test_quantisation_costs_no_measurable_bits() -> None:
+    top, bottom = peaked(PRIORS["top"], 12.0), peaked(PRIORS["bottom"], 12.0)
+    levels = sample_codes([top, bottom], [(5, 6), (10, 12)], n=4, generator=torch.Generator().manual_seed(1))
+    for prior, codes, above in ((top, levels[0], None), (bottom, levels[1], levels[0])):
+        quantised = ExactPrior.from_float(prior)
+        float_bits = prior.nll_bits(codes, [above] if above is not None else None).item()
+        bits = 0.0
+        for i, image in enumerate(codes):
+            logits = quantised.logits_full(image, [above[i]] if above is not None else [])
+            tables = frequencies(logits.view(-1, prior.codebook_size)).numpy()
+            bits += entropy.ideal_bits(image.reshape(-1).numpy(), tables)
+        exact_bits = bits / codes.numel()
+        print(f"float {float_bits:.4f} bits/code, exact {exact_bits:.4f} bits/code")
+        assert abs(exact_bits - float_bits) < 0.005 * float_bits
+
+
+@pytest.mark.parametrize("kind", sorted(PRIORS))
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (1, 5), (5, 1), (3, 7), (6, 4)])
+def test_stepper_matches_full_evaluation(kind: str, h: int, w: int) -> None:
+    prior = EXACT[kind]
+    codes = torch.randint(prior.codebook_size, (h, w), generator=torch.Generator().manual_seed(h * 10 + w))
+    cond = random_cond(PRIORS[kind], h, w)
+    full = prior.logits_full(codes, cond)
+    tables = stepper_tables(prior, codes, cond)
+    assert len(tables) == order.n_steps(h, w)
+    for t, table in enumerate(tables):
+        ys, xs = order.wavefront(t, h, w)
+        assert table.dtype == np.int64 and np.array_equal(table, frequencies(full[ys, xs]).numpy()), t
+
+
+def test_same_tables_with_any_thread_count() -> None:
+    torch.manual_seed(5)
+    config = PriorConfig(channels=32, n_blocks=2, attention_every=1, n_heads=2, attention_radius=3)
+    prior = ExactPrior.from_float(PixelSNAILPrior(config, 64))
+    codes = torch.randint(64, (12, 16), generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, full_one = stepper_tables(prior, codes, []), prior.logits_full(codes, [])
+        torch.set_num_threads(2)
+        two, full_two = stepper_tables(prior, codes, []), prior.logits_full(codes, [])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))
+    assert torch.equal(full_one, full_two)
+
+
+def test_interleaved_images_give_the_same_tables() -> None:
+    prior, float_prior = EXACT["bottom"], PRIORS["bottom"]
+    g = torch.Generator().manual_seed(2)
+    images = [torch.randint(32, (6, 8), generator=g) for _ in range(2)]
+    conds = [random_cond(float_prior, 6, 8, seed=i) for i in range(2)]
+    alone = [stepper_tables(prior, codes, cond) for codes, cond in zip(images, conds, strict=True)]
+    steppers = [prior.stepper(6, 8, cond) for cond in conds]
+    for t in range(steppers[0].n_steps):
+        for i in (1, 0):
+            ys, xs = steppers[i].positions(t)
+            assert np.array_equal(steppers[i].freqs(t), alone[i][t])
+            steppers[i].set_codes(t, images[i][ys, xs])
+
+
+def test_stepper_enforces_the_order() -> None:
+    stepper = EXACT["top"].stepper(3, 4, [])
+    with pytest.raises(ValueError):
+        stepper.freqs(1)
+    stepper.freqs(0)
+    with pytest.raises(ValueError):
+        stepper.freqs(1)  # the codes of step 0 are missing
+    with pytest.raises(ValueError):
+        stepper.set_codes(0, [1, 2])  # step 0 has one code
+    with pytest.raises(ValueError):
+        stepper.set_codes(0, [32])  # outside the codebook
+    with pytest.raises(ValueError):
+        EXACT["bottom"].stepper(4, 4, [torch.zeros(3, 2, dtype=torch.int64)])
+
+
+def test_moved_copy_and_refused_models() -> None:
+    moved = EXACT["bottom"].to("cpu")
+    assert moved is not EXACT["bottom"] and moved.device.type == "cpu"
+    codes, cond = (
+        torch.randint(32, (4, 6), generator=torch.Generator().manual_seed(0)),
+        random_cond(PRIORS["bottom"], 4, 6),
+    )
+    assert torch.equal(moved.logits_full(codes, cond), EXACT["bottom"].logits_full(codes, cond))
+    broken = make_priors()["top"]
+    broken.blocks[0].conv1.mask[..., 1, 2] = 1.0  # reads offset (0, +1): not the decode order's mask
+    with pytest.raises(ValueError):
+        ExactPrior.from_float(broken)
+
+
+def test_round_trip_through_the_range_coder() -> None:
+    prior, h, w = EXACT["bottom"], 9, 13
+    codes = torch.randint(32, (h, w), generator=torch.Generator().manual_seed(4))
+    cond = random_cond(PRIORS["bottom"], h, w)
+    encoder, stepper = entropy.Encoder(), prior.stepper(h, w, cond)
+    for t in range(stepper.n_steps):
+        ys, xs = stepper.positions(t)
+        encoder.encode(codes[ys, xs].numpy(), stepper.freqs(t))
+        stepper.set_codes(t, codes[ys, xs])
+    payload = encoder.finish()
+
+    decoder, stepper = entropy.Decoder(payload), prior.stepper(h, w, cond)
+    decoded = torch.full((h, w), -1, dtype=torch.int64)
+    for t in range(stepper.n_steps):
+        ys, xs = stepper.positions(t)
+        symbols = decoder.decode(stepper.freqs(t))
+        stepper.set_codes(t, symbols)
+        decoded[ys, xs] = torch.from_numpy(symbols)
+    decoder.check_exhausted()
+    assert torch.equal(decoded, codes)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpu_tables() -> None:
+    """Default-size top and bottom priors: identical tables (stepper and full) on CPU and CUDA."""
+    torch.manual_seed(0)
+    config = ModelConfig()
+    top = PixelSNAILPrior(config.priors[0], 512)
+    bottom = PixelSNAILPrior(config.priors[1], 512, (512,))
+    g = torch.Generator().manual_seed(1)
+    top_codes = torch.randint(512, (12, 18), generator=g)
+    bottom_codes = torch.randint(512, (24, 36), generator=g)
+    for prior, codes, cond in ((top, top_codes, []), (bottom, bottom_codes, [top_codes])):
+        cpu = ExactPrior.from_float(prior)
+        cuda = cpu.to("cuda")
+        assert cuda.device.type == "cuda"
+        cond_cuda = [c.cuda() for c in cond]
+        assert torch.equal(cpu.logits_full(codes, cond), cuda.logits_full(codes.cuda(), cond_cuda).cpu())
+        on_cpu, on_cuda = stepper_tables(cpu, codes, cond), stepper_tables(cuda, codes.cuda(), cond_cuda)
+        assert all(np.array_equal(a, b) for a, b in zip(on_cpu, on_cuda, strict=True))

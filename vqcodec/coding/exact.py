@@ -1,0 +1,631 @@
+"""Exact integer inference of the PixelSNAIL priors: the same frequency tables on every platform.
+
+A range decoder needs the encoder's frequency tables bit for bit: one float that differs by an ulp
+(thread count, batch composition, CPU vs CUDA, summation order) changes a table, and every later
+code decodes wrongly. So the tables do not come from the float network but from an integer mirror
+of it that is exact *by construction*, normatively specified in ``bitstream_spec/exact.md``:
+
+* activations are integers in fixed point with ``FA`` fractional bits, clamped to ``|x| <= ACT_MAX``;
+* weights are integers ``|w| <= WEIGHT_MAX`` with a power-of-two scale per output channel;
+* every convolution is a GEMM in float64 on integer operands whose partial sums are all below 2**53,
+  so the float64 result is the exact integer whatever the order of summation, BLAS or device;
+* everything else (bias, shifts, clamps, residual sums, gates, attention weights) is int64 arithmetic
+  and lookups in tables defined mathematically and computed exactly with ``decimal``.
+
+Encoder and decoder both run an :class:`ExactStepper`, which evaluates each layer only at the
+positions of one wavefront (``order.wavefront``) and keeps every spatially-read layer output in a
+zero-padded cache, so step ``t`` costs one wavefront's worth of work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import functools
+import math
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vqcodec.coding.entropy import MAX_ALPHABET, PRECISION
+from vqcodec.models import order
+from vqcodec.models.pixelsnail import CausalAttention, MaskedConv2d, PixelSNAILPrior, ResBlock
+
+FA = 10
+"""Fractional bits of every activation (and of the logits)."""
+
+ACT_MAX = 2**20 - 1
+"""Every layer's output is clamped to ``[-ACT_MAX, ACT_MAX]``."""
+
+WEIGHT_MAX = 2**15 - 1
+"""Largest magnitude of a quantised weight."""
+
+MAX_SHIFT = 24
+"""Largest weight scale exponent ``s_c`` (the scale of all-zero and tiny channels)."""
+
+MAX_FAN_IN = 2**17
+"""Largest number of products in one output: keeps every accumulator below 2**15 * 2**20 * 2**17 = 2**52."""
+
+MAX_BIAS = 2.0**21
+"""Biases must be smaller than this in magnitude (a looser limit than any trained model needs)."""
+
+FE = 20
+"""Fractional bits of the exponential table used by the softmaxes."""
+
+TABLE_SIZE = 16 * 2**FA
+"""Entries of the ELU and exp tables; the sigmoid table covers ``[-TABLE_SIZE, TABLE_SIZE)``."""
+
+P_BITS = 16
+"""Fractional bits of the attention weights."""
+
+MAX_HEAD_DIM = 2**10
+MAX_OFFSETS = 2**10
+
+_CHUNK = 2**22
+"""Gathered float64 elements per GEMM (32 MiB): bounds memory when many positions run at once."""
+
+_NEG = -(2**62)
+"""Stands in for the logit of an attention offset outside the map before it is excluded."""
+
+
+class Tables(NamedTuple):
+    """The lookup tables, int64, as defined in ``bitstream_spec/exact.md`` §4."""
+
+    elu: np.ndarray  # [TABLE_SIZE]: round(2^FA (exp(-i / 2^FA) - 1))
+    sigmoid: np.ndarray  # [2 TABLE_SIZE]: round(2^FA / (1 + exp(-(i - TABLE_SIZE) / 2^FA)))
+    exp: np.ndarray  # [TABLE_SIZE]: round(2^FE exp(-i / 2^FA))
+
+
+_TIE_MARGIN = Decimal("1e-40")
+
+
+def _round_checked(value: Decimal) -> int:
+    """Round half to even, refusing a value so close to a tie that the 60-digit error could matter.
+
+    No entry is ever that close (the exact values are irrational), so this only proves correctness.
+    """
+    nearest = value.to_integral_value(rounding=decimal.ROUND_HALF_EVEN)
+    if abs(abs(value - nearest) - Decimal("0.5")) < _TIE_MARGIN:
+        raise ArithmeticError(f"table entry {value} is too close to a rounding tie")
+    return int(nearest)
+
+
+@functools.cache
+def tables() -> Tables:
+    """Build the tables once per process (about 0.15 s), exactly.
+
+    ``exp(-i / 2^FA)`` is computed as the i-th power of ``exp(-1 / 2^FA)`` in 60-digit decimal
+    arithmetic: after at most 2^14 + 1 multiplications its relative error is below 1e-54, far inside
+    the tie margin that :func:`_round_checked` enforces, so every entry is the correctly rounded value.
+    """
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        ctx.rounding = decimal.ROUND_HALF_EVEN
+        unit, scale_e, one = Decimal(2**FA), Decimal(2**FE), Decimal(1)
+        ratio = (Decimal(-1) / unit).exp()
+        power = one  # exp(-i / 2^FA)
+        elu, exp, sig_pos, sig_neg = [], [], [], []
+        for i in range(TABLE_SIZE + 1):
+            if i < TABLE_SIZE:
+                elu.append(_round_checked(unit * (power - one)))
+                exp.append(_round_checked(scale_e * power))
+                sig_pos.append(_round_checked(unit / (one + power)))  # sigmoid(+i / 2^FA)
+            if i > 0:
+                sig_neg.append(_round_checked(unit * power / (one + power)))  # sigmoid(-i / 2^FA)
+            power *= ratio
+    sigmoid = sig_neg[::-1] + sig_pos  # index i holds sigmoid((i - TABLE_SIZE) / 2^FA)
+    arrays = [np.array(values, dtype=np.int64) for values in (elu, sigmoid, exp)]
+    for array in arrays:
+        array.setflags(write=False)
+    return Tables(*arrays)
+
+
+@functools.cache
+def _tables_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(torch.from_numpy(t.copy()).to(device) for t in tables())
+
+
+def _lookup(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]`` for an int64 index tensor of any shape (index_select is the fastest gather)."""
+    return table.index_select(0, index.reshape(-1)).view(index.shape)
+
+
+def _elu(x: Tensor) -> Tensor:
+    """Integer ELU of int64 activations at FA."""
+    elu = _tables_on(x.device)[0]
+    # For x >= 0 the lookup gives ELU[0] = 0 <= x; for x < 0, ELU[-x] >= x, because the exact value
+    # 2^FA (exp(x / 2^FA) - 1) exceeds the integer x and rounding keeps it there: max() is the ELU.
+    return torch.maximum(x, _lookup(elu, (-x).clamp_(0, TABLE_SIZE - 1)))
+
+
+def _sigmoid(x: Tensor) -> Tensor:
+    """Integer sigmoid of int64 activations at FA, itself at FA (0..2^FA)."""
+    sigmoid = _tables_on(x.device)[1]
+    return _lookup(sigmoid, x.clamp(-TABLE_SIZE, TABLE_SIZE - 1) + TABLE_SIZE)
+
+
+def _round_shift(x: Tensor, s: int) -> Tensor:
+    """``rshr(x, s) = floor((x + 2**(s - 1)) / 2**s)``, s >= 1: rounds half up (a floor biases each layer)."""
+    return (x + 2 ** (s - 1)) >> s
+
+
+def _floor_div(a: Tensor, b: Tensor) -> Tensor:
+    """``a div b`` for int64 ``0 <= a < 2**53`` and ``b > 0``, exact, and faster than int64 division.
+
+    The float64 quotient is within one of the true one (its relative error is below 2**-52 and the
+    quotient below 2**53); the integer remainder then corrects it.
+    """
+    q = torch.floor(a.double() / b.double()).to(torch.int64)
+    r = a - q * b
+    return q + (r >= b).to(torch.int64) - (r < 0).to(torch.int64)
+
+
+def _clamp(x: Tensor) -> Tensor:
+    return x.clamp_(-ACT_MAX, ACT_MAX)
+
+
+def frequencies(logits: Tensor) -> Tensor:
+    """Frequency tables int64 [n, K] (entries >= 1, rows summing to 2**PRECISION) from int64 logits at FA.
+
+    ``z = max(l) - l``, ``e = exp[min(z, TABLE_SIZE - 1)]``, ``f = 1 + floor(e (2^24 - K) / sum(e))``,
+    and what the floors leave over goes to the first index of the largest logit (exact.md §7).
+    """
+    if logits.dim() != 2 or logits.dtype != torch.int64:
+        raise ValueError(f"logits must be int64 [n, K], got {logits.dtype} {tuple(logits.shape)}")
+    n, k = logits.shape
+    if not 2 <= k <= MAX_ALPHABET:
+        raise ValueError(f"alphabet size must be in 2..{MAX_ALPHABET}, got {k}")
+    exp = _tables_on(logits.device)[2]
+    z = (logits.amax(dim=1, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
+    e = _lookup(exp, z)
+    share = 2**PRECISION - k
+    freqs = 1 + _floor_div(e * share, e.sum(dim=1, keepdim=True))
+    index = torch.arange(k, device=logits.device).expand(n, k)
+    first_max = torch.where(z == 0, index, k).amin(dim=1)
+    freqs[torch.arange(n, device=logits.device), first_max] += 2**PRECISION - freqs.sum(dim=1)
+    return freqs
+
+
+def _scale_exponent(row_max: float) -> int:
+    """The largest s <= MAX_SHIFT with round_half_even(row_max * 2**s) <= WEIGHT_MAX (exact.md §3)."""
+    if row_max == 0.0:
+        return MAX_SHIFT
+    _, e = math.frexp(row_max)  # row_max = m * 2**e with 0.5 <= m < 1
+    s = 15 - e  # row_max * 2**s lies in [2**14, 2**15): the rounding can only reach 2**15
+    if round(math.ldexp(row_max, s)) > WEIGHT_MAX:
+        s -= 1
+    return min(s, MAX_SHIFT)
+
+
+@dataclasses.dataclass
+class _Linear:
+    """A quantised convolution as a linear map of its gathered input taps (rows tap-major, then channel)."""
+
+    weight: Tensor  # float64 [fan_in, out], integers with |w| <= WEIGHT_MAX
+    bias: Tensor  # int64 [out]: B_c at 2**(shift + FA), plus 2**(shift - 1) to round the shift
+    shift: Tensor  # int64 [out]
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, taps: list[tuple[int, int]], scale: float | None = None) -> _Linear:
+        """Quantise ``conv`` restricted to ``taps`` (its mask's nonzero offsets), times ``scale`` if given."""
+        r = conv.kernel_size[0] // 2
+        weight = conv.weight.detach().cpu().double().numpy()
+        weight = np.stack([weight[:, :, dy + r, dx + r] for dy, dx in taps], axis=1)
+        weight = weight.reshape(len(weight), -1)  # [out, taps * in]
+        bias = conv.bias.detach().cpu().double().numpy()
+        if scale is not None:  # IEEE float64 products: correctly rounded, hence the same everywhere
+            weight, bias = weight * scale, bias * scale
+        if weight.shape[1] > MAX_FAN_IN:
+            raise ValueError(f"fan-in {weight.shape[1]} exceeds {MAX_FAN_IN}")
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise ValueError("non-finite weights")
+        if np.abs(bias).max() >= MAX_BIAS:
+            raise ValueError(f"a bias exceeds {MAX_BIAS} in magnitude")
+        shift = np.array([_scale_exponent(float(m)) for m in np.abs(weight).max(axis=1)], dtype=np.int64)
+        if shift.min() < 0:
+            raise ValueError(f"weights too large for {WEIGHT_MAX.bit_length()}-bit quantisation")
+        w_int = np.rint(np.ldexp(weight, shift[:, None]))  # exact scaling, then round half to even
+        b_int = np.rint(np.ldexp(bias, shift + FA)).astype(np.int64)
+        b_int += np.where(shift > 0, 2 ** np.maximum(shift - 1, 0), 0)  # rounds the shift half up
+        weight_t = torch.from_numpy(np.ascontiguousarray(w_int.T))
+        return cls(weight_t, torch.from_numpy(b_int), torch.from_numpy(shift))
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        """int64 [n, out] at FA from integer-valued float64 inputs [n, fan_in] at FA; the GEMM is exact."""
+        acc = (inputs @ self.weight).to(torch.int64)
+        return _clamp((acc + self.bias) >> self.shift)
+
+
+@dataclasses.dataclass
+class _ResBlock:
+    conv1: _Linear
+    conv2: _Linear
+
+
+@dataclasses.dataclass
+class _GatedBlock:
+    conv1: _Linear
+    conv2: _Linear
+    cond_proj: _Linear | None
+
+
+@dataclasses.dataclass
+class _Attention:
+    query: _Linear  # already scaled by 1 / sqrt(head dim)
+    key: _Linear
+    value: _Linear
+    proj: _Linear
+    n_heads: int
+
+
+def _all_taps(kernel_size: int) -> list[tuple[int, int]]:
+    r = kernel_size // 2
+    return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+
+
+def _masked_offsets(kernel_size: int, first_layer: bool) -> list[tuple[int, int]]:
+    """The offsets where the decode order's causal mask is 1, row-major."""
+    mask = order.conv_mask(kernel_size, first_layer).flatten().tolist()
+    return [tap for tap, m in zip(_all_taps(kernel_size), mask, strict=True) if m]
+
+
+def _masked_taps(conv: MaskedConv2d, first_layer: bool) -> list[tuple[int, int]]:
+    """The taps of a masked convolution, checking that it uses the decode order's mask."""
+    k = conv.kernel_size[0]
+    if not torch.equal(conv.mask.detach().cpu().reshape(k, k), order.conv_mask(k, first_layer)):
+        raise ValueError("a masked convolution does not use the decode order's mask")
+    return _masked_offsets(k, first_layer)
+
+
+def _quantise_embedding(embedding: nn.Embedding) -> Tensor:
+    table = embedding.weight.detach().cpu().double().numpy()
+    if not np.isfinite(table).all():
+        raise ValueError("non-finite embeddings")
+    return torch.from_numpy(np.clip(np.rint(np.ldexp(table, FA)), -ACT_MAX, ACT_MAX).astype(np.int64))
+
+
+def _res_block(block: ResBlock) -> _ResBlock:
+    taps = _all_taps(block.conv1.kernel_size[0])
+    return _ResBlock(_Linear.from_conv(block.conv1, taps), _Linear.from_conv(block.conv2, taps))
+
+
+def _attention(attn: CausalAttention, radius: int) -> _Attention:
+    channels = attn.query.in_channels
+    d = channels // attn.n_heads
+    if attn.offsets != order.attention_offsets(radius):
+        raise ValueError("an attention block does not use the decode order's causal window")
+    if d > MAX_HEAD_DIM or len(attn.offsets) > MAX_OFFSETS:
+        raise ValueError(f"attention needs head dim <= {MAX_HEAD_DIM} and <= {MAX_OFFSETS} offsets")
+    point = [(0, 0)]
+    return _Attention(
+        query=_Linear.from_conv(attn.query, point, scale=1.0 / math.sqrt(d)),
+        key=_Linear.from_conv(attn.key, point),
+        value=_Linear.from_conv(attn.value, point),
+        proj=_Linear.from_conv(attn.proj, point),
+        n_heads=attn.n_heads,
+    )
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor inside (dataclasses and lists) moved to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, list):
+        return [_to(item, device) for item in obj]
+    if dataclasses.is_dataclass(obj):
+        moved = {f.name: _to(getattr(obj, f.name), device) for f in dataclasses.fields(obj)}
+        return dataclasses.replace(obj, **moved)
+    return obj
+
+
+def _padded(features: Tensor, pad: int) -> Tensor:
+    """A zero-padded float64 copy [(h + 2 pad) (w + 2 pad), C] of int64 features [h, w, C], to gather from."""
+    h, w, c = features.shape
+    out = features.new_zeros((h + 2 * pad, w + 2 * pad, c), dtype=torch.float64)
+    out[pad : pad + h, pad : pad + w] = features
+    return out.view(-1, c)
+
+
+def _tap_index(taps: list[tuple[int, int]], padded_width: int, device: torch.device) -> Tensor:
+    """Flat offsets [T] of the taps in a padded map of width ``padded_width``."""
+    return torch.tensor([dy * padded_width + dx for dy, dx in taps], dtype=torch.int64, device=device)
+
+
+def _gather(source: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` [n, T] of ``source`` [cells, C], as [n, T, C]."""
+    return source.index_select(0, index.reshape(-1)).view(*index.shape, source.shape[1])
+
+
+def _gathered(layer: _Linear, source: Tensor, index: Tensor) -> Tensor:
+    """``layer`` at the positions whose taps are rows ``index`` [n, T] of ``source``, in bounded chunks."""
+    fan_in = layer.weight.shape[0]
+    rows = max(1, _CHUNK // fan_in)
+    if len(index) <= rows:
+        return layer(_gather(source, index).view(len(index), fan_in))
+    return torch.cat([_gathered(layer, source, part) for part in index.split(rows)])
+
+
+@dataclasses.dataclass
+class ExactPrior:
+    """The integer mirror of a :class:`PixelSNAILPrior` (``bitstream_spec/exact.md``)."""
+
+    codebook_size: int
+    cond_codebook_sizes: tuple[int, ...]
+    channels: int
+    kernel_size: int
+    attention_every: int
+    attention_offsets: list[tuple[int, int]]
+    embed: Tensor  # float64 [K, C], integers at FA (the gather source of the first layer)
+    input_conv: _Linear
+    blocks: list[_GatedBlock]
+    attentions: list[_Attention]
+    out_blocks: list[_ResBlock]
+    out_conv: _Linear
+    cond_embeds: list[Tensor]  # int64 [K_i, D] per upper level, top first
+    cond_conv: _Linear | None
+    cond_stack: list[_ResBlock]
+
+    @classmethod
+    def from_float(cls, prior: PixelSNAILPrior) -> ExactPrior:
+        """Quantise ``prior`` (deterministic from its weights; dropout is the identity)."""
+        config = prior.config
+        if prior.codebook_size > MAX_ALPHABET or any(k > MAX_ALPHABET for k in prior.cond_codebook_sizes):
+            raise ValueError(f"codebook sizes must be at most {MAX_ALPHABET}")
+        conditioned = len(prior.cond_codebook_sizes) > 0
+        return cls(
+            codebook_size=prior.codebook_size,
+            cond_codebook_sizes=prior.cond_codebook_sizes,
+            channels=config.channels,
+            kernel_size=config.kernel_size,
+            attention_every=config.attention_every,
+            attention_offsets=order.attention_offsets(config.attention_radius) if prior.attentions else [],
+            embed=_quantise_embedding(prior.embed).double(),
+            input_conv=_Linear.from_conv(prior.input_conv, _masked_taps(prior.input_conv, first_layer=True)),
+            blocks=[
+                _GatedBlock(
+                    _Linear.from_conv(block.conv1, _masked_taps(block.conv1, first_layer=False)),
+                    _Linear.from_conv(block.conv2, _masked_taps(block.conv2, first_layer=False)),
+                    _Linear.from_conv(block.cond_proj, [(0, 0)]) if block.cond_proj is not None else None,
+                )
+                for block in prior.blocks
+            ],
+            attentions=[_attention(attn, config.attention_radius) for attn in prior.attentions],
+            out_blocks=[_res_block(block) for block in prior.out_blocks],
+            out_conv=_Linear.from_conv(prior.out_conv, [(0, 0)]),
+            cond_embeds=[_quantise_embedding(e) for e in prior.cond_embeds] if conditioned else [],
+            cond_conv=_Linear.from_conv(prior.cond_conv, [(0, 0)]) if conditioned else None,
+            cond_stack=[_res_block(block) for block in prior.cond_stack] if conditioned else [],
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def to(self, device: torch.device | str) -> ExactPrior:
+        """A copy with all integer weights on ``device`` (the results are the same on every device)."""
+        return _to(self, torch.device(device))
+
+    def stepper(self, height: int, width: int, cond_codes: list[Tensor]) -> ExactStepper:
+        """Tables of one height x width map, step by step; ``cond_codes``: [h_i, w_i] per level above."""
+        return ExactStepper(self, height, width, cond_codes)
+
+    def logits_full(self, codes: Tensor, cond_codes: list[Tensor]) -> Tensor:
+        """int64 logits [H, W, K] at FA of one image's codes [H, W], every position at once.
+
+        Runs the stepper's layer functions on all positions together, so it equals what the stepper
+        gives step by step (tested); for tests and ideal bit counts.
+        """
+        height, width = codes.shape
+        stepper = self.stepper(height, width, cond_codes)
+        ys = torch.arange(height, device=self.device).repeat_interleave(width)
+        xs = torch.arange(width, device=self.device).repeat(height)
+        stepper._write_codes(ys, xs, codes.to(self.device, torch.int64).reshape(-1))
+        return stepper._evaluate(ys, xs).view(height, width, -1)
+
+    def _condition(self, cond_codes: list[Tensor], height: int, width: int) -> list[Tensor] | None:
+        """Per gated block, ``cond_proj`` of the conditioning features at the level above's resolution.
+
+        Returns int64 [ceil(H/2) * ceil(W/2), 2C] per block (None for the top prior). The final nearest
+        x2 upsampling of the float model commutes with the 1x1 ``cond_proj``, so the value at (y, x) is
+        row (y // 2) * ceil(W/2) + x // 2: a quarter of the work and memory.
+        """
+        n = len(self.cond_codebook_sizes)
+        if n == 0:
+            if cond_codes:
+                raise ValueError("this prior is not conditioned on upper levels")
+            return None
+        if len(cond_codes) != n:
+            raise ValueError(f"expected codes of {n} upper levels, got {len(cond_codes)}")
+        h2, w2 = -(-height // 2), -(-width // 2)
+        ys, xs = torch.arange(h2, device=self.device), torch.arange(w2, device=self.device)
+        embedded = []
+        for i, (codes, table) in enumerate(zip(cond_codes, self.cond_embeds, strict=True)):
+            f = 2 ** (n - i)
+            codes = torch.as_tensor(codes, device=self.device)
+            if tuple(codes.shape) != (-(-height // f), -(-width // f)):
+                raise ValueError(f"upper level {i} has shape {tuple(codes.shape)} for a {height}x{width} map")
+            if codes.numel() and (codes.min() < 0 or codes.max() >= self.cond_codebook_sizes[i]):
+                raise ValueError(f"upper level {i} has codes outside its codebook")
+            g = f // 2  # nearest upsampling by g to this level's half resolution
+            embedded.append(table[codes[ys // g][:, xs // g]])
+        features = torch.cat(embedded, dim=-1)  # [h2, w2, n * D]
+        c = self.cond_conv(features.view(h2 * w2, -1).double())
+        for block in self.cond_stack:
+            h = self._conv_full(block.conv1, _elu(c).view(h2, w2, -1))
+            h = self._conv_full(block.conv2, _elu(h).view(h2, w2, -1))
+            c = _clamp(c + h)
+        cf = c.double()
+        return [block.cond_proj(cf) for block in self.blocks]
+
+    @staticmethod
+    def _conv_full(layer: _Linear, features: Tensor) -> Tensor:
+        """A zero-padded 3x3 ``layer`` at every position of int64 features [h, w, C] -> [h * w, out]."""
+        h, w, _ = features.shape
+        source = _padded(features, 1)
+        ys = torch.arange(h, device=features.device).repeat_interleave(w)
+        xs = torch.arange(w, device=features.device).repeat(h)
+        base = (ys + 1) * (w + 2) + xs + 1
+        return _gathered(layer, source, base[:, None] + _tap_index(_all_taps(3), w + 2, features.device))
+
+
+class ExactStepper:
+    """Frequency tables of one code map, one wavefront step at a time, for encoder and decoder alike.
+
+    Call ``freqs(t)`` and ``set_codes(t, codes)`` for t = 0, 1, ..., n_steps - 1 (``freqs(t)`` needs
+    the codes of every step before t). Every layer whose output is read at other positions (conv
+    inputs after ELU, attention keys and values, code embeddings) has a zero-padded map cache
+    [(H + 2P) (W + 2P), C] float64 of integers; step t evaluates each layer only at the wavefront's
+    positions, reading its taps from the previous layer's cache: mask "B" taps on the same wavefront
+    are already written, because each layer runs for the whole wavefront before the next one.
+    """
+
+    def __init__(self, prior: ExactPrior, height: int, width: int, cond_codes: list[Tensor]):
+        if height < 1 or width < 1:
+            raise ValueError(f"empty map {height}x{width}")
+        self.prior, self.height, self.width = prior, height, width
+        self.n_steps = order.n_steps(height, width)
+        device, channels = prior.device, prior.channels
+        radius = max((max(abs(dy), abs(dx)) for dy, dx in prior.attention_offsets), default=0)
+        self._pad = pad = max(prior.kernel_size // 2, radius)
+        self._padded_width = pw = width + 2 * pad
+        cells = (height + 2 * pad) * pw
+
+        def cache(c: int) -> Tensor:
+            return torch.zeros(cells, c, dtype=torch.float64, device=device)
+
+        self._embedded = cache(channels)
+        self._block_inputs = [(cache(channels), cache(channels)) for _ in prior.blocks]
+        self._keys_values = [(cache(channels), cache(channels)) for _ in prior.attentions]
+        self._cond = prior._condition(cond_codes, height, width)
+        self._cond_width = -(-width // 2)
+        k = prior.kernel_size
+        self._taps_a = _tap_index(_masked_offsets(k, first_layer=True), pw, device)
+        self._taps_b = _tap_index(_masked_offsets(k, first_layer=False), pw, device)
+        self._offsets = torch.tensor(prior.attention_offsets, dtype=torch.int64, device=device).view(-1, 2)
+        self._attn_index = _tap_index(prior.attention_offsets, pw, device)
+
+        # All positions sorted by step, rows ascending within a step (the order of order.wavefront).
+        steps = order.step_map(height, width).flatten()
+        perm = torch.argsort(steps, stable=True)
+        self._ys, self._xs = (perm // width).to(device), (perm % width).to(device)
+        bounds = torch.cumsum(torch.bincount(steps, minlength=self.n_steps), 0).tolist()
+        self._bounds = [0, *bounds]
+        self._computed = 0  # steps whose tables were computed
+        self._known = 0  # steps whose codes were set
+
+    def positions(self, t: int) -> tuple[Tensor, Tensor]:
+        """Rows and columns of the codes of step ``t`` (``order.wavefront``), on the CPU."""
+        return order.wavefront(t, self.height, self.width)
+
+    def _step(self, t: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= t < self.n_steps:
+            raise ValueError(f"step {t} outside 0..{self.n_steps - 1}")
+        lo, hi = self._bounds[t], self._bounds[t + 1]
+        return self._ys[lo:hi], self._xs[lo:hi]
+
+    def freqs(self, t: int) -> np.ndarray:
+        """int64 [n_t, K] frequency tables of the codes of step ``t``, in ``positions(t)`` order."""
+        if t != self._computed or self._known < t:
+            raise ValueError(f"tables of step {t} asked after {self._computed} steps, {self._known} known")
+        ys, xs = self._step(t)
+        self._computed += 1
+        if len(ys) == 0:  # a step without codes (a map one column wide has them at odd steps)
+            return np.zeros((0, self.prior.codebook_size), dtype=np.int64)
+        return frequencies(self._evaluate(ys, xs)).cpu().numpy()
+
+    def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
+        """Record the n_t codes of step ``t`` (in ``positions(t)`` order); steps in order."""
+        if t != self._known:
+            raise ValueError(f"codes of step {t} given after {self._known} steps")
+        ys, xs = self._step(t)
+        codes = torch.as_tensor(codes, device=self.prior.device).to(torch.int64).reshape(-1)
+        if len(codes) != len(ys):
+            raise ValueError(f"step {t} has {len(ys)} codes, got {len(codes)}")
+        self._write_codes(ys, xs, codes)
+        self._known += 1
+
+    def _write_codes(self, ys: Tensor, xs: Tensor, codes: Tensor) -> None:
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
+            raise ValueError(f"codes must lie in 0..{self.prior.codebook_size - 1}")
+        self._embedded.index_copy_(0, self._base(ys, xs), self.prior.embed.index_select(0, codes))
+
+    def _base(self, ys: Tensor, xs: Tensor) -> Tensor:
+        return (ys + self._pad) * self._padded_width + xs + self._pad
+
+    def _evaluate(self, ys: Tensor, xs: Tensor) -> Tensor:
+        """int64 logits [n, K] at positions (ys, xs), all layers in order, writing the caches there.
+
+        Every position that a tap reads must be final: it is one of (ys, xs) or was evaluated before.
+        """
+        prior, c = self.prior, self.prior.channels
+        base = self._base(ys, xs)
+        x = _gathered(prior.input_conv, self._embedded, base[:, None] + self._taps_a)
+        index_b = base[:, None] + self._taps_b
+        if self._cond is not None:
+            cond_rows = (ys // 2) * self._cond_width + xs // 2
+        if prior.attentions:
+            oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
+            valid = (oy >= 0) & (oy < self.height) & (ox >= 0) & (ox < self.width)  # [n, n_off]
+            index_attn = base[:, None] + self._attn_index
+        for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
+            inputs.index_copy_(0, base, _elu(x).double())
+            middles.index_copy_(0, base, _elu(_gathered(block.conv1, inputs, index_b)).double())
+            h = _gathered(block.conv2, middles, index_b)
+            if self._cond is not None:
+                h = _clamp(h + self._cond[i].index_select(0, cond_rows))
+            a, b = h[:, :c], h[:, c:]
+            x = _clamp(x + _round_shift(a * _sigmoid(b), FA))
+            if prior.attention_every and (i + 1) % prior.attention_every == 0:
+                j = (i + 1) // prior.attention_every - 1
+                x = _attend(prior.attentions[j], self._keys_values[j], x, base, index_attn, valid)
+        for block in prior.out_blocks:
+            h = block.conv1(_elu(x).double())
+            x = _clamp(x + block.conv2(_elu(h).double()))
+        return prior.out_conv(_elu(x).double())
+
+
+def _attend(
+    attn: _Attention, caches: tuple[Tensor, Tensor], x: Tensor, base: Tensor, index: Tensor, valid: Tensor
+) -> Tensor:
+    """x + proj(attention) at cache rows ``base``, after writing their keys and values (exact.md §6.3).
+
+    ``index`` [n, n_off] are the cache rows of the offsets, ``valid`` whether they lie inside the map.
+    """
+    keys, values = caches
+    xf = x.double()
+    keys.index_copy_(0, base, attn.key(xf).double())
+    values.index_copy_(0, base, attn.value(xf).double())
+    query = attn.query(xf).double()
+    rows = max(1, _CHUNK // (index.shape[1] * x.shape[1]))
+    parts = [
+        _attention_rows(q, _gather(keys, i), _gather(values, i), ok, attn.n_heads)
+        for q, i, ok in zip(query.split(rows), index.split(rows), valid.split(rows), strict=True)
+    ]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return _clamp(x + attn.proj(out.double()))
+
+
+def _attention_rows(query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, heads: int) -> Tensor:
+    """Attention averages int64 [m, C] from float64 queries [m, C], keys and values [m, n_off, C] at FA.
+
+    ``logit = rshr(q . k, FA)`` per head; offsets outside the map (``valid`` false) are excluded;
+    ``p = floor(exp[max - logit] 2^P_BITS / sum)``; ``out = rshr(sum p v, P_BITS)``. Both GEMMs
+    are exact: ``|q . k| <= d 2^40 <= 2^50`` and ``|sum p v| <= 2^P_BITS 2^20 = 2^36``. The heads are
+    handled by block-diagonal operands, so the gathered keys and values are used as they lie.
+    """
+    m, n_off, c = keys.shape
+    d = c // heads
+    blocks = query.new_zeros(m, heads, heads, d)  # [m, head, head', d]: head's query where head == head'
+    blocks.diagonal(dim1=1, dim2=2).copy_(query.view(m, heads, d).transpose(1, 2))
+    ok = valid[:, None, :]  # [m, 1, n_off]
+    raw = torch.bmm(blocks.view(m, heads, c), keys.transpose(1, 2))  # [m, heads, n_off]
+    logits = _round_shift(raw.to(torch.int64), FA).masked_fill_(~ok, _NEG)
+    z = (logits.amax(dim=2, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
+    e = _lookup(_tables_on(keys.device)[2], z).masked_fill_(~ok, 0)
+    p = _floor_div(e << P_BITS, e.sum(dim=2, keepdim=True))
+    mixed = torch.bmm(p.double(), values).view(m, heads, heads, d)  # [m, head, head', d]
+    out = mixed.diagonal(dim1=1, dim2=2).transpose(1, 2)  # [m, heads, d]: each head's own channels
+    return _round_shift(out.to(torch.int64), P_BITS).reshape(m, c)
