@@ -62,7 +62,7 @@ class PriorConfig:
 
     channels: int = 128
     kernel_size: int = 3
-    n_blocks: int = 6
+    n_blocks: int = 4
     attention_every: int = 2
     n_heads: int = 4
     attention_radius: int = 6
@@ -79,7 +79,7 @@ class ModelConfig:
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
     priors: tuple[PriorConfig, ...] = (
         PriorConfig(),
-        PriorConfig(attention_every=0, n_cond_blocks=6),
+        PriorConfig(attention_every=0, n_cond_blocks=4),
     )
 
     def __post_init__(self) -> None:
