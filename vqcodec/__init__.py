@@ -1,3 +1,69 @@
-"""vqcodec: a learned lossy image codec built on VQ-VAE-2 and PixelSNAIL priors."""
+"""vqcodec: a learned lossy image codec built on VQ-VAE-2 and PixelSNAIL priors.
+
+    import vqcodec
+    data = vqcodec.compress("photo.png")            # .vqz bytes, with the bundled default model
+    image = vqcodec.decompress(data)                # a PIL image (the bundled model the file names)
+    vqcodec.info(data)                              # geometry, model, levels, bits
+    codec = vqcodec.load_model("tiny.safetensors")  # a model file, or a bundled model's name
+    data = vqcodec.compress(image, model=codec)
+
+Importing the package registers a Pillow plugin (``Image.open("photo.vqz")``); torch is imported
+only when a function that needs it is first called.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from vqcodec import pillow_plugin
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from vqcodec.codec import Codec, ImageInput, ModelArg, Progress
 
 __version__ = "0.1.0"
+
+__all__ = ["compress", "decompress", "info", "load_model"]
+
+pillow_plugin.register()
+
+
+def compress(
+    image: ImageInput, model: ModelArg = None, device: str | None = None, progress: Progress | None = None
+) -> bytes:
+    """Compress an image (path, bytes, binary file, PIL image or uint8 array) to ``.vqz`` bytes.
+
+    ``model``: a bundled model's name, a model file, or a ``load_model`` result; None for the
+    bundled default. ``device``: "cpu" (default) or "cuda".
+    """
+    from vqcodec import codec
+
+    return codec.compress(image, model, device, progress)
+
+
+def decompress(
+    data: bytes, model: ModelArg = None, device: str | None = None, progress: Progress | None = None
+) -> Image.Image:
+    """Decode ``.vqz`` bytes to a PIL image; without ``model``, with the bundled model the file names.
+
+    Raises a ``vqcodec.errors.VQZError`` subclass for any damaged or unsuitable file.
+    """
+    from vqcodec import codec
+
+    return codec.decompress(data, model, device, progress)
+
+
+def info(data: bytes, model: ModelArg = None, device: str | None = None) -> dict[str, Any]:
+    """What a ``.vqz`` file holds; with its model available, also the bits of every level."""
+    from vqcodec import codec
+
+    return codec.info(data, model, device)
+
+
+def load_model(name_or_path: str | os.PathLike[str] | None = None, device: str | None = None) -> Codec:
+    """A codec for a bundled model's name or a model file, to pass as ``model=`` (loaded once)."""
+    from vqcodec import codec
+
+    return codec.Codec.open(name_or_path, device)

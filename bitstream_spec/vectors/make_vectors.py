@@ -1,0 +1,208 @@
+"""Regenerate the conformance vectors: the tiny model, the ``.vqz`` files and ``vectors.json``.
+
+    python bitstream_spec/vectors/make_vectors.py
+
+The model is random (seeded), so the vectors exercise the format, not compression quality. Its
+codebooks are seeded from synthetic images so that the code maps use many codes. The results are
+deterministic on one platform; regenerating elsewhere may give another model (float arithmetic in
+the seeding pass) and therefore other, equally valid, vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageCms
+
+from vqcodec.codec import Codec, Decoded
+from vqcodec.coding.container import VQZFile
+from vqcodec.errors import VQZError
+from vqcodec.models.config import tiny_config
+from vqcodec.models.model import CodecModel
+from vqcodec.zoo.modelfile import save_model
+
+HERE = Path(__file__).resolve().parent
+MODEL = "tiny.safetensors"
+SEED = 0
+
+
+def tiny_model(seed: int = SEED) -> CodecModel:
+    """The tiny model, randomly initialised; one training-mode pass seeds the codebooks from data."""
+    torch.manual_seed(seed)
+    model = CodecModel(tiny_config())
+    images = torch.stack([torch.from_numpy(smooth(64, 64, seed + i)).permute(2, 0, 1) for i in range(8)])
+    model.vqvae.train()
+    with torch.no_grad():
+        model.vqvae(images.float() / 255.0 - 0.5)
+    return model.eval()
+
+
+def smooth(width: int, height: int, seed: int) -> np.ndarray:
+    """A smooth synthetic uint8 [H, W, 3] image: random gradients and gentle waves."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / 32.0
+    a, b, c, d = rng.uniform(0.2, 1.0, (4, 3, 1, 1))
+    planes = 0.5 + 0.25 * np.sin(a * x + b * y + c * 6.0) + 0.2 * np.cos(d * x * y / 4.0)
+    return (np.clip(planes, 0.0, 1.0) * 255.0).round().astype(np.uint8).transpose(1, 2, 0)
+
+
+def code_digest(codes: list[np.ndarray]) -> str:
+    """SHA-256 of the code maps as the code checksum serialises them: top first, row-major, u16 LE."""
+    return hashlib.sha256(b"".join(level.astype("<u2").tobytes() for level in codes)).hexdigest()
+
+
+def valid_images() -> dict[str, Image.Image]:
+    """The images behind the valid vectors, by file stem."""
+    rgba = np.dstack([smooth(20, 12, 4), np.linspace(0, 255, 20 * 12).reshape(12, 20).astype(np.uint8)])
+    gray_alpha = np.dstack([smooth(9, 11, 5)[..., 0], (smooth(9, 11, 6)[..., 1] // 2)])
+    icc = Image.fromarray(smooth(16, 16, 7))
+    icc.info["icc_profile"] = srgb_profile()
+    return {
+        "rgb_1x1": Image.fromarray(smooth(1, 1, 0)),
+        "rgb_7x13": Image.fromarray(smooth(7, 13, 1)),
+        "rgb_33x17": Image.fromarray(smooth(33, 17, 2)),
+        "gray_24x16": Image.fromarray(smooth(24, 16, 3)[..., 0]),
+        "rgba_20x12": Image.fromarray(rgba),
+        "la_9x11": Image.fromarray(gray_alpha, "LA"),
+        "icc_16x16": icc,
+    }
+
+
+def srgb_profile() -> bytes:
+    """LittleCMS's sRGB profile with a fixed creation date and no profile id, so the bytes are stable."""
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile[24:36] = struct.pack(">6H", 2024, 1, 1, 0, 0, 0)  # dateTimeNumber
+    profile[84:100] = bytes(16)  # profile id 0: "not computed"
+    return bytes(profile)
+
+
+def header_length(data: bytes) -> int:
+    """Bytes up to and including the header CRC (found as the first CRC that matches)."""
+    for end in range(32, len(data) - 3):
+        if zlib.crc32(data[: end - 4]) == struct.unpack("<I", data[end - 4 : end])[0]:
+            return end
+    raise ValueError("no header CRC found")
+
+
+def with_crcs(data: bytearray, header_end: int) -> bytes:
+    """``data`` with both CRCs recomputed, so that a change reaches the checks behind them."""
+    data[header_end - 4 : header_end] = struct.pack("<I", zlib.crc32(data[: header_end - 4]))
+    data[-4:] = struct.pack("<I", zlib.crc32(data[header_end:-4]))
+    return bytes(data)
+
+
+def invalid_files(valid: bytes) -> dict[str, tuple[bytes, str, str]]:
+    """Damaged variants of a plain RGB file: stem -> (bytes, expected error class, what is wrong)."""
+    end = header_length(valid)
+    payload = VQZFile.from_bytes(valid).payload
+    # code_crc (u32) comes before n_chunks (1 byte here: no chunks), payload_len and the header CRC
+    code_crc_at = end - 4 - len(varint(len(payload))) - 1 - 4
+    damaged = {
+        "corrupt_payload": (len(valid) - 4 - len(payload) + 5, 0x10),
+        "bad_code_checksum": (code_crc_at, 0x01),
+        "unknown_model": (4, 0xFF),
+        "version_2": (3, 0x10 ^ 0x20),
+    }
+    files = {}
+    for stem, (at, mask) in damaged.items():
+        data = bytearray(valid)
+        data[at] ^= mask
+        files[stem] = with_crcs(data, end)
+    return {
+        "corrupt_payload": (
+            files["corrupt_payload"],
+            "CorruptDataError",
+            "a payload bit flipped, CRCs recomputed: the range decoder or the code checksum must catch it",
+        ),
+        "bad_code_checksum": (
+            files["bad_code_checksum"],
+            "CorruptDataError",
+            "code_crc changed, header CRC recomputed: the decoded codes do not match it",
+        ),
+        "unknown_model": (files["unknown_model"], "ModelMismatchError", "the model id of another model"),
+        "version_2": (files["version_2"], "UnsupportedVersionError", "format version 2.0"),
+        "bad_body_crc": (valid[:-1] + bytes([valid[-1] ^ 0x01]), "FormatError", "body CRC damaged"),
+        "truncated": (valid[: len(valid) // 2], "FormatError", "the file cut in half"),
+        "bad_signature": (b"VQX" + valid[3:], "FormatError", "signature VQX instead of VQZ"),
+        "huge_image": (huge_header(valid), "ImageTooLargeError", "declares a 1000000 x 1000000 image"),
+    }
+
+
+def varint(value: int) -> bytes:
+    """Unsigned LEB128, as the container writes it."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def huge_header(valid: bytes) -> bytes:
+    """The header of ``valid`` declaring a 10^6 x 10^6 image (varints rewritten), with valid CRCs."""
+    end = header_length(valid)
+    reader = io.BytesIO(valid[20:])
+    for _ in range(2):  # skip width_m1 and height_m1
+        while reader.read(1)[0] & 0x80:
+            pass
+    rest = valid[20 + reader.tell() : end - 4]
+    header = valid[:20] + varint(10**6 - 1) * 2 + rest
+    return header + struct.pack("<I", zlib.crc32(header)) + valid[end:]
+
+
+def main() -> None:
+    model = tiny_model()
+    sha256 = save_model(model, HERE / MODEL)
+    codec = Codec.open(HERE / MODEL)
+    vectors = []
+    for stem, image in valid_images().items():
+        data = codec.compress(image)
+        decoded: Decoded = codec.decode_codes(data)
+        pixels = codec.render(decoded)
+        (HERE / f"{stem}.vqz").write_bytes(data)
+        vectors.append(
+            {
+                "file": f"{stem}.vqz",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "width": image.width,
+                "height": image.height,
+                "mode": pixels.mode,
+                "icc_bytes": len(decoded.file.icc or b""),
+                "code_shapes": [list(level.shape) for level in decoded.codes],
+                "codes_sha256": code_digest(decoded.codes),
+                "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+            }
+        )
+    valid = (HERE / "rgb_33x17.vqz").read_bytes()
+    for stem, (data, error, note) in invalid_files(valid).items():
+        try:
+            codec.decompress(data)
+        except VQZError as e:
+            if type(e).__name__ != error:
+                raise AssertionError(f"{stem}: expected {error}, got {type(e).__name__}: {e}") from e
+        else:
+            raise AssertionError(f"{stem}: decoded without an error")
+        (HERE / f"{stem}.vqz").write_bytes(data)
+        vectors.append(
+            {"file": f"{stem}.vqz", "sha256": hashlib.sha256(data).hexdigest(), "error": error, "note": note}
+        )
+    manifest = {
+        "format": "vqz 1.0",
+        "model": {"file": MODEL, "sha256": sha256, "config": "tiny_config(), random weights, seed 0"},
+        "codes_sha256": "SHA-256 of the decoded code maps: levels top first, row-major, each code u16 LE",
+        "pixels_sha256": "SHA-256 of the decoded image's raw bytes in its mode (x86-64 CPU reference)",
+        "vectors": vectors,
+    }
+    (HERE / "vectors.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {len(vectors)} vectors and {MODEL} ({sha256}) to {HERE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The codec commands: round trips, stdin/stdout, no clobbering, one-line errors with their exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from vqcodec import zoo
+from vqcodec.cli import main
+from vqcodec.cli_codec import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OUTPUT_EXISTS, EXIT_USAGE
+from vqcodec.models.config import tiny_config
+from vqcodec.models.model import CodecModel
+from vqcodec.zoo.modelfile import save_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(CodecModel(tiny_config()), path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def empty_zoo(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No bundled models, whatever the checkout holds: the tests name their model."""
+    folder = tmp_path_factory.mktemp("zoo")
+    monkeypatch.setattr(zoo, "ZOO_DIR", folder)
+    return folder
+
+
+@pytest.fixture
+def png(tmp_path: Path) -> Path:
+    y, x = np.mgrid[0:21, 0:30]
+    pixels = np.stack([x * 8, y * 12, (x + y) * 4], axis=-1).astype(np.uint8)
+    path = tmp_path / "in.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def run(*args: str | Path, input: bytes | None = None) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def assert_error(result: Result, code: int, message: str) -> None:
+    """Exit status ``code`` and exactly one line on stderr, the error, with no traceback."""
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vqcodec: error: "), result.stderr
+    assert message in lines[0]
+    assert result.stdout == ""
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def test_round_trip_through_files(model: str, png: Path, tmp_path: Path):
+    vqz, out = tmp_path / "a.vqz", tmp_path / "b.webp"
+    assert run("compress", "--model", model, png, vqz).exit_code == 0
+    assert vqz.read_bytes()[:3] == b"VQZ"
+    result = run("decompress", "-m", model, vqz, out)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        assert (image.format, image.size) == ("WEBP", (30, 21))
+    assert files_in(tmp_path) == {"in.png", "a.vqz", "b.webp"}  # no temporary files left
+
+
+def test_stdin_and_stdout(model: str, png: Path):
+    compressed = run("compress", "-m", model, "-", "-", input=png.read_bytes())
+    assert compressed.exit_code == 0 and compressed.stdout_bytes[:3] == b"VQZ"
+    decompressed = run("decompress", "-m", model, "-", "-", input=compressed.stdout_bytes)
+    assert decompressed.exit_code == 0
+    assert Image.open(io.BytesIO(decompressed.stdout_bytes)).format == "PNG"
+
+
+def test_no_overwrite_without_force(model: str, png: Path, tmp_path: Path):
+    out = tmp_path / "out.vqz"
+    out.write_bytes(b"precious")
+    assert_error(run("compress", "-m", model, png, out), EXIT_OUTPUT_EXISTS, "--force")
+    assert out.read_bytes() == b"precious"
+    assert run("compress", "-m", model, "--force", png, out).exit_code == 0
+    assert out.read_bytes()[:3] == b"VQZ"
+
+
+def test_never_overwrite_the_input(model: str, png: Path):
+    before = png.read_bytes()
+    alias = png.parent / ".." / png.parent.name / png.name
+    assert_error(run("compress", "-m", model, "--force", png, alias), EXIT_OUTPUT_EXISTS, "input")
+    assert png.read_bytes() == before
+
+
+def vqz_bytes(model: str, png: Path) -> bytes:
+    return run("compress", "-m", model, png, "-").stdout_bytes
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: b"", "truncated"),
+        (lambda data: data[:-7], "truncated"),
+        (lambda data: data[:40] + bytes([data[40] ^ 4]) + data[41:], "CRC"),
+        (lambda data: b"PNG" + data[3:], "signature"),
+        (lambda data: data[:3] + b"\x20" + data[4:], "version 2.0"),
+    ],
+)
+def test_damaged_vqz_is_one_error_line_and_no_output(model: str, png: Path, tmp_path: Path, damage, message):
+    bad = tmp_path / "bad.vqz"
+    bad.write_bytes(damage(vqz_bytes(model, png)))
+    before = files_in(tmp_path)
+    assert_error(run("decompress", "-m", model, bad, tmp_path / "out.png"), EXIT_BAD_INPUT, message)
+    assert files_in(tmp_path) == before
+
+
+def test_huge_header_is_refused(model: str, png: Path, tmp_path: Path):
+    import struct
+    import zlib
+
+    data = vqz_bytes(model, png)
+    side = b"\xbf\x84\x3d"  # varint 10**6 - 1
+    header_end = next(
+        n for n in range(32, 80) if zlib.crc32(data[: n - 4]) == struct.unpack("<I", data[n - 4 : n])[0]
+    )
+    header = data[:20] + side + side + data[22 : header_end - 4]  # 30 x 21 has 1-byte width and height
+    bad = tmp_path / "huge.vqz"
+    bad.write_bytes(header + struct.pack("<I", zlib.crc32(header)) + data[header_end:])
+    assert_error(run("decompress", "-m", model, bad, tmp_path / "out.png"), EXIT_BAD_INPUT, "1000000x1000000")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image\n"])
+def test_not_an_image(model: str, tmp_path: Path, content: bytes):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    assert_error(run("compress", "-m", model, bad, tmp_path / "out.vqz"), EXIT_BAD_INPUT, "not an image")
+    assert files_in(tmp_path) == {"bad.png"}
+
+
+def test_missing_input(model: str, tmp_path: Path):
+    result = run("compress", "-m", model, tmp_path / "missing.png", tmp_path / "out.vqz")
+    assert_error(result, EXIT_BAD_INPUT, "No such file")
+
+
+def test_output_folder_must_exist(model: str, png: Path, tmp_path: Path):
+    assert_error(
+        run("compress", "-m", model, png, tmp_path / "no" / "out.vqz"), EXIT_BAD_INPUT, "no such folder"
+    )
+
+
+def test_model_problems(model: str, png: Path, tmp_path: Path):
+    out = tmp_path / "out.vqz"
+    assert_error(run("compress", png, out), EXIT_MODEL, "no bundled default model")
+    assert_error(run("compress", "-m", "nosuchmodel", png, out), EXIT_MODEL, "no model named 'nosuchmodel'")
+    not_a_model = tmp_path / "fake.safetensors"
+    not_a_model.write_bytes(b"12345678")
+    assert_error(run("compress", "-m", not_a_model, png, out), EXIT_MODEL, "not a model file")
+
+    vqz = tmp_path / "a.vqz"
+    vqz.write_bytes(vqz_bytes(model, png))
+    assert_error(run("decompress", vqz, tmp_path / "a.png"), EXIT_MODEL, "not bundled")
+    assert not out.exists() and not (tmp_path / "a.png").exists()
+
+
+def test_usage_errors(model: str, png: Path, tmp_path: Path):
+    vqz = tmp_path / "a.vqz"
+    vqz.write_bytes(vqz_bytes(model, png))
+    result = run("decompress", "-m", model, vqz, tmp_path / "out.xyz")
+    assert result.exit_code == EXIT_USAGE and "cannot write images with extension '.xyz'" in result.stderr
+    assert run("compress", "--device", "tpu", png, tmp_path / "x.vqz").exit_code == EXIT_USAGE
+    assert run("compress", png).exit_code == EXIT_USAGE
+
+
+def test_info(model: str, png: Path, tmp_path: Path, empty_zoo: Path):
+    vqz = tmp_path / "a.vqz"
+    vqz.write_bytes(vqz_bytes(model, png))
+    header_only = run("info", vqz)
+    assert header_only.exit_code == 0 and "30x21 (WxH) RGB" in header_only.stdout
+    assert "model is not available" in header_only.stdout
+
+    report = run("info", "-m", model, vqz)
+    assert report.exit_code == 0
+    assert "top" in report.stdout and "bottom" in report.stdout and "% over" in report.stdout
+    as_json = json.loads(run("info", "-m", model, "--json", vqz).stdout)
+    assert as_json["width"] == 30 and as_json["payload_bits"] <= 1.005 * as_json["ideal_bits"] + 64
+
+    (empty_zoo / "tiny.safetensors").write_bytes(Path(model).read_bytes())
+    assert "(tiny)" in run("info", vqz).stdout
+
+
+def test_models(model: str, empty_zoo: Path):
+    assert "no bundled models" in run("models").stderr
+    (empty_zoo / "tiny.safetensors").write_bytes(Path(model).read_bytes())
+    listed = run("models").stdout
+    assert listed.startswith("tiny ") and zoo.list_models()[0].sha256 in listed
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress", "info"])
+def test_help_teaches(command: str):
+    text = run(command, "--help").stdout
+    assert "Examples:" in text and "Exit status:" in text and "vqcodec " + command in text
+
+
+def test_real_process_reports_one_line(tmp_path: Path):
+    bad = tmp_path / "bad.vqz"
+    bad.write_bytes(b"VQZ\x10 truncated")
+    result = subprocess.run(
+        [sys.executable, "-m", "vqcodec", "decompress", str(bad), str(tmp_path / "out.png")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == EXIT_BAD_INPUT
+    assert result.stderr.startswith("vqcodec: error: ") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out.png").exists()

@@ -1,0 +1,276 @@
+"""The codec pipeline: exact round trips of the code maps, image modes, bit budget, model handling."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+import vqcodec
+from vqcodec import codec as codec_module
+from vqcodec import zoo
+from vqcodec.codec import Codec, ConversionWarning, check_device
+from vqcodec.coding.container import VQZFile
+from vqcodec.errors import CorruptDataError, ModelMismatchError
+from vqcodec.imageio import load_image
+from vqcodec.models.config import tiny_config
+from vqcodec.models.model import CodecModel
+from vqcodec.models.order import n_steps
+from vqcodec.zoo.modelfile import save_model
+
+KODAK = Path(__file__).resolve().parents[2] / "shared/data/kodak"
+
+
+def smooth(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Smooth synthetic uint8 [H, W, 3] content: gradients and gentle waves."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / 32.0
+    a, b, c = rng.uniform(0.2, 1.0, (3, 3, 1, 1))
+    planes = 0.5 + 0.3 * np.sin(a * x + b * y + 6.0 * c) + 0.15 * np.cos(x * y / 8.0)
+    return (np.clip(planes, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+
+
+def make_model_file(path: Path, seed: int) -> Path:
+    """A random tiny model whose codebooks one training-mode pass seeded from images (varied codes)."""
+    torch.manual_seed(seed)
+    model = CodecModel(tiny_config())
+    images = torch.stack([torch.from_numpy(smooth(64, 64, seed + i)).permute(2, 0, 1) for i in range(4)])
+    model.vqvae.train()
+    with torch.no_grad():
+        model.vqvae(images.float() / 255.0 - 0.5)
+    save_model(model.eval(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_file(tmp_path_factory.mktemp("models") / "tiny.safetensors", seed=0)
+
+
+@pytest.fixture(scope="module")
+def codec(model_file: Path) -> Codec:
+    return Codec.open(model_file)
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def round_trip_codes(codec: Codec, image: object, encode_threads: int, decode_threads: int) -> bytes:
+    """Encode with one thread count, decode with another; the decoder must get the encoder's codes."""
+    with threads(encode_threads):
+        source = load_image(image)
+        codes = codec.image_codes(source)
+        data = codec.pack(source, codes)
+    with threads(decode_threads):
+        decoded = codec.decode_codes(data)
+    assert [c.shape for c in decoded.codes] == [c.shape for c in codes]
+    for mine, theirs in zip(decoded.codes, codes, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    return data
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (7, 13), (64, 64), (333, 517)])
+@pytest.mark.parametrize("encode_threads, decode_threads", [(1, 2), (2, 1)])
+def test_round_trip_is_exact(codec: Codec, width: int, height: int, encode_threads: int, decode_threads: int):
+    image = Image.fromarray(smooth(width, height, seed=width))
+    data = round_trip_codes(codec, image, encode_threads, decode_threads)
+    decoded = codec.decompress(data)
+    assert decoded.size == (width, height) and decoded.mode == "RGB"
+
+
+@pytest.mark.skipif(not (KODAK / "kodim01.png").exists(), reason="Kodak images not available")
+def test_kodak_round_trip(codec: Codec):
+    round_trip_codes(codec, KODAK / "kodim01.png", encode_threads=1, decode_threads=2)
+    round_trip_codes(codec, KODAK / "kodim01.png", encode_threads=2, decode_threads=1)
+
+
+def test_exact_tables_do_not_depend_on_threads(codec: Codec):
+    """The codec walks on one thread; the exact priors must not care (a caller may use more)."""
+    top, bottom = codec.image_codes(load_image(Image.fromarray(smooth(96, 64))))
+    logits = []
+    for n in (1, 2):
+        with threads(n):
+            prior = codec.exact_priors[1]
+            logits.append(prior.logits_full(torch.from_numpy(bottom), [torch.from_numpy(top)]))
+    assert torch.equal(logits[0], logits[1])
+
+
+def test_every_input_kind_gives_the_same_file(codec: Codec, tmp_path: Path):
+    pixels = smooth(20, 12)
+    path = tmp_path / "in.png"
+    Image.fromarray(pixels).save(path)
+    expected = codec.compress(path)
+    assert codec.compress(pixels) == expected
+    assert codec.compress(str(path)) == expected
+    assert codec.compress(path.read_bytes()) == expected
+    assert codec.compress(Image.fromarray(pixels)) == expected
+    with open(path, "rb") as f:
+        assert codec.compress(f) == expected
+    with pytest.raises(ValueError, match="uint8"):
+        codec.compress(pixels.astype(np.float32))
+
+
+def test_grayscale_is_restored_as_l(codec: Codec):
+    gray = smooth(24, 16)[..., 1]
+    decoded = codec.decompress(codec.compress(Image.fromarray(gray)))
+    assert decoded.mode == "L" and decoded.size == (24, 16)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_kept_exactly(codec: Codec, mode: str):
+    alpha = np.random.default_rng(1).integers(0, 256, (13, 7), dtype=np.uint8)
+    colour = smooth(7, 13) if mode == "RGBA" else smooth(7, 13)[..., :1]
+    image = Image.fromarray(np.dstack([colour, alpha]), mode)
+    decoded = codec.decompress(codec.compress(image))
+    assert decoded.mode == mode
+    np.testing.assert_array_equal(np.asarray(decoded)[..., -1], alpha)
+
+
+def test_palette_becomes_rgb_and_icc_is_kept(codec: Codec):
+    palette = Image.fromarray(smooth(16, 16)).quantize(16)
+    assert codec.decompress(codec.compress(palette)).mode == "RGB"
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image = Image.fromarray(smooth(16, 8))
+    image.info["icc_profile"] = icc
+    assert codec.decompress(codec.compress(image)).info["icc_profile"] == icc
+
+
+def test_lossy_input_conversion_warns(codec: Codec):
+    sixteen = Image.fromarray(smooth(8, 8)[..., 0].astype(np.uint16) * 257)
+    assert sixteen.mode == "I;16"
+    with pytest.warns(ConversionWarning, match="16-bit"):
+        codec.compress(sixteen)
+
+
+def test_payload_close_to_ideal_and_small_header(codec: Codec):
+    data = codec.compress(smooth(333, 517, seed=3))
+    report = codec.info(data)
+    assert report["payload_bits"] <= 1.005 * report["ideal_bits"] + 64
+    assert report["ideal_bits"] == pytest.approx(sum(level["ideal_bits"] for level in report["levels"]))
+    assert report["container_bytes"] - 4 < 64  # header only: plain RGB has no chunks; 4 = body CRC
+    assert report["bpp"] == pytest.approx(8 * len(data) / (333 * 517))
+    assert [level["shape"] for level in report["levels"]] == [[65, 42], [130, 84]]
+
+
+def test_progress_counts_every_wavefront(codec: Codec):
+    calls: list[tuple[int, int]] = []
+    codec.compress(smooth(16, 24), progress=lambda done, total: calls.append((done, total)))
+    total = n_steps(3, 2) + n_steps(6, 4)  # the top and bottom maps of a 16 x 24 image
+    assert calls == [(i, total) for i in range(1, total + 1)]
+
+
+def with_header_crc(data: bytes, change: int, mask: int) -> bytes:
+    """``data`` with the byte at ``change`` flipped by ``mask`` and the header CRC recomputed."""
+    out = bytearray(data)
+    out[change] ^= mask
+    for end in range(32, len(out)):
+        if zlib.crc32(data[: end - 4]) == struct.unpack("<I", data[end - 4 : end])[0]:
+            out[end - 4 : end] = struct.pack("<I", zlib.crc32(out[: end - 4]))
+            return bytes(out)
+    raise AssertionError("no header CRC found")
+
+
+def test_wrong_codes_never_become_an_image(codec: Codec):
+    data = codec.compress(smooth(16, 16))
+    file = VQZFile.from_bytes(data)
+    code_crc = data.index(struct.pack("<I", file.code_crc))
+    with pytest.raises(CorruptDataError, match="checksum"):
+        codec.decompress(with_header_crc(data, code_crc, 0x01))
+
+
+def test_another_model_is_refused(codec: Codec, tmp_path: Path):
+    other = Codec.open(make_model_file(tmp_path / "other.safetensors", seed=1))
+    data = codec.compress(smooth(8, 8))
+    with pytest.raises(ModelMismatchError, match=codec.model_id.hex()):
+        other.decompress(data)
+
+
+@pytest.fixture
+def zoo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    monkeypatch.setattr(zoo, "ZOO_DIR", folder)
+    return folder
+
+
+def test_decoding_without_a_model_finds_the_bundled_one(codec: Codec, model_file: Path, zoo_dir: Path):
+    data = codec.compress(smooth(8, 8))
+    with pytest.raises(ModelMismatchError, match=f"{codec.model_id.hex()}.*not bundled"):
+        vqcodec.decompress(data)
+    assert vqcodec.info(data)["ideal_bits"] is None  # header only: the model is unknown
+
+    (zoo_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
+    assert vqcodec.decompress(data).size == (8, 8)
+    report = vqcodec.info(data)
+    assert report["model"] == "tiny" and report["ideal_bits"] > 0
+
+
+def test_pillow_plugin_opens_vqz(codec: Codec, model_file: Path, zoo_dir: Path):
+    (zoo_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
+    data = codec.compress(Image.fromarray(np.dstack([smooth(10, 6), np.full((6, 10), 7, np.uint8)])))
+    image = Image.open(io.BytesIO(data))
+    assert (image.format, image.size, image.mode) == ("VQZ", (10, 6), "RGBA")
+    assert np.asarray(image)[..., 3].max() == 7
+    assert Image.registered_extensions()[".vqz"] == "VQZ"
+
+
+def test_zoo_registry(model_file: Path, zoo_dir: Path):
+    with pytest.raises(zoo.UnknownModelError, match="no bundled default model"):
+        zoo.resolve_model(None)
+    with pytest.raises(zoo.UnknownModelError, match="bundled models: none"):
+        vqcodec.compress(smooth(8, 8), model="nonexistent")
+    (zoo_dir / "small.safetensors").write_bytes(model_file.read_bytes())
+    (zoo_dir / "small.json").write_text('{"description": "a test model"}')
+    [info] = zoo.list_models()
+    assert (info.name, info.size, info.description) == ("small", model_file.stat().st_size, "a test model")
+    assert zoo.resolve_model("small") == zoo_dir / "small.safetensors"
+    assert zoo.resolve_model(str(model_file)) == model_file
+    assert zoo.find_by_id(bytes.fromhex(info.sha256)[:16]) == info
+    assert zoo.find_by_id(bytes(16)) is None
+    with pytest.raises(zoo.UnknownModelError, match="bundled models: small"):
+        zoo.resolve_model("nonexistent")
+    assert vqcodec.load_model("small").name == "small"
+
+
+def test_codecs_share_the_loaded_model_and_exact_priors(model_file: Path):
+    a, b = vqcodec.load_model(model_file), vqcodec.load_model(model_file)
+    assert a.model is b.model and a.exact_priors is b.exact_priors
+
+
+def test_devices():
+    assert check_device(None) == torch.device("cpu")
+    with pytest.raises(ValueError, match="invalid device"):
+        check_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            check_device("cuda")
+
+
+def test_api_does_not_import_torch_until_needed():
+    import subprocess
+    import sys
+
+    code = "import sys, vqcodec; from PIL import Image; assert 'torch' not in sys.modules; print('ok')"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "ok\n"
+
+
+def test_module_api_matches_codec(codec: Codec, model_file: Path):
+    pixels = smooth(9, 9)
+    assert vqcodec.compress(pixels, model=str(model_file)) == codec.compress(pixels)
+    assert codec_module.compress(pixels, model=codec) == codec.compress(pixels)

@@ -1,0 +1,354 @@
+"""The pipeline: image ⇄ code maps ⇄ ``.vqz`` bytes.
+
+Encoding::
+
+    image ─load_image─▶ RGB ─pad (edge)─▶ VQ-VAE encoder ─▶ code maps, top level first
+    for each level, top first, for each wavefront step t:
+        f = exact prior's integer tables for the step's positions (given earlier steps, upper levels)
+        range-code the step's codes with f
+    header (model id, geometry, shapes, code checksum) + chunks (alpha, ICC) + payload ─▶ bytes
+
+Decoding runs the same walk with the range decoder in place of the encoder; the exact priors give
+the decoder bit-identical tables, so it recovers the same codes. The code checksum is checked
+before the VQ-VAE decoder runs: wrong codes never become an image. Only the code maps have to be
+bit-exact; the pixels come from the float VQ-VAE decoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqcodec import zoo
+from vqcodec.coding.container import ColourMode, Padding, VQZFile, code_checksum, model_id
+from vqcodec.coding.entropy import Decoder, Encoder, ideal_bits
+from vqcodec.coding.exact import ExactPrior
+from vqcodec.errors import ModelMismatchError
+from vqcodec.imageio import SourceImage, crop, load_image, pad_to_multiple, to_pil
+from vqcodec.models.config import level_names
+from vqcodec.models.model import CodecModel, to_uint8
+from vqcodec.models.order import n_steps
+
+ImageInput = str | os.PathLike[str] | bytes | BinaryIO | Image.Image | np.ndarray
+"""What ``compress`` takes: a path, encoded bytes, a binary file, a Pillow image or a uint8 array."""
+
+Progress = Callable[[int, int], None]
+"""Called after every wavefront step with (steps done, steps in all)."""
+
+
+class ConversionWarning(UserWarning):
+    """The input image lost something on its way into the codec (bit depth, frames, colour space)."""
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The torch device for ``device`` (None: the CPU); ValueError if it is not usable here."""
+    try:
+        resolved = torch.device("cpu" if device is None else device)
+    except RuntimeError as error:
+        raise ValueError(f"invalid device {device!r}: use cpu, cuda or cuda:N") from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: use cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA is not available on this machine")
+    return resolved
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run the wavefront walk on one CPU thread, restoring the caller's setting afterwards.
+
+    The walk is thousands of small GEMMs, one wavefront each: intra-op threads save little there,
+    and on a busy machine every parallel region can wait a scheduler tick for its worker (2 cores,
+    tiny model, 333 x 517 image: 0.7 s on one thread, 13 to 60 s on two). The tables are exact
+    integers, the same on any number of threads.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_exact_priors: weakref.WeakKeyDictionary[CodecModel, tuple[torch.device, list[ExactPrior]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _exact(model: CodecModel, device: torch.device) -> list[ExactPrior]:
+    """The exact integer priors of ``model``, built once per model (quantizing the weights is slow)."""
+    cached = _exact_priors.get(model)
+    if cached is None or cached[0] != device:
+        cached = device, [ExactPrior.from_float(prior).to(device) for prior in model.priors]
+        _exact_priors[model] = cached
+    return cached[1]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A file's decoded code maps, checked against its code checksum."""
+
+    file: VQZFile
+    codes: list[np.ndarray]
+    """int64 [h, w] per level, top first."""
+    level_bits: list[float]
+    """Ideal bits of each level's codes under the prior's tables: ``-sum log2 p(code)``."""
+
+
+class Codec:
+    """A model ready to code: the CodecModel, the SHA-256 of its file and its exact priors."""
+
+    def __init__(self, model: CodecModel, sha256: str, name: str | None = None) -> None:
+        self.model = model.eval()
+        self.sha256 = sha256
+        self.name = name
+        """The bundled model's name, or None for a model file outside the zoo."""
+        self.device = next(model.parameters()).device
+        self.exact_priors = _exact(model, self.device)
+
+    @classmethod
+    def open(cls, name_or_path: str | os.PathLike[str] | None = None, device: Any = None) -> Codec:
+        """The codec of a bundled model (by name; None for the default) or of a model file."""
+        path = zoo.resolve_model(name_or_path)
+        model, sha256 = zoo.load_cached(path, check_device(device))
+        return cls(model, sha256, zoo.model_name(path))
+
+    @property
+    def model_id(self) -> bytes:
+        """The 16-byte id that files written with this model carry."""
+        return model_id(bytes.fromhex(self.sha256))
+
+    @property
+    def multiple(self) -> int:
+        return self.model.config.vqvae.multiple
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The image size after padding to the model's multiple."""
+        return -(-height // self.multiple) * self.multiple, -(-width // self.multiple) * self.multiple
+
+    # --- encoding ----------------------------------------------------------------------------------
+
+    def compress(self, image: ImageInput, progress: Progress | None = None) -> bytes:
+        """The ``.vqz`` bytes of ``image``; lossy conversions of the input are ``ConversionWarning``s."""
+        source = _source(image)
+        for message in source.warnings:
+            warnings.warn(message, ConversionWarning, stacklevel=2)
+        return self.pack(source, self.image_codes(source), progress)
+
+    def image_codes(self, source: SourceImage) -> list[np.ndarray]:
+        """The VQ-VAE's code maps of an image (padded to the model's multiple), top level first."""
+        padded = pad_to_multiple(source.rgb, self.multiple)
+        pixels = torch.tensor(padded, device=self.device).permute(2, 0, 1)[None]
+        # float32 and no autocast: the codes must not depend on a caller's precision settings
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            codes = self.model.vqvae.encode(pixels.float() / 255.0 - 0.5)
+        return [level[0].cpu().numpy() for level in codes]
+
+    def pack(self, source: SourceImage, codes: list[np.ndarray], progress: Progress | None = None) -> bytes:
+        """Range-code ``codes`` (the maps of ``source``) and wrap them with the image's metadata."""
+        encoder = Encoder()
+
+        def encode(freqs: np.ndarray, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+            symbols = codes[level][ys, xs]
+            encoder.encode(symbols, freqs)
+            return symbols
+
+        self._walk(codes, encode, progress)
+        alpha = None if source.alpha is None else np.ascontiguousarray(source.alpha, dtype=np.uint8).tobytes()
+        return VQZFile(
+            model_id=self.model_id,
+            width=source.width,
+            height=source.height,
+            colour=ColourMode[source.mode],
+            padding=Padding.EDGE,
+            level_shapes=tuple(level.shape for level in codes),
+            code_crc=code_checksum(codes),
+            payload=encoder.finish(),
+            icc=source.icc_profile,
+            alpha=alpha,
+        ).to_bytes()
+
+    # --- decoding ----------------------------------------------------------------------------------
+
+    def decompress(self, data: bytes | VQZFile, progress: Progress | None = None) -> Image.Image:
+        """The image in a ``.vqz`` file; raises a ``VQZError`` for any defect, before any pixel exists."""
+        return self.render(self.decode_codes(data, progress))
+
+    def decode_codes(self, data: bytes | VQZFile, progress: Progress | None = None) -> Decoded:
+        """Parse, check and entropy-decode a file into its code maps (checksum verified)."""
+        file = data if isinstance(data, VQZFile) else VQZFile.from_bytes(data)
+        file.check_model(bytes.fromhex(self.sha256))
+        file.check_levels(self.model.code_shapes(*self.padded_size(file.height, file.width)))
+        decoder = Decoder(file.payload)
+        codes = [np.zeros(shape, dtype=np.int64) for shape in file.level_shapes]
+        level_bits = self._walk(codes, lambda freqs, *where: decoder.decode(freqs), progress)
+        decoder.check_exhausted()
+        file.check_codes(codes)
+        return Decoded(file, codes, level_bits)
+
+    def render(self, decoded: Decoded) -> Image.Image:
+        """Run the VQ-VAE decoder on checked codes and restore the image's size, mode, alpha and ICC."""
+        file = decoded.file
+        with torch.inference_mode():
+            maps = [torch.from_numpy(level)[None].to(self.device) for level in decoded.codes]
+            pixels = to_uint8(self.model.vqvae.decode_codes(maps))[0].permute(1, 2, 0).cpu().numpy()
+        rgb = np.ascontiguousarray(crop(pixels, file.height, file.width))
+        alpha = None if file.alpha is None else np.frombuffer(file.alpha, np.uint8).reshape(rgb.shape[:2])
+        return to_pil(rgb, file.colour.name, alpha, file.icc)
+
+    def _walk(
+        self,
+        codes: list[np.ndarray],
+        code_step: Callable[[np.ndarray, int, np.ndarray, np.ndarray], np.ndarray],
+        progress: Progress | None,
+    ) -> list[float]:
+        """Visit every level top first, wavefront by wavefront, as encoder and decoder both must.
+
+        ``code_step(freqs, level, ys, xs)`` codes the step at positions (ys, xs) with the tables
+        ``freqs`` and returns its codes, which are stored in ``codes`` and fed back to the prior.
+        Returns the ideal bits of each level.
+        """
+        total = sum(n_steps(*level.shape) for level in codes)
+        done = 0
+        level_bits = []
+        with _one_cpu_thread(self.device):
+            for level, (prior, level_codes) in enumerate(zip(self.exact_priors, codes, strict=True)):
+                upper = [torch.from_numpy(above).to(self.device) for above in codes[:level]]
+                stepper = prior.stepper(*level_codes.shape, upper)
+                bits = 0.0
+                for t in range(stepper.n_steps):
+                    ys, xs = (index.cpu().numpy() for index in stepper.positions(t))
+                    freqs = stepper.freqs(t)
+                    symbols = code_step(freqs, level, ys, xs)
+                    level_codes[ys, xs] = symbols
+                    stepper.set_codes(t, symbols)
+                    bits += ideal_bits(symbols, freqs)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                level_bits.append(bits)
+        return level_bits
+
+    # --- inspection --------------------------------------------------------------------------------
+
+    def info(self, data: bytes, progress: Progress | None = None) -> dict[str, Any]:
+        """``describe(data)`` plus what needs the model: bits per level and the coding overhead."""
+        decoded = self.decode_codes(data, progress)
+        report = describe(data, decoded.file)
+        report["model"] = self.name
+        ideal = sum(decoded.level_bits)
+        for level, bits in zip(report["levels"], decoded.level_bits, strict=True):
+            level["ideal_bits"] = bits
+            level["bits_per_code"] = bits / level["codes"]
+        report["ideal_bits"] = ideal
+        report["overhead_percent"] = 100.0 * (report["payload_bits"] / ideal - 1.0) if ideal else None
+        return report
+
+
+def describe(data: bytes, file: VQZFile | None = None) -> dict[str, Any]:
+    """What a file says about itself, without a model: geometry, mode, model id, shapes, sizes."""
+    file = file or VQZFile.from_bytes(data)
+    names = level_names(len(file.level_shapes))
+    pixels = file.width * file.height
+    bundled = zoo.find_by_id(file.model_id)
+    return {
+        "file_bytes": len(data),
+        "width": file.width,
+        "height": file.height,
+        "colour": file.colour.name,
+        "padding": file.padding.name.lower(),
+        "model_id": file.model_id.hex(),
+        "model": bundled.name if bundled else None,
+        "icc_bytes": len(file.icc) if file.icc else 0,
+        "alpha": file.alpha is not None,
+        "levels": [
+            {"name": name, "shape": [h, w], "codes": h * w, "ideal_bits": None, "bits_per_code": None}
+            for name, (h, w) in zip(names, file.level_shapes, strict=True)
+        ],
+        "payload_bytes": len(file.payload),
+        "payload_bits": 8 * len(file.payload),
+        "container_bytes": len(data) - len(file.payload),
+        "bpp": 8 * len(data) / pixels,
+        "ideal_bits": None,
+        "overhead_percent": None,
+    }
+
+
+ModelArg = Codec | str | os.PathLike[str] | None
+"""What ``model=`` takes: a Codec, a bundled model's name, a model file's path, or None (the default)."""
+
+
+def _source(image: ImageInput) -> SourceImage:
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise ValueError(
+                f"expected a uint8 [H, W], [H, W, 3] or [H, W, 4] array, got {image.dtype} {image.shape}"
+            )
+        image = Image.fromarray(np.ascontiguousarray(image))
+    return load_image(image)
+
+
+def open_codec(model: ModelArg = None, device: Any = None) -> Codec:
+    """A Codec for ``model=`` arguments: a Codec as is, else a bundled model's name or a model file."""
+    if isinstance(model, Codec):
+        return model
+    return Codec.open(model, device)
+
+
+def codec_for(file: VQZFile, model: ModelArg = None, device: Any = None) -> Codec:
+    """The codec to decode ``file``: ``model`` if given, else the bundled model whose id it carries."""
+    if model is not None:
+        return open_codec(model, device)
+    bundled = zoo.find_by_id(file.model_id)
+    if bundled is None:
+        raise ModelMismatchError(
+            f"file needs model {file.model_id.hex()}, which is not bundled; give its model file explicitly"
+        )
+    return Codec.open(bundled.path, device)
+
+
+def compress(
+    image: ImageInput,
+    model: ModelArg = None,
+    device: Any = None,
+    progress: Progress | None = None,
+) -> bytes:
+    """Compress ``image`` with ``model`` (default: the bundled default model) to ``.vqz`` bytes."""
+    return open_codec(model, device).compress(image, progress)
+
+
+def decompress(
+    data: bytes | VQZFile,
+    model: ModelArg = None,
+    device: Any = None,
+    progress: Progress | None = None,
+) -> Image.Image:
+    """Decode ``.vqz`` bytes; without ``model``, with the bundled model whose id the file carries."""
+    file = data if isinstance(data, VQZFile) else VQZFile.from_bytes(data)
+    return codec_for(file, model, device).decompress(file, progress)
+
+
+def info(
+    data: bytes,
+    model: ModelArg = None,
+    device: Any = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """A file's geometry, mode, model, levels and sizes; with its model available (given, or bundled)
+    also the ideal bits of every level and the range coder's overhead over them."""
+    file = VQZFile.from_bytes(data)
+    if model is None and zoo.find_by_id(file.model_id) is None:
+        return describe(data, file)
+    return codec_for(file, model, device).info(data, progress)
