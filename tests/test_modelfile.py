@@ -196,3 +196,17 @@ def test_loading_leaves_the_callers_rng_alone(model_file: tuple[Path, str]) -> N
     state = torch.get_rng_state()
     load_model(model_file[0])
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_half_model_file_is_smaller_and_loads_as_float32(tmp_path: Path) -> None:
+    model = tiny_model()
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    save_model(model, full)
+    save_model(model, half, half=True)
+    assert half.stat().st_size < 0.7 * full.stat().st_size
+    loaded, _ = load_model(half)
+    for (name, p), q in zip(model.named_parameters(), loaded.parameters(), strict=True):
+        assert q.dtype == torch.float32
+        assert torch.equal(q, p.detach().half().float()), name
+    for (name, b), c in zip(model.named_buffers(), loaded.buffers(), strict=True):
+        assert torch.equal(b, c), name

@@ -155,6 +155,23 @@ def train_vqvae(data: str, run: str, preset: str | None, **options: Any) -> None
     api(data, run, config=preset, **options)
 
 
+@train.command("pack")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), required=True, help="Image folder.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the packed copies.")
+@click.option("--short-side", type=click.IntRange(min=8), default=288, help="Downscale to this short side.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, help="WebP quality of the copies.")
+@user_errors
+def train_pack(data: str, out: str, short_side: int, quality: int) -> None:
+    """Pack an image folder small enough to travel (e.g. to a GPU machine): downscaled WebP copies.
+
+    \b
+      vqcodec train pack --data ../shared/data/train --out packed/train
+    """
+    from vqcodec.train.pack import pack_folder
+
+    click.echo(f"{pack_folder(data, out, short_side, quality)} bytes written to {out}")
+
+
 @train.command("prior")
 @click.option(
     "--run",
@@ -220,8 +237,9 @@ def train_prior(run: str, level: str, **options: Any) -> None:
 @click.option(
     "--allow-untrained-priors", is_flag=True, help="Export even if a level has no trained prior (testing)."
 )
+@click.option("--half", is_flag=True, help="Store the weights as float16 (half the size; bundled models).")
 @user_errors
-def export(run: str, out: str, allow_untrained_priors: bool) -> None:
+def export(run: str, out: str, allow_untrained_priors: bool, half: bool) -> None:
     """Write a run's VQ-VAE and priors to one model file; prints its SHA-256.
 
     \b
@@ -229,7 +247,7 @@ def export(run: str, out: str, allow_untrained_priors: bool) -> None:
     """
     from vqcodec.train.export import export as api
 
-    click.echo(api(run, out, allow_untrained=allow_untrained_priors))
+    click.echo(api(run, out, allow_untrained=allow_untrained_priors, half=half))
 
 
 @main.command()

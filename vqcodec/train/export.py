@@ -12,8 +12,10 @@ from vqcodec.train.run import prior_stage, read_config, say
 from vqcodec.zoo.modelfile import save_model
 
 
-def export(run: str | Path, out: str | Path, allow_untrained: bool = False) -> str:
+def export(run: str | Path, out: str | Path, allow_untrained: bool = False, half: bool = False) -> str:
     """Write the model of ``run`` to the model file ``out``; return the file's SHA-256 (hex).
+
+    ``half`` stores the parameters as float16, as the bundled models do.
 
     Every level needs a trained prior; with ``allow_untrained`` a missing one keeps its (seeded,
     so reproducible) random initialisation, which is only useful for testing the plumbing.
@@ -43,4 +45,4 @@ def export(run: str | Path, out: str | Path, allow_untrained: bool = False) -> s
                 f"--level {stage.removeprefix('prior-')}) or allow untrained priors"
             )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    return save_model(model, out)
+    return save_model(model, out, half=half)

@@ -196,7 +196,8 @@ def _check_tensors(header: dict[str, Any], expected: dict[str, tuple[torch.dtype
         raise ModelFileError(f"model file has {len(extra)} unexpected tensors, e.g. {extra[:3]}")
     for name, (dtype, shape) in expected.items():
         entry = found[name]
-        if not isinstance(entry, dict) or entry.get("dtype") != _DTYPES[dtype]:
+        allowed = {_DTYPES[dtype], "F16"} if dtype == torch.float32 else {_DTYPES[dtype]}
+        if not isinstance(entry, dict) or entry.get("dtype") not in allowed:
             raise ModelFileError(f"tensor {name}: expected dtype {_DTYPES[dtype]}, got {entry!r:.80}")
         if entry.get("shape") != list(shape):
             raise ModelFileError(f"tensor {name}: expected shape {list(shape)}, got {entry.get('shape')}")
@@ -238,7 +239,8 @@ def load_model(
         raise ModelFileError(f"corrupted model file: {e}") from e
     with torch.random.fork_rng(devices=[]):  # building draws a random init; leave the caller's RNG alone
         model = CodecModel(config)
-    model.load_state_dict(tensors, strict=True)
+    # float16 weights widen exactly to float32, so the exact priors see the same numbers everywhere
+    model.load_state_dict({name: t.float() if t.dtype == torch.float16 else t for name, t in tensors.items()})
     return model.to(device).eval(), sha256
 
 
@@ -254,9 +256,18 @@ def _canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tu
     return len(header).to_bytes(8, "little") + header, memoryview(raw)[8 + n :]
 
 
-def save_model(model: CodecModel, path: str | Path) -> str:
-    """Write ``model`` as a model file (atomically) and return the SHA-256 (hex) of the file."""
+def save_model(model: CodecModel, path: str | Path, half: bool = False) -> str:
+    """Write ``model`` as a model file (atomically) and return the SHA-256 (hex) of the file.
+
+    ``half`` stores the parameters as float16 (half the size, for the bundled models); buffers such
+    as the codebooks stay float32.
+    """
     tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()}
+    if half:
+        for name, _ in model.named_parameters():
+            tensors[name] = tensors[name].half()
+            if not torch.isfinite(tensors[name]).all():
+                raise ModelFileError(f"parameter {name} does not fit in float16")
     metadata = {"format": FORMAT, "version": VERSION, "config": model.config.to_json()}
     head, body = _canonical(tensors, metadata)
     if len(head) + len(body) > MAX_FILE_BYTES:
