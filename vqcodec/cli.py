@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from vqcodec import cli_codec
+from vqcodec.bench import cli as bench_cli
 from vqcodec.errors import VQZError
 from vqcodec.models.config import PRESETS
 
@@ -282,3 +283,4 @@ def sample(
 # --- codecs: compress, decompress, info, models (in vqcodec/cli_codec.py) -------------------------
 
 cli_codec.register(main)
+bench_cli.register(main)

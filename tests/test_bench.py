@@ -1,0 +1,206 @@
+"""The benchmark: MS-SSIM and PSNR, BD-rate on synthetic curves, the comparisons, and a whole small run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from vqcodec.bench import metrics
+from vqcodec.bench.run import Curve, Point, compare
+from vqcodec.cli import main
+from vqcodec.models.config import tiny_config
+from vqcodec.models.model import CodecModel
+from vqcodec.zoo.modelfile import save_model
+
+
+def pattern(height: int = 192, width: int = 208) -> np.ndarray:
+    """Deterministic uint8 RGB content with detail at several scales."""
+    y, x = np.mgrid[0:height, 0:width]
+    planes = [
+        127 + 100 * np.sin(x / 7.0) * np.cos(y / 11.0),
+        127 + 90 * np.sin((x + y) / 13.0),
+        (x * y) % 256,
+    ]
+    return np.stack(planes, axis=2).round().astype(np.uint8)
+
+
+def test_ms_ssim_matches_a_reference_value() -> None:
+    a = pattern()
+    y, x = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
+    b = np.clip(a.astype(int) + ((x * 7 + y * 13) % 31 - 15)[..., None], 0, 255).astype(np.uint8)
+    # pytorch-msssim 1.0.0 (CompressAI's MS-SSIM), float64 inputs, data_range=255
+    assert metrics.ms_ssim(a, b) == pytest.approx(0.98871824, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(192, 208), (48, 64)])
+def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise(shape: tuple[int, int]) -> None:
+    a = pattern(*shape)
+    assert metrics.ms_ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=a.shape)
+    values = [
+        metrics.ms_ssim(a, np.clip(a + s * noise, 0, 255).round().astype(np.uint8))
+        for s in (2, 5, 10, 20, 40)
+    ]
+    assert all(hi > lo for hi, lo in zip(values, values[1:], strict=False))
+    assert 0.0 < values[-1] < values[0] < 1.0
+
+
+def test_ms_ssim_rejects_images_smaller_than_the_window() -> None:
+    with pytest.raises(ValueError, match="smaller than"):
+        metrics.ms_ssim(pattern(8, 64), pattern(8, 64))
+
+
+def test_psnr() -> None:
+    a = pattern(48, 64)
+    assert metrics.psnr(a, a) == math.inf
+    b = a.copy()
+    b[a < 255] += 1
+    b[a == 255] -= 1
+    assert metrics.psnr(a, b) == pytest.approx(20 * math.log10(255))
+    assert metrics.ms_ssim_db(0.99) == pytest.approx(20.0)
+
+
+def rd_curve(rates: np.ndarray, extra_bits: float = 0.0) -> tuple[list[float], list[float]]:
+    """A smooth concave R-D curve, PSNR = 30 + 6 x - 0.4 x^2 (x = log2 rate), at (1 + extra_bits) x rate."""
+    log_rate = np.log2(rates)
+    psnr = 30 + 6 * log_rate - 0.4 * log_rate**2
+    return list(rates * (1.0 + extra_bits)), list(psnr)
+
+
+@pytest.mark.parametrize("method", ["pchip", "cubic"])
+def test_bd_rate_of_identical_curves_is_zero(method: str) -> None:
+    rate, psnr = rd_curve(np.geomspace(0.1, 1.5, 8))
+    assert metrics.bd_rate(rate, psnr, rate, psnr, method) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["pchip", "cubic"])
+def test_bd_rate_of_a_curve_needing_ten_percent_more_bits(method: str) -> None:
+    anchor = rd_curve(np.geomspace(0.1, 1.5, 8))
+    same_points = rd_curve(np.geomspace(0.1, 1.5, 8), extra_bits=0.10)
+    assert metrics.bd_rate(*anchor, *same_points, method) == pytest.approx(10.0, abs=1e-9)
+    other_points = rd_curve(np.geomspace(0.12, 1.3, 5), extra_bits=0.10)  # sampled elsewhere on the curve
+    assert metrics.bd_rate(*anchor, *other_points, method) == pytest.approx(10.0, abs=0.1)
+    assert metrics.bd_rate(*other_points, *anchor, method) == pytest.approx(100 / 1.1 - 100, abs=0.1)
+
+
+def test_bd_rate_needs_overlapping_curves() -> None:
+    with pytest.raises(ValueError, match="do not overlap"):
+        metrics.bd_rate([0.1, 0.2], [20.0, 22.0], [0.5, 1.0], [30.0, 33.0])
+    with pytest.raises(ValueError, match="2 or more points"):
+        metrics.bd_rate([0.1, 0.2], [20.0, 22.0], [0.5], [21.0])
+
+
+def test_values_at_a_rate_and_rates_at_a_value() -> None:
+    rate, psnr = [0.2, 0.4, 0.8], [26.0, 29.0, 32.0]
+    assert metrics.value_at_rate(rate, psnr, 0.3) == pytest.approx(27.5)
+    assert metrics.value_at_rate(rate, psnr, 1.0) is None
+    assert metrics.rate_at_value(rate, psnr, 27.5) == pytest.approx(math.sqrt(0.2 * 0.4))
+    assert metrics.rate_at_value(rate, psnr, 40.0) is None
+
+
+def curve(key: str, rates: np.ndarray, extra_bits: float = 0.0) -> Curve:
+    rate, psnr = rd_curve(rates, extra_bits)
+    ms_ssim = [1 - 10 ** (-(p - 12) / 10) for p in psnr]  # any increasing function of PSNR
+    points = [
+        Point(str(i), r, p, s, 0.0, 0.0) for i, (r, p, s) in enumerate(zip(rate, psnr, ms_ssim, strict=True))
+    ]
+    return Curve(key, key.upper(), key, "quality", points)
+
+
+def test_compare_by_bd_rate_or_at_the_single_operating_point() -> None:
+    rates = np.geomspace(0.1, 1.5, 8)
+    anchor = curve("jpeg", rates)
+    by_bd = compare(curve("vqcodec", rates[1:-1], extra_bits=-0.2), [anchor])
+    assert by_bd["method"] == "bd-rate"
+    assert by_bd["rows"][0]["bd_rate_psnr"] == pytest.approx(-20.0, abs=0.1)
+    assert by_bd["rows"][0]["bd_rate_ms_ssim"] == pytest.approx(-20.0, abs=0.1)
+
+    single = curve("vqcodec", np.array([0.5]), extra_bits=-0.2)
+    at_rate = compare(single, [anchor])
+    row = at_rate["rows"][0]
+    assert at_rate["method"] == "at-vqcodec-rate"
+    assert row["delta_psnr"] > 0  # fewer bits for the same quality: better at the same rate
+    assert row["rate_percent_psnr"] == pytest.approx(-20.0, abs=0.5)
+    assert row["bpp_at_equal_psnr"] == pytest.approx(0.5, rel=0.01)
+
+
+# --- a whole run ------------------------------------------------------------------------------------------
+
+
+def write_images(folder: Path, n: int, seed: int) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        shift = np.random.default_rng(seed + i).integers(0, 50)
+        Image.fromarray(np.roll(pattern(48, 64), shift, axis=1)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(CodecModel(tiny_config()).eval(), path)
+    return path
+
+
+def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
+    data = write_images(tmp_path / "images", 3, seed=0)
+    train = write_images(tmp_path / "train", 2, seed=10)
+    val = write_images(tmp_path / "val", 2, seed=20)
+    out = tmp_path / "out"
+    args = ["bench", "--data", str(data), "--out", str(out), "--limit", "2", "--model", str(tiny_model)]
+    args += [
+        "--codecs",
+        "vqcodec,jpeg,webp",
+        "--nll-images",
+        "2",
+        "--train-data",
+        str(train),
+        "--val-data",
+        str(val),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+
+    for key, n_settings in (("vqcodec", 1), ("jpeg", 10), ("webp", 10)):
+        report = json.loads((out / f"{key}.json").read_text())
+        assert set(report) == {"name", "description", "results", "bench"}
+        results = report["results"]
+        assert set(results) == {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
+        assert all(len(values) == n_settings for values in results.values())
+        assert results["bpp"] == sorted(results["bpp"])
+        assert report["bench"]["images"] == ["img0.png", "img1.png"]
+    vq = json.loads((out / "vqcodec.json").read_text())["bench"]
+    point = vq["points"][0]
+    assert set(point["bits_per_level"]) == {"top", "bottom"}
+    assert point["bpd_file"] > point["bpd_ideal"] > 0
+    assert vq["comparison"]["method"] == "at-vqcodec-rate"
+    assert [(row["model"], row["level"]) for row in vq["priors_nll"]] == [("tiny", "top"), ("tiny", "bottom")]
+    assert all(row["train"] > 0 and row["val"] > 0 for row in vq["priors_nll"])
+
+    markdown = (out / "results.md").read_text()
+    for heading in ("## vqcodec", "at vqcodec's rate", "## Priors: NLL", "### JPEG", "### WebP", "cores"):
+        assert heading in markdown
+    assert markdown in result.output
+    if importlib.util.find_spec("matplotlib") is None:  # matplotlib comes with the bench extra, not dev
+        assert "rd.png not written: matplotlib is not installed" in markdown
+    else:
+        with Image.open(out / "rd.png") as figure:
+            assert figure.format == "PNG" and figure.width > 500
+
+
+def test_bench_rejects_unknown_codecs(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["bench", "--data", str(tmp_path), "--out", str(tmp_path), "--codecs", "gif"]
+    )
+    assert result.exit_code == 2
+    assert "choose from" in result.output
