@@ -16,11 +16,10 @@ bit-exact; the pixels come from the float VQ-VAE decoder.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -60,26 +59,6 @@ def check_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA is not available on this machine")
     return resolved
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run the wavefront walk on one CPU thread, restoring the caller's setting afterwards.
-
-    The walk is thousands of small GEMMs, one wavefront each: intra-op threads save little there,
-    and on a busy machine every parallel region can wait a scheduler tick for its worker (2 cores,
-    tiny model, 333 x 517 image: 0.7 s on one thread, 13 to 60 s on two). The tables are exact
-    integers, the same on any number of threads.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 _exact_priors: weakref.WeakKeyDictionary[CodecModel, tuple[torch.device, list[ExactPrior]]] = (
@@ -223,22 +202,21 @@ class Codec:
         total = sum(n_steps(*level.shape) for level in codes)
         done = 0
         level_bits = []
-        with _one_cpu_thread(self.device):
-            for level, (prior, level_codes) in enumerate(zip(self.exact_priors, codes, strict=True)):
-                upper = [torch.from_numpy(above).to(self.device) for above in codes[:level]]
-                stepper = prior.stepper(*level_codes.shape, upper)
-                bits = 0.0
-                for t in range(stepper.n_steps):
-                    ys, xs = (index.cpu().numpy() for index in stepper.positions(t))
-                    freqs = stepper.freqs(t)
-                    symbols = code_step(freqs, level, ys, xs)
-                    level_codes[ys, xs] = symbols
-                    stepper.set_codes(t, symbols)
-                    bits += ideal_bits(symbols, freqs)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-                level_bits.append(bits)
+        for level, (prior, level_codes) in enumerate(zip(self.exact_priors, codes, strict=True)):
+            upper = [torch.from_numpy(above).to(self.device) for above in codes[:level]]
+            stepper = prior.stepper(*level_codes.shape, upper)
+            bits = 0.0
+            for t in range(stepper.n_steps):
+                ys, xs = (index.cpu().numpy() for index in stepper.positions(t))
+                freqs = stepper.freqs(t)
+                symbols = code_step(freqs, level, ys, xs)
+                level_codes[ys, xs] = symbols
+                stepper.set_codes(t, symbols)
+                bits += ideal_bits(symbols, freqs)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            level_bits.append(bits)
         return level_bits
 
     # --- inspection --------------------------------------------------------------------------------
