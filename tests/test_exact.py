@@ -206,6 +206,29 @@ def test_stepper_matches_full_evaluation(kind: str, h: int, w: int) -> None:
         assert table.dtype == np.int64 and np.array_equal(table, frequencies(full[ys, xs]).numpy()), t
 
 
+@pytest.mark.parametrize("kind", sorted(PRIORS))
+@pytest.mark.parametrize(("h", "w"), [(5, 90), (40, 70), (9, 3)])
+def test_windowed_caches_match_full_evaluation(kind: str, h: int, w: int) -> None:
+    """Maps much wider than the caches' window (every slot reused many times) and narrower than it."""
+    prior = EXACT[kind]
+    codes = torch.randint(prior.codebook_size, (h, w), generator=torch.Generator().manual_seed(h + w))
+    cond = random_cond(PRIORS[kind], h, w)
+    window = prior.stepper(h, w, cond)._window
+    assert window < w / 6 if w > 3 else window > w
+    full = prior.logits_full(codes, cond)
+    for t, table in enumerate(stepper_tables(prior, codes, cond)):
+        ys, xs = order.wavefront(t, h, w)
+        assert np.array_equal(table, frequencies(full[ys, xs]).numpy()), t
+
+
+def test_cache_memory_does_not_grow_with_the_width() -> None:
+    def cache_bytes(width: int) -> int:
+        stepper = EXACT["top_k5"].stepper(4, width, [])
+        return sum(cache.untyped_storage().nbytes() for cache in stepper._caches)
+
+    assert cache_bytes(3) == cache_bytes(3000) > 0
+
+
 def test_same_tables_with_any_thread_count() -> None:
     torch.manual_seed(5)
     config = PriorConfig(channels=32, n_blocks=2, attention_every=1, n_heads=2, attention_radius=3)
@@ -248,6 +271,9 @@ def test_stepper_enforces_the_order() -> None:
         stepper.set_codes(0, [1, 2])  # step 0 has one code
     with pytest.raises(ValueError):
         stepper.set_codes(0, [32])  # outside the codebook
+    stepper.set_codes(0, [0])
+    with pytest.raises(ValueError):
+        stepper.set_codes(1, [0])  # codes before their tables could overwrite cached values still read
     with pytest.raises(ValueError):
         EXACT["bottom"].stepper(4, 4, [torch.zeros(3, 2, dtype=torch.int64)])
 

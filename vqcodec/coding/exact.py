@@ -14,7 +14,8 @@ of it that is exact *by construction*, normatively specified in ``bitstream_spec
 
 Encoder and decoder both run an :class:`ExactStepper`, which evaluates each layer only at the
 positions of one wavefront (``order.wavefront``) and keeps every spatially-read layer output in a
-zero-padded cache, so step ``t`` costs one wavefront's worth of work.
+zero-padded cache over a sliding window of recent steps, so step ``t`` costs one wavefront's worth of work
+and the memory grows with the map's height only.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ MAX_OFFSETS = 2**10
 
 _CHUNK = 2**22
 """Gathered float64 elements per GEMM (32 MiB): bounds memory when many positions run at once."""
+
+_CACHE_DTYPE = torch.float32
+"""Storage of the gather sources: activations are integers below 2**20 in magnitude, exact in float32
+(half the memory of float64); gathered blocks are converted to float64 before the GEMM."""
 
 _NEG = -(2**62)
 """Stands in for the logit of an attention offset outside the map before it is excluded."""
@@ -322,9 +327,9 @@ def _to(obj: Any, device: torch.device) -> Any:
 
 
 def _padded(features: Tensor, pad: int) -> Tensor:
-    """A zero-padded float64 copy [(h + 2 pad) (w + 2 pad), C] of int64 features [h, w, C], to gather from."""
+    """A zero-padded copy [(h + 2 pad) (w + 2 pad), C] of int64 features [h, w, C], to gather from."""
     h, w, c = features.shape
-    out = features.new_zeros((h + 2 * pad, w + 2 * pad, c), dtype=torch.float64)
+    out = features.new_zeros((h + 2 * pad, w + 2 * pad, c), dtype=_CACHE_DTYPE)
     out[pad : pad + h, pad : pad + w] = features
     return out.view(-1, c)
 
@@ -344,7 +349,7 @@ def _gathered(layer: _Linear, source: Tensor, index: Tensor) -> Tensor:
     fan_in = layer.weight.shape[0]
     rows = max(1, _CHUNK // fan_in)
     if len(index) <= rows:
-        return layer(_gather(source, index).view(len(index), fan_in))
+        return layer(_gather(source, index).view(len(index), fan_in).double())
     return torch.cat([_gathered(layer, source, part) for part in index.split(rows)])
 
 
@@ -358,7 +363,7 @@ class ExactPrior:
     kernel_size: int
     attention_every: int
     attention_offsets: list[tuple[int, int]]
-    embed: Tensor  # float64 [K, C], integers at FA (the gather source of the first layer)
+    embed: Tensor  # _CACHE_DTYPE [K, C], integers at FA (written to the first layer's gather source)
     input_conv: _Linear
     blocks: list[_GatedBlock]
     attentions: list[_Attention]
@@ -382,7 +387,7 @@ class ExactPrior:
             kernel_size=config.kernel_size,
             attention_every=config.attention_every,
             attention_offsets=order.attention_offsets(config.attention_radius) if prior.attentions else [],
-            embed=_quantise_embedding(prior.embed).double(),
+            embed=_quantise_embedding(prior.embed).to(_CACHE_DTYPE),
             input_conv=_Linear.from_conv(prior.input_conv, _masked_taps(prior.input_conv, first_layer=True)),
             blocks=[
                 _GatedBlock(
@@ -419,7 +424,7 @@ class ExactPrior:
         gives step by step (tested); for tests and ideal bit counts.
         """
         height, width = codes.shape
-        stepper = self.stepper(height, width, cond_codes)
+        stepper = ExactStepper(self, height, width, cond_codes, whole=True)
         ys = torch.arange(height, device=self.device).repeat_interleave(width)
         xs = torch.arange(width, device=self.device).repeat(height)
         stepper._write_codes(ys, xs, codes.to(self.device, torch.int64).reshape(-1))
@@ -474,38 +479,55 @@ class ExactPrior:
 class ExactStepper:
     """Frequency tables of one code map, one wavefront step at a time, for encoder and decoder alike.
 
-    Call ``freqs(t)`` and ``set_codes(t, codes)`` for t = 0, 1, ..., n_steps - 1 (``freqs(t)`` needs
-    the codes of every step before t). Every layer whose output is read at other positions (conv
-    inputs after ELU, attention keys and values, code embeddings) has a zero-padded map cache
-    [(H + 2P) (W + 2P), C] float64 of integers; step t evaluates each layer only at the wavefront's
-    positions, reading its taps from the previous layer's cache: mask "B" taps on the same wavefront
-    are already written, because each layer runs for the whole wavefront before the next one.
+    Call ``freqs(t)`` and then ``set_codes(t, codes)`` for t = 0, 1, ..., n_steps - 1. Every layer whose
+    output is read at other positions (conv inputs after ELU, attention keys and values, code
+    embeddings) has a cache; step t evaluates each layer only at the wavefront's positions, reading its
+    taps from the previous layer's cache: mask "B" taps on the same wavefront are already written,
+    because each layer runs for the whole wavefront before the next one.
+
+    A cache is not a whole map but a sliding window over steps, [(P + H + P') Wc, C] of integers in
+    ``_CACHE_DTYPE``: row y (zero-padded above and below) keeps column x in slot ``x mod Wc``. Every
+    offset a layer reads lies ``-(2 dy + dx)`` in ``0..D`` steps back (D = 3 for 3x3 kernels, 3r for an
+    attention radius r), so at step t row y is read only at columns ``t - 2y - D .. t - 2y``: with
+    ``Wc = D + 1`` these are distinct slots, and a slot is overwritten only after the last reader of its
+    previous column. Columns left of the map read
+    zeros (their slots have not been written yet); those right of it are read as zeros because step t
+    clears their slots first (they may hold columns that left the window).
     """
 
-    def __init__(self, prior: ExactPrior, height: int, width: int, cond_codes: list[Tensor]):
+    def __init__(
+        self, prior: ExactPrior, height: int, width: int, cond_codes: list[Tensor], whole: bool = False
+    ):
+        """``whole``: a window as wide as the padded map (no slot reused), to evaluate all at once."""
         if height < 1 or width < 1:
             raise ValueError(f"empty map {height}x{width}")
         self.prior, self.height, self.width = prior, height, width
         self.n_steps = order.n_steps(height, width)
-        device, channels = prior.device, prior.channels
-        radius = max((max(abs(dy), abs(dx)) for dy, dx in prior.attention_offsets), default=0)
-        self._pad = pad = max(prior.kernel_size // 2, radius)
-        self._padded_width = pw = width + 2 * pad
-        cells = (height + 2 * pad) * pw
+        device, channels, k = prior.device, prior.channels, prior.kernel_size
+        taps_a, taps_b = _masked_offsets(k, first_layer=True), _masked_offsets(k, first_layer=False)
+        offsets = taps_a + taps_b + prior.attention_offsets
+        lag = max(-order.step_of(dy, dx) for dy, dx in offsets)  # D
+        left, self._right = max(-dx for _, dx in offsets), max(dx for _, dx in offsets)
+        self._top = max(-dy for dy, _ in offsets)
+        self._window = width + left + self._right if whole else lag + 1
+        assert whole or self._window > lag, "a narrower window overwrites values before their last read"
+        rows = self._top + height + max(dy for dy, _ in offsets)
 
         def cache(c: int) -> Tensor:
-            return torch.zeros(cells, c, dtype=torch.float64, device=device)
+            return torch.zeros(rows * self._window, c, dtype=_CACHE_DTYPE, device=device)
 
         self._embedded = cache(channels)
         self._block_inputs = [(cache(channels), cache(channels)) for _ in prior.blocks]
         self._keys_values = [(cache(channels), cache(channels)) for _ in prior.attentions]
+        self._caches = [self._embedded, *(c for pair in self._block_inputs + self._keys_values for c in pair)]
         self._cond = prior._condition(cond_codes, height, width)
         self._cond_width = -(-width // 2)
-        k = prior.kernel_size
-        self._taps_a = _tap_index(_masked_offsets(k, first_layer=True), pw, device)
-        self._taps_b = _tap_index(_masked_offsets(k, first_layer=False), pw, device)
-        self._offsets = torch.tensor(prior.attention_offsets, dtype=torch.int64, device=device).view(-1, 2)
-        self._attn_index = _tap_index(prior.attention_offsets, pw, device)
+
+        def offset_tensor(taps: list[tuple[int, int]]) -> Tensor:
+            return torch.tensor(taps, dtype=torch.int64, device=device).view(-1, 2)
+
+        self._taps_a, self._taps_b = offset_tensor(taps_a), offset_tensor(taps_b)
+        self._offsets = offset_tensor(prior.attention_offsets)
 
         # All positions sorted by step, rows ascending within a step (the order of order.wavefront).
         steps = order.step_map(height, width).flatten()
@@ -531,15 +553,16 @@ class ExactStepper:
         if t != self._computed or self._known < t:
             raise ValueError(f"tables of step {t} asked after {self._computed} steps, {self._known} known")
         ys, xs = self._step(t)
+        self._clear_right_padding(t)
         self._computed += 1
         if len(ys) == 0:  # a step without codes (a map one column wide has them at odd steps)
             return np.zeros((0, self.prior.codebook_size), dtype=np.int64)
         return frequencies(self._evaluate(ys, xs)).cpu().numpy()
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
-        """Record the n_t codes of step ``t`` (in ``positions(t)`` order); steps in order."""
-        if t != self._known:
-            raise ValueError(f"codes of step {t} given after {self._known} steps")
+        """Record the n_t codes of step ``t`` (in ``positions(t)`` order), after its tables."""
+        if t != self._known or t >= self._computed:
+            raise ValueError(f"codes of step {t} given after {self._known} steps, {self._computed} computed")
         ys, xs = self._step(t)
         codes = torch.as_tensor(codes, device=self.prior.device).to(torch.int64).reshape(-1)
         if len(codes) != len(ys):
@@ -550,10 +573,29 @@ class ExactStepper:
     def _write_codes(self, ys: Tensor, xs: Tensor, codes: Tensor) -> None:
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
             raise ValueError(f"codes must lie in 0..{self.prior.codebook_size - 1}")
-        self._embedded.index_copy_(0, self._base(ys, xs), self.prior.embed.index_select(0, codes))
+        self._embedded.index_copy_(0, self._cells(ys, xs), self.prior.embed.index_select(0, codes))
 
-    def _base(self, ys: Tensor, xs: Tensor) -> Tensor:
-        return (ys + self._pad) * self._padded_width + xs + self._pad
+    def _clear_right_padding(self, t: int) -> None:
+        """Zero the slots of step t's columns right of the map, which are read as zero padding.
+
+        Only the columns ``W .. W + right - 1`` are ever read; a slot may still hold a column that left
+        the window, whose last reader was before step t.
+        """
+        lo = max(0, (t - self.width - self._right) // order.SLOPE + 1)
+        hi = min(self.height - 1, (t - self.width) // order.SLOPE)
+        if lo <= hi:
+            ys = torch.arange(lo, hi + 1, device=self.prior.device)
+            cells = self._cells(ys, t - order.SLOPE * ys)
+            for cache in self._caches:
+                cache.index_fill_(0, cells, 0)
+
+    def _cells(self, ys: Tensor, xs: Tensor) -> Tensor:
+        """Cache rows of positions (ys, xs), which may lie in the row padding or left or right of the map."""
+        return (ys + self._top) * self._window + xs % self._window
+
+    def _tap_cells(self, ys: Tensor, xs: Tensor, offsets: Tensor) -> Tensor:
+        """Cache rows [n, T] of the offsets [T, 2] of positions (ys, xs) [n]."""
+        return self._cells(ys[:, None] + offsets[:, 0], xs[:, None] + offsets[:, 1])
 
     def _evaluate(self, ys: Tensor, xs: Tensor) -> Tensor:
         """int64 logits [n, K] at positions (ys, xs), all layers in order, writing the caches there.
@@ -561,18 +603,18 @@ class ExactStepper:
         Every position that a tap reads must be final: it is one of (ys, xs) or was evaluated before.
         """
         prior, c = self.prior, self.prior.channels
-        base = self._base(ys, xs)
-        x = _gathered(prior.input_conv, self._embedded, base[:, None] + self._taps_a)
-        index_b = base[:, None] + self._taps_b
+        base = self._cells(ys, xs)
+        x = _gathered(prior.input_conv, self._embedded, self._tap_cells(ys, xs, self._taps_a))
+        index_b = self._tap_cells(ys, xs, self._taps_b)
         if self._cond is not None:
             cond_rows = (ys // 2) * self._cond_width + xs // 2
         if prior.attentions:
             oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
             valid = (oy >= 0) & (oy < self.height) & (ox >= 0) & (ox < self.width)  # [n, n_off]
-            index_attn = base[:, None] + self._attn_index
+            index_attn = self._cells(oy, ox)
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
-            inputs.index_copy_(0, base, _elu(x).double())
-            middles.index_copy_(0, base, _elu(_gathered(block.conv1, inputs, index_b)).double())
+            inputs.index_copy_(0, base, _elu(x).to(_CACHE_DTYPE))
+            middles.index_copy_(0, base, _elu(_gathered(block.conv1, inputs, index_b)).to(_CACHE_DTYPE))
             h = _gathered(block.conv2, middles, index_b)
             if self._cond is not None:
                 h = _clamp(h + self._cond[i].index_select(0, cond_rows))
@@ -592,16 +634,17 @@ def _attend(
 ) -> Tensor:
     """x + proj(attention) at cache rows ``base``, after writing their keys and values (exact.md §6.3).
 
-    ``index`` [n, n_off] are the cache rows of the offsets, ``valid`` whether they lie inside the map.
+    ``index`` [n, n_off] are the cache rows of the offsets, ``valid`` whether they lie inside the map
+    (the others may hold any integers: their weights are zero).
     """
     keys, values = caches
     xf = x.double()
-    keys.index_copy_(0, base, attn.key(xf).double())
-    values.index_copy_(0, base, attn.value(xf).double())
+    keys.index_copy_(0, base, attn.key(xf).to(_CACHE_DTYPE))
+    values.index_copy_(0, base, attn.value(xf).to(_CACHE_DTYPE))
     query = attn.query(xf).double()
     rows = max(1, _CHUNK // (index.shape[1] * x.shape[1]))
     parts = [
-        _attention_rows(q, _gather(keys, i), _gather(values, i), ok, attn.n_heads)
+        _attention_rows(q, _gather(keys, i).double(), _gather(values, i).double(), ok, attn.n_heads)
         for q, i, ok in zip(query.split(rows), index.split(rows), valid.split(rows), strict=True)
     ]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
