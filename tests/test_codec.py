@@ -16,10 +16,10 @@ from PIL import Image, ImageCms
 
 import vqcodec
 from vqcodec import codec as codec_module
-from vqcodec import zoo
+from vqcodec import imageio, zoo
 from vqcodec.codec import Codec, ConversionWarning, check_device
 from vqcodec.coding.container import VQZFile
-from vqcodec.errors import CorruptDataError, ModelMismatchError
+from vqcodec.errors import CorruptDataError, ImageTooLargeError, ModelMismatchError
 from vqcodec.imageio import load_image
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
@@ -274,3 +274,10 @@ def test_module_api_matches_codec(codec: Codec, model_file: Path):
     pixels = smooth(9, 9)
     assert vqcodec.compress(pixels, model=str(model_file)) == codec.compress(pixels)
     assert codec_module.compress(pixels, model=codec) == codec.compress(pixels)
+
+
+def test_decoder_refuses_an_image_beyond_the_limits(codec: Codec, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = codec.compress(np.zeros((16, 24, 3), np.uint8))
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 16 * 24 - 1)
+    with pytest.raises(ImageTooLargeError):
+        codec.decompress(data)

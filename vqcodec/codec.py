@@ -32,7 +32,7 @@ from vqcodec.coding.container import ColourMode, Padding, VQZFile, code_checksum
 from vqcodec.coding.entropy import Decoder, Encoder, ideal_bits
 from vqcodec.coding.exact import ExactPrior
 from vqcodec.errors import ModelMismatchError
-from vqcodec.imageio import SourceImage, crop, load_image, pad_to_multiple, to_pil
+from vqcodec.imageio import SourceImage, check_size, crop, load_image, pad_to_multiple, to_pil
 from vqcodec.models.config import level_names
 from vqcodec.models.model import CodecModel, to_uint8
 from vqcodec.models.order import n_steps
@@ -170,6 +170,7 @@ class Codec:
         file = data if isinstance(data, VQZFile) else VQZFile.from_bytes(data)
         file.check_model(bytes.fromhex(self.sha256))
         file.check_levels(self.model.code_shapes(*self.padded_size(file.height, file.width)))
+        check_size(file.width, file.height, "the .vqz file's image")
         decoder = Decoder(file.payload)
         codes = [np.zeros(shape, dtype=np.int64) for shape in file.level_shapes]
         level_bits = self._walk(codes, lambda freqs, *where: decoder.decode(freqs), progress)

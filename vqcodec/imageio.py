@@ -43,10 +43,11 @@ MODES = ("RGB", "L", "RGBA", "LA")
 MAX_SIDE = 16384
 """Longest accepted side in pixels; a multiple of every model's ``multiple``, so padding stays in bounds."""
 
-MAX_PIXELS = 2**26
-"""Largest accepted area (64 Mpx, e.g. 8192 x 8192): the RGB array is then 192 MiB and one float32
-copy of it 768 MiB. It lies below Pillow's own decompression-bomb threshold (~89 Mpx), so every
-accepted image opens without Pillow's warning."""
+MAX_PIXELS = 2**25
+"""Largest area the codec encodes or decodes (32 Mpx, e.g. 8192 x 4096). Memory grows with the area:
+the default model's VQ-VAE needs about 270 bytes per pixel and the bottom prior's conditioning about
+130, so this keeps a worst-case file near 14 GB. It lies below Pillow's own decompression-bomb
+threshold (~89 Mpx), so every accepted image opens without Pillow's warning."""
 
 
 # What Pillow raises on bad input: its decoders let struct and EOF errors through as well.
@@ -198,7 +199,8 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _check_size(width: int, height: int, name: str) -> None:
+def check_size(width: int, height: int, name: str) -> None:
+    """Refuse (before anything is allocated) an image outside the limits this implementation codes."""
     if width <= 0 or height <= 0:
         raise FormatError(f"{name}: empty image ({width}x{height})")
     if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
@@ -210,7 +212,7 @@ def _limits() -> str:
 
 
 def _from_pil(image: Image.Image, name: str) -> SourceImage:
-    _check_size(image.width, image.height, name)
+    check_size(image.width, image.height, name)
     warnings: list[str] = []
     if getattr(image, "is_animated", False):
         warnings.append("image has several frames; only the first is coded")
@@ -221,7 +223,7 @@ def _from_pil(image: Image.Image, name: str) -> SourceImage:
     image = _upright(image, warnings)
     gray_or_rgb, mode, icc_profile = _standard_planes(image, icc_profile, warnings)
     # A few formats (e.g. ICO, EPS) only settle their size as they decode; the codec relies on the limits.
-    _check_size(gray_or_rgb.shape[1], gray_or_rgb.shape[0], name)
+    check_size(gray_or_rgb.shape[1], gray_or_rgb.shape[0], name)
 
     alpha = None
     if mode in ("RGBA", "LA"):
