@@ -33,7 +33,13 @@ from torch import Tensor, nn
 
 from vqcodec.coding.entropy import MAX_ALPHABET, PRECISION
 from vqcodec.models import order
-from vqcodec.models.pixelsnail import CausalAttention, MaskedConv2d, PixelSNAILPrior, ResBlock
+from vqcodec.models.pixelsnail import (
+    CausalAttention,
+    MaskedConv2d,
+    PixelSNAILPrior,
+    ResBlock,
+    check_cond_codes,
+)
 
 FA = 10
 """Fractional bits of every activation (and of the logits)."""
@@ -438,12 +444,9 @@ class ExactPrior:
         row (y // 2) * ceil(W/2) + x // 2: a quarter of the work and memory.
         """
         n = len(self.cond_codebook_sizes)
+        check_cond_codes(n, cond_codes)
         if n == 0:
-            if cond_codes:
-                raise ValueError("this prior is not conditioned on upper levels")
             return None
-        if len(cond_codes) != n:
-            raise ValueError(f"expected codes of {n} upper levels, got {len(cond_codes)}")
         h2, w2 = -(-height // 2), -(-width // 2)
         ys, xs = torch.arange(h2, device=self.device), torch.arange(w2, device=self.device)
         embedded = []

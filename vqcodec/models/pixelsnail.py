@@ -33,6 +33,7 @@ network can mirror it layer by layer.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,12 @@ from torch import nn
 
 from vqcodec.models import order
 from vqcodec.models.config import PriorConfig
+
+
+def check_cond_codes(n_above: int, cond_codes: Sequence[torch.Tensor]) -> None:
+    """Raise ValueError unless ``cond_codes`` holds the codes of exactly the ``n_above`` upper levels."""
+    if len(cond_codes) != n_above:
+        raise ValueError(f"expected codes of {n_above} upper levels, got {len(cond_codes)}")
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -180,12 +187,9 @@ class PixelSNAILPrior(nn.Module):
         embedding is cropped to H x W, so odd sizes work too.
         """
         n = len(self.cond_codebook_sizes)
+        check_cond_codes(n, cond_codes)
         if n == 0:
-            if cond_codes:
-                raise ValueError("this prior is not conditioned on upper levels")
             return None
-        if len(cond_codes) != n:
-            raise ValueError(f"expected codes of {n} upper levels, got {len(cond_codes)}")
         if size is None:
             size = (2 * cond_codes[-1].shape[-2], 2 * cond_codes[-1].shape[-1])
         H, W = size
