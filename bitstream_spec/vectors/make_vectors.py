@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageCms
 
 from vqcodec.codec import Codec, Decoded
-from vqcodec.coding.container import VQZFile
+from vqcodec.coding.container import VQZFile, varint
 from vqcodec.errors import VQZError
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
@@ -133,16 +133,6 @@ def invalid_files(valid: bytes) -> dict[str, tuple[bytes, str, str]]:
         "bad_signature": (b"VQX" + valid[3:], "FormatError", "signature VQX instead of VQZ"),
         "huge_image": (huge_header(valid), "ImageTooLargeError", "declares a 1000000 x 1000000 image"),
     }
-
-
-def varint(value: int) -> bytes:
-    """Unsigned LEB128, as the container writes it."""
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def huge_header(valid: bytes) -> bytes:

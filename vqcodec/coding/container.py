@@ -149,17 +149,17 @@ class VQZFile:
         header = bytearray(SIGNATURE)
         header.append(VERSION_MAJOR << 4 | VERSION_MINOR)
         header += self.model_id
-        header += _varint(self.width - 1) + _varint(self.height - 1)
+        header += varint(self.width - 1) + varint(self.height - 1)
         header.append(self.colour | self.padding << 2)
         header.append(len(self.level_shapes))
         for h, w in self.level_shapes:
-            header += _varint(h - 1) + _varint(w - 1)
+            header += varint(h - 1) + varint(w - 1)
         header += bytes((self.coder, self.precision))
         header += _U32.pack(self.code_crc)
         chunks = self._chunks()
-        header += _varint(len(chunks)) + _varint(len(self.payload))
+        header += varint(len(chunks)) + varint(len(self.payload))
         header += _U32.pack(zlib.crc32(header))
-        body = b"".join(bytes((c.type,)) + _varint(len(c.data)) + c.data for c in chunks) + self.payload
+        body = b"".join(bytes((c.type,)) + varint(len(c.data)) + c.data for c in chunks) + self.payload
         return bytes(header) + body + _U32.pack(zlib.crc32(body))
 
     def _chunks(self) -> list[Chunk]:
@@ -312,7 +312,7 @@ def _inflate(data: bytes, size: int) -> bytes:
     return plane
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     """Unsigned LEB128: 7 bits per byte, least significant first, bit 7 set on all but the last."""
     if not 0 <= value < 1 << 7 * _VARINT_MAX_BYTES:
         raise ValueError(f"varint out of range: {value}")
