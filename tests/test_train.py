@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-import torch.multiprocessing as mp
+from processes import run_workers
 from synthetic_images import make_images
 
 from vqcodec.models.config import LevelConfig, PriorConfig, three_level_config
@@ -229,7 +229,7 @@ def test_ddp_on_cpu(images: Path, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(port, str(images), str(tmp_path)), nprocs=2, start_method="spawn")
+    run_workers(_ddp_worker, (port, str(images), str(tmp_path)))
     assert read_state(checkpoint_path(tmp_path, "vqvae"))["step"] == 3
     assert read_state(checkpoint_path(tmp_path, "prior-bottom"))["step"] == 2
     assert [r["step"] for r in metrics(tmp_path, "vqvae")] == [1, 2, 2, 3, 3]  # rank 0 logs alone

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from processes import run_workers
 
 from vqcodec.models.config import LevelConfig, VQVAEConfig, three_level_config, tiny_config
 from vqcodec.models.vqvae import VQVAE, VectorQuantizerEMA
@@ -184,4 +184,4 @@ def _distributed_worker(rank: int, init_file: str) -> None:
 
 
 def test_distributed_ranks_keep_the_same_codebook(tmp_path: Path) -> None:
-    mp.spawn(_distributed_worker, args=(str(tmp_path / "init"),), nprocs=2)
+    run_workers(_distributed_worker, (str(tmp_path / "init"),))

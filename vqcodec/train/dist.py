@@ -6,9 +6,8 @@ no-op, so the training code reads the same either way.
 
 from __future__ import annotations
 
+import atexit
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,7 +25,6 @@ class Dist:
     rank: int
     world_size: int
     device: torch.device
-    created: bool = False  # whether ``setup`` joined the process group (and ``session`` leaves it)
 
     @property
     def is_main(self) -> bool:
@@ -34,7 +32,11 @@ class Dist:
 
 
 def setup(device: str | torch.device) -> Dist:
-    """Join the process group if launched by torchrun (nccl on CUDA, gloo on CPU); pick this rank's device."""
+    """Join the process group if launched by torchrun (nccl on CUDA, gloo on CPU); pick this rank's device.
+
+    The group is joined once per process and left at exit: stages run one after another in one
+    process share it, because leaving and re-joining on the same port races with the other ranks.
+    """
     device = torch.device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -43,22 +45,11 @@ def setup(device: str | torch.device) -> Dist:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if dist.is_initialized():
-        return Dist(rank, world_size, device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=TIMEOUT)
-    return Dist(rank, world_size, device, created=True)
-
-
-@contextmanager
-def session(device: str | torch.device) -> Iterator[Dist]:
-    """``setup`` for the duration of a block; leaves the process group if the block joined it."""
-    env = setup(device)
-    try:
-        yield env
-    finally:
-        if env.created:
-            cleanup()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=TIMEOUT)
+        atexit.register(cleanup)
+    return Dist(rank, world_size, device)
 
 
 def is_main() -> bool:

@@ -100,91 +100,89 @@ def train_vqvae(
     dataset = ImageFolder(data, crop)
     val_set = ImageFolder(val_data, crop, train=False) if val_data is not None else None
 
-    with dist.session(device or default_device()) as env:
-        device = env.device
-        precision = resolve_precision(precision, device)
-        write_config(run, config)
-        dist.barrier()
+    env = dist.setup(device or default_device())
+    device = env.device
+    precision = resolve_precision(precision, device)
+    write_config(run, config)
+    dist.barrier()
 
-        torch.manual_seed(derive_seed(seed, "init"))
-        model = VQVAE(config.vqvae).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        scaler = grad_scaler(device, precision)
-        settings = {"batch_size": batch_size, "crop": crop, "lr": lr, "seed": seed, "precision": precision}
-        ckpt = checkpoint_path(run, STAGE)
-        start = 0
-        if should_resume(ckpt, resume):
-            state = load_checkpoint(ckpt, model, optimizer, scaler)
-            check_same_settings(state["meta"]["settings"], settings)
-            start = state["step"]
-        meta = {
-            "settings": settings,
-            "data": str(data.resolve()),
-            "val_data": str(Path(val_data).resolve()) if val_data is not None else None,
-        }
-        log = MetricsLog(run, STAGE)
-        log.rewind(start)
-        if start >= steps:
-            say(f"{ckpt} is already at step {start} >= {steps}: nothing to do")
-            return {"step": start}
+    torch.manual_seed(derive_seed(seed, "init"))
+    model = VQVAE(config.vqvae).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scaler = grad_scaler(device, precision)
+    settings = {"batch_size": batch_size, "crop": crop, "lr": lr, "seed": seed, "precision": precision}
+    ckpt = checkpoint_path(run, STAGE)
+    start = 0
+    if should_resume(ckpt, resume):
+        state = load_checkpoint(ckpt, model, optimizer, scaler)
+        check_same_settings(state["meta"]["settings"], settings)
+        start = state["step"]
+    meta = {
+        "settings": settings,
+        "data": str(data.resolve()),
+        "val_data": str(Path(val_data).resolve()) if val_data is not None else None,
+    }
+    log = MetricsLog(run, STAGE)
+    log.rewind(start)
+    if start >= steps:
+        say(f"{ckpt} is already at step {start} >= {steps}: nothing to do")
+        return {"step": start}
 
-        net = DistributedDataParallel(model) if env.world_size > 1 else model
-        sampler = StreamSampler(len(dataset), batch_size, seed, start, steps, env.rank, env.world_size)
-        if workers is None:
-            workers = 4 if device.type == "cuda" else 0
-        loader = DataLoader(
-            dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda"
-        )
-        n_levels = config.vqvae.n_levels
-        sums = torch.zeros(2 + 2 * n_levels, device=device)  # loss, mse, perplexity and usage per level
-        count, tick, record = 0, time.perf_counter(), {}
-        bar = tqdm(total=steps, initial=start, desc="vqvae", disable=not env.is_main, dynamic_ncols=True)
-        model.train()
-        for step, x in enumerate(loader, start):
-            torch.manual_seed(derive_seed(seed, "step", step, env.rank))
-            x = x.to(device, non_blocking=True)
-            with autocast(device, precision):
-                output = net(x)
-            mse = F.mse_loss(output.recon.float(), x)
-            loss = mse + output.commitment_loss.float()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            codebook_stats = torch.tensor(output.perplexity + output.usage, device=device)
-            sums += torch.cat([torch.stack([loss.detach(), mse.detach()]), codebook_stats])
-            count += 1
-            bar.update()
-            done = step + 1
+    net = DistributedDataParallel(model) if env.world_size > 1 else model
+    sampler = StreamSampler(len(dataset), batch_size, seed, start, steps, env.rank, env.world_size)
+    if workers is None:
+        workers = 4 if device.type == "cuda" else 0
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda")
+    n_levels = config.vqvae.n_levels
+    sums = torch.zeros(2 + 2 * n_levels, device=device)  # loss, mse, perplexity and usage per level
+    count, tick, record = 0, time.perf_counter(), {}
+    bar = tqdm(total=steps, initial=start, desc="vqvae", disable=not env.is_main, dynamic_ncols=True)
+    model.train()
+    for step, x in enumerate(loader, start):
+        torch.manual_seed(derive_seed(seed, "step", step, env.rank))
+        x = x.to(device, non_blocking=True)
+        with autocast(device, precision):
+            output = net(x)
+        mse = F.mse_loss(output.recon.float(), x)
+        loss = mse + output.commitment_loss.float()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        codebook_stats = torch.tensor(output.perplexity + output.usage, device=device)
+        sums += torch.cat([torch.stack([loss.detach(), mse.detach()]), codebook_stats])
+        count += 1
+        bar.update()
+        done = step + 1
 
-            if done % log_every == 0 or done == steps:
-                means = (dist.all_reduce_sum(sums.clone()) / (count * env.world_size)).tolist()
-                record = {
-                    "loss": means[0],
-                    "mse": means[1],
-                    "psnr": psnr(means[1]),
-                    "perplexity": means[2 : 2 + n_levels],
-                    "usage": means[2 + n_levels :],
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "sec_per_step": (time.perf_counter() - tick) / count,
-                }
-                log.write(done, **record)
-                ppl = "/".join(f"{p:.0f}" for p in record["perplexity"])
-                bar.set_postfix_str(f"loss {record['loss']:.4f} psnr {record['psnr']:.2f} ppl {ppl}")
-                sums.zero_()
-                count, tick = 0, time.perf_counter()
+        if done % log_every == 0 or done == steps:
+            means = (dist.all_reduce_sum(sums.clone()) / (count * env.world_size)).tolist()
+            record = {
+                "loss": means[0],
+                "mse": means[1],
+                "psnr": psnr(means[1]),
+                "perplexity": means[2 : 2 + n_levels],
+                "usage": means[2 + n_levels :],
+                "lr": optimizer.param_groups[0]["lr"],
+                "sec_per_step": (time.perf_counter() - tick) / count,
+            }
+            log.write(done, **record)
+            ppl = "/".join(f"{p:.0f}" for p in record["perplexity"])
+            bar.set_postfix_str(f"loss {record['loss']:.4f} psnr {record['psnr']:.2f} ppl {ppl}")
+            sums.zero_()
+            count, tick = 0, time.perf_counter()
 
-            pause = time.perf_counter()  # validation and checkpoints do not count as step time
-            if val_set is not None and (done % val_every == 0 or done == steps):
-                val_mse = validate(model, val_set, max(1, batch_size // env.world_size), env, precision)
-                log.write(done, val_mse=val_mse, val_psnr=psnr(val_mse))
-                say(f"step {done}: validation mse {val_mse:.5f}, psnr {psnr(val_mse):.2f} dB")
-                record.update(val_mse=val_mse, val_psnr=psnr(val_mse))
-            if done % ckpt_every == 0 or done == steps:
-                if env.is_main:
-                    save_checkpoint(ckpt, model, optimizer, scaler, done, meta)
-                dist.barrier()
-            tick += time.perf_counter() - pause
-        bar.close()
-        say(f"Stage 1 done: {ckpt} at step {steps}")
-        return {"step": steps, **record}
+        pause = time.perf_counter()  # validation and checkpoints do not count as step time
+        if val_set is not None and (done % val_every == 0 or done == steps):
+            val_mse = validate(model, val_set, max(1, batch_size // env.world_size), env, precision)
+            log.write(done, val_mse=val_mse, val_psnr=psnr(val_mse))
+            say(f"step {done}: validation mse {val_mse:.5f}, psnr {psnr(val_mse):.2f} dB")
+            record.update(val_mse=val_mse, val_psnr=psnr(val_mse))
+        if done % ckpt_every == 0 or done == steps:
+            if env.is_main:
+                save_checkpoint(ckpt, model, optimizer, scaler, done, meta)
+            dist.barrier()
+        tick += time.perf_counter() - pause
+    bar.close()
+    say(f"Stage 1 done: {ckpt} at step {steps}")
+    return {"step": steps, **record}

@@ -183,37 +183,37 @@ def extract_codes(
         "val": val_data or (_cached_source(paths["val"]) or {}).get("data") or stage1["meta"]["val_data"],
     }
 
-    with dist.session(device or default_device()) as env:
-        vqvae: VQVAE | None = None
-        vqvae_sha = _file_sha256(ckpt)
-        found = {}
-        for split, folder in folders.items():
-            if folder is None:
-                continue
-            folder = Path(folder).resolve()
-            source = {
-                "split": split,
-                "data": str(folder),
-                "images": _folder_digest(ImageFolder(folder, crop).paths),
-                "crops_per_image": crops_per_image,
-                "crop": crop,
-                "seed": seed,
-                "vqvae_sha256": vqvae_sha,
-                "vqvae_step": stage1["step"],
-            }
-            if _cached_source(paths[split]) == source:
-                say(f"Reusing the {split} codes in {paths[split]}")
-            else:
-                say(f"Extracting {split} codes: {crops_per_image} crops of {crop} px per image of {folder}")
-                if vqvae is None:
-                    vqvae = VQVAE(config.vqvae)
-                    vqvae.load_state_dict(read_model_state(ckpt))
-                    vqvae.to(env.device).eval()
-                if workers is None:
-                    workers = 4 if env.device.type == "cuda" else 0
-                _extract(vqvae, folder, paths[split], source, batch_size, workers, env)
-            found[split] = paths[split]
-        return found
+    env = dist.setup(device or default_device())
+    vqvae: VQVAE | None = None
+    vqvae_sha = _file_sha256(ckpt)
+    found = {}
+    for split, folder in folders.items():
+        if folder is None:
+            continue
+        folder = Path(folder).resolve()
+        source = {
+            "split": split,
+            "data": str(folder),
+            "images": _folder_digest(ImageFolder(folder, crop).paths),
+            "crops_per_image": crops_per_image,
+            "crop": crop,
+            "seed": seed,
+            "vqvae_sha256": vqvae_sha,
+            "vqvae_step": stage1["step"],
+        }
+        if _cached_source(paths[split]) == source:
+            say(f"Reusing the {split} codes in {paths[split]}")
+        else:
+            say(f"Extracting {split} codes: {crops_per_image} crops of {crop} px per image of {folder}")
+            if vqvae is None:
+                vqvae = VQVAE(config.vqvae)
+                vqvae.load_state_dict(read_model_state(ckpt))
+                vqvae.to(env.device).eval()
+            if workers is None:
+                workers = 4 if env.device.type == "cuda" else 0
+            _extract(vqvae, folder, paths[split], source, batch_size, workers, env)
+        found[split] = paths[split]
+    return found
 
 
 @torch.no_grad()
@@ -275,93 +275,89 @@ def train_prior(
     level = resolve_level(level, config.vqvae.n_levels)
     stage = prior_stage(config.vqvae.n_levels, level)
 
-    with dist.session(device or default_device()) as env:
-        device = env.device
-        precision = resolve_precision(precision, device)
-        code_files = extract_codes(
-            run, data, crops_per_image, crop, device, val_data, seed=seed, workers=workers
-        )
-        splits = {split: load_codes(path)[: level + 1] for split, path in code_files.items()}
-        codes_source = _cached_source(code_files["train"])
+    env = dist.setup(device or default_device())
+    device = env.device
+    precision = resolve_precision(precision, device)
+    code_files = extract_codes(run, data, crops_per_image, crop, device, val_data, seed=seed, workers=workers)
+    splits = {split: load_codes(path)[: level + 1] for split, path in code_files.items()}
+    codes_source = _cached_source(code_files["train"])
 
-        torch.manual_seed(derive_seed(seed, stage, "init"))
-        prior = build_prior(config, level).to(device)
-        optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
-        scaler = grad_scaler(device, precision)
-        settings = {
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-            "precision": precision,
-            "codes": hashlib.sha256(json.dumps(codes_source, sort_keys=True).encode()).hexdigest()[:16],
-        }
-        ckpt = checkpoint_path(run, stage)
-        start = 0
-        if should_resume(ckpt, resume):
-            state = load_checkpoint(ckpt, prior, optimizer, scaler)
-            check_same_settings(state["meta"]["settings"], settings)
-            start = state["step"]
-        meta = {"settings": settings, "level": level, "codes_source": codes_source}
-        log = MetricsLog(run, stage)
-        log.rewind(start)
-        if start >= steps:
-            say(f"{ckpt} is already at step {start} >= {steps}: nothing to do")
-            return {"step": start}
+    torch.manual_seed(derive_seed(seed, stage, "init"))
+    prior = build_prior(config, level).to(device)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
+    scaler = grad_scaler(device, precision)
+    settings = {
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "precision": precision,
+        "codes": hashlib.sha256(json.dumps(codes_source, sort_keys=True).encode()).hexdigest()[:16],
+    }
+    ckpt = checkpoint_path(run, stage)
+    start = 0
+    if should_resume(ckpt, resume):
+        state = load_checkpoint(ckpt, prior, optimizer, scaler)
+        check_same_settings(state["meta"]["settings"], settings)
+        start = state["step"]
+    meta = {"settings": settings, "level": level, "codes_source": codes_source}
+    log = MetricsLog(run, stage)
+    log.rewind(start)
+    if start >= steps:
+        say(f"{ckpt} is already at step {start} >= {steps}: nothing to do")
+        return {"step": start}
 
-        net = DistributedDataParallel(prior) if env.world_size > 1 else prior
-        train_codes = splits["train"]
-        sampler = StreamSampler(len(train_codes[0]), batch_size, seed, start, steps, env.rank, env.world_size)
-        local_batch = batch_size // env.world_size
-        val_rows = {split: _spread(len(codes[0]), val_size) for split, codes in splits.items()}
-        loss_sum = torch.zeros((), device=device)
-        count, tick, record = 0, time.perf_counter(), {}
-        bar = tqdm(total=steps, initial=start, desc=stage, disable=not env.is_main, dynamic_ncols=True)
-        prior.train()
-        for step in range(start, steps):
-            torch.manual_seed(derive_seed(seed, stage, "step", step, env.rank))
-            rows = torch.tensor([index for index, _ in sampler.batch(step)])
-            *cond, target = (c[rows].to(device, non_blocking=True).long() for c in train_codes)
-            with autocast(device, precision):
-                logits = net(target, cond_codes=cond)
-            loss = F.cross_entropy(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach()
-            count += 1
-            bar.update()
-            done = step + 1
+    net = DistributedDataParallel(prior) if env.world_size > 1 else prior
+    train_codes = splits["train"]
+    sampler = StreamSampler(len(train_codes[0]), batch_size, seed, start, steps, env.rank, env.world_size)
+    local_batch = batch_size // env.world_size
+    val_rows = {split: _spread(len(codes[0]), val_size) for split, codes in splits.items()}
+    loss_sum = torch.zeros((), device=device)
+    count, tick, record = 0, time.perf_counter(), {}
+    bar = tqdm(total=steps, initial=start, desc=stage, disable=not env.is_main, dynamic_ncols=True)
+    prior.train()
+    for step in range(start, steps):
+        torch.manual_seed(derive_seed(seed, stage, "step", step, env.rank))
+        rows = torch.tensor([index for index, _ in sampler.batch(step)])
+        *cond, target = (c[rows].to(device, non_blocking=True).long() for c in train_codes)
+        with autocast(device, precision):
+            logits = net(target, cond_codes=cond)
+        loss = F.cross_entropy(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach()
+        count += 1
+        bar.update()
+        done = step + 1
 
-            if done % log_every == 0 or done == steps:
-                mean = dist.all_reduce_sum(loss_sum.clone()).item() / (count * env.world_size)
-                record = {
-                    "loss": mean,
-                    "bits": mean / math.log(2),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "sec_per_step": (time.perf_counter() - tick) / count,
-                }
-                log.write(done, **record)
-                bar.set_postfix_str(f"{record['bits']:.3f} bits/code")
-                loss_sum.zero_()
-                count, tick = 0, time.perf_counter()
+        if done % log_every == 0 or done == steps:
+            mean = dist.all_reduce_sum(loss_sum.clone()).item() / (count * env.world_size)
+            record = {
+                "loss": mean,
+                "bits": mean / math.log(2),
+                "lr": optimizer.param_groups[0]["lr"],
+                "sec_per_step": (time.perf_counter() - tick) / count,
+            }
+            log.write(done, **record)
+            bar.set_postfix_str(f"{record['bits']:.3f} bits/code")
+            loss_sum.zero_()
+            count, tick = 0, time.perf_counter()
 
-            pause = time.perf_counter()  # validation and checkpoints do not count as step time
-            if done % val_every == 0 or done == steps:
-                bits = {
-                    f"{split}_bits": nll_bits(
-                        prior, splits[split], val_rows[split], local_batch, env, precision
-                    )
-                    for split in splits
-                }
-                log.write(done, **bits)
-                say(f"step {done}: NLL " + ", ".join(f"{k} {v:.4f}" for k, v in bits.items()) + " bits/code")
-                record.update(bits)
-            if done % ckpt_every == 0 or done == steps:
-                if env.is_main:
-                    save_checkpoint(ckpt, prior, optimizer, scaler, done, meta)
-                dist.barrier()
-            tick += time.perf_counter() - pause
-        bar.close()
-        say(f"Prior {level_names(config.vqvae.n_levels)[level]} done: {ckpt} at step {steps}")
-        return {"step": steps, **record}
+        pause = time.perf_counter()  # validation and checkpoints do not count as step time
+        if done % val_every == 0 or done == steps:
+            bits = {
+                f"{split}_bits": nll_bits(prior, splits[split], val_rows[split], local_batch, env, precision)
+                for split in splits
+            }
+            log.write(done, **bits)
+            say(f"step {done}: NLL " + ", ".join(f"{k} {v:.4f}" for k, v in bits.items()) + " bits/code")
+            record.update(bits)
+        if done % ckpt_every == 0 or done == steps:
+            if env.is_main:
+                save_checkpoint(ckpt, prior, optimizer, scaler, done, meta)
+            dist.barrier()
+        tick += time.perf_counter() - pause
+    bar.close()
+    say(f"Prior {level_names(config.vqvae.n_levels)[level]} done: {ckpt} at step {steps}")
+    return {"step": steps, **record}
