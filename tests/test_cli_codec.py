@@ -83,6 +83,23 @@ def test_stdin_and_stdout(model: str, png: Path):
     assert Image.open(io.BytesIO(decompressed.stdout_bytes)).format == "PNG"
 
 
+def test_quality_picks_the_operating_point(model: str, png: Path, tmp_path: Path):
+    sizes = {}
+    for quality in (1, 4):
+        vqz = tmp_path / f"q{quality}.vqz"
+        assert run("compress", "-m", model, "--quality", str(quality), png, vqz).exit_code == 0
+        sizes[quality] = vqz.stat().st_size
+        out = tmp_path / f"q{quality}.png"
+        assert run("decompress", "-m", model, vqz, out).exit_code == 0
+        with Image.open(out) as image:
+            assert image.size == (30, 21)
+    assert sizes[1] < sizes[4]
+    info = run("info", "-m", model, tmp_path / "q1.vqz").stdout
+    assert "coded     15x11 (WxH), resized to the image on decoding" in info
+    assert "coded " not in run("info", "-m", model, tmp_path / "q4.vqz").stdout
+    assert run("compress", "-m", model, "-q", "5", png, tmp_path / "x.vqz").exit_code == EXIT_USAGE
+
+
 def test_no_overwrite_without_force(model: str, png: Path, tmp_path: Path):
     out = tmp_path / "out.vqz"
     out.write_bytes(b"precious")

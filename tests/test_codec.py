@@ -74,7 +74,7 @@ def round_trip_codes(codec: Codec, image: object, encode_threads: int, decode_th
     """Encode with one thread count, decode with another; the decoder must get the encoder's codes."""
     with threads(encode_threads):
         source = load_image(image)
-        codes = codec.image_codes(source)
+        codes = codec.image_codes(source.rgb)
         data = codec.pack(source, codes)
     with threads(decode_threads):
         decoded = codec.decode_codes(data)
@@ -93,6 +93,38 @@ def test_round_trip_is_exact(codec: Codec, width: int, height: int, encode_threa
     assert decoded.size == (width, height) and decoded.mode == "RGB"
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_lower_qualities_code_a_smaller_image(codec: Codec, mode: str):
+    rgb = smooth(75, 45, seed=3)
+    image = Image.fromarray(rgb).convert(mode)
+    if mode == "RGBA":  # a real alpha plane (an opaque one is dropped on the way in)
+        image.putalpha(Image.fromarray(np.linspace(0, 255, 75 * 45).reshape(45, 75).astype(np.uint8)))
+    sizes = {}
+    for quality, coded in ((1, (38, 23)), (2, (50, 30)), (3, (60, 36)), (4, (75, 45))):
+        data = codec.compress(image, quality=quality)
+        file = VQZFile.from_bytes(data)
+        assert (file.coded_width, file.coded_height) == coded
+        assert file.level_shapes == tuple(codec.model.code_shapes(*codec.padded_size(coded[1], coded[0])))
+        decoded = codec.decompress(data)
+        assert (decoded.size, decoded.mode) == ((75, 45), mode)
+        if mode == "RGBA":  # the alpha plane stays exact at full size
+            assert decoded.getchannel("A").tobytes() == image.getchannel("A").tobytes()
+        sizes[quality] = len(data)
+    assert sizes[1] < sizes[2] < sizes[3] < sizes[4]
+
+
+def test_quality_must_be_known(codec: Codec):
+    with pytest.raises(ValueError, match="quality must be one of 1, 2, 3, 4"):
+        codec.compress(smooth(8, 8), quality=5)
+
+
+def test_quality_one_keeps_tiny_images_at_least_one_pixel(codec: Codec):
+    data = codec.compress(smooth(1, 3), quality=1)
+    file = VQZFile.from_bytes(data)
+    assert (file.coded_width, file.coded_height) == (1, 2)
+    assert codec.decompress(data).size == (1, 3)
+
+
 @pytest.mark.skipif(not (KODAK / "kodim01.png").exists(), reason="Kodak images not available")
 def test_kodak_round_trip(codec: Codec):
     round_trip_codes(codec, KODAK / "kodim01.png", encode_threads=1, decode_threads=2)
@@ -101,7 +133,7 @@ def test_kodak_round_trip(codec: Codec):
 
 def test_exact_tables_do_not_depend_on_threads(codec: Codec):
     """The codec walks on one thread; the exact priors must not care (a caller may use more)."""
-    top, bottom = codec.image_codes(load_image(Image.fromarray(smooth(96, 64))))
+    top, bottom = codec.image_codes(smooth(96, 64))
     logits = []
     for n in (1, 2):
         with threads(n):

@@ -38,6 +38,7 @@ def test_vector(codec: Codec, vector: dict):
     assert hashlib.sha256(codes).hexdigest() == vector["codes_sha256"]
     image = codec.render(decoded)
     assert (image.width, image.height, image.mode) == (vector["width"], vector["height"], vector["mode"])
+    assert [decoded.file.coded_width, decoded.file.coded_height] == vector["coded_size"]
     assert len(image.info.get("icc_profile", b"")) == vector["icc_bytes"]
     if X86_64:  # the pixels come from the float decoder: only the reference platform class must match
         assert hashlib.sha256(image.tobytes()).hexdigest() == vector["pixels_sha256"]

@@ -281,3 +281,44 @@ def test_writer_refuses_invalid_fields() -> None:
 def test_container_does_not_import_torch() -> None:
     code = "import sys, vqcodec.coding.container; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+# --- RESAMPLE (version 1.1) -------------------------------------------------------------------------------
+
+
+def test_resampled_file_round_trips_as_version_1_1() -> None:
+    file = plain(coded_size=(384, 256), level_shapes=((32, 48), (64, 96)))
+    data = file.to_bytes()
+    assert data[3] == 0x11 and plain().to_bytes()[3] == 0x10  # the oldest version that fits the file
+    parsed = VQZFile.from_bytes(data)
+    assert parsed == file
+    assert (parsed.coded_width, parsed.coded_height) == (384, 256)
+    assert (plain().coded_width, plain().coded_height) == (768, 512)
+
+
+@pytest.mark.parametrize(
+    ("coded", "message"),
+    [((769, 256), "within"), ((384, 0), "within"), ((768, 512), "shrink")],
+)
+def test_coded_size_must_shrink_the_image(coded: tuple[int, int], message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        plain(coded_size=coded)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (varint(3) + varint(3) + b"\x00", "after its two sizes"),
+        (varint(3), "two varints"),
+        (varint(8) + varint(3), "within"),  # coded width 9 > width 8
+    ],
+)
+def test_bad_resample_chunks_are_refused(data: bytes, message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        VQZFile.from_bytes(craft(version=0x11, chunks=((0x02, data),)))
+
+
+def test_duplicate_resample_chunk_is_refused() -> None:
+    chunk = (0x02, varint(3) + varint(3))
+    with pytest.raises(FormatError, match="duplicate RESAMPLE"):
+        VQZFile.from_bytes(craft(version=0x11, chunks=(chunk, chunk)))

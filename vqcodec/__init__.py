@@ -2,6 +2,7 @@
 
     import vqcodec
     data = vqcodec.compress("photo.png")            # .vqz bytes, with the bundled default model
+    small = vqcodec.compress("photo.png", quality=1)  # the smallest operating point (1 to 4)
     image = vqcodec.decompress(data)                # a PIL image (the bundled model the file names)
     vqcodec.info(data)                              # geometry, model, levels, bits
     codec = vqcodec.load_model("tiny.safetensors")  # a model file, or a bundled model's name
@@ -17,6 +18,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from vqcodec import pillow_plugin
+from vqcodec.quality import DEFAULT_QUALITY
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -31,16 +33,21 @@ pillow_plugin.register()
 
 
 def compress(
-    image: ImageInput, model: ModelArg = None, device: str | None = None, progress: Progress | None = None
+    image: ImageInput,
+    model: ModelArg = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+    quality: int = DEFAULT_QUALITY,
 ) -> bytes:
     """Compress an image (path, bytes, binary file, PIL image or uint8 array) to ``.vqz`` bytes.
 
     ``model``: a bundled model's name, a model file, or a ``load_model`` result; None for the
-    bundled default. ``device``: "cpu" (default) or "cuda".
+    bundled default. ``device``: "cpu" (default) or "cuda". ``quality``: 1 (smallest file) to 4
+    (best, the default); below 4 the image is coded at a smaller size (``vqcodec.quality``).
     """
     from vqcodec import codec
 
-    return codec.compress(image, model, device, progress)
+    return codec.compress(image, model, device, progress, quality)
 
 
 def decompress(

@@ -170,6 +170,15 @@ def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(rgb, [(0, pad_h), (0, pad_w)] + [(0, 0)] * (rgb.ndim - 2), mode="edge")
 
 
+def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``rgb`` resampled to ``width`` x ``height`` with Pillow's Lanczos filter (a = 3).
+
+    The codec uses it both ways: down to the coded size before encoding, back up after decoding.
+    """
+    _check_rgb(rgb)
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.LANCZOS))
+
+
 def crop(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """Undo ``pad_to_multiple``: the top-left ``height`` x ``width`` (a view, not a copy)."""
     if not (0 < height <= rgb.shape[0] and 0 < width <= rgb.shape[1]):

@@ -26,11 +26,14 @@ from vqcodec.coding.container import VQZFile, varint
 from vqcodec.errors import VQZError
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
+from vqcodec.quality import DEFAULT_QUALITY
 from vqcodec.zoo.modelfile import save_model
 
 HERE = Path(__file__).resolve().parent
 MODEL = "tiny.safetensors"
 SEED = 0
+QUALITY = {"resampled_37x23": 1}
+"""``--quality`` of the valid vectors that are not coded at the default quality."""
 
 
 def tiny_model(seed: int = SEED) -> CodecModel:
@@ -72,6 +75,7 @@ def valid_images() -> dict[str, Image.Image]:
         "rgba_20x12": Image.fromarray(rgba),
         "la_9x11": Image.fromarray(gray_alpha, "LA"),
         "icc_16x16": icc,
+        "resampled_37x23": Image.fromarray(smooth(37, 23, 8)),
     }
 
 
@@ -135,6 +139,18 @@ def invalid_files(valid: bytes) -> dict[str, tuple[bytes, str, str]]:
     }
 
 
+def bad_resample(resampled: bytes) -> bytes:
+    """``resampled`` with its RESAMPLE chunk claiming a coded width one larger than the image's."""
+    file = VQZFile.from_bytes(resampled)
+    chunk = bytes((0x02,)) + varint(len(varint(file.coded_width - 1) + varint(file.coded_height - 1)))
+    data = varint(file.coded_width - 1) + varint(file.coded_height - 1)
+    at = resampled.index(chunk + data)
+    wider = varint(file.width) + varint(file.coded_height - 1)
+    assert len(wider) == len(data), "the damaged chunk must keep its length"
+    damaged = resampled[:at] + chunk + wider + resampled[at + len(chunk) + len(data) :]
+    return with_crcs(bytearray(damaged), header_length(resampled))
+
+
 def huge_header(valid: bytes) -> bytes:
     """The header of ``valid`` declaring a 10^6 x 10^6 image (varints rewritten), with valid CRCs."""
     end = header_length(valid)
@@ -153,7 +169,7 @@ def main() -> None:
     codec = Codec.open(HERE / MODEL)
     vectors = []
     for stem, image in valid_images().items():
-        data = codec.compress(image)
+        data = codec.compress(image, quality=QUALITY.get(stem, DEFAULT_QUALITY))
         decoded: Decoded = codec.decode_codes(data)
         pixels = codec.render(decoded)
         (HERE / f"{stem}.vqz").write_bytes(data)
@@ -163,6 +179,7 @@ def main() -> None:
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "width": image.width,
                 "height": image.height,
+                "coded_size": [decoded.file.coded_width, decoded.file.coded_height],
                 "mode": pixels.mode,
                 "icc_bytes": len(decoded.file.icc or b""),
                 "code_shapes": [list(level.shape) for level in decoded.codes],
@@ -171,7 +188,13 @@ def main() -> None:
             }
         )
     valid = (HERE / "rgb_33x17.vqz").read_bytes()
-    for stem, (data, error, note) in invalid_files(valid).items():
+    invalid = invalid_files(valid)
+    invalid["bad_resample"] = (
+        bad_resample((HERE / "resampled_37x23.vqz").read_bytes()),
+        "FormatError",
+        "a RESAMPLE chunk whose coded width exceeds the image's",
+    )
+    for stem, (data, error, note) in invalid.items():
         try:
             codec.decompress(data)
         except VQZError as e:
@@ -184,7 +207,7 @@ def main() -> None:
             {"file": f"{stem}.vqz", "sha256": hashlib.sha256(data).hexdigest(), "error": error, "note": note}
         )
     manifest = {
-        "format": "vqz 1.0",
+        "format": "vqz 1.1",
         "model": {"file": MODEL, "sha256": sha256, "config": "tiny_config(), random weights, seed 0"},
         "codes_sha256": "SHA-256 of the decoded code maps: levels top first, row-major, each code u16 LE",
         "pixels_sha256": "SHA-256 of the decoded image's raw bytes in its mode (x86-64 CPU reference)",

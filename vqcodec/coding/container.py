@@ -4,7 +4,7 @@
 
     header   "VQZ", version, model id, geometry, colour and padding modes, code-map shapes,
              coder and precision, code checksum, chunk count, payload length, header CRC-32
-    chunks   type (u8, bit 7 = ancillary), length (varint), data
+    chunks   type (u8, bit 7 = ancillary), length (varint), data: ALPHA, RESAMPLE, ICC
     payload  the range coder's 32-bit words, little-endian
     body CRC CRC-32 of the chunks and payload
 
@@ -35,7 +35,6 @@ from vqcodec.errors import (
 
 SIGNATURE = b"VQZ"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
 MODEL_ID_LEN = 16
 """Bytes of the model's SHA-256 kept in the header (a 128-bit prefix)."""
 MAX_SIDE = 16384
@@ -74,6 +73,8 @@ class Padding(IntEnum):
 class ChunkType(IntEnum):
     ALPHA = 0x01
     """Critical: the alpha plane, u8 row-major, zlib-compressed."""
+    RESAMPLE = 0x02
+    """Critical (version 1.1): the codes describe the image resampled to a smaller coded size."""
     ICC = 0x81
     """Ancillary: an ICC colour profile, raw bytes."""
 
@@ -111,8 +112,24 @@ class VQZFile:
     icc: bytes | None = None
     alpha: bytes | None = None
     """The alpha plane, ``width * height`` bytes row-major, for the LA and RGBA modes only."""
+    coded_size: tuple[int, int] | None = None
+    """(width, height) the image was resampled to before coding, smaller than the image; None: not
+    resampled. The code maps describe the coded size and the decoder resamples back (RESAMPLE chunk)."""
     extra_chunks: tuple[Chunk, ...] = ()
     """Ancillary chunks of types this version does not define, in file order."""
+
+    @property
+    def coded_width(self) -> int:
+        return self.width if self.coded_size is None else self.coded_size[0]
+
+    @property
+    def coded_height(self) -> int:
+        return self.height if self.coded_size is None else self.coded_size[1]
+
+    @property
+    def minor_version(self) -> int:
+        """The oldest minor version that defines everything this file uses."""
+        return 0 if self.coded_size is None else 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_shapes", tuple((int(h), int(w)) for h, w in self.level_shapes))
@@ -140,6 +157,16 @@ class VQZFile:
             raise FormatError(f"alpha plane has {len(self.alpha)} bytes, expected {self.width * self.height}")
         if self.icc is not None and not self.icc:
             raise FormatError("ICC profile is empty")
+        if self.coded_size is not None:
+            object.__setattr__(self, "coded_size", (int(self.coded_size[0]), int(self.coded_size[1])))
+            coded_width, coded_height = self.coded_size
+            if not (1 <= coded_width <= self.width and 1 <= coded_height <= self.height):
+                raise FormatError(
+                    f"coded size {coded_width}x{coded_height} must lie within the image's"
+                    f" {self.width}x{self.height}"
+                )
+            if self.coded_size == (self.width, self.height):
+                raise FormatError("a RESAMPLE chunk must shrink the image (coded size equals the image size)")
         for chunk in self.extra_chunks:
             if not 0 <= chunk.type < 256 or chunk.critical or chunk.type in _KNOWN_CHUNKS:
                 raise FormatError(f"extra chunk type 0x{chunk.type:02x} must be an unknown ancillary type")
@@ -147,7 +174,7 @@ class VQZFile:
     def to_bytes(self) -> bytes:
         """Serialise, following the spec field by field."""
         header = bytearray(SIGNATURE)
-        header.append(VERSION_MAJOR << 4 | VERSION_MINOR)
+        header.append(VERSION_MAJOR << 4 | self.minor_version)
         header += self.model_id
         header += varint(self.width - 1) + varint(self.height - 1)
         header.append(self.colour | self.padding << 2)
@@ -166,6 +193,9 @@ class VQZFile:
         chunks = []
         if self.alpha is not None:
             chunks.append(Chunk(ChunkType.ALPHA, zlib.compress(self.alpha, 9)))
+        if self.coded_size is not None:
+            width, height = self.coded_size
+            chunks.append(Chunk(ChunkType.RESAMPLE, varint(width - 1) + varint(height - 1)))
         if self.icc is not None:
             chunks.append(Chunk(ChunkType.ICC, self.icc))
         return chunks + list(self.extra_chunks)
@@ -214,11 +244,13 @@ class VQZFile:
         if reader.remaining:
             raise FormatError(f"{reader.remaining} bytes of trailing data after the body CRC")
 
-        alpha = icc = None
+        alpha = icc = coded_size = None
         extra_chunks = []
         for chunk in chunks:
             if chunk.type == ChunkType.ALPHA and alpha is None:
                 alpha = _inflate(chunk.data, width * height)
+            elif chunk.type == ChunkType.RESAMPLE and coded_size is None:
+                coded_size = _coded_size(chunk.data)
             elif chunk.type == ChunkType.ICC and icc is None:
                 icc = chunk.data
             elif chunk.type in _KNOWN_CHUNKS:
@@ -240,6 +272,7 @@ class VQZFile:
             precision=precision,
             icc=icc,
             alpha=alpha,
+            coded_size=coded_size,
             extra_chunks=tuple(extra_chunks),
         )
 
@@ -310,6 +343,18 @@ def _inflate(data: bytes, size: int) -> bytes:
     if len(plane) != size or not inflater.eof or inflater.unused_data:
         raise FormatError(f"alpha chunk does not hold exactly {size} bytes")
     return plane
+
+
+def _coded_size(data: bytes) -> tuple[int, int]:
+    """The (width, height) of a RESAMPLE chunk: two varints and nothing after them."""
+    reader = _Reader(data)
+    try:
+        size = reader.varint() + 1, reader.varint() + 1
+    except FormatError as error:
+        raise FormatError(f"RESAMPLE chunk does not hold two varints ({error})") from None
+    if reader.remaining:
+        raise FormatError(f"RESAMPLE chunk has {reader.remaining} bytes after its two sizes")
+    return size
 
 
 def varint(value: int) -> bytes:
