@@ -116,21 +116,22 @@ def curve(key: str, rates: np.ndarray, extra_bits: float = 0.0) -> Curve:
     return Curve(key, key.upper(), key, "quality", points)
 
 
-def test_compare_by_bd_rate_or_at_the_single_operating_point() -> None:
+def test_compare_at_every_operating_point_and_by_bd_rate() -> None:
     rates = np.geomspace(0.1, 1.5, 8)
     anchor = curve("jpeg", rates)
-    by_bd = compare(curve("vqcodec", rates[1:-1], extra_bits=-0.2), [anchor])
-    assert by_bd["method"] == "bd-rate"
-    assert by_bd["rows"][0]["bd_rate_psnr"] == pytest.approx(-20.0, abs=0.1)
-    assert by_bd["rows"][0]["bd_rate_ms_ssim"] == pytest.approx(-20.0, abs=0.1)
+    several = compare(curve("vqcodec", rates[1:-1], extra_bits=-0.2), [anchor])
+    assert several["bd_rate"][0]["bd_rate_psnr"] == pytest.approx(-20.0, abs=0.1)
+    assert several["bd_rate"][0]["bd_rate_ms_ssim"] == pytest.approx(-20.0, abs=0.1)
+    assert [point["bpp"] for point in several["at_rate"]] == pytest.approx(0.8 * rates[1:-1])
+    for point in several["at_rate"]:
+        row = point["rows"][0]
+        assert row["delta_psnr"] > 0  # fewer bits for the same quality: better at the same rate
+        assert row["rate_percent_psnr"] == pytest.approx(-20.0, abs=0.5)
 
-    single = curve("vqcodec", np.array([0.5]), extra_bits=-0.2)
-    at_rate = compare(single, [anchor])
-    row = at_rate["rows"][0]
-    assert at_rate["method"] == "at-vqcodec-rate"
-    assert row["delta_psnr"] > 0  # fewer bits for the same quality: better at the same rate
-    assert row["rate_percent_psnr"] == pytest.approx(-20.0, abs=0.5)
-    assert row["bpp_at_equal_psnr"] == pytest.approx(0.5, rel=0.01)
+    single = compare(curve("vqcodec", np.array([0.5]), extra_bits=-0.2), [anchor])
+    assert single["bd_rate"] is None  # a BD-rate needs a curve
+    (point,) = single["at_rate"]
+    assert point["rows"][0]["bpp_at_equal_psnr"] == pytest.approx(0.5, rel=0.01)
 
 
 # --- a whole run ------------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
 
-    for key, n_settings in (("vqcodec", 1), ("jpeg", 10), ("webp", 10)):
+    for key, n_settings in (("vqcodec", 4), ("jpeg", 10), ("webp", 10)):
         report = json.loads((out / f"{key}.json").read_text())
         assert set(report) == {"name", "description", "results", "bench"}
         results = report["results"]
@@ -180,15 +181,20 @@ def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
         assert results["bpp"] == sorted(results["bpp"])
         assert report["bench"]["images"] == ["img0.png", "img1.png"]
     vq = json.loads((out / "vqcodec.json").read_text())["bench"]
-    point = vq["points"][0]
-    assert set(point["bits_per_level"]) == {"top", "bottom"}
-    assert point["bpd_file"] > point["bpd_ideal"] > 0
-    assert vq["comparison"]["method"] == "at-vqcodec-rate"
+    assert sorted(vq["settings"]) == ["tiny q1", "tiny q2", "tiny q3", "tiny q4"]
+    for point in vq["points"]:
+        assert set(point["bits_per_level"]) == {"top", "bottom"}
+        assert point["bpd_file"] > point["bpd_ideal"] > 0
+        assert 0 < point["prior_bits_of_raw_percent"] < 200  # a random prior may cost more than raw codes
+    comparison = vq["comparison"]
+    assert sorted(p["setting"] for p in comparison["at_rate"]) == sorted(vq["settings"])
+    assert [row["codec"] for row in comparison["bd_rate"]] == ["jpeg", "webp"]
     assert [(row["model"], row["level"]) for row in vq["priors_nll"]] == [("tiny", "top"), ("tiny", "bottom")]
     assert all(row["train"] > 0 and row["val"] > 0 for row in vq["priors_nll"])
 
     markdown = (out / "results.md").read_text()
-    for heading in ("## vqcodec", "at vqcodec's rate", "## Priors: NLL", "### JPEG", "### WebP", "cores"):
+    headings = ("## vqcodec", "at each operating point's rate", "Bjøntegaard", "## Priors: NLL", "### JPEG")
+    for heading in (*headings, "### WebP", "cores"):
         assert heading in markdown
     assert markdown in result.output
     if importlib.util.find_spec("matplotlib") is None:  # matplotlib comes with the bench extra, not dev

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from vqcodec.bench.run import CODECS, DEFAULT_NLL_IMAGES
+from vqcodec.quality import QUALITY_SCALES
 
 
 def _codec_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -30,8 +31,15 @@ def _codec_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
     "models",
     metavar="NAME|FILE",
     multiple=True,
-    help="A vqcodec model (bundled name or file), one operating point; repeatable.  [default: every bundled"
-    " model]",
+    help="A vqcodec model (bundled name or file); repeatable.  [default: every bundled model]",
+)
+@click.option(
+    "--quality",
+    "-q",
+    "qualities",
+    type=click.IntRange(min(QUALITY_SCALES), max(QUALITY_SCALES)),
+    multiple=True,
+    help="A vqcodec quality to run every model at (one operating point each); repeatable.  [default: all]",
 )
 @click.option(
     "--codecs",
@@ -62,6 +70,7 @@ def bench(
     out: str,
     limit: int | None,
     models: tuple[str, ...],
+    qualities: tuple[int, ...],
     codecs: list[str],
     nll_images: int,
     train_data: str | None,
@@ -76,7 +85,7 @@ def bench(
     \b
       vqcodec bench --out bench/ --limit 2
       vqcodec bench --data photos/ --out bench/ --model a.safetensors --model b.safetensors
-      vqcodec bench --out bench/ --codecs vqcodec,jpeg,webp --nll-images 0
+      vqcodec bench --out bench/ --codecs vqcodec,jpeg,webp --nll-images 0 --quality 4
     """
     from vqcodec.bench.run import format_markdown, run_benchmark, shared_data
     from vqcodec.errors import VQZError
@@ -87,7 +96,7 @@ def bench(
         raise click.UsageError("no ../shared/data/kodak here: give the test images with --data")
     try:
         report = run_benchmark(
-            folder, out, limit, models, codecs, nll_images, train_data, val_data, progress=True
+            folder, out, limit, models, qualities, codecs, nll_images, train_data, val_data, progress=True
         )
     except (ValueError, OSError, VQZError, ModelFileError) as error:
         raise click.ClickException(str(error)) from error

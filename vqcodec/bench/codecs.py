@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,32 +190,33 @@ class CompressAIAdapter(Adapter):
 
 
 class VQCodecAdapter(Adapter):
-    """vqcodec: one setting per model, through the Python API.
+    """vqcodec: one setting per model and quality (an operating point), through the Python API.
 
     Decoding runs the decoder's two halves (``decode_codes``, then ``render``), which is exactly what
     ``vqcodec.decompress`` does, and keeps the bits of every level that ``vqcodec.info`` would report:
     those come from the same code walk, so each file is walked once instead of twice.
     """
 
-    key, name, setting_name = "vqcodec", "vqcodec", "model"
+    key, name, setting_name = "vqcodec", "vqcodec", "operating point"
 
-    def __init__(self, models: Sequence[tuple[str, Any]]) -> None:
-        """``models``: (label, ``vqcodec.load_model`` result) pairs."""
+    def __init__(self, models: Sequence[tuple[str, Any]], qualities: Sequence[int]) -> None:
+        """``models``: (label, ``vqcodec.load_model`` result) pairs, each run at every quality."""
         import vqcodec
 
-        self.settings = [label for label, _ in models]
-        self.codecs = dict(models)
+        self.points = {
+            f"{label} q{quality}": (codec, quality) for label, codec in models for quality in qualities
+        }
+        self.settings = list(self.points)
         self.description = f"vqcodec {vqcodec.__version__} (VQ-VAE-2 codes, PixelSNAIL priors, range coder)"
 
     def encode(self, rgb: np.ndarray, setting: str) -> bytes:
-        import vqcodec
-
-        return vqcodec.compress(rgb, model=self.codecs[setting])
+        codec, quality = self.points[setting]
+        return codec.compress(rgb, quality=quality)
 
     def decode(self, data: bytes, setting: str) -> Decoded:
         from vqcodec.models.config import level_names
 
-        codec = self.codecs[setting]
+        codec = self.points[setting][0]
         decoded = codec.decode_codes(data)
         rgb = np.asarray(codec.render(decoded).convert("RGB"))
         names = level_names(len(decoded.codes))
@@ -223,6 +225,10 @@ class VQCodecAdapter(Adapter):
             {
                 "level_bits": dict(zip(names, decoded.level_bits, strict=True)),
                 "level_codes": {name: level.size for name, level in zip(names, decoded.codes, strict=True)},
+                "raw_bits": sum(
+                    level.size * math.log2(config.codebook_size)
+                    for level, config in zip(decoded.codes, codec.model.config.vqvae.levels, strict=True)
+                ),
                 "file_bits": 8 * len(data),
                 "payload_bits": 8 * len(decoded.file.payload),
                 "dims": rgb.size,
@@ -230,13 +236,15 @@ class VQCodecAdapter(Adapter):
         )
 
     def summarise(self, extras: list[dict[str, Any]]) -> dict[str, Any]:
-        """Bits per level, bits per code, bits per dimension and the coding overhead of one model."""
+        """Bits per level, bits per code, bits per dimension, the priors' bits against the raw code
+        bits (sum of log2 K over the codes) and the coding overhead of one operating point."""
         names = list(extras[0]["level_bits"])
         level_bits = {name: sum(e["level_bits"][name] for e in extras) for name in names}
         codes = {name: sum(e["level_codes"][name] for e in extras) for name in names}
         ideal = sum(level_bits.values())
         file_bits = sum(e["file_bits"] for e in extras)
         payload_bits = sum(e["payload_bits"] for e in extras)
+        raw_bits = sum(e["raw_bits"] for e in extras)
         dims = sum(e["dims"] for e in extras)
         return {
             "bits_per_level": {name: bits / len(extras) for name, bits in level_bits.items()},
@@ -244,6 +252,7 @@ class VQCodecAdapter(Adapter):
             "bpd_file": file_bits / dims,
             "bpd_ideal": ideal / dims,
             "coder_overhead_percent": 100.0 * (payload_bits / ideal - 1.0),
+            "prior_bits_of_raw_percent": 100.0 * ideal / raw_bits,
             "file_overhead_percent": 100.0 * (file_bits / ideal - 1.0),
         }
 
@@ -253,13 +262,16 @@ def _pad(rgb: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(rgb, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="edge")
 
 
-def make_adapters(keys: Sequence[str], models: Sequence[tuple[str, Any]]) -> tuple[list[Adapter], list[str]]:
-    """The adapters for ``keys`` that can run here, and a note for each one that cannot."""
+def make_adapters(
+    keys: Sequence[str], models: Sequence[tuple[str, Any]], qualities: Sequence[int]
+) -> tuple[list[Adapter], list[str]]:
+    """The adapters for ``keys`` that can run here, and a note for each one that cannot; vqcodec runs
+    ``models`` at ``qualities``."""
     adapters: list[Adapter] = []
     notes: list[str] = []
     for key in keys:
         if key == "vqcodec":
-            adapters.append(VQCodecAdapter(models))
+            adapters.append(VQCodecAdapter(models, qualities))
         elif key == "jpeg":
             library = f"libjpeg-turbo {features.version('libjpeg_turbo')}"
             options = {"subsampling": "4:2:0", "optimize": True}

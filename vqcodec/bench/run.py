@@ -1,9 +1,9 @@
 """The benchmark runner: every codec at every setting on every image, then JSON files, a table and a plot.
 
 Per setting the images' bpp, PSNR, MS-SSIM and encode/decode seconds are averaged (the mean of the
-per-image values, as CompressAI reports them). vqcodec is compared with each other codec by
-Bjøntegaard delta rate when it has two or more operating points, and at its own bitrate when it
-has one (a BD-rate needs a curve). The priors' NLL on training and validation crops is the
+per-image values, as CompressAI reports them). vqcodec is compared with each other codec at the
+bitrate of each of its operating points, and by Bjøntegaard delta rate over its curve when it has
+two or more (a BD-rate needs a curve). The priors' NLL on training and validation crops is the
 paper's Table 1.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from vqcodec.bench import metrics
 from vqcodec.bench.codecs import CODECS, Adapter, make_adapters
+from vqcodec.quality import QUALITY_SCALES
 
 DEFAULT_NLL_IMAGES = 16
 NLL_CROP = 256
@@ -118,6 +119,7 @@ def run_benchmark(
     out: str | os.PathLike[str],
     limit: int | None = None,
     models: Sequence[str] = (),
+    qualities: Sequence[int] = (),
     codecs: Sequence[str] = CODECS,
     nll_images: int = DEFAULT_NLL_IMAGES,
     train_data: str | os.PathLike[str] | None = None,
@@ -126,9 +128,10 @@ def run_benchmark(
 ) -> Report:
     """Run the codecs on the images of ``data`` (the first ``limit``, sorted); write the outputs to ``out``.
 
-    ``models``: vqcodec models (bundled names or files), each one operating point; none means every
-    bundled model. ``nll_images`` images of ``train_data`` and ``val_data`` (0: none) measure the
-    priors' NLL. Writes ``KEY.json`` per codec, ``results.md`` and ``rd.png``.
+    ``models``: vqcodec models (bundled names or files), none meaning every bundled model, each run at
+    every one of ``qualities`` (none: all of them), one operating point per pair. ``nll_images``
+    images of ``train_data`` and ``val_data`` (0: none) measure the priors' NLL. Writes ``KEY.json``
+    per codec, ``results.md`` and ``rd.png``.
     """
     from tqdm import tqdm
 
@@ -139,7 +142,7 @@ def run_benchmark(
     paths = list_images(data)[:limit]
     images = [load_image(path).rgb for path in paths]
     loaded = _load_models(models) if "vqcodec" in codecs else []
-    adapters, notes = make_adapters(codecs, loaded)
+    adapters, notes = make_adapters(codecs, loaded, qualities or list(QUALITY_SCALES))
 
     total = sum(len(adapter.settings) for adapter in adapters) * len(images)
     curves = []
@@ -215,15 +218,15 @@ def _measure(
 
 
 def compare(vq: Curve, others: list[Curve]) -> dict[str, Any]:
-    """vqcodec against each other codec: BD-rates over a curve, or the codecs at vqcodec's single rate."""
+    """vqcodec against each other codec: at each operating point's rate, and by BD-rate over vqcodec's
+    curve (None when it has fewer than two distinct points)."""
     distinct = {(point.bpp, point.psnr) for point in vq.points}
-    if len(distinct) >= 2:
-        return {"method": "bd-rate", "rows": [_bd_rates(vq, other) for other in others]}
-    point = vq.points[0]
     return {
-        "method": "at-vqcodec-rate",
-        "bpp": point.bpp,
-        "rows": [_at_rate(point, other) for other in others],
+        "at_rate": [
+            {"setting": point.setting, "bpp": point.bpp, "rows": [_at_rate(point, other) for other in others]}
+            for point in vq.points
+        ],
+        "bd_rate": [_bd_rates(vq, other) for other in others] if len(distinct) >= 2 else None,
     }
 
 
@@ -451,9 +454,9 @@ def _vqcodec_table(vq: Curve) -> list[str]:
         "",
         vq.description,
         "",
-        f"| model | bpp | PSNR (dB) | MS-SSIM | encode (s) | decode (s) | {head} | bpd file | bpd ideal"
-        " | coder overhead | file overhead |",
-        "|---|" + "---:|" * (9 + len(names)),
+        f"| operating point | bpp | PSNR (dB) | MS-SSIM | encode (s) | decode (s) | {head} | of raw bits"
+        " | bpd file | bpd ideal | coder overhead | file overhead |",
+        "|---|" + "---:|" * (10 + len(names)),
     ]
     for p in vq.points:
         e = p.extra
@@ -462,62 +465,67 @@ def _vqcodec_table(vq: Curve) -> list[str]:
         )
         lines.append(
             f"| {p.setting} | {p.bpp:.4f} | {p.psnr:.3f} | {p.ms_ssim:.5f} | {p.encoding_time:.2f}"
-            f" | {p.decoding_time:.2f} | {bits} | {e['bpd_file']:.5f} | {e['bpd_ideal']:.5f}"
+            f" | {p.decoding_time:.2f} | {bits} | {e['prior_bits_of_raw_percent']:.1f} %"
+            f" | {e['bpd_file']:.5f} | {e['bpd_ideal']:.5f}"
             f" | {e['coder_overhead_percent']:+.3f} % | {e['file_overhead_percent']:+.3f} % |"
         )
     lines += [
         "",
-        "Bits per level: ideal bits (-sum log2 p) of each level's codes per image, as `vqcodec info`"
-        " reports them. Bits per dimension: bits / (H x W x 3), of the files and of the ideal code lengths;"
-        " the coder's overhead is the range-coded payload over the ideal bits; the file's adds the"
-        " container.",
+        "Operating point: model and `--quality`. Bits per level: ideal bits (-sum log2 p) of each level's"
+        " codes per image, as `vqcodec info` reports them; of raw bits: all levels' ideal bits over the"
+        " bits of the codes sent raw (sum of log2 K). Bits per dimension: bits / (H x W x 3), of the files"
+        " and of the ideal code lengths; the coder's overhead is the range-coded payload over the ideal"
+        " bits; the file's adds the container.",
         "",
     ]
     return lines
 
 
 def _comparison_table(comparison: dict[str, Any], names: dict[str, str]) -> list[str]:
-    if comparison["method"] == "bd-rate":
-        lines = [
-            "## vqcodec against each codec: Bjøntegaard delta rate",
-            "",
-            "Mean bitrate difference of vqcodec at equal quality over the quality range both curves cover"
-            " (log-rate interpolated piecewise-cubically, PCHIP); negative: vqcodec needs fewer bits.",
-            "",
-            "| codec | BD-rate at equal PSNR | BD-rate at equal MS-SSIM (dB) |",
-            "|---|---:|---:|",
-        ]
-        notes = []
-        for row in comparison["rows"]:
-            lines.append(
-                f"| {names[row['codec']]} | {_num(row['bd_rate_psnr'], 2, ' %', sign=True)}"
-                f" | {_num(row['bd_rate_ms_ssim'], 2, ' %', sign=True)} |"
-            )
-            notes += [
-                f"- {names[row['codec']]}: {row[key]}" for key in ("note_psnr", "note_ms_ssim") if key in row
-            ]
-        return lines + [""] + (["Undefined BD-rates:", *notes, ""] if notes else [])
     lines = [
-        f"## vqcodec against each codec at vqcodec's rate ({comparison['bpp']:.4f} bpp)",
+        "## vqcodec against each codec at each operating point's rate",
         "",
-        "vqcodec has a single operating point, so no BD-rate: each codec's PSNR and MS-SSIM are interpolated"
-        " linearly in bpp at vqcodec's bpp (Δ: vqcodec minus the codec), and the bpp each codec needs for"
-        " vqcodec's PSNR and MS-SSIM (log-rate linear in quality) with rate Δ = vqcodec's bpp / that bpp - 1"
-        " (negative: vqcodec needs fewer bits). Empty: outside the range the codec's settings cover.",
+        "Each codec's PSNR and MS-SSIM interpolated linearly in bpp at the operating point's bpp (Δ:"
+        " vqcodec minus the codec), and the bpp each codec needs for the point's PSNR and MS-SSIM"
+        " (log-rate linear in quality) with rate Δ = vqcodec's bpp / that bpp - 1 (negative: vqcodec"
+        " needs fewer bits). Empty: outside the range the codec's settings cover.",
         "",
-        "| codec | PSNR (dB) | Δ PSNR (dB) | MS-SSIM | Δ MS-SSIM (dB) | bpp at equal PSNR | rate Δ"
-        " | bpp at equal MS-SSIM | rate Δ |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| operating point | bpp | codec | PSNR (dB) | Δ PSNR (dB) | MS-SSIM | Δ MS-SSIM (dB)"
+        " | bpp at equal PSNR | rate Δ | bpp at equal MS-SSIM | rate Δ |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in comparison["rows"]:
+    for point in comparison["at_rate"]:
+        for r in point["rows"]:
+            lines.append(
+                f"| {point['setting']} | {point['bpp']:.4f} | {names[r['codec']]} | {_num(r['psnr'], 3)}"
+                f" | {_num(r['delta_psnr'], 3, sign=True)} | {_num(r['ms_ssim'], 5)}"
+                f" | {_num(r['delta_ms_ssim_db'], 3, sign=True)} | {_num(r['bpp_at_equal_psnr'], 4)}"
+                f" | {_num(r['rate_percent_psnr'], 1, ' %', sign=True)}"
+                f" | {_num(r['bpp_at_equal_ms_ssim'], 4)}"
+                f" | {_num(r['rate_percent_ms_ssim'], 1, ' %', sign=True)} |"
+            )
+    lines.append("")
+    if comparison["bd_rate"] is None:
+        return lines + ["One operating point: no Bjøntegaard delta rate (it needs a curve).", ""]
+    lines += [
+        "## vqcodec against each codec: Bjøntegaard delta rate",
+        "",
+        "Mean bitrate difference of vqcodec at equal quality over the quality range both curves cover"
+        " (log-rate interpolated piecewise-cubically, PCHIP); negative: vqcodec needs fewer bits.",
+        "",
+        "| codec | BD-rate at equal PSNR | BD-rate at equal MS-SSIM (dB) |",
+        "|---|---:|---:|",
+    ]
+    notes = []
+    for row in comparison["bd_rate"]:
         lines.append(
-            f"| {names[r['codec']]} | {_num(r['psnr'], 3)} | {_num(r['delta_psnr'], 3, sign=True)}"
-            f" | {_num(r['ms_ssim'], 5)} | {_num(r['delta_ms_ssim_db'], 3, sign=True)}"
-            f" | {_num(r['bpp_at_equal_psnr'], 4)} | {_num(r['rate_percent_psnr'], 1, ' %', sign=True)}"
-            f" | {_num(r['bpp_at_equal_ms_ssim'], 4)}"
-            f" | {_num(r['rate_percent_ms_ssim'], 1, ' %', sign=True)} |"
+            f"| {names[row['codec']]} | {_num(row['bd_rate_psnr'], 2, ' %', sign=True)}"
+            f" | {_num(row['bd_rate_ms_ssim'], 2, ' %', sign=True)} |"
         )
-    return lines + [""]
+        notes += [
+            f"- {names[row['codec']]}: {row[key]}" for key in ("note_psnr", "note_ms_ssim") if key in row
+        ]
+    return lines + [""] + (["Undefined BD-rates:", *notes, ""] if notes else [])
 
 
 def _num(value: float | None, digits: int, unit: str = "", sign: bool = False) -> str:
