@@ -1,0 +1,190 @@
+"""Speed and peak memory of vqcodec's encoder and decoder on Kodak and on a 3840x2160 image.
+
+    python benchmarks/speed.py [--data DIR] [--limit N] [--out benchmarks/results/speed] [--no-4k]
+
+Encoding and decoding each run in a fresh child process that loads the model, warms it up on a small
+crop (untimed), then times every image from pixels in memory to bytes and back, and reports its peak
+resident memory (``ru_maxrss``: model and Python included). The 3840x2160 image is kodim05 resized
+up with Lanczos; it is smoother than a real 4K photograph, so its codes are somewhat cheaper to code,
+but the work of the priors depends on the map size only. When CompressAI is installed, its
+non-autoregressive bmshj2018-factorized and autoregressive mbt2018 (random weights: the time is the
+architecture's) are timed on the same images in the same run, so that every comparison is a ratio on
+one machine. Writes ``speed.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+UHD = (3840, 2160)
+WARM_UP_SIDE = 64
+
+
+def child(operation: str, paths: list[Path], quality: int) -> None:
+    """Time ``operation`` ("encode": PNG → .vqz, "decode": .vqz → pixels) on every path; print JSON."""
+    import vqcodec
+
+    codec = vqcodec.load_model()
+    warm = np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)
+    codec.decompress(codec.compress(warm))
+    seconds = []
+    for path in paths:
+        if operation == "encode":
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            tick = time.perf_counter()
+            data = codec.compress(rgb, quality=quality)
+            seconds.append(time.perf_counter() - tick)
+            path.with_suffix(f".q{quality}.vqz").write_bytes(data)
+        else:
+            data = path.with_suffix(f".q{quality}.vqz").read_bytes()
+            tick = time.perf_counter()
+            codec.decompress(data)
+            seconds.append(time.perf_counter() - tick)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
+
+
+def run_child(operation: str, paths: list[Path], quality: int) -> dict:
+    command = [sys.executable, __file__, "--child", operation, "--quality", str(quality), *map(str, paths)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compressai_times(paths: list[Path]) -> dict[str, dict]:
+    """Median encode and decode seconds of CompressAI's architectures (random weights); {} if absent."""
+    try:
+        import torch
+        from compressai.zoo import bmshj2018_factorized, mbt2018
+    except ImportError:
+        return {}
+    times = {}
+    for name, build in (("bmshj2018-factorized", bmshj2018_factorized), ("mbt2018", mbt2018)):
+        net = build(quality=1, pretrained=False).eval()
+        net.update(force=True)
+        encode, decode = [], []
+        for path in paths:
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+            with torch.no_grad():
+                tick = time.perf_counter()
+                out = net.compress(x)
+                encode.append(time.perf_counter() - tick)
+                tick = time.perf_counter()
+                net.decompress(out["strings"], out["shape"])
+                decode.append(time.perf_counter() - tick)
+        times[name] = {"encode_s": statistics.median(encode), "decode_s": statistics.median(decode)}
+    return times
+
+
+def markdown(report: dict) -> str:
+    machine = report["machine"]
+    lines = [
+        "# vqcodec speed and memory",
+        "",
+        f"Run {machine['date']} on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}"
+        f" ({machine['torch_threads']} threads); `python benchmarks/speed.py`, quality {report['quality']}.",
+        "",
+        "| image | encode (s, median) | decode (s, median) | encode peak RSS | decode peak RSS |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['image']} | {row['encode_s']:.2f} | {row['decode_s']:.2f}"
+            f" | {row['encode_peak_mb'] / 1024:.2f} GB | {row['decode_peak_mb'] / 1024:.2f} GB |"
+        )
+    lines.append("")
+    if report["compressai"]:
+        kodak = report["rows"][0]
+        lines += [
+            "CompressAI on the same Kodak images (random weights), and vqcodec's time as a multiple of its:",
+            "",
+            "| architecture | encode (s) | decode (s) | vqcodec encode ratio | vqcodec decode ratio |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, t in report["compressai"].items():
+            lines.append(
+                f"| {name} | {t['encode_s']:.2f} | {t['decode_s']:.2f}"
+                f" | {kodak['encode_s'] / t['encode_s']:.1f}x | {kodak['decode_s'] / t['decode_s']:.1f}x |"
+            )
+    else:
+        lines.append(
+            "CompressAI is not installed: no in-run comparison with bmshj2018-factorized and mbt2018."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/kodak"), help="the Kodak images")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N Kodak images")
+    parser.add_argument("--quality", type=int, default=4, help="vqcodec quality (default 4)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed"), help="results folder")
+    parser.add_argument("--no-4k", dest="uhd", action="store_false", help="skip the 3840x2160 image")
+    parser.add_argument("--child", choices=("encode", "decode"), help=argparse.SUPPRESS)
+    parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.paths, args.quality)
+        return
+
+    from vqcodec.bench.run import machine_info
+
+    kodak = sorted(args.data.glob("*.png"))[: args.limit]
+    if not kodak:
+        raise SystemExit(f"no PNG images in {args.data}")
+    with tempfile.TemporaryDirectory() as scratch:
+        copies = []
+        for path in kodak:
+            copies.append(Path(scratch) / path.name)
+            copies[-1].write_bytes(path.read_bytes())
+        sets = [(f"Kodak ({len(kodak)} images, 768x512)", copies)]
+        if args.uhd:
+            uhd = Path(scratch) / "kodim05_3840x2160.png"
+            Image.open(args.data / "kodim05.png").convert("RGB").resize(UHD, Image.Resampling.LANCZOS).save(
+                uhd
+            )
+            sets.append(("3840x2160 (kodim05 resized)", [uhd]))
+        rows = []
+        for name, paths in sets:
+            encoded = run_child("encode", paths, args.quality)
+            decoded = run_child("decode", paths, args.quality)
+            rows.append(
+                {
+                    "image": name,
+                    "encode_s": statistics.median(encoded["seconds"]),
+                    "decode_s": statistics.median(decoded["seconds"]),
+                    "encode_seconds": encoded["seconds"],
+                    "decode_seconds": decoded["seconds"],
+                    "encode_peak_mb": encoded["peak_mb"],
+                    "decode_peak_mb": decoded["peak_mb"],
+                }
+            )
+            print(
+                f"{name}: encode {rows[-1]['encode_s']:.2f} s, decode {rows[-1]['decode_s']:.2f} s",
+                flush=True,
+            )
+        report = {
+            "quality": args.quality,
+            "machine": machine_info(),
+            "rows": rows,
+            "compressai": compressai_times(copies),
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
