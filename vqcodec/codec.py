@@ -48,6 +48,11 @@ Progress = Callable[[int, int], None]
 """Called after every wavefront step with (steps done, steps in all)."""
 
 
+RENDER_BAND_CODES = 2**16
+"""Bottom-level codes the VQ-VAE decoder turns into pixels at once (plus its halo): bounds the memory
+of decoding a large image (a few hundred MB) instead of growing with its area."""
+
+
 class ConversionWarning(UserWarning):
     """The input image lost something on its way into the codec (bit depth, frames, colour space)."""
 
@@ -200,7 +205,9 @@ class Codec:
         file = decoded.file
         with torch.inference_mode():
             maps = [torch.from_numpy(level)[None].to(self.device) for level in decoded.codes]
-            pixels = to_uint8(self.model.vqvae.decode_codes(maps))[0].permute(1, 2, 0).cpu().numpy()
+            band_rows = max(1, RENDER_BAND_CODES // decoded.codes[-1].shape[1])
+            pixels = self.model.vqvae.decode_codes(maps, band_rows)
+            pixels = to_uint8(pixels)[0].permute(1, 2, 0).cpu().numpy()
         rgb = np.ascontiguousarray(crop(pixels, file.coded_height, file.coded_width))
         if file.coded_size is not None:
             rgb = resize(rgb, file.width, file.height)

@@ -291,8 +291,38 @@ class VQVAE(nn.Module):
         """Int64 codes [B, h_l, w_l] per level, top first. Never updates the codebooks."""
         return [out.codes for out in self._quantize(x, update=False)]
 
-    def decode_codes(self, codes: list[torch.Tensor]) -> torch.Tensor:
-        """The image (input convention, not clamped) for codes per level, top first."""
+    def decode_codes(self, codes: list[torch.Tensor], band_rows: int | None = None) -> torch.Tensor:
+        """The image (input convention, not clamped) for codes per level, top first.
+
+        ``band_rows`` bounds memory on large images: the image is decoded in bands of about that many
+        bottom-level code rows, each with ``decode_halo()`` rows of context above and below that the
+        decoder's receptive field needs, so the bands join without seams.
+        """
         if len(codes) != self.config.n_levels:
             raise ValueError(f"{len(codes)} code maps for {self.config.n_levels} levels")
-        return self._decode([quantizer.embed(c) for quantizer, c in zip(self.quantizers, codes, strict=True)])
+
+        def decode(maps: list[torch.Tensor]) -> torch.Tensor:
+            return self._decode([q.embed(c) for q, c in zip(self.quantizers, maps, strict=True)])
+
+        height = codes[-1].shape[-2]
+        halo = self.decode_halo()
+        if band_rows is None or height <= band_rows + 2 * halo:
+            return decode(codes)
+        factors = [2 ** (len(codes) - 1 - level) for level in range(len(codes))]  # bottom rows per row
+        band = -(-band_rows // factors[0]) * factors[0]  # bands start on top-level rows
+        stride = self.config.bottom_stride
+        parts = []
+        for start in range(0, height, band):
+            stop = min(height, start + band)
+            lo, hi = max(0, start - halo), min(height, stop + halo)
+            image = decode([c[..., lo // f : -(-hi // f), :] for c, f in zip(codes, factors, strict=True)])
+            parts.append(image[..., (start - lo) * stride : (stop - lo) * stride, :])
+        return torch.cat(parts, dim=-2)
+
+    def decode_halo(self) -> int:
+        """Bottom-level code rows beyond which a code cannot change a decoded pixel, rounded up to whole
+        top-level rows: 3x3 convs and res blocks add one row each, each transposed conv one row of its
+        input (at most one in all at the bottom level and above, 2^(L-1) for the upsampled top level)."""
+        unit = 2 ** (self.config.n_levels - 1)
+        radius = self.config.n_res_blocks + 3 + unit
+        return -(-radius // unit) * unit
