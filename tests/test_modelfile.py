@@ -175,6 +175,7 @@ def config_json(**changes: object) -> str:
         ({"priors__0__kernel_size": 4}, "odd kernel size"),
         ({"vqvae__surprise": 1}, r"unknown keys \['surprise'\]"),
         ({"priors__0__n_heads": 3}, "not divisible"),
+        ({"priors__0__attention_context": "global"}, "must be one of window, raster"),
     ],
 )
 def test_rejects_bad_configs(changes: dict[str, object], message: str) -> None:

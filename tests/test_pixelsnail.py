@@ -137,6 +137,24 @@ def test_local_attention_matches_dense() -> None:
     torch.testing.assert_close(attn(x), dense)
 
 
+def test_raster_attention_sees_every_earlier_position() -> None:
+    """The raster-context reference: causal in raster order, and it reads beyond the wavefront window."""
+    torch.manual_seed(0)
+    config = PriorConfig(channels=8, n_blocks=2, n_heads=2, attention_radius=1, attention_context="raster")
+    prior = PixelSNAILPrior(config, 16).double().eval()
+    h, w = 4, 6
+    codes = torch.randint(16, (1, h, w))
+    base = prior(codes)
+    for i in range(h * w):
+        changed = codes.clone().view(-1)
+        changed[i] = (changed[i] + 1) % 16
+        moved = (prior(changed.view(1, h, w)) - base).abs().amax(dim=1).view(-1)
+        assert moved[: i + 1].max() == 0  # raster-causal
+    far = codes.clone()
+    far[0, 0, 3] = (far[0, 0, 3] + 1) % 16  # changes the features at (0, 4), which only attention
+    assert (prior(far) - base)[0, :, 1, 0].abs().max() > 0  # beyond the window (radius 1) brings to (1, 0)
+
+
 @pytest.mark.parametrize(("h", "w"), [(1, 1), (1, 7), (7, 1), (3, 5)])
 def test_odd_sizes(h: int, w: int) -> None:
     for kind in ("tiny_top", "tiny_bottom", "three_bottom"):

@@ -58,6 +58,10 @@ class PriorConfig:
     ``attention_every`` > 0 puts a causal multi-head self-attention block after every that many
     gated residual blocks (the top prior); 0 means none (the lower priors by default).
     ``n_cond_blocks`` residual blocks condition a lower prior on all the levels above it.
+    ``attention_context`` is "window" (the causal window of ``attention_radius`` that wavefront
+    decoding allows) or "raster" (every earlier position in raster order, the PixelSNAIL paper's
+    full context): a raster model cannot be decoded in wavefronts, it is the reference that
+    ``benchmarks/context_cost.py`` measures the window against.
     """
 
     channels: int = 128
@@ -66,6 +70,7 @@ class PriorConfig:
     attention_every: int = 2
     n_heads: int = 4
     attention_radius: int = 6
+    attention_context: str = "window"
     n_out_blocks: int = 2
     n_cond_blocks: int = 0
     cond_channels: int = 128

@@ -100,13 +100,17 @@ class CausalAttention(nn.Module):
     (in list order) whose position lies inside the map; offsets falling outside are excluded from
     the softmax. Keys and values are gathered by shifting a zero-padded copy once per offset, so
     memory is O(H W n_offsets), never O((H W)^2).
+
+    With ``raster`` the query at p instead scores every position up to p in raster order (the full
+    causal context of the PixelSNAIL paper), which is only a reference: it cannot run in wavefronts.
     """
 
-    def __init__(self, channels: int, n_heads: int, radius: int, dropout: float):
+    def __init__(self, channels: int, n_heads: int, radius: int, dropout: float, raster: bool = False):
         super().__init__()
         if channels % n_heads:
             raise ValueError(f"channels {channels} not divisible by n_heads {n_heads}")
         self.n_heads = n_heads
+        self.raster = raster
         self.offsets = order.attention_offsets(radius)
         self.query = nn.Conv2d(channels, channels, 1)
         self.key = nn.Conv2d(channels, channels, 1)
@@ -123,6 +127,8 @@ class CausalAttention(nn.Module):
         return (ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.raster:
+            return self._raster(x)
         B, C, H, W = x.shape
         nh, d = self.n_heads, C // self.n_heads
         top = max(0, -min(dy for dy, _ in self.offsets))
@@ -144,6 +150,17 @@ class CausalAttention(nn.Module):
         for i, (dy, dx) in enumerate(self.offsets):
             out = out + probs[:, :, i : i + 1] * shifted(v, dy, dx)
         return x + self.proj(out.reshape(B, C, H, W))
+
+    def _raster(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, n_heads, H W, d], raster order
+            return t.view(B, self.n_heads, C // self.n_heads, H * W).transpose(2, 3)
+
+        dropout = self.attn_dropout.p if self.training else 0.0
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        return x + self.proj(out.transpose(2, 3).reshape(B, C, H, W))
 
 
 class PixelSNAILPrior(nn.Module):
@@ -171,8 +188,10 @@ class PixelSNAILPrior(nn.Module):
             GatedResBlock(C, k, config.dropout, D if conditioned else None) for _ in range(config.n_blocks)
         )
         n_attn = config.n_blocks // config.attention_every if config.attention_every > 0 else 0
+        raster = config.attention_context == "raster"
         self.attentions = nn.ModuleList(
-            CausalAttention(C, config.n_heads, config.attention_radius, config.dropout) for _ in range(n_attn)
+            CausalAttention(C, config.n_heads, config.attention_radius, config.dropout, raster)
+            for _ in range(n_attn)
         )
         self.out_blocks = nn.ModuleList(ResBlock(C, 1) for _ in range(config.n_out_blocks))
         self.out_conv = nn.Conv2d(C, codebook_size, 1)

@@ -55,6 +55,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "cond_channels": (1, 4096),
     "dropout": (0.0, 1.0),
 }
+CHOICES: dict[str, tuple[str, ...]] = {"attention_context": ("window", "raster")}
 
 
 class ModelFileError(ValueError):
@@ -90,6 +91,12 @@ def _checked_fields(data: Any, cls: type, where: str) -> dict[str, Any]:
     for name, value in data.items():
         f = known[name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, str):
+            if value not in CHOICES[name]:
+                choices = ", ".join(CHOICES[name])
+                raise ModelFileError(f"{where}.{name} must be one of {choices}, got {value!r}")
+            out[name] = value
+            continue
         if not isinstance(default, (int, float)):
             continue  # nested values are checked by the caller
         if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
