@@ -143,14 +143,17 @@ def test_frequencies_rejects_bad_input() -> None:
 def test_weight_quantisation_follows_the_spec() -> None:
     layer = EXACT["top"].blocks[0].conv2
     conv = PRIORS["top"].blocks[0].conv2
-    w = layer.weight.T  # [out, fan_in]
+    scale = torch.ldexp(torch.ones(()), layer.shift.double())  # 2^s_c: the layer stores W_c 2^-s_c
+    w = (layer.weight * scale).T  # [out, fan_in]
     assert torch.equal(w, w.round()) and w.abs().max() <= WEIGHT_MAX
+    bias = layer.bias_high * scale + layer.bias_low * scale  # B_c + 2^(s_c - 1), split in high and low
     for c in range(w.shape[0]):
         s = int(layer.shift[c])
         row = (conv.weight[c] * conv.mask[0, 0]).flatten().abs().max().item()
         assert round(row * 2**s) <= WEIGHT_MAX < round(row * 2 ** (s + 1))  # the largest such s
         assert int(w[c].abs().max()) == round(row * 2**s)
-        assert int(layer.bias[c]) == round(conv.bias[c].item() * 2 ** (s + FA)) + 2 ** (s - 1)  # + rounding
+        assert 0 <= layer.bias_low[c] < 1
+        assert int(bias[c]) == round(conv.bias[c].item() * 2 ** (s + FA)) + 2 ** (s - 1)  # + rounding
 
 
 @pytest.mark.parametrize("kind", ["top", "top_k5", "bottom", "three_bottom"])
@@ -290,6 +293,24 @@ def test_moved_copy_and_refused_models() -> None:
     broken.blocks[0].conv1.mask[..., 1, 2] = 1.0  # reads offset (0, +1): not the decode order's mask
     with pytest.raises(ValueError):
         ExactPrior.from_float(broken)
+    raster = PixelSNAILPrior(PriorConfig(channels=8, n_blocks=2, n_heads=2, attention_context="raster"), 16)
+    with pytest.raises(ValueError, match="cannot be decoded in wavefronts"):
+        ExactPrior.from_float(raster)
+
+
+@pytest.mark.parametrize(("kind", "limit"), [("top", 2**24), ("bottom", 2**24), ("bottom", 1)])
+def test_encoder_tables_equal_the_decoders(kind: str, limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder's one-pass tables (or its stepper, for maps over the limit) are the decoder's."""
+    monkeypatch.setattr(exact, "WHOLE_MAP_VALUES", limit)
+    prior, codes = EXACT[kind], torch.randint(32, (5, 7), generator=torch.Generator().manual_seed(1))
+    cond = random_cond(PRIORS[kind], 5, 7)
+    encoder, decoder = prior.encoder_stepper(codes, cond), prior.stepper(5, 7, cond)
+    assert isinstance(encoder, exact.KnownCodes) == (limit > 1)
+    for t in range(decoder.n_steps):
+        ys, xs = decoder.positions(t)
+        assert np.array_equal(encoder.freqs(t), decoder.freqs(t)), t
+        encoder.set_codes(t, codes[ys, xs])
+        decoder.set_codes(t, codes[ys, xs])
 
 
 def test_round_trip_through_the_range_coder() -> None:

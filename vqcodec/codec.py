@@ -165,7 +165,7 @@ class Codec:
             encoder.encode(symbols, freqs)
             return symbols
 
-        self._walk(codes, encode, progress)
+        self._walk(codes, encode, progress, known=True)
         alpha = None if source.alpha is None else np.ascontiguousarray(source.alpha, dtype=np.uint8).tobytes()
         return VQZFile(
             model_id=self.model_id,
@@ -219,19 +219,25 @@ class Codec:
         codes: list[np.ndarray],
         code_step: Callable[[np.ndarray, int, np.ndarray, np.ndarray], np.ndarray],
         progress: Progress | None,
+        known: bool = False,
     ) -> list[float]:
         """Visit every level top first, wavefront by wavefront, as encoder and decoder both must.
 
         ``code_step(freqs, level, ys, xs)`` codes the step at positions (ys, xs) with the tables
         ``freqs`` and returns its codes, which are stored in ``codes`` and fed back to the prior.
-        Returns the ideal bits of each level.
+        ``known``: ``codes`` already hold every code (encoding), so the priors may compute the
+        tables of a whole level in one pass; they are the same integers either way. Returns the ideal
+        bits of each level.
         """
         total = sum(n_steps(*level.shape) for level in codes)
         done = 0
         level_bits = []
         for level, (prior, level_codes) in enumerate(zip(self.exact_priors, codes, strict=True)):
             upper = [torch.from_numpy(above).to(self.device) for above in codes[:level]]
-            stepper = prior.stepper(*level_codes.shape, upper)
+            if known:
+                stepper = prior.encoder_stepper(torch.from_numpy(level_codes).to(self.device), upper)
+            else:
+                stepper = prior.stepper(*level_codes.shape, upper)
             bits = 0.0
             for t in range(stepper.n_steps):
                 ys, xs = (index.cpu().numpy() for index in stepper.positions(t))

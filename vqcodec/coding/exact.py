@@ -9,8 +9,12 @@ of it that is exact *by construction*, normatively specified in ``bitstream_spec
 * weights are integers ``|w| <= WEIGHT_MAX`` with a power-of-two scale per output channel;
 * every convolution is a GEMM in float64 on integer operands whose partial sums are all below 2**53,
   so the float64 result is the exact integer whatever the order of summation, BLAS or device;
-* everything else (bias, shifts, clamps, residual sums, gates, attention weights) is int64 arithmetic
-  and lookups in tables defined mathematically and computed exactly with ``decimal``.
+* everything else (bias, shifts, clamps, residual sums, gates, attention weights) is integer
+  arithmetic and lookups in tables defined mathematically and computed exactly with ``decimal``.
+
+The activations are kept as integer-valued float64 tensors: every value and intermediate stays
+below 2**53 in magnitude, so each float64 operation below (sums, products by powers of two, floors)
+is exact, and the small per-step tensors never pay for conversions between int64 and float64.
 
 Encoder and decoder both run an :class:`ExactStepper`, which evaluates each layer only at the
 positions of one wavefront (``order.wavefront``) and keeps every spatially-read layer output in a
@@ -74,11 +78,11 @@ MAX_OFFSETS = 2**10
 _CHUNK = 2**22
 """Gathered float64 elements per GEMM (32 MiB): bounds memory when many positions run at once."""
 
-_CACHE_DTYPE = torch.float32
-"""Storage of the gather sources: activations are integers below 2**20 in magnitude, exact in float32
-(half the memory of float64); gathered blocks are converted to float64 before the GEMM."""
+_COND_DTYPE = torch.float32
+"""Storage of the conditioning tables: clamped activations, exact in float32, at half the memory of
+float64 (they cover a quarter of a level's positions, which for a large image is many)."""
 
-_NEG = -(2**62)
+_NEG = -(2.0**62)
 """Stands in for the logit of an attention offset outside the map before it is excluded."""
 
 
@@ -136,7 +140,14 @@ def tables() -> Tables:
 
 @functools.cache
 def _tables_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The int64 tables on ``device`` (ELU, sigmoid, exp)."""
     return tuple(torch.from_numpy(t.copy()).to(device) for t in tables())
+
+
+@functools.cache
+def _float_tables_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The tables as float64 on ``device`` (every entry is an integer below 2**21: exact)."""
+    return tuple(t.double() for t in _tables_on(device))
 
 
 def _lookup(table: Tensor, index: Tensor) -> Tensor:
@@ -145,22 +156,34 @@ def _lookup(table: Tensor, index: Tensor) -> Tensor:
 
 
 def _elu(x: Tensor) -> Tensor:
-    """Integer ELU of int64 activations at FA."""
-    elu = _tables_on(x.device)[0]
+    """Integer ELU of integer-valued float64 activations at FA."""
+    elu = _float_tables_on(x.device)[0]
     # For x >= 0 the lookup gives ELU[0] = 0 <= x; for x < 0, ELU[-x] >= x, because the exact value
     # 2^FA (exp(x / 2^FA) - 1) exceeds the integer x and rounding keeps it there: max() is the ELU.
-    return torch.maximum(x, _lookup(elu, (-x).clamp_(0, TABLE_SIZE - 1)))
+    return torch.maximum(x, _lookup(elu, x.neg().clamp_(0, TABLE_SIZE - 1).long()))
 
 
-def _sigmoid(x: Tensor) -> Tensor:
-    """Integer sigmoid of int64 activations at FA, itself at FA (0..2^FA)."""
-    sigmoid = _tables_on(x.device)[1]
-    return _lookup(sigmoid, x.clamp(-TABLE_SIZE, TABLE_SIZE - 1) + TABLE_SIZE)
+def _gate(a: Tensor, b: Tensor) -> Tensor:
+    """``rshr(a sig(b), FA)`` of float64 activations: |a sig(b)| < 2**30, so every step is exact."""
+    sigmoid = _float_tables_on(b.device)[1]
+    sig = _lookup(sigmoid, b.clamp(-TABLE_SIZE, TABLE_SIZE - 1).add_(TABLE_SIZE).long())
+    return torch.addcmul(torch.full_like(a, 0.5), a, sig, value=2.0**-FA).floor_()
 
 
 def _round_shift(x: Tensor, s: int) -> Tensor:
-    """``rshr(x, s) = floor((x + 2**(s - 1)) / 2**s)``, s >= 1: rounds half up (a floor biases each layer)."""
-    return (x + 2 ** (s - 1)) >> s
+    """``rshr(x, s) = floor((x + 2**(s - 1)) / 2**s)``, s >= 1, of integer-valued float64 ``|x| < 2**52``:
+    rounds half up (a floor would bias every layer)."""
+    return x.mul(2.0**-s).add_(0.5).floor_()
+
+
+def _floor_div_float(a: Tensor, b: Tensor) -> Tensor:
+    """``a div b`` of integer-valued float64 ``0 <= a < 2**52`` and ``0 < b < 2**52``, exact.
+
+    The float64 quotient is within one of the true one; the remainder (exact: below 2**53) corrects it.
+    """
+    q = torch.div(a, b).floor_()
+    r = a - q * b
+    return q.add_((r >= b).double()).sub_((r < 0).double())
 
 
 def _floor_div(a: Tensor, b: Tensor) -> Tensor:
@@ -175,6 +198,7 @@ def _floor_div(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _clamp(x: Tensor) -> Tensor:
+    """Clamp (in place) to the activation range [-ACT_MAX, ACT_MAX]."""
     return x.clamp_(-ACT_MAX, ACT_MAX)
 
 
@@ -213,11 +237,21 @@ def _scale_exponent(row_max: float) -> int:
 
 @dataclasses.dataclass
 class _Linear:
-    """A quantised convolution as a linear map of its gathered input taps (rows tap-major, then channel)."""
+    """A quantised convolution as a linear map of its gathered input taps (rows tap-major, then channel).
 
-    weight: Tensor  # float64 [fan_in, out], integers with |w| <= WEIGHT_MAX
-    bias: Tensor  # int64 [out]: B_c at 2**(shift + FA), plus 2**(shift - 1) to round the shift
-    shift: Tensor  # int64 [out]
+    Output channel c computes ``clamp(rshr(acc_c + B_c, s_c))`` (exact.md §5). With the rounding term
+    folded in, ``B = B_c + 2**(s_c - 1) = high 2**s_c + low`` (``0 <= low < 2**s_c``), this is
+    ``clamp(floor((acc_c + low) 2**-s_c) + high)``. The weights and ``low`` are stored times
+    ``2**-s_c``, so one float64 GEMM with the bias as its starting value gives
+    ``(acc_c + low) 2**-s_c`` exactly: every partial sum is a multiple of ``2**-s_c`` below ``2**52``
+    (exact.md §8), hence representable. ``|high| < 2**32`` (biases are below ``2**21``), so adding it
+    is exact too.
+    """
+
+    weight: Tensor  # float64 [fan_in, out]: W_c 2**-s_c, |W_c| <= WEIGHT_MAX
+    bias_low: Tensor  # float64 [out]: low 2**-s_c
+    bias_high: Tensor  # float64 [out]: high
+    shift: Tensor  # int64 [out]: s_c
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, taps: list[tuple[int, int]], scale: float | None = None) -> _Linear:
@@ -241,13 +275,19 @@ class _Linear:
         w_int = np.rint(np.ldexp(weight, shift[:, None]))  # exact scaling, then round half to even
         b_int = np.rint(np.ldexp(bias, shift + FA)).astype(np.int64)
         b_int += np.where(shift > 0, 2 ** np.maximum(shift - 1, 0), 0)  # rounds the shift half up
-        weight_t = torch.from_numpy(np.ascontiguousarray(w_int.T))
-        return cls(weight_t, torch.from_numpy(b_int), torch.from_numpy(shift))
+        high = b_int >> shift
+        low = b_int - (high << shift)
+        weight_t = torch.from_numpy(np.ascontiguousarray(np.ldexp(w_int, -shift[:, None]).T))
+        return cls(
+            weight_t,
+            torch.from_numpy(np.ldexp(low.astype(np.float64), -shift)),
+            torch.from_numpy(high.astype(np.float64)),
+            torch.from_numpy(shift),
+        )
 
     def __call__(self, inputs: Tensor) -> Tensor:
-        """int64 [n, out] at FA from integer-valued float64 inputs [n, fan_in] at FA; the GEMM is exact."""
-        acc = (inputs @ self.weight).to(torch.int64)
-        return _clamp((acc + self.bias) >> self.shift)
+        """float64 [n, out] at FA from integer-valued float64 inputs [n, fan_in] at FA, exactly."""
+        return _clamp(torch.addmm(self.bias_low, inputs, self.weight).floor_().add_(self.bias_high))
 
 
 @dataclasses.dataclass
@@ -292,10 +332,11 @@ def _masked_taps(conv: MaskedConv2d, first_layer: bool) -> list[tuple[int, int]]
 
 
 def _quantise_embedding(embedding: nn.Embedding) -> Tensor:
+    """The embedding table at FA, clamped: integer-valued float64 [K, C]."""
     table = embedding.weight.detach().cpu().double().numpy()
     if not np.isfinite(table).all():
         raise ValueError("non-finite embeddings")
-    return torch.from_numpy(np.clip(np.rint(np.ldexp(table, FA)), -ACT_MAX, ACT_MAX).astype(np.int64))
+    return torch.from_numpy(np.clip(np.rint(np.ldexp(table, FA)), -ACT_MAX, ACT_MAX))
 
 
 def _res_block(block: ResBlock) -> _ResBlock:
@@ -333,9 +374,9 @@ def _to(obj: Any, device: torch.device) -> Any:
 
 
 def _padded(features: Tensor, pad: int) -> Tensor:
-    """A zero-padded copy [(h + 2 pad) (w + 2 pad), C] of int64 features [h, w, C], to gather from."""
+    """A zero-padded copy [(h + 2 pad) (w + 2 pad), C] of float64 features [h, w, C], to gather from."""
     h, w, c = features.shape
-    out = features.new_zeros((h + 2 * pad, w + 2 * pad, c), dtype=_CACHE_DTYPE)
+    out = features.new_zeros((h + 2 * pad, w + 2 * pad, c))
     out[pad : pad + h, pad : pad + w] = features
     return out.view(-1, c)
 
@@ -355,8 +396,8 @@ def _gathered(layer: _Linear, source: Tensor, index: Tensor) -> Tensor:
     fan_in = layer.weight.shape[0]
     rows = max(1, _CHUNK // fan_in)
     if len(index) <= rows:
-        return layer(_gather(source, index).view(len(index), fan_in).double())
-    out = torch.empty(len(index), layer.weight.shape[1], dtype=torch.int64, device=source.device)
+        return layer(_gather(source, index).view(len(index), fan_in))
+    out = torch.empty(len(index), layer.weight.shape[1], dtype=torch.float64, device=source.device)
     for start in range(0, len(index), rows):
         part = index[start : start + rows]
         out[start : start + len(part)] = _gathered(layer, source, part)
@@ -368,7 +409,7 @@ def _linear_rows(layer: _Linear, inputs: Tensor, dtype: torch.dtype) -> Tensor:
     out = torch.empty(len(inputs), layer.weight.shape[1], dtype=dtype, device=inputs.device)
     rows = max(1, _CHUNK // max(layer.weight.shape))
     for start in range(0, len(inputs), rows):
-        out[start : start + rows] = layer(inputs[start : start + rows].double())
+        out[start : start + rows] = layer(inputs[start : start + rows])
     return out
 
 
@@ -382,13 +423,13 @@ class ExactPrior:
     kernel_size: int
     attention_every: int
     attention_offsets: list[tuple[int, int]]
-    embed: Tensor  # _CACHE_DTYPE [K, C], integers at FA (written to the first layer's gather source)
+    embed: Tensor  # float64 [K, C], integers at FA (written to the first layer's gather source)
     input_conv: _Linear
     blocks: list[_GatedBlock]
     attentions: list[_Attention]
     out_blocks: list[_ResBlock]
     out_conv: _Linear
-    cond_embeds: list[Tensor]  # int64 [K_i, D] per upper level, top first
+    cond_embeds: list[Tensor]  # float64 [K_i, D], integers at FA, per upper level, top first
     cond_conv: _Linear | None
     cond_stack: list[_ResBlock]
 
@@ -396,6 +437,8 @@ class ExactPrior:
     def from_float(cls, prior: PixelSNAILPrior) -> ExactPrior:
         """Quantise ``prior`` (deterministic from its weights; dropout is the identity)."""
         config = prior.config
+        if prior.attentions and config.attention_context != "window":
+            raise ValueError(f"{config.attention_context} attention cannot be decoded in wavefronts")
         if prior.codebook_size > MAX_ALPHABET or any(k > MAX_ALPHABET for k in prior.cond_codebook_sizes):
             raise ValueError(f"codebook sizes must be at most {MAX_ALPHABET}")
         conditioned = len(prior.cond_codebook_sizes) > 0
@@ -406,7 +449,7 @@ class ExactPrior:
             kernel_size=config.kernel_size,
             attention_every=config.attention_every,
             attention_offsets=order.attention_offsets(config.attention_radius) if prior.attentions else [],
-            embed=_quantise_embedding(prior.embed).to(_CACHE_DTYPE),
+            embed=_quantise_embedding(prior.embed),
             input_conv=_Linear.from_conv(prior.input_conv, _masked_taps(prior.input_conv, first_layer=True)),
             blocks=[
                 _GatedBlock(
@@ -436,6 +479,14 @@ class ExactPrior:
         """Tables of one height x width map, step by step; ``cond_codes``: [h_i, w_i] per level above."""
         return ExactStepper(self, height, width, cond_codes)
 
+    def encoder_stepper(self, codes: Tensor, cond_codes: list[Tensor]) -> ExactStepper | KnownCodes:
+        """Tables of a map whose codes are all known, as the encoder has them: in one parallel pass
+        (``logits_full``, large efficient GEMMs) when the map is small enough, else step by step."""
+        height, width = codes.shape
+        if height * width * max(self.codebook_size, self.channels) <= WHOLE_MAP_VALUES:
+            return KnownCodes(self.logits_full(codes, cond_codes))
+        return self.stepper(height, width, cond_codes)
+
     def logits_full(self, codes: Tensor, cond_codes: list[Tensor]) -> Tensor:
         """int64 logits [H, W, K] at FA of one image's codes [H, W], every position at once.
 
@@ -447,15 +498,16 @@ class ExactPrior:
         ys = torch.arange(height, device=self.device).repeat_interleave(width)
         xs = torch.arange(width, device=self.device).repeat(height)
         stepper._write_codes(ys, xs, codes.to(self.device, torch.int64).reshape(-1))
-        return stepper._evaluate(ys, xs).view(height, width, -1)
+        return stepper._evaluate(ys, xs).to(torch.int64).view(height, width, -1)
 
     def _condition(self, cond_codes: list[Tensor], height: int, width: int) -> list[Tensor] | None:
         """Per gated block, ``cond_proj`` of the conditioning features at the level above's resolution.
 
-        Returns int32 [ceil(H/2) * ceil(W/2), 2C] per block (None for the top prior): the values are
-        clamped activations, below 2^20 in magnitude, and int32 halves the largest table a big image
-        needs. The final nearest x2 upsampling of the float model commutes with the 1x1 ``cond_proj``,
-        so the value at (y, x) is row (y // 2) * ceil(W/2) + x // 2: a quarter of the work and memory.
+        Returns ``_COND_DTYPE`` [ceil(H/2) * ceil(W/2), 2C] per block (None for the top prior): the
+        values are clamped activations, below 2^20 in magnitude, and float32 halves the largest table
+        a big image needs. The final nearest x2 upsampling of the float model commutes with the 1x1
+        ``cond_proj``, so the value at (y, x) is row (y // 2) * ceil(W/2) + x // 2: a quarter of the
+        work and memory.
         """
         n = len(self.cond_codebook_sizes)
         check_cond_codes(n, cond_codes)
@@ -474,22 +526,46 @@ class ExactPrior:
             g = f // 2  # nearest upsampling by g to this level's half resolution
             embedded.append(table[codes[ys // g][:, xs // g]])
         features = torch.cat(embedded, dim=-1)  # [h2, w2, n * D]
-        c = self.cond_conv(features.view(h2 * w2, -1).double())
+        c = self.cond_conv(features.view(h2 * w2, -1))
         for block in self.cond_stack:
             h = self._conv_full(block.conv1, _elu(c).view(h2, w2, -1))
             h = self._conv_full(block.conv2, _elu(h).view(h2, w2, -1))
             c = _clamp(c + h)
-        return [_linear_rows(block.cond_proj, c, torch.int32) for block in self.blocks]
+        return [_linear_rows(block.cond_proj, c, _COND_DTYPE) for block in self.blocks]
 
     @staticmethod
     def _conv_full(layer: _Linear, features: Tensor) -> Tensor:
-        """A zero-padded 3x3 ``layer`` at every position of int64 features [h, w, C] -> [h * w, out]."""
+        """A zero-padded 3x3 ``layer`` at every position of float64 features [h, w, C] -> [h * w, out]."""
         h, w, _ = features.shape
         source = _padded(features, 1)
         ys = torch.arange(h, device=features.device).repeat_interleave(w)
         xs = torch.arange(w, device=features.device).repeat(h)
         base = (ys + 1) * (w + 2) + xs + 1
         return _gathered(layer, source, base[:, None] + _tap_index(_all_taps(3), w + 2, features.device))
+
+
+WHOLE_MAP_VALUES = 2**24
+"""Largest positions x max(K, C) of a map that the encoder evaluates in one pass: its logits and each
+layer's cache then take at most 128 MiB."""
+
+
+class KnownCodes:
+    """The stepper interface over logits computed in advance (``ExactPrior.encoder_stepper``)."""
+
+    def __init__(self, logits: Tensor):
+        self._logits = logits  # int64 [H, W, K]
+        self.height, self.width, _ = logits.shape
+        self.n_steps = order.n_steps(self.height, self.width)
+
+    def positions(self, t: int) -> tuple[Tensor, Tensor]:
+        return order.wavefront(t, self.height, self.width)
+
+    def freqs(self, t: int) -> np.ndarray:
+        ys, xs = self.positions(t)
+        return frequencies(self._logits[ys.to(self._logits.device), xs.to(self._logits.device)]).cpu().numpy()
+
+    def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
+        """Nothing to do: the logits already saw every code."""
 
 
 class ExactStepper:
@@ -502,7 +578,7 @@ class ExactStepper:
     because each layer runs for the whole wavefront before the next one.
 
     A cache is not a whole map but a sliding window over steps, [(P + H + P') Wc, C] of integers in
-    ``_CACHE_DTYPE``: row y (zero-padded above and below) keeps column x in slot ``x mod Wc``. Every
+    float64: row y (zero-padded above and below) keeps column x in slot ``x mod Wc``. Every
     offset a layer reads lies ``-(2 dy + dx)`` in ``0..D`` steps back (D = 3 for 3x3 kernels, 3r for an
     attention radius r), so at step t row y is read only at columns ``t - 2y - D .. t - 2y``: with
     ``Wc = D + 1`` these are distinct slots, and a slot is overwritten only after the last reader of its
@@ -530,7 +606,7 @@ class ExactStepper:
         rows = self._top + height + max(dy for dy, _ in offsets)
 
         def cache(c: int) -> Tensor:
-            return torch.zeros(rows * self._window, c, dtype=_CACHE_DTYPE, device=device)
+            return torch.zeros(rows * self._window, c, dtype=torch.float64, device=device)
 
         self._embedded = cache(channels)
         self._block_inputs = [(cache(channels), cache(channels)) for _ in prior.blocks]
@@ -573,7 +649,7 @@ class ExactStepper:
         self._computed += 1
         if len(ys) == 0:  # a step without codes (a map one column wide has them at odd steps)
             return np.zeros((0, self.prior.codebook_size), dtype=np.int64)
-        return frequencies(self._evaluate(ys, xs)).cpu().numpy()
+        return frequencies(self._evaluate(ys, xs).to(torch.int64)).cpu().numpy()
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
         """Record the n_t codes of step ``t`` (in ``positions(t)`` order), after its tables."""
@@ -614,7 +690,8 @@ class ExactStepper:
         return self._cells(ys[:, None] + offsets[:, 0], xs[:, None] + offsets[:, 1])
 
     def _evaluate(self, ys: Tensor, xs: Tensor) -> Tensor:
-        """int64 logits [n, K] at positions (ys, xs), all layers in order, writing the caches there.
+        """Logits [n, K] (integer-valued float64) at positions (ys, xs), all layers in order, writing the
+        caches there.
 
         Every position that a tap reads must be final: it is one of (ys, xs) or was evaluated before.
         """
@@ -629,20 +706,18 @@ class ExactStepper:
             valid = (oy >= 0) & (oy < self.height) & (ox >= 0) & (ox < self.width)  # [n, n_off]
             index_attn = self._cells(oy, ox)
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
-            inputs.index_copy_(0, base, _elu(x).to(_CACHE_DTYPE))
-            middles.index_copy_(0, base, _elu(_gathered(block.conv1, inputs, index_b)).to(_CACHE_DTYPE))
+            inputs.index_copy_(0, base, _elu(x))
+            middles.index_copy_(0, base, _elu(_gathered(block.conv1, inputs, index_b)))
             h = _gathered(block.conv2, middles, index_b)
             if self._cond is not None:
-                h = _clamp(h + self._cond[i].index_select(0, cond_rows))
-            a, b = h[:, :c], h[:, c:]
-            x = _clamp(x + _round_shift(a * _sigmoid(b), FA))
+                h = _clamp(h.add_(self._cond[i].index_select(0, cond_rows)))
+            x = _clamp(x.add_(_gate(h[:, :c], h[:, c:])))
             if prior.attention_every and (i + 1) % prior.attention_every == 0:
                 j = (i + 1) // prior.attention_every - 1
                 x = _attend(prior.attentions[j], self._keys_values[j], x, base, index_attn, valid)
         for block in prior.out_blocks:
-            h = block.conv1(_elu(x).double())
-            x = _clamp(x + block.conv2(_elu(h).double()))
-        return prior.out_conv(_elu(x).double())
+            x = _clamp(x.add_(block.conv2(_elu(block.conv1(_elu(x))))))
+        return prior.out_conv(_elu(x))
 
 
 def _attend(
@@ -654,25 +729,25 @@ def _attend(
     (the others may hold any integers: their weights are zero).
     """
     keys, values = caches
-    xf = x.double()
-    keys.index_copy_(0, base, attn.key(xf).to(_CACHE_DTYPE))
-    values.index_copy_(0, base, attn.value(xf).to(_CACHE_DTYPE))
-    query = attn.query(xf).double()
+    keys.index_copy_(0, base, attn.key(x))
+    values.index_copy_(0, base, attn.value(x))
+    query = attn.query(x)
     rows = max(1, _CHUNK // (index.shape[1] * x.shape[1]))
     parts = [
-        _attention_rows(q, _gather(keys, i).double(), _gather(values, i).double(), ok, attn.n_heads)
+        _attention_rows(q, _gather(keys, i), _gather(values, i), ok, attn.n_heads)
         for q, i, ok in zip(query.split(rows), index.split(rows), valid.split(rows), strict=True)
     ]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return _clamp(x + attn.proj(out.double()))
+    return _clamp(x.add_(attn.proj(out)))
 
 
 def _attention_rows(query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, heads: int) -> Tensor:
-    """Attention averages int64 [m, C] from float64 queries [m, C], keys and values [m, n_off, C] at FA.
+    """Attention averages [m, C] from queries [m, C], keys and values [m, n_off, C], all float64 at FA.
 
     ``logit = rshr(q . k, FA)`` per head; offsets outside the map (``valid`` false) are excluded;
     ``p = floor(exp[max - logit] 2^P_BITS / sum)``; ``out = rshr(sum p v, P_BITS)``. Both GEMMs
-    are exact: ``|q . k| <= d 2^40 <= 2^50`` and ``|sum p v| <= 2^P_BITS 2^20 = 2^36``. The heads are
+    are exact: ``|q . k| <= d 2^40 <= 2^50`` and ``|sum p v| <= 2^P_BITS 2^20 = 2^36``, and so is every
+    other step in float64 (all values are integers, or halves before a floor, below 2^51). The heads are
     handled by block-diagonal operands, so the gathered keys and values are used as they lie.
     """
     m, n_off, c = keys.shape
@@ -681,10 +756,10 @@ def _attention_rows(query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, 
     blocks.diagonal(dim1=1, dim2=2).copy_(query.view(m, heads, d).transpose(1, 2))
     ok = valid[:, None, :]  # [m, 1, n_off]
     raw = torch.bmm(blocks.view(m, heads, c), keys.transpose(1, 2))  # [m, heads, n_off]
-    logits = _round_shift(raw.to(torch.int64), FA).masked_fill_(~ok, _NEG)
+    logits = _round_shift(raw, FA).masked_fill_(~ok, _NEG)
     z = (logits.amax(dim=2, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
-    e = _lookup(_tables_on(keys.device)[2], z).masked_fill_(~ok, 0)
-    p = _floor_div(e << P_BITS, e.sum(dim=2, keepdim=True))
-    mixed = torch.bmm(p.double(), values).view(m, heads, heads, d)  # [m, head, head', d]
+    e = _lookup(_float_tables_on(keys.device)[2], z.long()).masked_fill_(~ok, 0)
+    p = _floor_div_float(e * 2.0**P_BITS, e.sum(dim=2, keepdim=True))
+    mixed = torch.bmm(p, values).view(m, heads, heads, d)  # [m, head, head', d]
     out = mixed.diagonal(dim1=1, dim2=2).transpose(1, 2)  # [m, heads, d]: each head's own channels
-    return _round_shift(out.to(torch.int64), P_BITS).reshape(m, c)
+    return _round_shift(out, P_BITS).reshape(m, c)
