@@ -1,10 +1,11 @@
 """Speed and peak memory of vqcodec's encoder and decoder on Kodak and on a 3840x2160 image.
 
-    python benchmarks/speed.py [--data DIR] [--limit N] [--out benchmarks/results/speed] [--no-4k]
+    python benchmarks/speed.py [--data DIR] [--limit N] [--model NAME] [--device cuda] [--out DIR] [--no-4k]
 
 Encoding and decoding each run in a fresh child process that loads the model, warms it up on a small
 crop (untimed), then times every image from pixels in memory to bytes and back, and reports its peak
-resident memory (``ru_maxrss``: model and Python included). The 3840x2160 image is kodim05 resized
+resident memory (``ru_maxrss``: model and Python included) and, on a GPU, the peak of the memory torch
+allocated there. The 3840x2160 image is kodim05 resized
 up with Lanczos; it is smoother than a real 4K photograph, so its codes are somewhat cheaper to code,
 but the work of the priors depends on the map size only. When CompressAI is installed, its
 non-autoregressive bmshj2018-factorized and autoregressive mbt2018 (random weights: the time is the
@@ -31,11 +32,13 @@ UHD = (3840, 2160)
 WARM_UP_SIDE = 64
 
 
-def child(operation: str, paths: list[Path], quality: int) -> None:
+def child(operation: str, paths: list[Path], quality: int, model: str | None, device: str) -> None:
     """Time ``operation`` ("encode": PNG → .vqz, "decode": .vqz → pixels) on every path; print JSON."""
+    import torch
+
     import vqcodec
 
-    codec = vqcodec.load_model()
+    codec = vqcodec.load_model(model, device=device)
     warm = np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)
     codec.decompress(codec.compress(warm))
     seconds = []
@@ -52,11 +55,13 @@ def child(operation: str, paths: list[Path], quality: int) -> None:
             codec.decompress(data)
             seconds.append(time.perf_counter() - tick)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "gpu_peak_mb": gpu_mb}))
 
 
-def run_child(operation: str, paths: list[Path], quality: int) -> dict:
-    command = [sys.executable, __file__, "--child", operation, "--quality", str(quality), *map(str, paths)]
+def run_child(operation: str, paths: list[Path], args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--child", operation, "--quality", str(args.quality)]
+    command += ["--device", args.device, *(["--model", args.model] if args.model else []), *map(str, paths)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -87,22 +92,33 @@ def compressai_times(paths: list[Path]) -> dict[str, dict]:
     return times
 
 
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name()
+
+
 def markdown(report: dict) -> str:
     machine = report["machine"]
     lines = [
         "# vqcodec speed and memory",
         "",
         f"Run {machine['date']} on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}"
-        f" ({machine['torch_threads']} threads); `python benchmarks/speed.py`, quality {report['quality']}.",
+        f" ({machine['torch_threads']} threads), device {report['device']}; `python benchmarks/speed.py`,"
+        f" model {report['model'] or 'default'}, quality {report['quality']}.",
         "",
-        "| image | encode (s, median) | decode (s, median) | encode peak RSS | decode peak RSS |",
-        "|---|---:|---:|---:|---:|",
+        "| image | encode (s, median) | decode (s, median) | encode peak RSS | decode peak RSS |"
+        + (" GPU peak (enc / dec) |" if report["device"] != "cpu" else ""),
+        "|---|---:|---:|---:|---:|" + ("---:|" if report["device"] != "cpu" else ""),
     ]
     for row in report["rows"]:
-        lines.append(
+        line = (
             f"| {row['image']} | {row['encode_s']:.2f} | {row['decode_s']:.2f}"
             f" | {row['encode_peak_mb'] / 1024:.2f} GB | {row['decode_peak_mb'] / 1024:.2f} GB |"
         )
+        if report["device"] != "cpu":
+            line += f" {row['encode_gpu_mb'] / 1024:.2f} / {row['decode_gpu_mb'] / 1024:.2f} GB |"
+        lines.append(line)
     lines.append("")
     if report["compressai"]:
         kodak = report["rows"][0]
@@ -131,11 +147,13 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=4, help="vqcodec quality (default 4)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed"), help="results folder")
     parser.add_argument("--no-4k", dest="uhd", action="store_false", help="skip the 3840x2160 image")
+    parser.add_argument("--model", default=None, help="bundled model name or model file (default: default)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--child", choices=("encode", "decode"), help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.paths, args.quality)
+        child(args.child, args.paths, args.quality, args.model, args.device)
         return
 
     from vqcodec.bench.run import machine_info
@@ -157,8 +175,8 @@ def main() -> None:
             sets.append(("3840x2160 (kodim05 resized)", [uhd]))
         rows = []
         for name, paths in sets:
-            encoded = run_child("encode", paths, args.quality)
-            decoded = run_child("decode", paths, args.quality)
+            encoded = run_child("encode", paths, args)
+            decoded = run_child("decode", paths, args)
             rows.append(
                 {
                     "image": name,
@@ -168,6 +186,8 @@ def main() -> None:
                     "decode_seconds": decoded["seconds"],
                     "encode_peak_mb": encoded["peak_mb"],
                     "decode_peak_mb": decoded["peak_mb"],
+                    "encode_gpu_mb": encoded["gpu_peak_mb"],
+                    "decode_gpu_mb": decoded["gpu_peak_mb"],
                 }
             )
             print(
@@ -176,9 +196,11 @@ def main() -> None:
             )
         report = {
             "quality": args.quality,
+            "model": args.model,
+            "device": args.device if args.device == "cpu" else f"{args.device} ({gpu_name()})",
             "machine": machine_info(),
             "rows": rows,
-            "compressai": compressai_times(copies),
+            "compressai": compressai_times(copies) if args.device == "cpu" else {},
         }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
