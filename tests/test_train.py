@@ -233,3 +233,30 @@ def test_ddp_on_cpu(images: Path, tmp_path: Path) -> None:
     assert read_state(checkpoint_path(tmp_path, "vqvae"))["step"] == 3
     assert read_state(checkpoint_path(tmp_path, "prior-bottom"))["step"] == 2
     assert [r["step"] for r in metrics(tmp_path, "vqvae")] == [1, 2, 2, 3, 3]  # rank 0 logs alone
+
+
+# --- new priors for a trained model ----------------------------------------------------------------
+
+TINY_MODEL = Path(__file__).resolve().parents[1] / "bitstream_spec" / "vectors" / "tiny.safetensors"
+
+
+def test_new_priors_for_a_trained_models_codes(images: Path, tmp_path: Path) -> None:
+    from vqcodec.train.from_model import run_from_model
+
+    run = tmp_path / "run"
+    config = run_from_model(TINY_MODEL, run, ["top.channels=8", "bottom.n_blocks=1"])
+    assert config.priors[0].channels == 8 and config.priors[1].n_blocks == 1
+    with pytest.raises(ValueError, match="no training images"):
+        stage2(run, "top", 2, crop=CROP)
+    for level in ("top", "bottom"):
+        stage2(run, level, 2, crop=CROP, data=images)
+    export(run, tmp_path / "new.safetensors")
+    new, _ = load_model(tmp_path / "new.safetensors")
+    old, _ = load_model(TINY_MODEL)
+    assert new.config.priors[0].channels == 8
+    assert_identical(new.vqvae.state_dict(), old.vqvae.state_dict())  # the same codes
+    with pytest.raises(FileExistsError):
+        run_from_model(TINY_MODEL, run, [])
+    for bad, message in (("top.channels", "LEVEL.KEY=VALUE"), ("middle.channels=8", "unknown level")):
+        with pytest.raises(ValueError, match=message):
+            run_from_model(TINY_MODEL, tmp_path / "other", [bad])

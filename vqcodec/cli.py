@@ -173,6 +173,35 @@ def train_pack(data: str, out: str, short_side: int, quality: int) -> None:
     click.echo(f"{pack_folder(data, out, short_side, quality)} bytes written to {out}")
 
 
+@train.command("from-model")
+@click.option(
+    "--model", "-m", "model", default=None, help="Bundled model name or model file [default: default]."
+)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="New run folder.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="LEVEL.KEY=VALUE",
+    help="Change a prior's configuration, e.g. top.channels=64 (repeatable).",
+)
+@user_errors
+def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> None:
+    """Start a run from a trained model's VQ-VAE, to train new priors for the same codes.
+
+    \b
+    The priors decide how fast files decode; their size can change without retraining the VQ-VAE:
+      vqcodec train from-model --out runs/small --set top.channels=32 --set bottom.channels=32
+      vqcodec train prior --run runs/small --level top --data photos/ --val val_photos/ --steps 4000
+      vqcodec train prior --run runs/small --level bottom --steps 13000
+      vqcodec export --run runs/small --out small.safetensors --half
+    """
+    from vqcodec.train.from_model import run_from_model
+
+    config = run_from_model(model, out, list(settings))
+    click.echo(f"{out}: priors {', '.join(str(p) for p in config.priors)}")
+
+
 @train.command("prior")
 @click.option(
     "--run",

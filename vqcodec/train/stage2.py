@@ -183,6 +183,8 @@ def extract_codes(
         "val": val_data or (_cached_source(paths["val"]) or {}).get("data") or stage1["meta"]["val_data"],
     }
 
+    if folders["train"] is None:
+        raise ValueError(f"no training images known for {run}: give them (--data)")
     env = dist.setup(device or default_device())
     vqvae: VQVAE | None = None
     vqvae_sha = _file_sha256(ckpt)
