@@ -50,7 +50,7 @@ def run_from_model(model: str | Path | None, out: str | Path, settings: list[str
         data["priors"][names.index(level)][key] = value
     config = config_from_dict(data)
     write_config(out, config)
-    vqvae = loaded.vqvae.float()
+    vqvae = loaded.vqvae  # float32 (model files load as float32), and only read here
     meta = {"settings": {"crop": 256}, "data": None, "val_data": None, "model_sha256": sha256}
     optimizer = torch.optim.Adam(vqvae.parameters())
     save_checkpoint(
