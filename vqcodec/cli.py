@@ -198,8 +198,8 @@ def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> 
     """
     from vqcodec.train.from_model import run_from_model
 
-    config = run_from_model(model, out, list(settings))
-    click.echo(f"{out}: priors {', '.join(str(p) for p in config.priors)}")
+    run_from_model(model, out, list(settings))
+    click.echo(f"{out} is ready: next, vqcodec train prior --run {out} --level top --data IMAGES")
 
 
 @train.command("prior")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from vqcodec.models.config import ModelConfig, level_names
 from vqcodec.train import dist
+from vqcodec.train.checkpoint import load_checkpoint, save_checkpoint
 from vqcodec.zoo.modelfile import atomic_path, config_from_json
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -110,6 +111,37 @@ def check_same_settings(saved: dict[str, Any], given: dict[str, Any]) -> None:
             + ", ".join(diffs)
             + "; use the checkpoint's values or start over (--no-resume)"
         )
+
+
+def restore(
+    ckpt: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    settings: dict[str, Any],
+    resume: bool | None,
+) -> int:
+    """The step a stage starts at: 0, or when resuming the checkpoint's, with the model, optimizer and
+    scaler restored from it and its settings checked against ``settings``."""
+    if not should_resume(ckpt, resume):
+        return 0
+    state = load_checkpoint(ckpt, model, optimizer, scaler)
+    check_same_settings(state["meta"]["settings"], settings)
+    return state["step"]
+
+
+def save(
+    ckpt: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    meta: dict[str, Any],
+) -> None:
+    """Write the checkpoint from the main process; every process waits until it is written."""
+    if dist.is_main():
+        save_checkpoint(ckpt, model, optimizer, scaler, step, meta)
+    dist.barrier()
 
 
 class MetricsLog:

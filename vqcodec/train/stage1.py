@@ -21,18 +21,18 @@ from tqdm import tqdm
 from vqcodec.models.config import PRESETS, ModelConfig
 from vqcodec.models.vqvae import VQVAE
 from vqcodec.train import dist
-from vqcodec.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from vqcodec.train.checkpoint import checkpoint_path
 from vqcodec.train.data import ImageFolder, StreamSampler, derive_seed
 from vqcodec.train.run import (
     MetricsLog,
     autocast,
-    check_same_settings,
     default_device,
     grad_scaler,
     read_config,
     resolve_precision,
+    restore,
+    save,
     say,
-    should_resume,
     write_config,
 )
 
@@ -112,11 +112,7 @@ def train_vqvae(
     scaler = grad_scaler(device, precision)
     settings = {"batch_size": batch_size, "crop": crop, "lr": lr, "seed": seed, "precision": precision}
     ckpt = checkpoint_path(run, STAGE)
-    start = 0
-    if should_resume(ckpt, resume):
-        state = load_checkpoint(ckpt, model, optimizer, scaler)
-        check_same_settings(state["meta"]["settings"], settings)
-        start = state["step"]
+    start = restore(ckpt, model, optimizer, scaler, settings, resume)
     meta = {
         "settings": settings,
         "data": str(data.resolve()),
@@ -179,9 +175,7 @@ def train_vqvae(
             say(f"step {done}: validation mse {val_mse:.5f}, psnr {psnr(val_mse):.2f} dB")
             record.update(val_mse=val_mse, val_psnr=psnr(val_mse))
         if done % ckpt_every == 0 or done == steps:
-            if env.is_main:
-                save_checkpoint(ckpt, model, optimizer, scaler, done, meta)
-            dist.barrier()
+            save(ckpt, model, optimizer, scaler, done, meta)
         tick += time.perf_counter() - pause
     bar.close()
     say(f"Stage 1 done: {ckpt} at step {steps}")

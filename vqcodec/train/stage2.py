@@ -32,23 +32,21 @@ from vqcodec.models.vqvae import VQVAE
 from vqcodec.train import dist
 from vqcodec.train.checkpoint import (
     checkpoint_path,
-    load_checkpoint,
     read_model_state,
     read_state,
-    save_checkpoint,
 )
 from vqcodec.train.data import ImageFolder, StreamSampler, derive_seed
 from vqcodec.train.run import (
     MetricsLog,
     autocast,
-    check_same_settings,
     default_device,
     grad_scaler,
     prior_stage,
     read_config,
     resolve_precision,
+    restore,
+    save,
     say,
-    should_resume,
 )
 from vqcodec.zoo.modelfile import atomic_path
 
@@ -296,11 +294,7 @@ def train_prior(
         "codes": hashlib.sha256(json.dumps(codes_source, sort_keys=True).encode()).hexdigest()[:16],
     }
     ckpt = checkpoint_path(run, stage)
-    start = 0
-    if should_resume(ckpt, resume):
-        state = load_checkpoint(ckpt, prior, optimizer, scaler)
-        check_same_settings(state["meta"]["settings"], settings)
-        start = state["step"]
+    start = restore(ckpt, prior, optimizer, scaler, settings, resume)
     meta = {"settings": settings, "level": level, "codes_source": codes_source}
     log = MetricsLog(run, stage)
     log.rewind(start)
@@ -356,9 +350,7 @@ def train_prior(
             say(f"step {done}: NLL " + ", ".join(f"{k} {v:.4f}" for k, v in bits.items()) + " bits/code")
             record.update(bits)
         if done % ckpt_every == 0 or done == steps:
-            if env.is_main:
-                save_checkpoint(ckpt, prior, optimizer, scaler, done, meta)
-            dist.barrier()
+            save(ckpt, prior, optimizer, scaler, done, meta)
         tick += time.perf_counter() - pause
     bar.close()
     say(f"Prior {level_names(config.vqvae.n_levels)[level]} done: {ckpt} at step {steps}")
