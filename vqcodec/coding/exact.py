@@ -145,29 +145,48 @@ def _tables_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @functools.cache
-def _float_tables_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """The tables as float64 on ``device`` (every entry is an integer below 2**21: exact)."""
-    return tuple(t.double() for t in _tables_on(device))
+def _exp_on(device: torch.device) -> Tensor:
+    """The exp table as float64 on ``device`` (every entry is an integer below 2**21: exact)."""
+    return _tables_on(device)[2].double()
 
 
-def _lookup(table: Tensor, index: Tensor) -> Tensor:
-    """``table[index]`` for an int64 index tensor of any shape (index_select is the fastest gather)."""
-    return table.index_select(0, index.reshape(-1)).view(index.shape)
+@functools.cache
+def _activation_tables_on(device: torch.device) -> tuple[Tensor, Tensor]:
+    """ELU(x) and sig(x) 2^-FA for every activation x in [-ACT_MAX, ACT_MAX], float64 at index x + ACT_MAX.
+
+    Every ELU and gate input is a clamped layer output, so one lookup in these 16 MiB tables replaces
+    the negation, clamp and maximum of the exact.md definitions; the entries are those definitions'
+    values (ELU[min(-x, TABLE_SIZE - 1)] below zero and x above; the sigmoid clamped at its table's
+    ends), exact in float64.
+    """
+    elu, sigmoid, _ = _tables_on(device)
+    x = torch.arange(-ACT_MAX, ACT_MAX + 1, device=device)
+    # ELU[-x] >= x for x < 0 (the exact value 2^FA (exp(x / 2^FA) - 1) exceeds the integer x and
+    # rounding keeps it there), and ELU[0] = 0 <= x above: the maximum is the integer ELU.
+    elu_full = torch.maximum(x, elu[x.neg().clamp_(0, TABLE_SIZE - 1)]).double()
+    sigmoid_full = sigmoid[x.clamp(-TABLE_SIZE, TABLE_SIZE - 1).add_(TABLE_SIZE)].double().mul_(2.0**-FA)
+    return elu_full, sigmoid_full
+
+
+def _table_index(x: Tensor) -> Tensor:
+    """Indices into :func:`_activation_tables_on` of integer-valued float64 activations."""
+    return x.add(ACT_MAX).long()
 
 
 def _elu(x: Tensor) -> Tensor:
     """Integer ELU of integer-valued float64 activations at FA."""
-    elu = _float_tables_on(x.device)[0]
-    # For x >= 0 the lookup gives ELU[0] = 0 <= x; for x < 0, ELU[-x] >= x, because the exact value
-    # 2^FA (exp(x / 2^FA) - 1) exceeds the integer x and rounding keeps it there: max() is the ELU.
-    return torch.maximum(x, _lookup(elu, x.neg().clamp_(0, TABLE_SIZE - 1).long()))
+    return torch.take(_activation_tables_on(x.device)[0], _table_index(x))
 
 
-def _gate(a: Tensor, b: Tensor) -> Tensor:
-    """``rshr(a sig(b), FA)`` of float64 activations: |a sig(b)| < 2**30, so every step is exact."""
-    sigmoid = _float_tables_on(b.device)[1]
-    sig = _lookup(sigmoid, b.clamp(-TABLE_SIZE, TABLE_SIZE - 1).add_(TABLE_SIZE).long())
-    return torch.addcmul(torch.full_like(a, 0.5), a, sig, value=2.0**-FA).floor_()
+def _gated_residual(x: Tensor, h: Tensor) -> Tensor:
+    """``clamp(x + rshr(a sig(b), FA))`` with ``[a, b] = h``, of float64 activations.
+
+    ``x + a sig(b) 2^-FA`` is exact (below 2**32, with FA fractional bits), and adding 1/2 then
+    flooring is the rounding shift, since x is an integer.
+    """
+    c = x.shape[1]
+    sig = torch.take(_activation_tables_on(h.device)[1], _table_index(h[:, c:]))
+    return _clamp(torch.addcmul(x, h[:, :c], sig).add_(0.5).floor_())
 
 
 def _round_shift(x: Tensor, s: int) -> Tensor:
@@ -176,25 +195,14 @@ def _round_shift(x: Tensor, s: int) -> Tensor:
     return x.mul(2.0**-s).add_(0.5).floor_()
 
 
-def _floor_div_float(a: Tensor, b: Tensor) -> Tensor:
+def _floor_div(a: Tensor, b: Tensor) -> Tensor:
     """``a div b`` of integer-valued float64 ``0 <= a < 2**52`` and ``0 < b < 2**52``, exact.
 
     The float64 quotient is within one of the true one; the remainder (exact: below 2**53) corrects it.
     """
     q = torch.div(a, b).floor_()
-    r = a - q * b
+    r = torch.addcmul(a, q, b, value=-1.0)
     return q.add_((r >= b).double()).sub_((r < 0).double())
-
-
-def _floor_div(a: Tensor, b: Tensor) -> Tensor:
-    """``a div b`` for int64 ``0 <= a < 2**53`` and ``b > 0``, exact, and faster than int64 division.
-
-    The float64 quotient is within one of the true one (its relative error is below 2**-52 and the
-    quotient below 2**53); the integer remainder then corrects it.
-    """
-    q = torch.floor(a.double() / b.double()).to(torch.int64)
-    r = a - q * b
-    return q + (r >= b).to(torch.int64) - (r < 0).to(torch.int64)
 
 
 def _clamp(x: Tensor) -> Tensor:
@@ -210,18 +218,26 @@ def frequencies(logits: Tensor) -> Tensor:
     """
     if logits.dim() != 2 or logits.dtype != torch.int64:
         raise ValueError(f"logits must be int64 [n, K], got {logits.dtype} {tuple(logits.shape)}")
-    n, k = logits.shape
-    if not 2 <= k <= MAX_ALPHABET:
-        raise ValueError(f"alphabet size must be in 2..{MAX_ALPHABET}, got {k}")
-    exp = _tables_on(logits.device)[2]
+    if not 2 <= logits.shape[1] <= MAX_ALPHABET:
+        raise ValueError(f"alphabet size must be in 2..{MAX_ALPHABET}, got {logits.shape[1]}")
+    if logits.numel() and logits.abs().max() >= 2**52:
+        raise ValueError("logits must be smaller than 2**52 in magnitude")
+    return _frequencies(logits.double()).long()
+
+
+def _frequencies(logits: Tensor) -> Tensor:
+    """:func:`frequencies` of integer-valued float64 logits, as float64.
+
+    Every value is an integer below 2**53: ``e (2^24 - K) < 2**44`` and ``sum(e) < 2**36``.
+    """
+    k = logits.shape[1]
     z = (logits.amax(dim=1, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
-    e = _lookup(exp, z)
-    share = 2**PRECISION - k
-    freqs = 1 + _floor_div(e * share, e.sum(dim=1, keepdim=True))
-    index = torch.arange(k, device=logits.device).expand(n, k)
-    first_max = torch.where(z == 0, index, k).amin(dim=1)
-    freqs[torch.arange(n, device=logits.device), first_max] += 2**PRECISION - freqs.sum(dim=1)
-    return freqs
+    e = torch.take(_exp_on(logits.device), z.long())
+    total = e.sum(dim=1, keepdim=True)
+    freqs = _floor_div(e.mul_(2**PRECISION - k), total).add_(1)
+    leftover = freqs.sum(dim=1, keepdim=True).neg_().add_(2**PRECISION)
+    # argmax gives the first index of the largest logit, on every device
+    return freqs.scatter_add_(1, logits.argmax(dim=1, keepdim=True), leftover)
 
 
 def _scale_exponent(row_max: float) -> int:
@@ -649,7 +665,7 @@ class ExactStepper:
         self._computed += 1
         if len(ys) == 0:  # a step without codes (a map one column wide has them at odd steps)
             return np.zeros((0, self.prior.codebook_size), dtype=np.int64)
-        return frequencies(self._evaluate(ys, xs).to(torch.int64)).cpu().numpy()
+        return _frequencies(self._evaluate(ys, xs)).to(torch.int64).cpu().numpy()
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
         """Record the n_t codes of step ``t`` (in ``positions(t)`` order), after its tables."""
@@ -695,7 +711,7 @@ class ExactStepper:
 
         Every position that a tap reads must be final: it is one of (ys, xs) or was evaluated before.
         """
-        prior, c = self.prior, self.prior.channels
+        prior = self.prior
         base = self._cells(ys, xs)
         x = _gathered(prior.input_conv, self._embedded, self._tap_cells(ys, xs, self._taps_a))
         index_b = self._tap_cells(ys, xs, self._taps_b)
@@ -711,7 +727,7 @@ class ExactStepper:
             h = _gathered(block.conv2, middles, index_b)
             if self._cond is not None:
                 h = _clamp(h.add_(self._cond[i].index_select(0, cond_rows)))
-            x = _clamp(x.add_(_gate(h[:, :c], h[:, c:])))
+            x = _gated_residual(x, h)
             if prior.attention_every and (i + 1) % prior.attention_every == 0:
                 j = (i + 1) // prior.attention_every - 1
                 x = _attend(prior.attentions[j], self._keys_values[j], x, base, index_attn, valid)
@@ -758,8 +774,8 @@ def _attention_rows(query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, 
     raw = torch.bmm(blocks.view(m, heads, c), keys.transpose(1, 2))  # [m, heads, n_off]
     logits = _round_shift(raw, FA).masked_fill_(~ok, _NEG)
     z = (logits.amax(dim=2, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
-    e = _lookup(_float_tables_on(keys.device)[2], z.long()).masked_fill_(~ok, 0)
-    p = _floor_div_float(e * 2.0**P_BITS, e.sum(dim=2, keepdim=True))
+    e = torch.take(_exp_on(keys.device), z.long()).masked_fill_(~ok, 0)
+    p = _floor_div(e * 2.0**P_BITS, e.sum(dim=2, keepdim=True))
     mixed = torch.bmm(p, values).view(m, heads, heads, d)  # [m, head, head', d]
     out = mixed.diagonal(dim1=1, dim2=2).transpose(1, 2)  # [m, heads, d]: each head's own channels
     return _round_shift(out, P_BITS).reshape(m, c)
