@@ -212,12 +212,12 @@ def test_stepper_matches_full_evaluation(kind: str, h: int, w: int) -> None:
 @pytest.mark.parametrize("kind", sorted(PRIORS))
 @pytest.mark.parametrize(("h", "w"), [(5, 90), (40, 70), (9, 3)])
 def test_windowed_caches_match_full_evaluation(kind: str, h: int, w: int) -> None:
-    """Maps much wider than the caches' window (every slot reused many times) and narrower than it."""
+    """Maps with many more steps than the caches have slots (they slide several times), and fewer."""
     prior = EXACT[kind]
     codes = torch.randint(prior.codebook_size, (h, w), generator=torch.Generator().manual_seed(h + w))
     cond = random_cond(PRIORS[kind], h, w)
-    window = prior.stepper(h, w, cond)._window
-    assert window < w / 6 if w > 3 else window > w
+    slots, n_steps = prior.stepper(h, w, cond)._slots, order.n_steps(h, w)
+    assert n_steps > 2 * slots if w > 3 else n_steps < slots
     full = prior.logits_full(codes, cond)
     for t, table in enumerate(stepper_tables(prior, codes, cond)):
         ys, xs = order.wavefront(t, h, w)

@@ -499,22 +499,24 @@ class ExactPrior:
         """Tables of a map whose codes are all known, as the encoder has them: in one parallel pass
         (``logits_full``, large efficient GEMMs) when the map is small enough, else step by step."""
         height, width = codes.shape
-        if height * width * max(self.codebook_size, self.channels) <= WHOLE_MAP_VALUES:
+        logits = height * width * self.codebook_size
+        if max(logits, ExactStepper.whole_cache_values(self, height, width)) <= WHOLE_MAP_VALUES:
             return KnownCodes(self.logits_full(codes, cond_codes))
         return self.stepper(height, width, cond_codes)
 
     def logits_full(self, codes: Tensor, cond_codes: list[Tensor]) -> Tensor:
         """int64 logits [H, W, K] at FA of one image's codes [H, W], every position at once.
 
-        Runs the stepper's layer functions on all positions together, so it equals what the stepper
-        gives step by step (tested); for tests and ideal bit counts.
+        Runs the stepper's evaluation on bands of whole rows instead of wavefronts (every layer reads
+        only rows above and its own), so it equals what the stepper gives step by step (tested).
         """
         height, width = codes.shape
         stepper = ExactStepper(self, height, width, cond_codes, whole=True)
-        ys = torch.arange(height, device=self.device).repeat_interleave(width)
-        xs = torch.arange(width, device=self.device).repeat(height)
-        stepper._write_codes(ys, xs, codes.to(self.device, torch.int64).reshape(-1))
-        return stepper._evaluate(ys, xs).to(torch.int64).view(height, width, -1)
+        stepper.write_all_codes(codes.to(self.device, torch.int64))
+        widest = max(self.codebook_size, self.kernel_size * self.channels)
+        band = max(1, _CHUNK // (width * widest))
+        logits = [stepper.evaluate_rows(y, min(y + band, height)) for y in range(0, height, band)]
+        return torch.cat(logits).to(torch.int64).view(height, width, -1)
 
     def _condition(self, cond_codes: list[Tensor], height: int, width: int) -> list[Tensor] | None:
         """Per gated block, ``cond_proj`` of the conditioning features at the level above's resolution.
@@ -561,8 +563,11 @@ class ExactPrior:
 
 
 WHOLE_MAP_VALUES = 2**24
-"""Largest positions x max(K, C) of a map that the encoder evaluates in one pass: its logits and each
-layer's cache then take at most 128 MiB."""
+"""Largest positions x K of a map that the encoder evaluates in one pass (its logits then take at most
+128 MiB), and largest size of each of its caches (in values)."""
+
+_SLIDE = 32
+"""Steps a stepper's caches hold beyond the ones a layer reads, before they slide back."""
 
 
 class KnownCodes:
@@ -584,6 +589,28 @@ class KnownCodes:
         """Nothing to do: the logits already saw every code."""
 
 
+class _RowTaps(NamedTuple):
+    """The taps of a masked convolution in one kernel row: ``count`` neighbouring cache slots."""
+
+    shift: int  # cache cells from a position to its first tap: dy * slots + dx_first + 2 dy
+    width: int  # count * C input values, contiguous in the cache
+    rows: slice  # the rows of the layer's weight that multiply them
+
+
+class _Sites(NamedTuple):
+    """Positions evaluated together, and how they lie in every cache.
+
+    A wavefront (``size`` (n,)) or a band of whole rows (``size`` (h, W)): position i sits at cache
+    cell ``first + sum(i_k stride_k)``.
+    """
+
+    ys: Tensor  # [n] rows, flattened in ``size`` order
+    xs: Tensor  # [n] columns
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    first: int
+
+
 class ExactStepper:
     """Frequency tables of one code map, one wavefront step at a time, for encoder and decoder alike.
 
@@ -593,49 +620,46 @@ class ExactStepper:
     taps from the previous layer's cache: mask "B" taps on the same wavefront are already written,
     because each layer runs for the whole wavefront before the next one.
 
-    A cache is not a whole map but a sliding window over steps, [(P + H + P') Wc, C] of integers in
-    float64: row y (zero-padded above and below) keeps column x in slot ``x mod Wc``. Every
-    offset a layer reads lies ``-(2 dy + dx)`` in ``0..D`` steps back (D = 3 for 3x3 kernels, 3r for an
-    attention radius r), so at step t row y is read only at columns ``t - 2y - D .. t - 2y``: with
-    ``Wc = D + 1`` these are distinct slots, and a slot is overwritten only after the last reader of its
-    previous column. Columns left of the map read
-    zeros (their slots have not been written yet); those right of it are read as zeros because step t
-    clears their slots first (they may hold columns that left the window).
+    A cache is sheared by the decode order: ``[top + H + bottom, slots, C]`` float64 integers, where
+    position (y, x) lies in row ``top + y`` (zero rows above and below, for taps off the map) and slot
+    ``x + 2 y - origin``, its step. A wavefront is then consecutive rows of one slot, and a kernel
+    row's taps of it are neighbouring slots of the rows above or of its own: every convolution reads
+    its inputs as strided views (one GEMM per kernel row), with no gather. The slots hold only the
+    recent steps: taps reach at most ``lag`` steps back (3 for 3x3 kernels, 3r for an attention
+    radius r), so when step t runs past the last slot the caches keep steps ``t - lag .. t - 1`` in
+    their first slots and clear the rest. Cells outside the map are never written and read as the
+    zero padding. Memory grows with the map's height only.
     """
 
     def __init__(
         self, prior: ExactPrior, height: int, width: int, cond_codes: list[Tensor], whole: bool = False
     ):
-        """``whole``: a window as wide as the padded map (no slot reused), to evaluate all at once."""
+        """``whole``: a slot for every step (the caches never slide), to evaluate bands of whole rows."""
         if height < 1 or width < 1:
             raise ValueError(f"empty map {height}x{width}")
         self.prior, self.height, self.width = prior, height, width
         self.n_steps = order.n_steps(height, width)
         device, channels, k = prior.device, prior.channels, prior.kernel_size
         taps_a, taps_b = _masked_offsets(k, first_layer=True), _masked_offsets(k, first_layer=False)
-        offsets = taps_a + taps_b + prior.attention_offsets
-        lag = max(-order.step_of(dy, dx) for dy, dx in offsets)  # D
-        left, self._right = max(-dx for _, dx in offsets), max(dx for _, dx in offsets)
-        self._top = max(-dy for dy, _ in offsets)
-        self._window = width + left + self._right if whole else lag + 1
-        assert whole or self._window > lag, "a narrower window overwrites values before their last read"
-        rows = self._top + height + max(dy for dy, _ in offsets)
-
-        def cache(c: int) -> Tensor:
-            return torch.zeros(rows * self._window, c, dtype=torch.float64, device=device)
-
-        self._embedded = cache(channels)
-        self._block_inputs = [(cache(channels), cache(channels)) for _ in prior.blocks]
-        self._keys_values = [(cache(channels), cache(channels)) for _ in prior.attentions]
-        self._caches = [self._embedded, *(c for pair in self._block_inputs + self._keys_values for c in pair)]
+        self._top, bottom, self._lag = self._reach(prior)
+        self._slots = self.n_steps + self._lag if whole else self._lag + _SLIDE
+        self._origin = -self._lag  # the step held in slot 0
+        self._caches = [
+            torch.zeros(
+                self._top + height + bottom, self._slots, channels, dtype=torch.float64, device=device
+            )
+            for _ in range(1 + 2 * len(prior.blocks) + 2 * len(prior.attentions))
+        ]
+        self._embedded = self._caches[0]
+        pairs = list(zip(self._caches[1::2], self._caches[2::2], strict=True))
+        self._block_inputs, self._keys_values = pairs[: len(prior.blocks)], pairs[len(prior.blocks) :]
+        self._taps_a, self._taps_b = self._row_taps(taps_a), self._row_taps(taps_b)
+        self._offset_cells = torch.tensor(
+            [dy * self._slots + dx + order.SLOPE * dy for dy, dx in prior.attention_offsets], device=device
+        )
+        self._offsets = torch.tensor(prior.attention_offsets, dtype=torch.int64, device=device).view(-1, 2)
         self._cond = prior._condition(cond_codes, height, width)
         self._cond_width = -(-width // 2)
-
-        def offset_tensor(taps: list[tuple[int, int]]) -> Tensor:
-            return torch.tensor(taps, dtype=torch.int64, device=device).view(-1, 2)
-
-        self._taps_a, self._taps_b = offset_tensor(taps_a), offset_tensor(taps_b)
-        self._offsets = offset_tensor(prior.attention_offsets)
 
         # All positions sorted by step, rows ascending within a step (the order of order.wavefront).
         steps = order.step_map(height, width).flatten()
@@ -646,107 +670,168 @@ class ExactStepper:
         self._computed = 0  # steps whose tables were computed
         self._known = 0  # steps whose codes were set
 
+    @staticmethod
+    def _reach(prior: ExactPrior) -> tuple[int, int, int]:
+        """Rows above and below, and steps back, that the prior's taps reach: (top, bottom, lag).
+
+        (Kernels wider than 3 reach the row below: (1, -2) is on the same wavefront.)
+        """
+        k = prior.kernel_size
+        offsets = _masked_offsets(k, first_layer=True) + _masked_offsets(k, first_layer=False)
+        offsets += prior.attention_offsets
+        dys = [dy for dy, _ in offsets]
+        return max(0, -min(dys)), max(0, max(dys)), max(-order.step_of(dy, dx) for dy, dx in offsets)
+
+    @classmethod
+    def whole_cache_values(cls, prior: ExactPrior, height: int, width: int) -> int:
+        """Values in one cache of a ``whole`` stepper of a height x width map."""
+        top, bottom, lag = cls._reach(prior)
+        return (top + height + bottom) * (order.n_steps(height, width) + lag) * prior.channels
+
+    def _row_taps(self, taps: list[tuple[int, int]]) -> list[_RowTaps]:
+        """Group a mask's taps (row-major) by kernel row; in each, the columns are consecutive."""
+        c, groups, start = self.prior.channels, [], 0
+        for dy in sorted({dy for dy, _ in taps}):
+            dxs = [dx for tap_dy, dx in taps if tap_dy == dy]
+            assert dxs == list(range(dxs[0], dxs[0] + len(dxs))), "a mask row's taps are contiguous"
+            shift = dy * self._slots + order.step_of(dy, dxs[0])
+            groups.append(_RowTaps(shift, len(dxs) * c, slice(start * c, (start + len(dxs)) * c)))
+            start += len(dxs)
+        return groups
+
     def positions(self, t: int) -> tuple[Tensor, Tensor]:
         """Rows and columns of the codes of step ``t`` (``order.wavefront``), on the CPU."""
         return order.wavefront(t, self.height, self.width)
 
-    def _step(self, t: int) -> tuple[Tensor, Tensor]:
+    def _cell(self, y: int, x: int) -> int:
+        """The cache cell (row-major over [rows, slots]) of position (y, x)."""
+        return (self._top + y) * self._slots + order.step_of(y, x) - self._origin
+
+    def _wavefront(self, t: int) -> _Sites:
         if not 0 <= t < self.n_steps:
             raise ValueError(f"step {t} outside 0..{self.n_steps - 1}")
         lo, hi = self._bounds[t], self._bounds[t + 1]
-        return self._ys[lo:hi], self._xs[lo:hi]
+        y_first = max(0, -(-(t - self.width + 1) // order.SLOPE))
+        first = self._cell(y_first, t - order.SLOPE * y_first)
+        return _Sites(self._ys[lo:hi], self._xs[lo:hi], (hi - lo,), (self._slots,), first)
+
+    def _rows(self, y_start: int, y_stop: int) -> _Sites:
+        """The positions of rows ``y_start .. y_stop - 1`` (a ``whole`` stepper's)."""
+        ys = torch.arange(y_start, y_stop, device=self.prior.device).repeat_interleave(self.width)
+        xs = torch.arange(self.width, device=self.prior.device).repeat(y_stop - y_start)
+        size, stride = (y_stop - y_start, self.width), (self._slots + order.SLOPE, 1)
+        return _Sites(ys, xs, size, stride, self._cell(y_start, 0))
 
     def freqs(self, t: int) -> np.ndarray:
         """int64 [n_t, K] frequency tables of the codes of step ``t``, in ``positions(t)`` order."""
         if t != self._computed or self._known < t:
             raise ValueError(f"tables of step {t} asked after {self._computed} steps, {self._known} known")
-        ys, xs = self._step(t)
-        self._clear_right_padding(t)
+        self._slide(t)
+        sites = self._wavefront(t)
         self._computed += 1
-        if len(ys) == 0:  # a step without codes (a map one column wide has them at odd steps)
+        if len(sites.ys) == 0:  # a step without codes (a map one column wide has them at odd steps)
             return np.zeros((0, self.prior.codebook_size), dtype=np.int64)
-        return _frequencies(self._evaluate(ys, xs)).to(torch.int64).cpu().numpy()
+        return _frequencies(self._evaluate(sites)).to(torch.int64).cpu().numpy()
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
         """Record the n_t codes of step ``t`` (in ``positions(t)`` order), after its tables."""
         if t != self._known or t >= self._computed:
             raise ValueError(f"codes of step {t} given after {self._known} steps, {self._computed} computed")
-        ys, xs = self._step(t)
+        sites = self._wavefront(t)
         codes = torch.as_tensor(codes, device=self.prior.device).to(torch.int64).reshape(-1)
-        if len(codes) != len(ys):
-            raise ValueError(f"step {t} has {len(ys)} codes, got {len(codes)}")
-        self._write_codes(ys, xs, codes)
+        if len(codes) != len(sites.ys):
+            raise ValueError(f"step {t} has {len(sites.ys)} codes, got {len(codes)}")
+        self._write_codes(sites, codes)
         self._known += 1
 
-    def _write_codes(self, ys: Tensor, xs: Tensor, codes: Tensor) -> None:
+    def write_all_codes(self, codes: Tensor) -> None:
+        """Enter every code [H, W] at once (a ``whole`` stepper, before ``evaluate_rows``)."""
+        self._write_codes(self._rows(0, self.height), codes.reshape(-1))
+
+    def evaluate_rows(self, y_start: int, y_stop: int) -> Tensor:
+        """Logits [n, K] (integer-valued float64) of rows ``y_start .. y_stop - 1``, whose codes and
+        rows above were entered and evaluated (a ``whole`` stepper)."""
+        return self._evaluate(self._rows(y_start, y_stop))
+
+    def _write_codes(self, sites: _Sites, codes: Tensor) -> None:
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
             raise ValueError(f"codes must lie in 0..{self.prior.codebook_size - 1}")
-        self._embedded.index_copy_(0, self._cells(ys, xs), self.prior.embed.index_select(0, codes))
+        self._store(self._embedded, sites, self.prior.embed.index_select(0, codes))
 
-    def _clear_right_padding(self, t: int) -> None:
-        """Zero the slots of step t's columns right of the map, which are read as zero padding.
+    def _slide(self, t: int) -> None:
+        """Before step t: if its slot is past the last, keep the steps its taps read and clear the rest."""
+        if t - self._origin < self._slots:
+            return
+        kept = slice(t - self._lag - self._origin, t - self._origin)
+        for cache in self._caches:
+            cache[:, : self._lag] = cache[:, kept]
+            cache[:, self._lag :] = 0
+        self._origin = t - self._lag
 
-        Only the columns ``W .. W + right - 1`` are ever read; a slot may still hold a column that left
-        the window, whose last reader was before step t.
+    def _view(self, cache: Tensor, sites: _Sites, shift: int, width: int) -> Tensor:
+        """[n, width] of the cache values from ``shift`` cells after each site: a strided view for a
+        wavefront, a copy for a band of rows (whose windows overlap)."""
+        c = cache.shape[2]
+        strides = tuple(s * c for s in sites.stride) + (1,)
+        view = cache.as_strided((*sites.size, width), strides, (sites.first + shift) * c)
+        return view.reshape(-1, width)
+
+    def _store(self, cache: Tensor, sites: _Sites, values: Tensor) -> None:
+        c = cache.shape[2]
+        strides = tuple(s * c for s in sites.stride) + (1,)
+        cache.as_strided((*sites.size, c), strides, sites.first * c).copy_(values.view(*sites.size, c))
+
+    def _conv(self, layer: _Linear, cache: Tensor, sites: _Sites, taps: list[_RowTaps]) -> Tensor:
+        """A masked convolution at the sites: one GEMM per kernel row, then the rounding of ``_Linear``."""
+        out = None
+        for tap in taps:
+            inputs, weight = self._view(cache, sites, tap.shift, tap.width), layer.weight[tap.rows]
+            out = torch.addmm(layer.bias_low, inputs, weight) if out is None else out.addmm_(inputs, weight)
+        return _clamp(out.floor_().add_(layer.bias_high))
+
+    def _evaluate(self, sites: _Sites) -> Tensor:
+        """Logits [n, K] (integer-valued float64) at the sites, all layers in order, writing the caches
+        there.
+
+        Every position that a tap reads must be final: it is one of the sites or was evaluated before.
         """
-        lo = max(0, (t - self.width - self._right) // order.SLOPE + 1)
-        hi = min(self.height - 1, (t - self.width) // order.SLOPE)
-        if lo <= hi:
-            ys = torch.arange(lo, hi + 1, device=self.prior.device)
-            cells = self._cells(ys, t - order.SLOPE * ys)
-            for cache in self._caches:
-                cache.index_fill_(0, cells, 0)
-
-    def _cells(self, ys: Tensor, xs: Tensor) -> Tensor:
-        """Cache rows of positions (ys, xs), which may lie in the row padding or left or right of the map."""
-        return (ys + self._top) * self._window + xs % self._window
-
-    def _tap_cells(self, ys: Tensor, xs: Tensor, offsets: Tensor) -> Tensor:
-        """Cache rows [n, T] of the offsets [T, 2] of positions (ys, xs) [n]."""
-        return self._cells(ys[:, None] + offsets[:, 0], xs[:, None] + offsets[:, 1])
-
-    def _evaluate(self, ys: Tensor, xs: Tensor) -> Tensor:
-        """Logits [n, K] (integer-valued float64) at positions (ys, xs), all layers in order, writing the
-        caches there.
-
-        Every position that a tap reads must be final: it is one of (ys, xs) or was evaluated before.
-        """
-        prior = self.prior
-        base = self._cells(ys, xs)
-        x = _gathered(prior.input_conv, self._embedded, self._tap_cells(ys, xs, self._taps_a))
-        index_b = self._tap_cells(ys, xs, self._taps_b)
+        prior, ys, xs = self.prior, sites.ys, sites.xs
+        x = self._conv(prior.input_conv, self._embedded, sites, self._taps_a)
         if self._cond is not None:
             cond_rows = (ys // 2) * self._cond_width + xs // 2
         if prior.attentions:
+            cells = (ys + self._top) * self._slots + xs + order.SLOPE * ys - self._origin
             oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
             valid = (oy >= 0) & (oy < self.height) & (ox >= 0) & (ox < self.width)  # [n, n_off]
-            index_attn = self._cells(oy, ox)
+            index_attn = cells[:, None] + self._offset_cells
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
-            inputs.index_copy_(0, base, _elu(x))
-            middles.index_copy_(0, base, _elu(_gathered(block.conv1, inputs, index_b)))
-            h = _gathered(block.conv2, middles, index_b)
+            self._store(inputs, sites, _elu(x))
+            self._store(middles, sites, _elu(self._conv(block.conv1, inputs, sites, self._taps_b)))
+            h = self._conv(block.conv2, middles, sites, self._taps_b)
             if self._cond is not None:
                 h = _clamp(h.add_(self._cond[i].index_select(0, cond_rows)))
             x = _gated_residual(x, h)
             if prior.attention_every and (i + 1) % prior.attention_every == 0:
                 j = (i + 1) // prior.attention_every - 1
-                x = _attend(prior.attentions[j], self._keys_values[j], x, base, index_attn, valid)
+                attn, (keys, values) = prior.attentions[j], self._keys_values[j]
+                self._store(keys, sites, attn.key(x))
+                self._store(values, sites, attn.value(x))
+                keys, values = keys.view(-1, prior.channels), values.view(-1, prior.channels)
+                x = _attend(attn, keys, values, x, index_attn, valid)
         for block in prior.out_blocks:
             x = _clamp(x.add_(block.conv2(_elu(block.conv1(_elu(x))))))
         return prior.out_conv(_elu(x))
 
 
 def _attend(
-    attn: _Attention, caches: tuple[Tensor, Tensor], x: Tensor, base: Tensor, index: Tensor, valid: Tensor
+    attn: _Attention, keys: Tensor, values: Tensor, x: Tensor, index: Tensor, valid: Tensor
 ) -> Tensor:
-    """x + proj(attention) at cache rows ``base``, after writing their keys and values (exact.md §6.3).
+    """x + proj(attention) of the positions x [n, C] (exact.md §6.3), whose keys and values are written.
 
-    ``index`` [n, n_off] are the cache rows of the offsets, ``valid`` whether they lie inside the map
-    (the others may hold any integers: their weights are zero).
+    ``index`` [n, n_off] are the cells of the offsets in the flat caches ``keys`` and ``values``
+    [cells, C], ``valid`` whether they lie inside the map (the others may hold any integers: their
+    weights are zero).
     """
-    keys, values = caches
-    keys.index_copy_(0, base, attn.key(x))
-    values.index_copy_(0, base, attn.value(x))
     query = attn.query(x)
     rows = max(1, _CHUNK // (index.shape[1] * x.shape[1]))
     parts = [
