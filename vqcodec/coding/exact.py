@@ -515,8 +515,12 @@ class ExactPrior:
         stepper.write_all_codes(codes.to(self.device, torch.int64))
         widest = max(self.codebook_size, self.kernel_size * self.channels)
         band = max(1, _CHUNK // (width * widest))
-        logits = [stepper.evaluate_rows(y, min(y + band, height)) for y in range(0, height, band)]
-        return torch.cat(logits).to(torch.int64).view(height, width, -1)
+        logits = torch.empty(height, width, self.codebook_size, dtype=torch.int64, device=self.device)
+        for y in range(0, height, band):
+            logits[y : y + band] = stepper.evaluate_rows(y, min(y + band, height)).view(
+                -1, width, self.codebook_size
+            )
+        return logits
 
     def _condition(self, cond_codes: list[Tensor], height: int, width: int) -> list[Tensor] | None:
         """Per gated block, ``cond_proj`` of the conditioning features at the level above's resolution.
@@ -644,10 +648,11 @@ class ExactStepper:
         self._top, bottom, self._lag = self._reach(prior)
         self._slots = self.n_steps + self._lag if whole else self._lag + _SLIDE
         self._origin = -self._lag  # the step held in slot 0
+        # A band's taps are copied out anyway (they overlap), so a whole map's caches can hold its
+        # activations (integers below 2**20) as float32, at half the memory.
+        dtype = torch.float32 if whole else torch.float64
         self._caches = [
-            torch.zeros(
-                self._top + height + bottom, self._slots, channels, dtype=torch.float64, device=device
-            )
+            torch.zeros(self._top + height + bottom, self._slots, channels, dtype=dtype, device=device)
             for _ in range(1 + 2 * len(prior.blocks) + 2 * len(prior.attentions))
         ]
         self._embedded = self._caches[0]
@@ -769,12 +774,12 @@ class ExactStepper:
         self._origin = t - self._lag
 
     def _view(self, cache: Tensor, sites: _Sites, shift: int, width: int) -> Tensor:
-        """[n, width] of the cache values from ``shift`` cells after each site: a strided view for a
-        wavefront, a copy for a band of rows (whose windows overlap)."""
+        """float64 [n, width] of the cache values from ``shift`` cells after each site: a strided view for
+        a wavefront, a copy for a band of rows (whose windows overlap)."""
         c = cache.shape[2]
         strides = tuple(s * c for s in sites.stride) + (1,)
         view = cache.as_strided((*sites.size, width), strides, (sites.first + shift) * c)
-        return view.reshape(-1, width)
+        return view.reshape(-1, width).to(torch.float64)
 
     def _store(self, cache: Tensor, sites: _Sites, values: Tensor) -> None:
         c = cache.shape[2]
@@ -835,7 +840,7 @@ def _attend(
     query = attn.query(x)
     rows = max(1, _CHUNK // (index.shape[1] * x.shape[1]))
     parts = [
-        _attention_rows(q, _gather(keys, i), _gather(values, i), ok, attn.n_heads)
+        _attention_rows(q, _gather(keys, i).double(), _gather(values, i).double(), ok, attn.n_heads)
         for q, i, ok in zip(query.split(rows), index.split(rows), valid.split(rows), strict=True)
     ]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
