@@ -624,15 +624,15 @@ class ExactStepper:
     taps from the previous layer's cache: mask "B" taps on the same wavefront are already written,
     because each layer runs for the whole wavefront before the next one.
 
-    A cache is sheared by the decode order: ``[top + H + bottom, slots, C]`` float64 integers, where
-    position (y, x) lies in row ``top + y`` (zero rows above and below, for taps off the map) and slot
-    ``x + 2 y - origin``, its step. A wavefront is then consecutive rows of one slot, and a kernel
-    row's taps of it are neighbouring slots of the rows above or of its own: every convolution reads
-    its inputs as strided views (one GEMM per kernel row), with no gather. The slots hold only the
-    recent steps: taps reach at most ``lag`` steps back (3 for 3x3 kernels, 3r for an attention
-    radius r), so when step t runs past the last slot the caches keep steps ``t - lag .. t - 1`` in
-    their first slots and clear the rest. Cells outside the map are never written and read as the
-    zero padding. Memory grows with the map's height only.
+    A cache is sheared by the decode order: ``[top + H + bottom, slots, C]`` integers in float64
+    (float32 in a ``whole`` stepper), where position (y, x) lies in row ``top + y`` (zero rows above
+    and below, for taps off the map) and slot ``x + 2 y - origin``, its step. A wavefront is then
+    consecutive rows of one slot, and a kernel row's taps of it are neighbouring slots of the rows
+    above or of its own: every convolution reads its inputs as strided views (one GEMM per kernel
+    row), with no gather. The slots hold only the recent steps: taps reach at most ``lag`` steps back
+    (3 for 3x3 kernels, 3r for an attention radius r), so when step t runs past the last slot the
+    caches keep steps ``t - lag .. t - 1`` in their first slots and clear the rest. Cells outside the
+    map are never written and read as the zero padding. Memory grows with the map's height only.
     """
 
     def __init__(
