@@ -170,7 +170,7 @@ def _activation_tables_on(device: torch.device) -> tuple[Tensor, Tensor]:
 
 def _table_index(x: Tensor) -> Tensor:
     """Indices into :func:`_activation_tables_on` of integer-valued float64 activations."""
-    return x.add(ACT_MAX).long()
+    return x.add(float(ACT_MAX)).long()  # a float scalar: an int one is cast on every call
 
 
 def _elu(x: Tensor) -> Tensor:
@@ -234,8 +234,8 @@ def _frequencies(logits: Tensor) -> Tensor:
     z = (logits.amax(dim=1, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
     e = torch.take(_exp_on(logits.device), z.long())
     total = e.sum(dim=1, keepdim=True)
-    freqs = _floor_div(e.mul_(2**PRECISION - k), total).add_(1)
-    leftover = freqs.sum(dim=1, keepdim=True).neg_().add_(2**PRECISION)
+    freqs = _floor_div(e.mul_(float(2**PRECISION - k)), total).add_(1.0)
+    leftover = freqs.sum(dim=1, keepdim=True).neg_().add_(float(2**PRECISION))
     # argmax gives the first index of the largest logit, on every device
     return freqs.scatter_add_(1, logits.argmax(dim=1, keepdim=True), leftover)
 
