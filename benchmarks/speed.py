@@ -11,8 +11,9 @@ but the work of the priors depends on the map size only. When CompressAI is inst
 non-autoregressive bmshj2018-factorized and autoregressive mbt2018 (random weights: the time is the
 architecture's) are timed on the same images in the same run, so that every comparison is a ratio on
 one machine. Without it (it cannot be installed beside every torch), bmshj2018-factorized's analysis
-and synthesis transforms, rebuilt in torch, give a lower bound on that codec's times. Writes
-``speed.json`` and ``results.md``.
+and synthesis transforms, rebuilt in torch, give a lower bound on that codec's times. It also counts
+the priors' float64 multiply-adds for a Kodak image and times a large float64 matrix product here: the
+least time those products need, whatever the implementation. Writes ``speed.json`` and ``results.md``.
 """
 
 from __future__ import annotations
@@ -140,6 +141,57 @@ def factorized_transforms_times(paths: list[Path]) -> dict[str, float]:
     return {"encode_s": statistics.median(encode), "decode_s": statistics.median(decode)}
 
 
+def prior_multiply_adds(model: str | None, width: int, height: int) -> int:
+    """Multiply-adds of the priors' float64 matrix products for one image of this size: every layer
+    once per position (the conditioning stack and its projections at a quarter of them), the attention
+    products counted without the heads' block-diagonal padding. The same on every machine."""
+    import vqcodec
+
+    codec = vqcodec.load_model(model, device="cpu")
+    total = 0
+    shapes = codec.model.code_shapes(*codec.padded_size(height, width))
+    for prior, (h, w) in zip(codec.exact_priors, shapes, strict=True):
+        full, quarter = h * w, -(-h // 2) * -(-w // 2)
+
+        def work(layer, positions: int) -> int:
+            fan_in, out = layer.weight.shape
+            return positions * fan_in * out
+
+        total += work(prior.input_conv, full) + work(prior.out_conv, full)
+        for block in prior.blocks:
+            total += work(block.conv1, full) + work(block.conv2, full)
+            total += work(block.cond_proj, quarter) if block.cond_proj is not None else 0
+        for attn in prior.attentions:
+            total += sum(work(layer, full) for layer in (attn.query, attn.key, attn.value, attn.proj))
+            total += 2 * full * prior.channels * len(prior.attention_offsets)
+        for block in prior.out_blocks:
+            total += work(block.conv1, full) + work(block.conv2, full)
+        if prior.cond_conv is not None:
+            total += work(prior.cond_conv, quarter)
+        for block in prior.cond_stack:
+            total += work(block.conv1, quarter) + work(block.conv2, quarter)
+    return total
+
+
+def float64_gemm_rate(device: str) -> float:
+    """GFLOP/s of a large float64 matrix product here (the priors' products are float64)."""
+    import torch
+
+    a = torch.randn(8192, 320, dtype=torch.float64, device=device)
+    b = torch.randn(320, 128, dtype=torch.float64, device=device)
+    for _ in range(3):
+        a @ b
+    repeats = 20
+    if device != "cpu":
+        torch.cuda.synchronize()
+    tick = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return repeats * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - tick) / 1e9
+
+
 def gpu_name() -> str:
     import torch
 
@@ -195,6 +247,14 @@ def markdown(report: dict) -> str:
             f" vqcodec takes {kodak['encode_s'] / t['encode_s']:.1f}x and"
             f" {kodak['decode_s'] / t['decode_s']:.1f}x those.",
         ]
+    floor = report["compute_floor"]
+    lines += [
+        "",
+        f"The priors' float64 matrix products take {floor['kodak_gmac']:.1f} G multiply-adds per Kodak image"
+        f" (768x512); this machine multiplies large float64 matrices at {floor['gemm_gflops']:.0f} GFLOP/s,"
+        f" so those products alone need at least {floor['kodak_floor_s']:.2f} s of every Kodak decode (and"
+        f" encode): the floor of this model at exact float64 inference here, before any other work.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -260,6 +320,12 @@ def main() -> None:
             "rows": rows,
             "compressai": compressai_times(copies) if args.device == "cpu" else {},
             "factorized_transforms": factorized_transforms_times(copies) if args.device == "cpu" else {},
+        }
+        macs, rate = prior_multiply_adds(args.model, 768, 512), float64_gemm_rate(args.device)
+        report["compute_floor"] = {
+            "kodak_gmac": macs / 1e9,
+            "gemm_gflops": rate,
+            "kodak_floor_s": 2 * macs / 1e9 / rate,
         }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
