@@ -19,7 +19,7 @@ from vqcodec import codec as codec_module
 from vqcodec import imageio, zoo
 from vqcodec.codec import Codec, ConversionWarning, check_device
 from vqcodec.coding.container import VQZFile
-from vqcodec.errors import CorruptDataError, ImageTooLargeError, ModelMismatchError
+from vqcodec.errors import CorruptDataError, ImageTooLargeError, ModelMismatchError, VQZError
 from vqcodec.imageio import load_image
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
@@ -205,6 +205,27 @@ def test_progress_counts_every_wavefront(codec: Codec):
     codec.compress(smooth(16, 24), progress=lambda done, total: calls.append((done, total)))
     total = n_steps(3, 2) + n_steps(6, 4)  # the top and bottom maps of a 16 x 24 image
     assert calls == [(i, total) for i in range(1, total + 1)]
+
+
+def test_decoding_many_files_together_gives_each_its_own_image(codec: Codec):
+    """Files of two sizes: those of one size share every wavefront step; results come back in order."""
+    datas = [codec.compress(smooth(w, h, seed)) for seed, (w, h) in enumerate([(24, 16), (16, 24), (24, 16)])]
+    alone = [codec.decode_codes(data) for data in datas]
+    calls: list[tuple[int, int]] = []
+    together = codec.decode_many(datas, progress=lambda done, total: calls.append((done, total)))
+    for one, many in zip(alone, together, strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(one.codes, many.codes, strict=True))
+        assert one.level_bits == pytest.approx(many.level_bits)
+    total = n_steps(2, 3) + n_steps(4, 6) + n_steps(3, 2) + n_steps(6, 4)  # one walk per size
+    assert calls == [(i, total) for i in range(1, total + 1)]
+    images = codec.decompress_many(datas)
+    for image, data in zip(images, datas, strict=True):
+        assert np.array_equal(np.asarray(image), np.asarray(codec.decompress(data)))
+    assert [np.asarray(i).tolist() for i in vqcodec.decompress_many(datas[:2], model=codec)] == [
+        np.asarray(i).tolist() for i in images[:2]
+    ]
+    with pytest.raises(VQZError):
+        codec.decode_many([datas[0], datas[2][:-1]])  # the second one truncated
 
 
 def with_header_crc(data: bytes, change: int, mask: int) -> bytes:

@@ -263,6 +263,23 @@ def test_interleaved_images_give_the_same_tables() -> None:
             steppers[i].set_codes(t, images[i][ys, xs])
 
 
+@pytest.mark.parametrize("kind", sorted(PRIORS))
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (5, 1), (6, 45)])
+def test_batch_stepper_gives_each_image_its_own_tables(kind: str, h: int, w: int) -> None:
+    """Three images in one stepper: every step's tables are each image's, position by position."""
+    prior, g = EXACT[kind], torch.Generator().manual_seed(h * w)
+    images = [torch.randint(prior.codebook_size, (h, w), generator=g) for _ in range(3)]
+    conds = [random_cond(PRIORS[kind], h, w, seed=i) for i in range(3)]
+    alone = [stepper_tables(prior, codes, cond) for codes, cond in zip(images, conds, strict=True)]
+    batch = prior.batch_stepper(h, w, conds)
+    for t in range(batch.n_steps):
+        ys, xs = batch.positions(t)
+        tables = batch.freqs(t)
+        for i in range(3):
+            assert np.array_equal(tables[i::3], alone[i][t]), (t, i)
+        batch.set_codes(t, torch.stack([codes[ys, xs] for codes in images], dim=1).reshape(-1))
+
+
 def test_stepper_enforces_the_order() -> None:
     stepper = EXACT["top"].stepper(3, 4, [])
     with pytest.raises(ValueError):

@@ -4,6 +4,7 @@
     data = vqcodec.compress("photo.png")            # .vqz bytes, with the bundled default model
     small = vqcodec.compress("photo.png", quality=1)  # the smallest operating point (1 to 4)
     image = vqcodec.decompress(data)                # a PIL image (the bundled model the file names)
+    images = vqcodec.decompress_many([a, b, c])     # several files: same-size ones decode together
     vqcodec.info(data)                              # geometry, model, levels, bits
     codec = vqcodec.load_model("tiny.safetensors")  # a model file, or a bundled model's name
     data = vqcodec.compress(image, model=codec)
@@ -15,6 +16,7 @@ only when a function that needs it is first called.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from vqcodec import pillow_plugin
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__ = ["compress", "decompress", "info", "load_model"]
+__all__ = ["compress", "decompress", "decompress_many", "info", "load_model"]
 
 pillow_plugin.register()
 
@@ -60,6 +62,21 @@ def decompress(
     from vqcodec import codec
 
     return codec.decompress(data, model, device, progress)
+
+
+def decompress_many(
+    datas: Sequence[bytes],
+    model: ModelArg = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> list[Image.Image]:
+    """Decode several ``.vqz`` files of one model to PIL images, in order. Files of the same size are
+    decoded together, every wavefront step running the priors for all of them at once: the same
+    images as one by one, in less time per image (and more memory).
+    """
+    from vqcodec import codec
+
+    return codec.decompress_many(datas, model, device, progress)
 
 
 def info(data: bytes, model: ModelArg = None, device: str | None = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -160,12 +160,12 @@ class Codec:
         (width, height) the codes describe when the image was resized before coding."""
         encoder = Encoder()
 
-        def encode(freqs: np.ndarray, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        def encode(freqs: np.ndarray, image: int, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
             symbols = codes[level][ys, xs]
             encoder.encode(symbols, freqs)
             return symbols
 
-        self._walk(codes, encode, progress, known=True)
+        self._walk([codes], encode, progress, known=True)
         alpha = None if source.alpha is None else np.ascontiguousarray(source.alpha, dtype=np.uint8).tobytes()
         return VQZFile(
             model_id=self.model_id,
@@ -187,18 +187,47 @@ class Codec:
         """The image in a ``.vqz`` file; raises a ``VQZError`` for any defect, before any pixel exists."""
         return self.render(self.decode_codes(data, progress))
 
+    def decompress_many(
+        self, datas: Sequence[bytes | VQZFile], progress: Progress | None = None
+    ) -> list[Image.Image]:
+        """The images of several files: those of one size are decoded together (``decode_many``)."""
+        return [self.render(decoded) for decoded in self.decode_many(datas, progress)]
+
     def decode_codes(self, data: bytes | VQZFile, progress: Progress | None = None) -> Decoded:
         """Parse, check and entropy-decode a file into its code maps (checksum verified)."""
-        file = data if isinstance(data, VQZFile) else VQZFile.from_bytes(data)
-        file.check_model(bytes.fromhex(self.sha256))
-        file.check_levels(self.model.code_shapes(*self.padded_size(file.coded_height, file.coded_width)))
-        check_size(file.width, file.height, "the .vqz file's image")
-        decoder = Decoder(file.payload)
-        codes = [np.zeros(shape, dtype=np.int64) for shape in file.level_shapes]
-        level_bits = self._walk(codes, lambda freqs, *where: decoder.decode(freqs), progress)
-        decoder.check_exhausted()
-        file.check_codes(codes)
-        return Decoded(file, codes, level_bits)
+        return self.decode_many([data], progress)[0]
+
+    def decode_many(
+        self, datas: Sequence[bytes | VQZFile], progress: Progress | None = None
+    ) -> list[Decoded]:
+        """``decode_codes`` of several files. Files whose code maps have the same shapes are decoded
+        together, every wavefront step evaluating the priors for all of them at once: the same codes
+        as one by one, with the per-step overhead shared (and memory for all of them). Raises for the
+        first defective file."""
+        files = [data if isinstance(data, VQZFile) else VQZFile.from_bytes(data) for data in datas]
+        groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
+        for i, file in enumerate(files):
+            file.check_model(bytes.fromhex(self.sha256))
+            file.check_levels(self.model.code_shapes(*self.padded_size(file.coded_height, file.coded_width)))
+            check_size(file.width, file.height, "the .vqz file's image")
+            groups.setdefault(tuple(file.level_shapes), []).append(i)
+        steps = {shapes: sum(n_steps(*shape) for shape in shapes) for shapes in groups}
+        total, done, decoded = sum(steps.values()), 0, {}
+        for shapes, members in groups.items():
+            report = None if progress is None else _shifted(progress, done, total)
+            decoded.update(zip(members, self._decode_group([files[i] for i in members], report), strict=True))
+            done += steps[shapes]
+        return [decoded[i] for i in range(len(files))]
+
+    def _decode_group(self, files: list[VQZFile], progress: Progress | None) -> list[Decoded]:
+        """Decode checked files whose code maps have the same shapes, together."""
+        decoders = [Decoder(file.payload) for file in files]
+        codes = [[np.zeros(shape, dtype=np.int64) for shape in file.level_shapes] for file in files]
+        level_bits = self._walk(codes, lambda freqs, image, *where: decoders[image].decode(freqs), progress)
+        for file, decoder, maps in zip(files, decoders, codes, strict=True):
+            decoder.check_exhausted()
+            file.check_codes(maps)
+        return [Decoded(*fields) for fields in zip(files, codes, level_bits, strict=True)]
 
     def render(self, decoded: Decoded) -> Image.Image:
         """Run the VQ-VAE decoder on checked codes and restore the image's size, mode, alpha and ICC."""
@@ -216,40 +245,48 @@ class Codec:
 
     def _walk(
         self,
-        codes: list[np.ndarray],
-        code_step: Callable[[np.ndarray, int, np.ndarray, np.ndarray], np.ndarray],
+        codes: list[list[np.ndarray]],
+        code_step: Callable[[np.ndarray, int, int, np.ndarray, np.ndarray], np.ndarray],
         progress: Progress | None,
         known: bool = False,
-    ) -> list[float]:
-        """Visit every level top first, wavefront by wavefront, as encoder and decoder both must.
+    ) -> list[list[float]]:
+        """Visit every level top first, wavefront by wavefront, as encoder and decoder both must, for
+        one or more images whose code maps ``codes[image][level]`` have the same shapes.
 
-        ``code_step(freqs, level, ys, xs)`` codes the step at positions (ys, xs) with the tables
-        ``freqs`` and returns its codes, which are stored in ``codes`` and fed back to the prior.
-        ``known``: ``codes`` already hold every code (encoding), so the priors may compute the
-        tables of a whole level in one pass; they are the same integers either way. Returns the ideal
-        bits of each level.
+        ``code_step(freqs, image, level, ys, xs)`` codes one image's step at positions (ys, xs) with
+        the tables ``freqs`` and returns its codes, which are stored in ``codes`` and fed back to the
+        prior. ``known``: one image whose ``codes`` already hold every code (encoding), so the priors
+        may compute the tables of a whole level in one pass; they are the same integers either way.
+        Returns the ideal bits of each image's levels.
         """
-        total = sum(n_steps(*level.shape) for level in codes)
+        batch = len(codes)
+        total = sum(n_steps(*level.shape) for level in codes[0])
         done = 0
-        level_bits = []
-        for level, (prior, level_codes) in enumerate(zip(self.exact_priors, codes, strict=True)):
-            upper = [torch.from_numpy(above).to(self.device) for above in codes[:level]]
+        level_bits = [[] for _ in codes]
+        for level, prior in enumerate(self.exact_priors):
+            upper = [[torch.from_numpy(above).to(self.device) for above in maps[:level]] for maps in codes]
             if known:
-                stepper = prior.encoder_stepper(torch.from_numpy(level_codes).to(self.device), upper)
+                (maps,) = codes
+                stepper = prior.encoder_stepper(torch.from_numpy(maps[level]).to(self.device), upper[0])
             else:
-                stepper = prior.stepper(*level_codes.shape, upper)
-            bits = 0.0
+                stepper = prior.batch_stepper(*codes[0][level].shape, upper)
+            bits = [0.0] * batch
             for t in range(stepper.n_steps):
                 ys, xs = (index.cpu().numpy() for index in stepper.positions(t))
-                freqs = stepper.freqs(t)
-                symbols = code_step(freqs, level, ys, xs)
-                level_codes[ys, xs] = symbols
-                stepper.set_codes(t, symbols)
-                bits += ideal_bits(symbols, freqs)
+                freqs = stepper.freqs(t)  # position by position, image by image within each
+                step_codes = np.empty(len(freqs), dtype=np.int64)
+                for image, maps in enumerate(codes):
+                    tables = freqs[image::batch]
+                    symbols = code_step(tables, image, level, ys, xs)
+                    maps[level][ys, xs] = symbols
+                    step_codes[image::batch] = symbols
+                    bits[image] += ideal_bits(symbols, tables)
+                stepper.set_codes(t, step_codes)
                 done += 1
                 if progress is not None:
                     progress(done, total)
-            level_bits.append(bits)
+            for image_bits, level_total in zip(level_bits, bits, strict=True):
+                image_bits.append(level_total)
         return level_bits
 
     # --- inspection --------------------------------------------------------------------------------
@@ -266,6 +303,11 @@ class Codec:
         report["ideal_bits"] = ideal
         report["overhead_percent"] = 100.0 * (report["payload_bits"] / ideal - 1.0) if ideal else None
         return report
+
+
+def _shifted(progress: Progress, done: int, total: int) -> Progress:
+    """A part's progress reported as the progress of the whole: ``done`` steps before it, ``total`` in all."""
+    return lambda step, _part_total: progress(done + step, total)
 
 
 def describe(data: bytes, file: VQZFile | None = None) -> dict[str, Any]:
@@ -353,6 +395,20 @@ def decompress(
     """Decode ``.vqz`` bytes; without ``model``, with the bundled model whose id the file carries."""
     file = data if isinstance(data, VQZFile) else VQZFile.from_bytes(data)
     return codec_for(file, model, device).decompress(file, progress)
+
+
+def decompress_many(
+    datas: Sequence[bytes | VQZFile],
+    model: ModelArg = None,
+    device: Any = None,
+    progress: Progress | None = None,
+) -> list[Image.Image]:
+    """Decode several ``.vqz`` files of one model, those of one size together (``Codec.decode_many``);
+    without ``model``, with the bundled model that the first file names."""
+    files = [data if isinstance(data, VQZFile) else VQZFile.from_bytes(data) for data in datas]
+    if not files:
+        return []
+    return codec_for(files[0], model, device).decompress_many(files, progress)
 
 
 def info(

@@ -493,6 +493,11 @@ class ExactPrior:
 
     def stepper(self, height: int, width: int, cond_codes: list[Tensor]) -> ExactStepper:
         """Tables of one height x width map, step by step; ``cond_codes``: [h_i, w_i] per level above."""
+        return ExactStepper(self, height, width, [cond_codes])
+
+    def batch_stepper(self, height: int, width: int, cond_codes: list[list[Tensor]]) -> ExactStepper:
+        """Tables of several height x width maps at once, one per image of ``cond_codes`` (the levels
+        above of each): every step evaluates all their positions together."""
         return ExactStepper(self, height, width, cond_codes)
 
     def encoder_stepper(self, codes: Tensor, cond_codes: list[Tensor]) -> ExactStepper | KnownCodes:
@@ -511,7 +516,7 @@ class ExactPrior:
         only rows above and its own), so it equals what the stepper gives step by step (tested).
         """
         height, width = codes.shape
-        stepper = ExactStepper(self, height, width, cond_codes, whole=True)
+        stepper = ExactStepper(self, height, width, [cond_codes], whole=True)
         stepper.write_all_codes(codes.to(self.device, torch.int64))
         widest = max(self.codebook_size, self.kernel_size * self.channels)
         band = max(1, _CHUNK // (width * widest))
@@ -604,12 +609,13 @@ class _RowTaps(NamedTuple):
 class _Sites(NamedTuple):
     """Positions evaluated together, and how they lie in every cache.
 
-    A wavefront (``size`` (n,)) or a band of whole rows (``size`` (h, W)): position i sits at cache
+    A wavefront (``size`` (n B,)) or a band of whole rows (``size`` (h, W)): position i sits at cache
     cell ``first + sum(i_k stride_k)``.
     """
 
     ys: Tensor  # [n] rows, flattened in ``size`` order
     xs: Tensor  # [n] columns
+    images: Tensor  # [n] the image of each position
     size: tuple[int, ...]
     stride: tuple[int, ...]
     first: int
@@ -624,24 +630,32 @@ class ExactStepper:
     taps from the previous layer's cache: mask "B" taps on the same wavefront are already written,
     because each layer runs for the whole wavefront before the next one.
 
-    A cache is sheared by the decode order: ``[top + H + bottom, slots, C]`` integers in float64
-    (float32 in a ``whole`` stepper), where position (y, x) lies in row ``top + y`` (zero rows above
-    and below, for taps off the map) and slot ``x + 2 y - origin``, its step. A wavefront is then
-    consecutive rows of one slot, and a kernel row's taps of it are neighbouring slots of the rows
-    above or of its own: every convolution reads its inputs as strided views (one GEMM per kernel
-    row), with no gather. The slots hold only the recent steps: taps reach at most ``lag`` steps back
-    (3 for 3x3 kernels, 3r for an attention radius r), so when step t runs past the last slot the
-    caches keep steps ``t - lag .. t - 1`` in their first slots and clear the rest. Cells outside the
-    map are never written and read as the zero padding. Memory grows with the map's height only.
+    A cache is sheared by the decode order: ``[(top + H + bottom) B, slots, C]`` integers in float64
+    (float32 in a ``whole`` stepper), where position (y, x) of image b (of B evaluated together) lies
+    in row ``(top + y) B + b`` (zero rows above and below, for taps off the map) and slot
+    ``x + 2 y - origin``, its step. A wavefront of all B images is then consecutive rows of one
+    slot, and a kernel row's taps of it are neighbouring slots of the rows above or of its own: every
+    convolution reads its inputs as strided views (one GEMM per kernel row), with no gather. The
+    slots hold only the recent steps: taps reach at most ``lag`` steps back (3 for 3x3 kernels, 3r
+    for an attention radius r), so when step t runs past the last slot the caches keep steps
+    ``t - lag .. t - 1`` in their first slots and clear the rest. Cells outside the map are never
+    written and read as the zero padding. Memory grows with the map's height only.
+
+    With B images, the tables of step t are [n_t B, K] and its codes n_t B, position by position and
+    image by image within a position: the same integers as each image's own stepper gives.
     """
 
     def __init__(
-        self, prior: ExactPrior, height: int, width: int, cond_codes: list[Tensor], whole: bool = False
+        self, prior: ExactPrior, height: int, width: int, cond_codes: list[list[Tensor]], whole: bool = False
     ):
-        """``whole``: a slot for every step (the caches never slide), to evaluate bands of whole rows."""
+        """``cond_codes``: the levels above of each image; ``whole``: one image, a slot for every step
+        (the caches never slide), to evaluate bands of whole rows."""
         if height < 1 or width < 1:
             raise ValueError(f"empty map {height}x{width}")
+        if not cond_codes or (whole and len(cond_codes) > 1):
+            raise ValueError(f"{len(cond_codes)} images for a {'whole' if whole else 'batch'} stepper")
         self.prior, self.height, self.width = prior, height, width
+        self.batch = batch = len(cond_codes)
         self.n_steps = order.n_steps(height, width)
         device, channels, k = prior.device, prior.channels, prior.kernel_size
         taps_a, taps_b = _masked_offsets(k, first_layer=True), _masked_offsets(k, first_layer=False)
@@ -652,7 +666,9 @@ class ExactStepper:
         # activations (integers below 2**20) as float32, at half the memory.
         dtype = torch.float32 if whole else torch.float64
         self._caches = [
-            torch.zeros(self._top + height + bottom, self._slots, channels, dtype=dtype, device=device)
+            torch.zeros(
+                (self._top + height + bottom) * batch, self._slots, channels, dtype=dtype, device=device
+            )
             for _ in range(1 + 2 * len(prior.blocks) + 2 * len(prior.attentions))
         ]
         self._embedded = self._caches[0]
@@ -660,17 +676,24 @@ class ExactStepper:
         self._block_inputs, self._keys_values = pairs[: len(prior.blocks)], pairs[len(prior.blocks) :]
         self._taps_a, self._taps_b = self._row_taps(taps_a), self._row_taps(taps_b)
         self._offset_cells = torch.tensor(
-            [dy * self._slots + dx + order.SLOPE * dy for dy, dx in prior.attention_offsets], device=device
+            [dy * batch * self._slots + order.step_of(dy, dx) for dy, dx in prior.attention_offsets],
+            device=device,
         )
         self._offsets = torch.tensor(prior.attention_offsets, dtype=torch.int64, device=device).view(-1, 2)
-        self._cond = prior._condition(cond_codes, height, width)
+        per_image = [prior._condition(codes, height, width) for codes in cond_codes]
+        self._cond = (
+            None if per_image[0] is None else [torch.cat(tables) for tables in zip(*per_image, strict=True)]
+        )
         self._cond_width = -(-width // 2)
+        self._cond_size = -(-height // 2) * self._cond_width
 
         # All positions sorted by step, rows ascending within a step (the order of order.wavefront).
         steps = order.step_map(height, width).flatten()
         perm = torch.argsort(steps, stable=True)
-        self._ys, self._xs = (perm // width).to(device), (perm % width).to(device)
-        bounds = torch.cumsum(torch.bincount(steps, minlength=self.n_steps), 0).tolist()
+        self._ys = (perm // width).repeat_interleave(batch).to(device)
+        self._xs = (perm % width).repeat_interleave(batch).to(device)
+        self._images = torch.arange(batch, device=device).repeat(height * width)
+        bounds = torch.cumsum(torch.bincount(steps, minlength=self.n_steps), 0).mul(batch).tolist()
         self._bounds = [0, *bounds]
         self._computed = 0  # steps whose tables were computed
         self._known = 0  # steps whose codes were set
@@ -699,7 +722,7 @@ class ExactStepper:
         for dy in sorted({dy for dy, _ in taps}):
             dxs = [dx for tap_dy, dx in taps if tap_dy == dy]
             assert dxs == list(range(dxs[0], dxs[0] + len(dxs))), "a mask row's taps are contiguous"
-            shift = dy * self._slots + order.step_of(dy, dxs[0])
+            shift = dy * self.batch * self._slots + order.step_of(dy, dxs[0])
             groups.append(_RowTaps(shift, len(dxs) * c, slice(start * c, (start + len(dxs)) * c)))
             start += len(dxs)
         return groups
@@ -709,8 +732,8 @@ class ExactStepper:
         return order.wavefront(t, self.height, self.width)
 
     def _cell(self, y: int, x: int) -> int:
-        """The cache cell (row-major over [rows, slots]) of position (y, x)."""
-        return (self._top + y) * self._slots + order.step_of(y, x) - self._origin
+        """The cache cell (row-major over [rows, slots]) of position (y, x) of the first image."""
+        return (self._top + y) * self.batch * self._slots + order.step_of(y, x) - self._origin
 
     def _wavefront(self, t: int) -> _Sites:
         if not 0 <= t < self.n_steps:
@@ -718,17 +741,21 @@ class ExactStepper:
         lo, hi = self._bounds[t], self._bounds[t + 1]
         y_first = max(0, -(-(t - self.width + 1) // order.SLOPE))
         first = self._cell(y_first, t - order.SLOPE * y_first)
-        return _Sites(self._ys[lo:hi], self._xs[lo:hi], (hi - lo,), (self._slots,), first)
+        where = slice(lo, hi)
+        return _Sites(
+            self._ys[where], self._xs[where], self._images[where], (hi - lo,), (self._slots,), first
+        )
 
     def _rows(self, y_start: int, y_stop: int) -> _Sites:
         """The positions of rows ``y_start .. y_stop - 1`` (a ``whole`` stepper's)."""
         ys = torch.arange(y_start, y_stop, device=self.prior.device).repeat_interleave(self.width)
         xs = torch.arange(self.width, device=self.prior.device).repeat(y_stop - y_start)
         size, stride = (y_stop - y_start, self.width), (self._slots + order.SLOPE, 1)
-        return _Sites(ys, xs, size, stride, self._cell(y_start, 0))
+        return _Sites(ys, xs, torch.zeros_like(ys), size, stride, self._cell(y_start, 0))
 
     def freqs(self, t: int) -> np.ndarray:
-        """int64 [n_t, K] frequency tables of the codes of step ``t``, in ``positions(t)`` order."""
+        """int64 [n_t B, K] frequency tables of the codes of step ``t``, in ``positions(t)`` order (and
+        image by image within each position)."""
         if t != self._computed or self._known < t:
             raise ValueError(f"tables of step {t} asked after {self._computed} steps, {self._known} known")
         self._slide(t)
@@ -739,7 +766,7 @@ class ExactStepper:
         return _frequencies(self._evaluate(sites)).to(torch.int64).cpu().numpy()
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
-        """Record the n_t codes of step ``t`` (in ``positions(t)`` order), after its tables."""
+        """Record the n_t B codes of step ``t`` (in the order of its tables), after its tables."""
         if t != self._known or t >= self._computed:
             raise ValueError(f"codes of step {t} given after {self._known} steps, {self._computed} computed")
         sites = self._wavefront(t)
@@ -803,9 +830,10 @@ class ExactStepper:
         prior, ys, xs = self.prior, sites.ys, sites.xs
         x = self._conv(prior.input_conv, self._embedded, sites, self._taps_a)
         if self._cond is not None:
-            cond_rows = (ys // 2) * self._cond_width + xs // 2
+            cond_rows = sites.images * self._cond_size + (ys // 2) * self._cond_width + xs // 2
         if prior.attentions:
-            cells = (ys + self._top) * self._slots + xs + order.SLOPE * ys - self._origin
+            rows = (ys + self._top) * self.batch + sites.images
+            cells = rows * self._slots + xs + order.SLOPE * ys - self._origin
             oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
             valid = (oy >= 0) & (oy < self.height) & (ox >= 0) & (ox < self.width)  # [n, n_off]
             index_attn = cells[:, None] + self._offset_cells
