@@ -1,6 +1,7 @@
 """Speed and peak memory of vqcodec's encoder and decoder on Kodak and on a 3840x2160 image.
 
     python benchmarks/speed.py [--data DIR] [--limit N] [--model NAME] [--device cuda] [--out DIR] [--no-4k]
+                               [--batch N]
 
 Encoding and decoding each run in a fresh child process that loads the model, warms it up on a small
 crop (untimed), then times every image from pixels in memory to bytes and back, and reports its peak
@@ -11,7 +12,8 @@ but the work of the priors depends on the map size only. When CompressAI is inst
 non-autoregressive bmshj2018-factorized and autoregressive mbt2018 (random weights: the time is the
 architecture's) are timed on the same images in the same run, so that every comparison is a ratio on
 one machine. Without it (it cannot be installed beside every torch), bmshj2018-factorized's analysis
-and synthesis transforms, rebuilt in torch, give a lower bound on that codec's times. It also counts
+and synthesis transforms, rebuilt in torch, give a lower bound on that codec's times. Batch decoding
+(``decompress_many``, ``--batch`` Kodak files of one size at a time) gives the throughput. It also counts
 the priors' float64 multiply-adds for a Kodak image and times a large float64 matrix product here: the
 least time those products need, whatever the implementation. Writes ``speed.json`` and ``results.md``.
 """
@@ -35,8 +37,11 @@ UHD = (3840, 2160)
 WARM_UP_SIDE = 64
 
 
-def child(operation: str, paths: list[Path], quality: int, model: str | None, device: str) -> None:
-    """Time ``operation`` ("encode": PNG → .vqz, "decode": .vqz → pixels) on every path; print JSON."""
+def child(
+    operation: str, paths: list[Path], quality: int, model: str | None, device: str, batch: int
+) -> None:
+    """Time ``operation`` on every path and print JSON: "encode" (PNG → .vqz), "decode" (.vqz → pixels)
+    or "decode-batch" (``batch`` files at a time with ``decompress_many``: one time per batch)."""
     import torch
 
     import vqcodec
@@ -45,7 +50,13 @@ def child(operation: str, paths: list[Path], quality: int, model: str | None, de
     warm = np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)
     codec.decompress(codec.compress(warm))
     seconds = []
-    for path in paths:
+    if operation == "decode-batch":
+        datas = [path.with_suffix(f".q{quality}.vqz").read_bytes() for path in paths]
+        for start in range(0, len(datas), batch):
+            tick = time.perf_counter()
+            codec.decompress_many(datas[start : start + batch])
+            seconds.append(time.perf_counter() - tick)
+    for path in paths if operation != "decode-batch" else []:
         if operation == "encode":
             rgb = np.asarray(Image.open(path).convert("RGB"))
             tick = time.perf_counter()
@@ -64,6 +75,7 @@ def child(operation: str, paths: list[Path], quality: int, model: str | None, de
 
 def run_child(operation: str, paths: list[Path], args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", operation, "--quality", str(args.quality)]
+    command += ["--batch", str(args.batch)]
     command += ["--device", args.device, *(["--model", args.model] if args.model else []), *map(str, paths)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -247,6 +259,15 @@ def markdown(report: dict) -> str:
             f" vqcodec takes {kodak['encode_s'] / t['encode_s']:.1f}x and"
             f" {kodak['decode_s'] / t['decode_s']:.1f}x those.",
         ]
+    batch, kodak = report["batch_decode"], report["rows"][0]
+    gpu = f", {batch['gpu_peak_mb'] / 1024:.2f} GB on the GPU" if batch["gpu_peak_mb"] is not None else ""
+    lines += [
+        "",
+        f"Batch decoding (`vqcodec.decompress_many`, {batch['files_per_batch']} Kodak files of one size at a"
+        f" time): {batch['seconds_per_image']:.2f} s per image, {1 / batch['seconds_per_image']:.2f} images/s"
+        f" ({kodak['decode_s'] / batch['seconds_per_image']:.1f}x the throughput of one at a time); peak"
+        f" {batch['peak_mb'] / 1024:.2f} GB{gpu}.",
+    ]
     floor = report["compute_floor"]
     lines += [
         "",
@@ -267,11 +288,12 @@ def main() -> None:
     parser.add_argument("--no-4k", dest="uhd", action="store_false", help="skip the 3840x2160 image")
     parser.add_argument("--model", default=None, help="bundled model name or model file (default: default)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--child", choices=("encode", "decode"), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=8, help="files per batch for batch decoding (default 8)")
+    parser.add_argument("--child", choices=("encode", "decode", "decode-batch"), help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.paths, args.quality, args.model, args.device)
+        child(args.child, args.paths, args.quality, args.model, args.device, args.batch)
         return
 
     from vqcodec.bench.run import machine_info
@@ -312,12 +334,23 @@ def main() -> None:
                 f"{name}: encode {rows[-1]['encode_s']:.2f} s, decode {rows[-1]['decode_s']:.2f} s",
                 flush=True,
             )
+        # Batches of one size (landscape, portrait): decode_many decodes each batch in one walk.
+        by_size = sorted(copies, key=lambda path: Image.open(path).size)
+        batched = run_child("decode-batch", by_size, args)
+        batch = {
+            "files_per_batch": args.batch,
+            "seconds_per_image": sum(batched["seconds"]) / len(by_size),
+            "peak_mb": batched["peak_mb"],
+            "gpu_peak_mb": batched["gpu_peak_mb"],
+        }
+        print(f"batch decoding: {batch['seconds_per_image']:.2f} s per image", flush=True)
         report = {
             "quality": args.quality,
             "model": args.model,
             "device": args.device if args.device == "cpu" else f"{args.device} ({gpu_name()})",
             "machine": machine_info(),
             "rows": rows,
+            "batch_decode": batch,
             "compressai": compressai_times(copies) if args.device == "cpu" else {},
             "factorized_transforms": factorized_transforms_times(copies) if args.device == "cpu" else {},
         }
