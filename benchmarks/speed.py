@@ -50,23 +50,22 @@ def child(
     warm = np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)
     codec.decompress(codec.compress(warm))
     seconds = []
-    if operation == "decode-batch":
-        datas = [path.with_suffix(f".q{quality}.vqz").read_bytes() for path in paths]
-        for start in range(0, len(datas), batch):
-            tick = time.perf_counter()
-            codec.decompress_many(datas[start : start + batch])
-            seconds.append(time.perf_counter() - tick)
-    for path in paths if operation != "decode-batch" else []:
-        if operation == "encode":
+    if operation == "encode":
+        for path in paths:
             rgb = np.asarray(Image.open(path).convert("RGB"))
             tick = time.perf_counter()
             data = codec.compress(rgb, quality=quality)
             seconds.append(time.perf_counter() - tick)
             path.with_suffix(f".q{quality}.vqz").write_bytes(data)
-        else:
-            data = path.with_suffix(f".q{quality}.vqz").read_bytes()
+    else:
+        datas = [path.with_suffix(f".q{quality}.vqz").read_bytes() for path in paths]
+        per_call = batch if operation == "decode-batch" else 1
+        for start in range(0, len(datas), per_call):
             tick = time.perf_counter()
-            codec.decompress(data)
+            if operation == "decode-batch":
+                codec.decompress_many(datas[start : start + per_call])
+            else:
+                codec.decompress(datas[start])
             seconds.append(time.perf_counter() - tick)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
