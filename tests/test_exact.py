@@ -224,6 +224,20 @@ def test_windowed_caches_match_full_evaluation(kind: str, h: int, w: int) -> Non
         assert np.array_equal(table, frequencies(full[ys, xs]).numpy()), t
 
 
+def test_caches_slide_when_the_attention_reads_further_back_than_the_slide() -> None:
+    """Radius 12: taps 36 steps back, more than the 32 extra slots; the kept steps must not overlap."""
+    torch.manual_seed(3)
+    config = PriorConfig(channels=8, n_blocks=2, attention_every=1, n_heads=2, attention_radius=12)
+    prior = ExactPrior.from_float(PixelSNAILPrior(config, 16).double().eval())
+    codes = torch.randint(16, (14, 150), generator=torch.Generator().manual_seed(0))
+    stepper = prior.stepper(14, 150, [])
+    assert stepper._slots >= 2 * stepper._lag and order.n_steps(14, 150) > 2 * stepper._slots
+    full = prior.logits_full(codes, [])
+    for t, table in enumerate(stepper_tables(prior, codes, [])):
+        ys, xs = order.wavefront(t, 14, 150)
+        assert np.array_equal(table, frequencies(full[ys, xs]).numpy()), t
+
+
 def test_cache_memory_does_not_grow_with_the_width() -> None:
     def cache_bytes(width: int) -> int:
         stepper = EXACT["top_k5"].stepper(4, width, [])

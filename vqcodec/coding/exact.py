@@ -303,7 +303,11 @@ class _Linear:
 
     def __call__(self, inputs: Tensor) -> Tensor:
         """float64 [n, out] at FA from integer-valued float64 inputs [n, fan_in] at FA, exactly."""
-        return _clamp(torch.addmm(self.bias_low, inputs, self.weight).floor_().add_(self.bias_high))
+        return self.finish(torch.addmm(self.bias_low, inputs, self.weight))
+
+    def finish(self, scaled: Tensor) -> Tensor:
+        """The outputs from ``(acc + low) 2**-s`` (in place): floor, add ``high``, clamp."""
+        return _clamp(scaled.floor_().add_(self.bias_high))
 
 
 @dataclasses.dataclass
@@ -576,7 +580,8 @@ WHOLE_MAP_VALUES = 2**24
 128 MiB), and largest size of each of its caches (in values)."""
 
 _SLIDE = 32
-"""Steps a stepper's caches hold beyond the ones a layer reads, before they slide back."""
+"""Steps a stepper's caches hold beyond the ones a layer reads (more when a layer reads further back),
+before they slide back."""
 
 
 class KnownCodes:
@@ -660,7 +665,8 @@ class ExactStepper:
         device, channels, k = prior.device, prior.channels, prior.kernel_size
         taps_a, taps_b = _masked_offsets(k, first_layer=True), _masked_offsets(k, first_layer=False)
         self._top, bottom, self._lag = self._reach(prior)
-        self._slots = self.n_steps + self._lag if whole else self._lag + _SLIDE
+        # Sliding copies the last lag slots to the first: at least 2 lag slots keep them apart.
+        self._slots = self.n_steps + self._lag if whole else self._lag + max(_SLIDE, self._lag)
         self._origin = -self._lag  # the step held in slot 0
         # A band's taps are copied out anyway (they overlap), so a whole map's caches can hold its
         # activations (integers below 2**20) as float32, at half the memory.
@@ -819,7 +825,7 @@ class ExactStepper:
         for tap in taps:
             inputs, weight = self._view(cache, sites, tap.shift, tap.width), layer.weight[tap.rows]
             out = torch.addmm(layer.bias_low, inputs, weight) if out is None else out.addmm_(inputs, weight)
-        return _clamp(out.floor_().add_(layer.bias_high))
+        return layer.finish(out)
 
     def _evaluate(self, sites: _Sites) -> Tensor:
         """Logits [n, K] (integer-valued float64) at the sites, all layers in order, writing the caches
