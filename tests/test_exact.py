@@ -241,7 +241,7 @@ def test_caches_slide_when_the_attention_reads_further_back_than_the_slide() -> 
 def test_cache_memory_does_not_grow_with_the_width() -> None:
     def cache_bytes(width: int) -> int:
         stepper = EXACT["top_k5"].stepper(4, width, [])
-        return sum(cache.untyped_storage().nbytes() for cache in stepper._caches)
+        return stepper._memory.nbytes
 
     assert cache_bytes(3) == cache_bytes(3000) > 0
 
@@ -292,6 +292,27 @@ def test_batch_stepper_gives_each_image_its_own_tables(kind: str, h: int, w: int
         for i in range(3):
             assert np.array_equal(tables[i::3], alone[i][t]), (t, i)
         batch.set_codes(t, torch.stack([codes[ys, xs] for codes in images], dim=1).reshape(-1))
+
+
+@pytest.mark.parametrize("kind", sorted(PRIORS))
+@pytest.mark.parametrize(("h", "w", "batch"), [(1, 1, 1), (5, 1, 2), (1, 6, 1), (7, 40, 1), (6, 9, 3)])
+def test_column_stepper_gives_the_wavefront_steppers_tables(kind: str, h: int, w: int, batch: int) -> None:
+    """The CUDA graph's step (whole columns, rows off the map masked, a slide every step), run here
+    without a graph: every step's tables are the wavefront stepper's."""
+    prior, g = EXACT[kind], torch.Generator().manual_seed(h + w + batch)
+    images = [torch.randint(prior.codebook_size, (h, w), generator=g) for _ in range(batch)]
+    conds = [random_cond(PRIORS[kind], h, w, seed=i) for i in range(batch)]
+    column, wavefront = exact.ColumnStepper(prior, h, w, conds), prior.batch_stepper(h, w, conds)
+    assert column._slots == column._lag + 1
+    for t in range(column.n_steps):
+        ys, xs = column.positions(t)
+        tables = column.freqs(t)
+        assert np.array_equal(tables, wavefront.freqs(t)), t
+        codes = torch.stack([codes[ys, xs] for codes in images], dim=1).reshape(-1)
+        column.set_codes(t, codes)
+        wavefront.set_codes(t, codes)
+    with pytest.raises(ValueError):
+        column.freqs(column.n_steps)
 
 
 def test_stepper_enforces_the_order() -> None:
