@@ -268,11 +268,13 @@ def markdown(report: dict) -> str:
         f" {batch['peak_mb'] / 1024:.2f} GB{gpu}.",
     ]
     floor = report["compute_floor"]
+    least = floor["kodak_floor_s"]
+    least = f"{least:.2f} s" if least >= 0.1 else f"{least * 1000:.1f} ms"
     lines += [
         "",
         f"The priors' float64 matrix products take {floor['kodak_gmac']:.1f} G multiply-adds per Kodak image"
         f" (768x512); this machine multiplies large float64 matrices at {floor['gemm_gflops']:.0f} GFLOP/s,"
-        f" so those products alone need at least {floor['kodak_floor_s']:.2f} s of every Kodak decode (and"
+        f" so those products alone need at least {least} of every Kodak decode (and"
         f" encode): the floor of this model at exact float64 inference here, before any other work.",
     ]
     return "\n".join(lines) + "\n"
