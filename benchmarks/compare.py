@@ -1,7 +1,7 @@
 """Compare the decoding speed of two checkouts of vqcodec on a noisy machine, by alternating them.
 
     git worktree add /tmp/before 159977c
-    python benchmarks/compare.py /tmp/before .   [--data DIR] [--images 3] [--rounds 4]
+    python benchmarks/compare.py /tmp/before .   [--data DIR] [--images 3] [--rounds 4] [--device cuda]
 
 Each checkout runs in a child process of its own (its source first on the path) that loads the
 default model and encodes the first ``--images`` Kodak images once; then the two decode them
@@ -24,11 +24,11 @@ import sys, time
 import numpy as np
 from PIL import Image
 import vqcodec
-codec = vqcodec.load_model(None, device="cpu")
-paths = sys.argv[1:]
+codec = vqcodec.load_model(None, device=sys.argv[1])
+paths = sys.argv[2:]
 datas = [codec.compress(np.asarray(Image.open(path).convert("RGB"))) for path in paths]
 codec.decode_codes(datas[0])
-print("ready", flush=True)
+print(vqcodec.__file__, flush=True)
 for line in sys.stdin:
     tick = time.perf_counter()
     codec.decode_codes(datas[int(line)])
@@ -43,22 +43,28 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/kodak"), help="the Kodak images")
     parser.add_argument("--images", type=int, default=3, help="Kodak images decoded (default 3)")
     parser.add_argument("--rounds", type=int, default=4, help="times each image is decoded (default 4)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
     paths = [str(path.resolve()) for path in sorted(args.data.glob("*.png"))[: args.images]]
     if not paths:
         raise SystemExit(f"no PNG images in {args.data}")
     children = []
     for root in (args.before, args.after):
-        env = dict(os.environ, PYTHONPATH=str(root.resolve()))
+        root = root.resolve()
+        path = [str(root), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))  # its source first
+        # `python -c` puts the working directory first on the path: the child's must be its root
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, *paths],
+            [sys.executable, "-c", CHILD, args.device, *paths],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env,
+            cwd=root,
         )
-        if child.stdout.readline().strip() != "ready":
-            raise SystemExit(f"the child for {root} failed")
+        imported = Path(child.stdout.readline().strip())
+        if not imported.is_relative_to(root):
+            raise SystemExit(f"the child for {root} imported vqcodec from {imported or 'nowhere'}")
         children.append(child)
     seconds: list[list[float]] = [[], []]
     for _ in range(args.rounds):
