@@ -1,0 +1,54 @@
+"""CPU <-> GPU with the bundled model: the same codes pack to the same bytes, and files written on one
+device decode on the other (the GPU steps through CUDA graphs). Needs CUDA; skipped without it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vqcodec
+from vqcodec.codec import Codec
+from vqcodec.coding import exact
+from vqcodec.imageio import load_image
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+SIZES = [(1, 1), (1, 40), (40, 1), (3, 50), (50, 3), (17, 33), (64, 200)]
+
+
+@pytest.fixture(scope="module")
+def codecs() -> tuple[Codec, Codec]:
+    return vqcodec.load_model(device="cpu"), vqcodec.load_model(device="cuda")
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_cpu_files_decode_on_the_gpu_one_by_one_and_in_mixed_batches(codecs: tuple[Codec, Codec]) -> None:
+    cpu, gpu = codecs
+    rng = np.random.default_rng(0)
+    files = [cpu.compress(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]
+    expected = [cpu.decode_codes(data).codes for data in files]
+    for data, codes in zip(files, expected, strict=True):
+        assert same(gpu.decode_codes(data).codes, codes)
+    together = gpu.decode_many(files + files[::-1])  # 14 files, 7 sizes: 7 batches of 2
+    assert all(same(d.codes, c) for d, c in zip(together, expected + expected[::-1], strict=True))
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_the_same_codes_pack_to_the_same_bytes(
+    codecs: tuple[Codec, Codec], whole: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder's tables in one pass, or (as for maps too large for that) step by step."""
+    cpu, gpu = codecs
+    if not whole:
+        monkeypatch.setattr(exact, "WHOLE_MAP_VALUES", 0)
+    rng = np.random.default_rng(1)
+    source = load_image(Image.fromarray(rng.integers(0, 256, (96, 136, 3), dtype=np.uint8)))
+    codes = gpu.image_codes(source.rgb)
+    data = gpu.pack(source, codes)
+    assert data == cpu.pack(source, codes)
+    assert same(cpu.decode_codes(data).codes, codes)
