@@ -196,13 +196,14 @@ def _round_shift(x: Tensor, s: int) -> Tensor:
 
 
 def _floor_div(a: Tensor, b: Tensor) -> Tensor:
-    """``a div b`` of integer-valued float64 ``0 <= a < 2**52`` and ``0 < b < 2**52``, exact.
+    """``a div b`` of integer-valued float64 ``0 <= a``, ``0 < b`` with ``a + b <= 2**53``, exact.
 
-    The float64 quotient is within one of the true one; the remainder (exact: below 2**53) corrects it.
+    The floor of the correctly rounded (IEEE) quotient: with ``n = a div b``, n and n + 1 are float64
+    numbers and rounding is monotone, so the quotient rounds into ``[n, n + 1]``; it could only round
+    up to n + 1 from within half an ulp, ``(n + 1) 2**-53``, below, but it lies at least ``1 / b``
+    below, and ``1 / b <= (n + 1) 2**-53`` would need ``a > b n >= 2**53 - b``.
     """
-    q = torch.div(a, b).floor_()
-    r = torch.addcmul(a, q, b, value=-1.0)
-    return q.add_((r >= b).double()).sub_((r < 0).double())
+    return torch.div(a, b).floor_()
 
 
 def _clamp(x: Tensor) -> Tensor:
