@@ -32,7 +32,7 @@ from PIL import Image
 
 from vqcodec import zoo
 from vqcodec.coding.container import ColourMode, Padding, VQZFile, code_checksum, model_id
-from vqcodec.coding.entropy import Decoder, Encoder, ideal_bits
+from vqcodec.coding.entropy import Decoder, Encoder, coded_bits
 from vqcodec.coding.exact import ExactPrior
 from vqcodec.errors import ModelMismatchError
 from vqcodec.imageio import SourceImage, check_size, crop, load_image, pad_to_multiple, resize, to_pil
@@ -280,7 +280,7 @@ class Codec:
                     symbols = code_step(tables, image, level, ys, xs)
                     maps[level][ys, xs] = symbols
                     step_codes[image::batch] = symbols
-                    bits[image] += ideal_bits(symbols, tables)
+                    bits[image] += coded_bits(symbols, tables)
                 stepper.set_codes(t, step_codes)
                 done += 1
                 if progress is not None:

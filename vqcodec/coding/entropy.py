@@ -111,6 +111,11 @@ class Decoder:
 def ideal_bits(symbols: np.ndarray, freqs: np.ndarray) -> float:
     """The information content ``-sum log2(f[sym] / 2**PRECISION)``: what an ideal coder would spend."""
     freqs = _check_freqs(freqs)
-    symbols = _check_symbols(symbols, freqs)
+    return coded_bits(_check_symbols(symbols, freqs), freqs)
+
+
+def coded_bits(symbols: np.ndarray, freqs: np.ndarray) -> float:
+    """:func:`ideal_bits` of symbols and tables that an :class:`Encoder` or :class:`Decoder` has just
+    coded, without checking them again."""
     chosen = freqs[np.arange(len(symbols)), symbols]
     return float(-np.log2(chosen / _TOTAL).sum())
