@@ -133,6 +133,18 @@ def test_frequency_rule(k: int) -> None:
     assert 0 <= f[-1, 0] - f[-1, -1] < k  # the first maximum takes the remainder
 
 
+def test_floor_division_is_exact_up_to_its_bound() -> None:
+    """Quotients just below, at and just above integers, with a + b up to 2**53."""
+    generator = torch.Generator().manual_seed(0)
+    for b_max in (2**20, 2**36, 2**52):
+        b = torch.randint(1, b_max, (20000,), generator=generator)
+        n = torch.randint(0, 2**53, (20000,), generator=generator) // (b + 1)
+        for a in (n * b - 1, n * b, n * b + 1, n * b + b - 1):
+            ok = (a >= 0) & (a + b <= 2**53)
+            a_ok, b_ok = a[ok], b[ok]
+            assert torch.equal(exact._floor_div(a_ok.double(), b_ok.double()).long(), a_ok // b_ok)
+
+
 def test_frequencies_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
         frequencies(torch.zeros(3, 4))  # float
