@@ -1,8 +1,9 @@
 """Where one decode's time goes, and how batch decoding scales.
 
-    python benchmarks/profile_decode.py [--image PNG] [--device cuda] [--repeats 3] [--batch 1 8 32]
+    python benchmarks/profile_decode.py [--image PNG] [--model FILE] [--device cuda] [--repeats 3]
+                                        [--batch 1 8 32]
 
-Encodes one image (default kodim23) with the default model, then:
+Encodes one image (default kodim23) with the default model (or ``--model``), then:
 
 * decodes it ``--repeats`` times with ``Codec.decode_codes`` (the priors' walk, no pixels): the median;
 * walks it once more as ``decode_codes`` does, timing each part: the steppers' set-up (the
@@ -77,12 +78,13 @@ def breakdown(codec: Codec, data: bytes) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", type=Path, default=Path("../shared/data/kodak/kodim23.png"))
+    parser.add_argument("--model", default=None, help="bundled model name or model file (default: default)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--repeats", type=int, default=3, help="timed decodes (default 3)")
     parser.add_argument("--batch", type=int, nargs="*", default=[], help="batch sizes to time")
     args = parser.parse_args()
 
-    codec = vqcodec.load_model(device=args.device)
+    codec = vqcodec.load_model(args.model, device=args.device)
     data = codec.compress(np.asarray(Image.open(args.image).convert("RGB")))
     clock = clock_for(codec.device)
     codec.decode_codes(data)  # warm-up
