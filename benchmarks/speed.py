@@ -83,6 +83,7 @@ def run_child(operation: str, paths: list[Path], args: argparse.Namespace) -> di
 def compressai_times(paths: list[Path]) -> dict[str, dict]:
     """Median encode and decode seconds of CompressAI's architectures (random weights); {} if absent."""
     try:
+        import compressai
         import torch
         from compressai.zoo import bmshj2018_factorized, mbt2018
     except ImportError:
@@ -102,7 +103,11 @@ def compressai_times(paths: list[Path]) -> dict[str, dict]:
                 tick = time.perf_counter()
                 net.decompress(out["strings"], out["shape"])
                 decode.append(time.perf_counter() - tick)
-        times[name] = {"encode_s": statistics.median(encode), "decode_s": statistics.median(decode)}
+        times[name] = {
+            "encode_s": statistics.median(encode),
+            "decode_s": statistics.median(decode),
+            "version": compressai.__version__,
+        }
     return times
 
 
@@ -233,8 +238,10 @@ def markdown(report: dict) -> str:
     lines.append("")
     if report["compressai"]:
         kodak = report["rows"][0]
+        version = next(iter(report["compressai"].values())).get("version")  # absent from older runs
         lines += [
-            "CompressAI on the same Kodak images (random weights), and vqcodec's time as a multiple of its:",
+            f"CompressAI{f' {version}' if version else ''} on the same Kodak images (random weights), and"
+            " vqcodec's time as a multiple of its:",
             "",
             "| architecture | encode (s) | decode (s) | vqcodec encode ratio | vqcodec decode ratio |",
             "|---|---:|---:|---:|---:|",
