@@ -198,7 +198,7 @@ device_option = click.option(
     default=None,
     metavar="cpu|cuda",
     callback=_check_device,
-    help="cpu or cuda; both give identical codes.  [default: cpu]",
+    help="cpu or cuda: a .vqz file decodes to the same codes on both.  [default: cpu]",
 )
 force_option = click.option("--force", "-f", is_flag=True, help="Overwrite OUT if it exists.")
 source_argument = click.argument("source", metavar="IN", type=click.Path(dir_okay=False, allow_dash=True))
