@@ -81,6 +81,7 @@ def test_stdin_and_stdout(model: str, png: Path):
     decompressed = run("decompress", "-m", model, "-", "-", input=compressed.stdout_bytes)
     assert decompressed.exit_code == 0
     assert Image.open(io.BytesIO(decompressed.stdout_bytes)).format == "PNG"
+    assert compressed.stderr == decompressed.stderr == ""  # no warnings (e.g. click deprecations)
 
 
 def test_quality_picks_the_operating_point(model: str, png: Path, tmp_path: Path):

@@ -111,14 +111,14 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _read(source: str) -> bytes:
     if source == "-":
-        return click.get_binary_stream("stdin").read()
+        return sys.stdin.buffer.read()
     return Path(source).read_bytes()
 
 
 def _write(target: str, data: bytes) -> None:
     """Write ``data`` to stdout or, through a temporary file in the same folder, atomically to a file."""
     if target == "-":
-        stream = click.get_binary_stream("stdout")
+        stream = sys.stdout.buffer
         stream.write(data)
         stream.flush()
         return
