@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 from synthetic_images import make_images
 
+from vqcodec import zoo
 from vqcodec.models.config import PRESETS, ModelConfig, tiny_config
 from vqcodec.models.model import CodecModel, build_prior, sample_images
 from vqcodec.models.vqvae import VQVAE
@@ -133,6 +134,27 @@ def test_rejects_missing_extra_and_misshapen_tensors() -> None:
         load_model(body({**good, "priors.0.embed.weight": torch.zeros(3, 3)}))
     with pytest.raises(ModelFileError, match="expected dtype F32"):
         load_model(body({**good, "priors.0.embed.weight": good["priors.0.embed.weight"].double()}))
+
+
+def test_only_bundled_files_skip_the_meta_device_check(
+    model_file: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked = []
+    expected_tensors = modelfile._expected_tensors
+    monkeypatch.setattr(
+        modelfile, "_expected_tensors", lambda config: checked.append(1) or expected_tensors(config)
+    )
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    bundled = tmp_path / "mine.safetensors"
+    bundled.write_bytes(model_file[0].read_bytes())
+    zoo.load_cached(bundled)
+    assert checked == []
+    zoo.load_cached(model_file[0])  # a file outside the zoo
+    assert checked == [1]
+    good = weights()
+    misshapen = body({**good, "priors.0.embed.weight": torch.zeros(3, 3)})
+    with pytest.raises(ModelFileError, match="do not match the configuration"):
+        load_model(misshapen, bundled=True)  # a broken bundled file still fails cleanly
 
 
 def test_rejects_bad_metadata() -> None:

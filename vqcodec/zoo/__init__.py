@@ -133,7 +133,7 @@ def load_cached(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     if key in _models:
         _models.move_to_end(key)
         return _models[key]
-    loaded = load_model(path, device)
+    loaded = load_model(path, device, bundled=model_name(path) is not None)
     _models[key] = loaded
     _digests[key[0]] = loaded[1]
     while len(_models) > _MODEL_CACHE_SIZE:
