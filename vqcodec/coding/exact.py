@@ -827,11 +827,13 @@ class ExactStepper:
 
     def _view(self, cache: Tensor, sites: _Sites, shift: int, width: int) -> Tensor:
         """float64 [n, width] of the cache values from ``shift`` cells after each site: a strided view for
-        a wavefront, a copy for a band of rows (whose windows overlap)."""
+        a wavefront (float64 caches), one float64 copy for a band of rows (float32 caches, overlapping
+        windows)."""
         c = cache.shape[2]
         strides = tuple(s * c for s in sites.stride) + (1,)
         start = cache.storage_offset() + (sites.first + shift) * c
-        return cache.as_strided((*sites.size, width), strides, start).reshape(-1, width).to(torch.float64)
+        taps = cache.as_strided((*sites.size, width), strides, start)
+        return taps if len(sites.size) == 1 else taps.to(torch.float64).view(-1, width)
 
     def _store(self, cache: Tensor, sites: _Sites, values: Tensor) -> None:
         c = cache.shape[2]
