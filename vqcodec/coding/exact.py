@@ -811,9 +811,12 @@ class ExactStepper:
         rows above were entered and evaluated (a ``whole`` stepper)."""
         return self._evaluate(self._rows(y_start, y_stop))
 
-    def _write_codes(self, sites: _Sites, codes: Tensor) -> None:
+    def _check_code_range(self, codes: Tensor) -> None:
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
             raise ValueError(f"codes must lie in 0..{self.prior.codebook_size - 1}")
+
+    def _write_codes(self, sites: _Sites, codes: Tensor) -> None:
+        self._check_code_range(codes)
         self._store(self._embedded, sites, self.prior.embed.index_select(0, codes))
 
     def _slide(self, t: int) -> None:
@@ -974,8 +977,7 @@ class ColumnStepper(ExactStepper):
         codes = torch.as_tensor(codes).to("cpu", torch.int64).reshape(-1)
         if len(codes) != rows.stop - rows.start:
             raise ValueError(f"step {t} has {rows.stop - rows.start} codes, got {len(codes)}")
-        if len(codes) and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
-            raise ValueError(f"codes must lie in 0..{self.prior.codebook_size - 1}")
+        self._check_code_range(codes)
         self._codes_in[rows] = codes
         self._known += 1
 
