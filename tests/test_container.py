@@ -322,3 +322,46 @@ def test_duplicate_resample_chunk_is_refused() -> None:
     chunk = (0x02, varint(3) + varint(3))
     with pytest.raises(FormatError, match="duplicate RESAMPLE"):
         VQZFile.from_bytes(craft(version=0x11, chunks=(chunk, chunk)))
+
+
+# --- TILES (version 1.2) ----------------------------------------------------------------------------------
+
+
+def test_tiled_file_round_trips_as_version_1_2() -> None:
+    file = plain(tile=256, coded_size=(384, 256), level_shapes=((32, 48), (64, 96)))
+    data = file.to_bytes()
+    assert data[3] == 0x12
+    assert VQZFile.from_bytes(data) == file
+    assert VQZFile.from_bytes(plain(tile=8).to_bytes()).tile == 8 and plain().tile is None
+
+
+@pytest.mark.parametrize(
+    ("tile", "valid"), [(0, False), (511, True), (767, True), (768, False), (10**6, False)]
+)
+def test_tiles_must_split_the_image(tile: int, valid: bool) -> None:
+    if valid:
+        assert plain(tile=tile).tile == tile
+    else:
+        with pytest.raises(FormatError, match="tile side"):
+            plain(tile=tile)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        (((0x03, varint(3) + b"\x00"),), "after its tile side"),
+        (((0x03, b""),), "does not hold a varint"),
+        (((0x03, varint(7)),), "tile side"),  # 8 pixels: the whole 8 x 8 image
+        (((0x03, varint(3)), (0x03, varint(3))), "duplicate TILES"),
+    ],
+)
+def test_bad_tiles_chunks_are_refused(chunks: tuple[tuple[int, bytes], ...], message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        VQZFile.from_bytes(craft(version=0x12, chunks=chunks))
+
+
+def test_tiles_must_be_whole_cells_of_the_model() -> None:
+    plain(tile=256).check_tile(8)
+    plain().check_tile(8)
+    with pytest.raises(ModelMismatchError, match="not a multiple of the model's 16"):
+        plain(tile=264).check_tile(16)

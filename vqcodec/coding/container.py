@@ -4,7 +4,7 @@
 
     header   "VQZ", version, model id, geometry, colour and padding modes, code-map shapes,
              coder and precision, code checksum, chunk count, payload length, header CRC-32
-    chunks   type (u8, bit 7 = ancillary), length (varint), data: ALPHA, RESAMPLE, ICC
+    chunks   type (u8, bit 7 = ancillary), length (varint), data: ALPHA, RESAMPLE, TILES, ICC
     payload  the range coder's 32-bit words, little-endian
     body CRC CRC-32 of the chunks and payload
 
@@ -75,6 +75,8 @@ class ChunkType(IntEnum):
     """Critical: the alpha plane, u8 row-major, zlib-compressed."""
     RESAMPLE = 0x02
     """Critical (version 1.1): the codes describe the image resampled to a smaller coded size."""
+    TILES = 0x03
+    """Critical (version 1.2): the code maps are coded in independent square tiles of this many pixels."""
     ICC = 0x81
     """Ancillary: an ICC colour profile, raw bytes."""
 
@@ -115,6 +117,9 @@ class VQZFile:
     coded_size: tuple[int, int] | None = None
     """(width, height) the image was resampled to before coding, smaller than the image; None: not
     resampled. The code maps describe the coded size and the decoder resamples back (RESAMPLE chunk)."""
+    tile: int | None = None
+    """The side in pixels of the square tiles whose codes are coded as independent images, smaller than
+    the coded width or height; None: the maps are coded whole (TILES chunk)."""
     extra_chunks: tuple[Chunk, ...] = ()
     """Ancillary chunks of types this version does not define, in file order."""
 
@@ -129,6 +134,8 @@ class VQZFile:
     @property
     def minor_version(self) -> int:
         """The oldest minor version that defines everything this file uses."""
+        if self.tile is not None:
+            return 2
         return 0 if self.coded_size is None else 1
 
     def __post_init__(self) -> None:
@@ -167,6 +174,13 @@ class VQZFile:
                 )
             if self.coded_size == (self.width, self.height):
                 raise FormatError("a RESAMPLE chunk must shrink the image (coded size equals the image size)")
+        if self.tile is not None:
+            object.__setattr__(self, "tile", int(self.tile))
+            if not 1 <= self.tile < max(self.coded_width, self.coded_height):
+                raise FormatError(
+                    f"tile side {self.tile} must be at least 1 and smaller than the coded width or height"
+                    f" ({self.coded_width}x{self.coded_height})"
+                )
         for chunk in self.extra_chunks:
             if not 0 <= chunk.type < 256 or chunk.critical or chunk.type in _KNOWN_CHUNKS:
                 raise FormatError(f"extra chunk type 0x{chunk.type:02x} must be an unknown ancillary type")
@@ -196,6 +210,8 @@ class VQZFile:
         if self.coded_size is not None:
             width, height = self.coded_size
             chunks.append(Chunk(ChunkType.RESAMPLE, varint(width - 1) + varint(height - 1)))
+        if self.tile is not None:
+            chunks.append(Chunk(ChunkType.TILES, varint(self.tile - 1)))
         if self.icc is not None:
             chunks.append(Chunk(ChunkType.ICC, self.icc))
         return chunks + list(self.extra_chunks)
@@ -244,13 +260,15 @@ class VQZFile:
         if reader.remaining:
             raise FormatError(f"{reader.remaining} bytes of trailing data after the body CRC")
 
-        alpha = icc = coded_size = None
+        alpha = icc = coded_size = tile = None
         extra_chunks = []
         for chunk in chunks:
             if chunk.type == ChunkType.ALPHA and alpha is None:
                 alpha = _inflate(chunk.data, width * height)
             elif chunk.type == ChunkType.RESAMPLE and coded_size is None:
                 coded_size = _coded_size(chunk.data)
+            elif chunk.type == ChunkType.TILES and tile is None:
+                tile = _tile(chunk.data)
             elif chunk.type == ChunkType.ICC and icc is None:
                 icc = chunk.data
             elif chunk.type in _KNOWN_CHUNKS:
@@ -273,6 +291,7 @@ class VQZFile:
             icc=icc,
             alpha=alpha,
             coded_size=coded_size,
+            tile=tile,
             extra_chunks=tuple(extra_chunks),
         )
 
@@ -290,6 +309,14 @@ class VQZFile:
         shapes = tuple((int(h), int(w)) for h, w in shapes)
         if shapes != self.level_shapes:
             raise ModelMismatchError(f"file has code maps {self.level_shapes}, the model gives {shapes}")
+
+    def check_tile(self, multiple: int) -> None:
+        """Raise ``ModelMismatchError`` unless the tiles are whole cells of a model whose image sides are
+        multiples of ``multiple`` (so that they cut every level's map at whole codes)."""
+        if self.tile is not None and self.tile % multiple:
+            raise ModelMismatchError(
+                f"file has tiles of {self.tile} pixels, not a multiple of the model's {multiple}"
+            )
 
     def check_codes(self, maps: Sequence[np.ndarray]) -> None:
         """Raise ``CorruptDataError`` unless the decoded maps have the encoder's code checksum."""
@@ -355,6 +382,18 @@ def _coded_size(data: bytes) -> tuple[int, int]:
     if reader.remaining:
         raise FormatError(f"RESAMPLE chunk has {reader.remaining} bytes after its two sizes")
     return size
+
+
+def _tile(data: bytes) -> int:
+    """The tile side of a TILES chunk: one varint and nothing after it."""
+    reader = _Reader(data)
+    try:
+        side = reader.varint() + 1
+    except FormatError as error:
+        raise FormatError(f"TILES chunk does not hold a varint ({error})") from None
+    if reader.remaining:
+        raise FormatError(f"TILES chunk has {reader.remaining} bytes after its tile side")
+    return side
 
 
 def varint(value: int) -> bytes:
