@@ -21,6 +21,7 @@ from vqcodec.codec import Codec, ConversionWarning, check_device
 from vqcodec.coding.container import VQZFile
 from vqcodec.errors import CorruptDataError, ImageTooLargeError, ModelMismatchError, VQZError
 from vqcodec.imageio import load_image
+from vqcodec.models import order
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
 from vqcodec.models.order import n_steps
@@ -123,6 +124,82 @@ def test_quality_one_keeps_tiny_images_at_least_one_pixel(codec: Codec):
     file = VQZFile.from_bytes(data)
     assert (file.coded_width, file.coded_height) == (1, 2)
     assert codec.decompress(data).size == (1, 3)
+
+
+def walk_tables(codec: Codec, codes: list[np.ndarray], tile: int | None) -> list[list[tuple]]:
+    """Per step of the encoder's walk, its (level, y, x, table) in coding order."""
+    steps: list[list[tuple]] = []
+
+    def record(freqs: np.ndarray, image: int, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        steps.append([(level, y, x, tuple(table)) for y, x, table in zip(ys, xs, freqs, strict=True)])
+        return codes[level][ys, xs]
+
+    codec._walk([[level.copy() for level in codes]], record, None, tile, known=True)
+    return steps
+
+
+def test_tiles_are_coded_as_independent_images(codec: Codec):
+    """Every tile's tables are those of the tile coded as an image of its own; a step codes the tiles
+    in raster order, each tile's positions by increasing row."""
+    codes = codec.image_codes(smooth(56, 40, seed=5))  # maps 5 x 7 and 10 x 14: tiles of 2 and 4 codes
+    tiled = walk_tables(codec, codes, tile=16)
+    assert len(tiled) == codec._n_steps([c.shape for c in codes], 16) == n_steps(2, 2) + n_steps(4, 4)
+    expected: dict[tuple[int, int], list[list[tuple]]] = {}  # per level and step, the positions
+    for y, x, h, w in order.tiles(5, 7, 2):
+        alone = walk_tables(
+            codec,
+            [codes[0][y : y + h, x : x + w], codes[1][2 * y : 2 * y + 2 * h, 2 * x : 2 * x + 2 * w]],
+            None,
+        )
+        for t, step in enumerate(alone):
+            level = int(t >= n_steps(h, w))
+            scale = level + 1  # the bottom map has twice the top's rows and columns
+            expected.setdefault((level, t - level * n_steps(h, w)), []).extend(
+                (level, yy + scale * y, xx + scale * x, table) for _, yy, xx, table in step
+            )
+    top_steps = n_steps(2, 2)
+    for t, step in enumerate(tiled):
+        key = (0, t) if t < top_steps else (1, t - top_steps)
+        assert step == expected.get(key, []), t
+
+
+@pytest.mark.parametrize("tile", [8, 16, 24, 64, None])
+def test_tiled_round_trip_is_exact(codec: Codec, tile: int | None):
+    image = Image.fromarray(smooth(61, 35, seed=6))
+    data = codec.compress(image, tile=tile)
+    file = VQZFile.from_bytes(data)
+    assert file.tile == (tile if tile is not None and tile < 64 else None)  # a 64 x 40 padded image
+    decoded = codec.decode_codes(data)
+    for mine, theirs in zip(decoded.codes, codec.image_codes(np.asarray(image)), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    if tile == 64:  # one tile: the whole maps, the same bytes as without tiles
+        assert data == codec.compress(image, tile=None)
+
+
+def test_tiled_files_decode_together(codec: Codec):
+    """Files of one size with tiles of one size share every step; other tilings walk on their own."""
+    datas = [
+        codec.compress(smooth(40, 24, seed), tile=tile)
+        for seed, tile in [(0, 16), (1, None), (2, 16), (3, 8)]
+    ]
+    calls: list[tuple[int, int]] = []
+    together = codec.decode_many(datas, progress=lambda done, total: calls.append((done, total)))
+    for data, many in zip(datas, together, strict=True):
+        assert all(
+            np.array_equal(a, b) for a, b in zip(codec.decode_codes(data).codes, many.codes, strict=True)
+        )
+    total = (
+        sum(n_steps(side, side) + n_steps(2 * side, 2 * side) for side in (2, 1))
+        + n_steps(3, 5)
+        + n_steps(6, 10)
+    )
+    assert calls[-1] == (total, total)
+
+
+@pytest.mark.parametrize("tile", [0, 12, -8])
+def test_tile_must_be_a_multiple_of_the_model(codec: Codec, tile: int):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        codec.compress(smooth(8, 8), tile=tile)
 
 
 @pytest.mark.skipif(not (KODAK / "kodim01.png").exists(), reason="Kodak images not available")

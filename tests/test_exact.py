@@ -364,17 +364,19 @@ def test_moved_copy_and_refused_models() -> None:
 
 @pytest.mark.parametrize(("kind", "limit"), [("top", 2**24), ("bottom", 2**24), ("bottom", 1)])
 def test_encoder_tables_equal_the_decoders(kind: str, limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The encoder's one-pass tables (or its stepper, for maps over the limit) are the decoder's."""
+    """The encoder's one-pass tables (or its stepper, for maps over the limit) are the decoder's, for
+    two maps at once as for one."""
     monkeypatch.setattr(exact, "WHOLE_MAP_VALUES", limit)
-    prior, codes = EXACT[kind], torch.randint(32, (5, 7), generator=torch.Generator().manual_seed(1))
-    cond = random_cond(PRIORS[kind], 5, 7)
-    encoder, decoder = prior.encoder_stepper(codes, cond), prior.stepper(5, 7, cond)
-    assert isinstance(encoder, exact.KnownCodes) == (limit > 1)
-    for t in range(decoder.n_steps):
-        ys, xs = decoder.positions(t)
-        assert np.array_equal(encoder.freqs(t), decoder.freqs(t)), t
-        encoder.set_codes(t, codes[ys, xs])
-        decoder.set_codes(t, codes[ys, xs])
+    prior, codes = EXACT[kind], torch.randint(32, (2, 5, 7), generator=torch.Generator().manual_seed(1))
+    cond = [random_cond(PRIORS[kind], 5, 7, seed) for seed in (0, 1)]
+    for maps, conds in ((codes, cond), (codes[:1], cond[:1])):
+        encoder, decoder = prior.encoder_stepper(list(maps), conds), prior.batch_stepper(5, 7, conds)
+        assert isinstance(encoder, exact.KnownCodes) == (limit > 1)
+        for t in range(decoder.n_steps):
+            ys, xs = decoder.positions(t)
+            assert np.array_equal(encoder.freqs(t), decoder.freqs(t)), t
+            encoder.set_codes(t, maps[:, ys, xs].T.reshape(-1))
+            decoder.set_codes(t, maps[:, ys, xs].T.reshape(-1))
 
 
 def test_round_trip_through_the_range_coder() -> None:

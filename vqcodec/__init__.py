@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from vqcodec import pillow_plugin
-from vqcodec.quality import DEFAULT_QUALITY
+from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -40,16 +40,20 @@ def compress(
     device: str | None = None,
     progress: Progress | None = None,
     quality: int = DEFAULT_QUALITY,
+    tile: int | None = DEFAULT_TILE,
 ) -> bytes:
     """Compress an image (path, bytes, binary file, PIL image or uint8 array) to ``.vqz`` bytes.
 
     ``model``: a bundled model's name, a model file, or a ``load_model`` result; None for the
     bundled default. ``device``: "cpu" (default) or "cuda". ``quality``: 1 (smallest file) to 4
     (best, the default); below 4 the image is coded at a smaller size (``vqcodec.quality``).
+    ``tile``: the side in pixels of the tiles coded as independent images, a multiple of the
+    model's multiple (8 for the default); None codes whole code maps: about 1 % fewer bits, decoding
+    more than twice as many sequential steps.
     """
     from vqcodec import codec
 
-    return codec.compress(image, model, device, progress, quality)
+    return codec.compress(image, model, device, progress, quality, tile)
 
 
 def decompress(

@@ -22,7 +22,7 @@ import click
 from PIL import Image
 
 from vqcodec.errors import ModelMismatchError, VQZError
-from vqcodec.quality import DEFAULT_QUALITY, QUALITY_SCALES, describe_qualities
+from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, QUALITY_SCALES, describe_qualities
 
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2  # click's own status for usage errors
@@ -216,12 +216,21 @@ target_argument = click.argument("target", metavar="OUT", type=click.Path(dir_ok
     help="Operating point, 1 (smallest file) to 4 (best). Below 4 the image is coded at a smaller size"
     f" and resized back on decoding: {describe_qualities()}.",
 )
+@click.option(
+    "--tile",
+    type=click.IntRange(min=0),
+    default=DEFAULT_TILE,
+    show_default=True,
+    help="Side in pixels of the square tiles coded as independent images, a multiple of the model's"
+    " stride (8 for the default model); their codes decode side by side, in fewer sequential steps."
+    " 0 codes the image whole: about 1 % smaller, decoding about 1.4 times slower on a CPU.",
+)
 @device_option
 @force_option
 @source_argument
 @target_argument
 def compress(
-    source: str, target: str, model: str | None, quality: int, device: str | None, force: bool
+    source: str, target: str, model: str | None, quality: int, tile: int, device: str | None, force: bool
 ) -> None:
     """Compress the image IN to the .vqz file OUT.
 
@@ -243,7 +252,7 @@ def compress(
 
         image = _read(source) if source == "-" else source
         with _progress("compressing") as progress:
-            data = api(image, model, device, progress, quality)
+            data = api(image, model, device, progress, quality, tile or None)
         _write(target, data)
 
 
@@ -318,6 +327,7 @@ def _format_info(source: str, r: dict[str, Any]) -> str:
             if (r["coded_width"], r["coded_height"]) != (r["width"], r["height"])
             else []
         ),
+        *([f"tiles     {r['tile']} x {r['tile']} pixels, coded as independent images"] if r["tile"] else []),
         f"model     {r['model_id']} ({model})",
         "levels    name       shape (h x w)   codes   ideal bits  bits/code",
     ]

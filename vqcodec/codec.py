@@ -3,15 +3,19 @@
 Encoding::
 
     image ─load_image─▶ RGB ─resize (quality < 4)─▶ pad (edge) ─▶ VQ-VAE encoder ─▶ code maps, top first
-    for each level, top first, for each wavefront step t:
+    for each level, top first, for each wavefront step t, for each tile:
         f = exact prior's integer tables for the step's positions (given earlier steps, upper levels)
         range-code the step's codes with f
-    header (model id, geometry, shapes, code checksum) + chunks (alpha, resample, ICC) + payload ─▶ bytes
+    header (model id, geometry, shapes, code checksum) + chunks (alpha, resample, tiles, ICC)
+        + payload ─▶ bytes
 
 Decoding runs the same walk with the range decoder in place of the encoder; the exact priors give
 the decoder bit-identical tables, so it recovers the same codes. The code checksum is checked
 before the VQ-VAE decoder runs: wrong codes never become an image. Only the code maps have to be
 bit-exact; the pixels come from the float VQ-VAE decoder.
+
+The code maps are cut into tiles (``DEFAULT_TILE`` pixels, the crops the priors are trained on),
+coded as independent images: their wavefronts run side by side.
 
 The quality picks the operating point: below the top quality the image is coded at a smaller size
 and resized back after decoding (as cjxl's ``--resampling``), for 1/4 to 2/3 of the bits.
@@ -19,6 +23,7 @@ and resized back after decoding (as cjxl's ``--resampling``), for 1/4 to 2/3 of 
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 import weakref
@@ -33,13 +38,13 @@ from PIL import Image
 from vqcodec import zoo
 from vqcodec.coding.container import ColourMode, Padding, VQZFile, code_checksum, model_id
 from vqcodec.coding.entropy import Decoder, Encoder, coded_bits
-from vqcodec.coding.exact import ExactPrior
+from vqcodec.coding.exact import ExactPrior, ExactStepper, KnownCodes
 from vqcodec.errors import ModelMismatchError
 from vqcodec.imageio import SourceImage, check_size, crop, load_image, pad_to_multiple, resize, to_pil
+from vqcodec.models import order
 from vqcodec.models.config import level_names
 from vqcodec.models.model import CodecModel, to_uint8
-from vqcodec.models.order import n_steps
-from vqcodec.quality import DEFAULT_QUALITY, coded_size
+from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, coded_size
 
 ImageInput = str | os.PathLike[str] | bytes | BinaryIO | Image.Image | np.ndarray
 """What ``compress`` takes: a path, encoded bytes, a binary file, a Pillow image or a uint8 array."""
@@ -129,16 +134,27 @@ class Codec:
     # --- encoding ----------------------------------------------------------------------------------
 
     def compress(
-        self, image: ImageInput, progress: Progress | None = None, quality: int = DEFAULT_QUALITY
+        self,
+        image: ImageInput,
+        progress: Progress | None = None,
+        quality: int = DEFAULT_QUALITY,
+        tile: int | None = DEFAULT_TILE,
     ) -> bytes:
-        """The ``.vqz`` bytes of ``image`` at ``quality`` (1 = smallest file, 4 = best and default);
-        lossy conversions of the input are ``ConversionWarning``s."""
+        """The ``.vqz`` bytes of ``image`` at ``quality`` (1 = smallest file, 4 = best and default), its
+        codes cut into tiles of ``tile`` pixels (None: whole maps, the fewest bits and the slowest
+        decoding); lossy conversions of the input are ``ConversionWarning``s."""
+        self.check_tile(tile)
         source = _source(image)
         for message in source.warnings:
             warnings.warn(message, ConversionWarning, stacklevel=2)
         size = coded_size(source.width, source.height, quality)
         rgb = source.rgb if size == (source.width, source.height) else resize(source.rgb, *size)
-        return self.pack(source, self.image_codes(rgb), progress, size)
+        return self.pack(source, self.image_codes(rgb), progress, size, tile)
+
+    def check_tile(self, tile: int | None) -> None:
+        """Raise ValueError unless ``tile`` is None or a positive multiple of the model's multiple."""
+        if tile is not None and (tile < 1 or tile % self.multiple):
+            raise ValueError(f"tile side must be a positive multiple of {self.multiple} pixels, got {tile}")
 
     def image_codes(self, rgb: np.ndarray) -> list[np.ndarray]:
         """The VQ-VAE's code maps of uint8 RGB pixels (padded to the model's multiple), top level first."""
@@ -155,9 +171,15 @@ class Codec:
         codes: list[np.ndarray],
         progress: Progress | None = None,
         resampled: tuple[int, int] | None = None,
+        tile: int | None = None,
     ) -> bytes:
         """Range-code ``codes`` and wrap them with the metadata of ``source``; ``resampled`` is the
-        (width, height) the codes describe when the image was resized before coding."""
+        (width, height) the codes describe when the image was resized before coding, ``tile`` the side
+        of the tiles (pixels, a multiple of the model's multiple) coded as independent images."""
+        self.check_tile(tile)
+        padded_height, padded_width = (self.multiple * side for side in codes[0].shape)
+        if tile is not None and tile >= max(padded_height, padded_width):
+            tile = None  # one tile: the whole maps, without a TILES chunk
         encoder = Encoder()
 
         def encode(freqs: np.ndarray, image: int, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -165,7 +187,7 @@ class Codec:
             encoder.encode(symbols, freqs)
             return symbols
 
-        self._walk([codes], encode, progress, known=True)
+        self._walk([codes], encode, progress, tile, known=True)
         alpha = None if source.alpha is None else np.ascontiguousarray(source.alpha, dtype=np.uint8).tobytes()
         return VQZFile(
             model_id=self.model_id,
@@ -179,6 +201,7 @@ class Codec:
             icc=source.icc_profile,
             alpha=alpha,
             coded_size=None if resampled == (source.width, source.height) else resampled,
+            tile=tile,
         ).to_bytes()
 
     # --- decoding ----------------------------------------------------------------------------------
@@ -209,21 +232,26 @@ class Codec:
         for i, file in enumerate(files):
             file.check_model(bytes.fromhex(self.sha256))
             file.check_levels(self.model.code_shapes(*self.padded_size(file.coded_height, file.coded_width)))
+            file.check_tile(self.multiple)
             check_size(file.width, file.height, "the .vqz file's image")
-            groups.setdefault(tuple(file.level_shapes), []).append(i)
-        steps = {shapes: sum(n_steps(*shape) for shape in shapes) for shapes in groups}
+            groups.setdefault((file.level_shapes, file.tile), []).append(i)
+        steps = {key: self._n_steps(*key) for key in groups}
         total, done, decoded = sum(steps.values()), 0, {}
-        for shapes, members in groups.items():
+        for key, members in groups.items():
             report = None if progress is None else _shifted(progress, done, total)
             decoded.update(zip(members, self._decode_group([files[i] for i in members], report), strict=True))
-            done += steps[shapes]
+            done += steps[key]
         return [decoded[i] for i in range(len(files))]
 
     def _decode_group(self, files: list[VQZFile], progress: Progress | None) -> list[Decoded]:
         """Decode checked files whose code maps have the same shapes, together."""
         decoders = [Decoder(file.payload) for file in files]
         codes = [[np.zeros(shape, dtype=np.int64) for shape in file.level_shapes] for file in files]
-        level_bits = self._walk(codes, lambda freqs, image, *where: decoders[image].decode(freqs), progress)
+
+        def decode(freqs: np.ndarray, image: int, *where: Any) -> np.ndarray:
+            return decoders[image].decode(freqs)
+
+        level_bits = self._walk(codes, decode, progress, files[0].tile)
         for file, decoder, maps in zip(files, decoders, codes, strict=True):
             decoder.check_exhausted()
             file.check_codes(maps)
@@ -248,46 +276,87 @@ class Codec:
         codes: list[list[np.ndarray]],
         code_step: Callable[[np.ndarray, int, int, np.ndarray, np.ndarray], np.ndarray],
         progress: Progress | None,
+        tile: int | None,
         known: bool = False,
     ) -> list[list[float]]:
         """Visit every level top first, wavefront by wavefront, as encoder and decoder both must, for
-        one or more images whose code maps ``codes[image][level]`` have the same shapes.
+        one or more images whose code maps ``codes[image][level]`` have the same shapes and are cut
+        into tiles of ``tile`` pixels (None: whole maps).
 
         ``code_step(freqs, image, level, ys, xs)`` codes one image's step at positions (ys, xs) with
-        the tables ``freqs`` and returns its codes, which are stored in ``codes`` and fed back to the
-        prior. ``known``: one image whose ``codes`` already hold every code (encoding), so the priors
-        may compute the tables of a whole level in one pass; they are the same integers either way.
-        Returns the ideal bits of each image's levels.
+        the tables ``freqs`` (tile by tile, each tile's positions by increasing row) and returns its
+        codes, which are stored in ``codes`` and fed back to the priors. ``known``: one image whose
+        ``codes`` already hold every code (encoding), so the priors may compute the tables of a whole
+        level in one pass; they are the same integers either way. Returns the ideal bits of each
+        image's levels.
         """
-        batch = len(codes)
-        total = sum(n_steps(*level.shape) for level in codes[0])
-        done = 0
+        shapes = [level.shape for level in codes[0]]
+        total, done = self._n_steps(shapes, tile), 0
         level_bits = [[] for _ in codes]
-        for level, prior in enumerate(self.exact_priors):
-            upper = [[torch.from_numpy(above).to(self.device) for above in maps[:level]] for maps in codes]
-            if known:
-                (maps,) = codes
-                stepper = prior.encoder_stepper(torch.from_numpy(maps[level]).to(self.device), upper[0])
-            else:
-                stepper = prior.batch_stepper(*codes[0][level].shape, upper)
-            bits = [0.0] * batch
-            for t in range(stepper.n_steps):
-                ys, xs = (index.cpu().numpy() for index in stepper.positions(t))
-                freqs = stepper.freqs(t)  # position by position, image by image within each
-                step_codes = np.empty(len(freqs), dtype=np.int64)
-                for image, maps in enumerate(codes):
-                    tables = freqs[image::batch]
+        for level in range(len(shapes)):
+            groups = self._tile_groups(codes, level, self._tile_side(shapes, level, tile), known)
+            bits = np.zeros(len(codes))
+            for t in range(max(group.stepper.n_steps for group in groups)):
+                step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
+                step_codes = np.empty(len(step.images), dtype=np.int64)
+                for image, where in enumerate(step.by_image):
+                    ys, xs, tables = step.ys[where], step.xs[where], step.freqs[where]
                     symbols = code_step(tables, image, level, ys, xs)
-                    maps[level][ys, xs] = symbols
-                    step_codes[image::batch] = symbols
+                    codes[image][level][ys, xs] = symbols
+                    step_codes[where] = symbols
                     bits[image] += coded_bits(symbols, tables)
-                stepper.set_codes(t, step_codes)
+                step.set_codes(step_codes)
                 done += 1
                 if progress is not None:
                     progress(done, total)
-            for image_bits, level_total in zip(level_bits, bits, strict=True):
+            for image_bits, level_total in zip(level_bits, bits.tolist(), strict=True):
                 image_bits.append(level_total)
         return level_bits
+
+    def _tile_side(self, shapes: Sequence[tuple[int, int]], level: int, tile: int | None) -> int | None:
+        """The side in codes of a level's tiles (None: the whole map), from the tile side in pixels."""
+        return None if tile is None else tile // self.multiple * (shapes[level][0] // shapes[0][0])
+
+    def _n_steps(self, shapes: Sequence[tuple[int, int]], tile: int | None) -> int:
+        """The sequential steps of the walk of maps of these shapes: those of each level's largest tile."""
+        steps = 0
+        for level, (height, width) in enumerate(shapes):
+            side = self._tile_side(shapes, level, tile) or max(height, width)
+            steps += order.n_steps(min(side, height), min(side, width))
+        return steps
+
+    def _crop(self, codes: np.ndarray, y: int, x: int, h: int, w: int, ratio: int = 1) -> torch.Tensor:
+        """The codes of a level ``ratio`` times coarser under the h x w tile at (y, x), on the device."""
+        rows, cols = slice(y // ratio, -(-(y + h) // ratio)), slice(x // ratio, -(-(x + w) // ratio))
+        return torch.from_numpy(codes[rows, cols]).to(self.device)
+
+    def _tile_groups(
+        self, codes: list[list[np.ndarray]], level: int, side: int | None, known: bool
+    ) -> list[_TileGroup]:
+        """The tiles of a level of every image, one stepper for all those of a size."""
+        prior, height, width = self.exact_priors[level], *codes[0][level].shape
+        rects = [(0, 0, height, width)] if side is None else order.tiles(height, width, side)
+        sizes: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for image in range(len(codes)):
+            for rank, (_, _, h, w) in enumerate(rects):
+                sizes.setdefault((h, w), []).append((image, rank))
+        groups = []
+        for (h, w), members in sizes.items():
+            tiles = [(codes[image], *rects[rank][:2]) for image, rank in members]
+            upper = [
+                [self._crop(maps[k], y, x, h, w, height // maps[k].shape[0]) for k in range(level)]
+                for maps, y, x in tiles
+            ]
+            if known:
+                stepper = prior.encoder_stepper(
+                    [self._crop(maps[level], y, x, h, w) for maps, y, x in tiles], upper
+                )
+            else:
+                stepper = prior.batch_stepper(h, w, upper)
+            images, ranks = np.array(members, dtype=np.int64).T
+            origins = np.array([rects[rank][:2] for rank in ranks], dtype=np.int64)
+            groups.append(_TileGroup(stepper, images, ranks, origins[:, 0], origins[:, 1]))
+        return groups
 
     # --- inspection --------------------------------------------------------------------------------
 
@@ -303,6 +372,51 @@ class Codec:
         report["ideal_bits"] = ideal
         report["overhead_percent"] = 100.0 * (report["payload_bits"] / ideal - 1.0) if ideal else None
         return report
+
+
+@dataclass(frozen=True)
+class _TileGroup:
+    """The tiles of one size of a level, of every image walked, evaluated together by one stepper."""
+
+    stepper: ExactStepper | KnownCodes
+    images: np.ndarray
+    """The image of each tile (the stepper's images, in order)."""
+    ranks: np.ndarray
+    """Each tile's place in its image's tiles (raster order)."""
+    ys: np.ndarray
+    """The map row and column of each tile's top-left code."""
+    xs: np.ndarray
+
+
+class _Step:
+    """One wavefront step of a level's tile groups: their tables, and where each lies in the coding
+    order (by image, then tile, then row) and in the maps."""
+
+    def __init__(self, groups: list[_TileGroup], t: int, batch: int) -> None:
+        self._groups, self._t, self._counts = groups, t, []
+        freqs, images, ranks, rows, ys, xs = [], [], [], [], [], []
+        for group in groups:
+            freqs.append(group.stepper.freqs(t))  # position by position, tile by tile within each
+            local_ys, local_xs = (index.cpu().numpy() for index in group.stepper.positions(t))
+            n, tiles = len(local_ys), len(group.images)
+            self._counts.append(n * tiles)
+            images.append(np.tile(group.images, n))
+            ranks.append(np.tile(group.ranks, n))
+            rows.append(np.repeat(local_ys, tiles))
+            ys.append(rows[-1] + np.tile(group.ys, n))
+            xs.append(np.repeat(local_xs, tiles) + np.tile(group.xs, n))
+        self.freqs, self.images = np.concatenate(freqs), np.concatenate(images)
+        self.ys, self.xs = np.concatenate(ys), np.concatenate(xs)
+        coding_order = np.lexsort((np.concatenate(rows), np.concatenate(ranks), self.images))
+        bounds = np.searchsorted(self.images[coding_order], np.arange(batch + 1))
+        self.by_image = [coding_order[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+        """Per image, the indices of its tables and positions in coding order."""
+
+    def set_codes(self, codes: np.ndarray) -> None:
+        """Enter the step's codes, in the order of its tables, into the groups' steppers."""
+        bounds = itertools.pairwise([0, *itertools.accumulate(self._counts)])
+        for group, (start, stop) in zip(self._groups, bounds, strict=True):
+            group.stepper.set_codes(self._t, codes[start:stop])
 
 
 def _shifted(progress: Progress, done: int, total: int) -> Progress:
@@ -322,6 +436,7 @@ def describe(data: bytes, file: VQZFile | None = None) -> dict[str, Any]:
         "height": file.height,
         "coded_width": file.coded_width,
         "coded_height": file.coded_height,
+        "tile": file.tile,
         "colour": file.colour.name,
         "padding": file.padding.name.lower(),
         "model_id": file.model_id.hex(),
@@ -380,10 +495,11 @@ def compress(
     device: Any = None,
     progress: Progress | None = None,
     quality: int = DEFAULT_QUALITY,
+    tile: int | None = DEFAULT_TILE,
 ) -> bytes:
     """Compress ``image`` with ``model`` (default: the bundled default model) to ``.vqz`` bytes, at
-    ``quality`` 1 (smallest file) to 4 (best, the default)."""
-    return open_codec(model, device).compress(image, progress, quality)
+    ``quality`` 1 (smallest file) to 4 (best, the default), in tiles of ``tile`` pixels (None: whole)."""
+    return open_codec(model, device).compress(image, progress, quality, tile)
 
 
 def decompress(

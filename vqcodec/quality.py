@@ -4,6 +4,9 @@ One trained model serves every quality, as cjxl's ``--resampling`` does for JPEG
 codes cost about the same per code whatever the image size, so coding 1/2 of each side takes about
 1/4 of the bits, and at low rates a smaller sharp image beats a blocky full-size one. Kept free of
 torch so that the command line can describe the qualities without loading it.
+
+The tile side is the other encoder setting: a file's code maps are cut into square tiles coded as
+independent images, whose wavefronts the decoder runs side by side (``bitstream_spec/vqz.md`` §5.2).
 """
 
 from __future__ import annotations
@@ -11,6 +14,11 @@ from __future__ import annotations
 QUALITY_SCALES: dict[int, float] = {1: 2.0, 2: 1.5, 3: 1.25, 4: 1.0}
 """Quality N → how many times smaller each side of the coded image is than the image's."""
 DEFAULT_QUALITY = max(QUALITY_SCALES)
+
+DEFAULT_TILE = 256
+"""Side in pixels of the tiles coded as independent images: the side of the crops the priors are
+trained on, so that a tile's context is the one they learned from. A Kodak image then takes 284
+sequential steps instead of 668, for 0.9 % more bits."""
 
 
 def coded_size(width: int, height: int, quality: int) -> tuple[int, int]:

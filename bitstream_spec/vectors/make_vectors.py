@@ -1,15 +1,17 @@
 """Regenerate the conformance vectors: the tiny model, the ``.vqz`` files and ``vectors.json``.
 
-    python bitstream_spec/vectors/make_vectors.py
+    python bitstream_spec/vectors/make_vectors.py [--keep-model]
 
 The model is random (seeded), so the vectors exercise the format, not compression quality. Its
 codebooks are seeded from synthetic images so that the code maps use many codes. The results are
 deterministic on one platform; regenerating elsewhere may give another model (float arithmetic in
-the seeding pass) and therefore other, equally valid, vectors.
+the seeding pass) and therefore other, equally valid, vectors. ``--keep-model`` codes the files
+with the committed ``tiny.safetensors`` instead: to add a vector without changing the others.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -26,7 +28,7 @@ from vqcodec.coding.container import VQZFile, varint
 from vqcodec.errors import VQZError
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
-from vqcodec.quality import DEFAULT_QUALITY
+from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE
 from vqcodec.zoo.modelfile import save_model
 
 HERE = Path(__file__).resolve().parent
@@ -34,6 +36,8 @@ MODEL = "tiny.safetensors"
 SEED = 0
 QUALITY = {"resampled_37x23": 1}
 """``--quality`` of the valid vectors that are not coded at the default quality."""
+TILE = {"tiled_41x27": 24}
+"""``--tile`` of the valid vectors cut into tiles (the default tile is larger than every vector)."""
 
 
 def tiny_model(seed: int = SEED) -> CodecModel:
@@ -76,6 +80,7 @@ def valid_images() -> dict[str, Image.Image]:
         "la_9x11": Image.fromarray(gray_alpha, "LA"),
         "icc_16x16": icc,
         "resampled_37x23": Image.fromarray(smooth(37, 23, 8)),
+        "tiled_41x27": Image.fromarray(smooth(41, 27, 9)),
     }
 
 
@@ -151,6 +156,15 @@ def bad_resample(resampled: bytes) -> bytes:
     return with_crcs(bytearray(damaged), header_length(resampled))
 
 
+def bad_tiles(tiled: bytes) -> bytes:
+    """``tiled`` with its TILES chunk giving 20-pixel tiles, not a multiple of the model's 8."""
+    side = VQZFile.from_bytes(tiled).tile
+    chunk = bytes((0x03, 1))
+    at = tiled.index(chunk + varint(side - 1))
+    damaged = tiled[:at] + chunk + varint(20 - 1) + tiled[at + len(chunk) + 1 :]
+    return with_crcs(bytearray(damaged), header_length(tiled))
+
+
 def huge_header(valid: bytes) -> bytes:
     """The header of ``valid`` declaring a 10^6 x 10^6 image (varints rewritten), with valid CRCs."""
     end = header_length(valid)
@@ -163,13 +177,17 @@ def huge_header(valid: bytes) -> bytes:
     return header + struct.pack("<I", zlib.crc32(header)) + valid[end:]
 
 
-def main() -> None:
-    model = tiny_model()
-    sha256 = save_model(model, HERE / MODEL)
+def main(keep_model: bool) -> None:
+    if keep_model:
+        sha256 = hashlib.sha256((HERE / MODEL).read_bytes()).hexdigest()
+    else:
+        sha256 = save_model(tiny_model(), HERE / MODEL)
     codec = Codec.open(HERE / MODEL)
     vectors = []
     for stem, image in valid_images().items():
-        data = codec.compress(image, quality=QUALITY.get(stem, DEFAULT_QUALITY))
+        data = codec.compress(
+            image, quality=QUALITY.get(stem, DEFAULT_QUALITY), tile=TILE.get(stem, DEFAULT_TILE)
+        )
         decoded: Decoded = codec.decode_codes(data)
         pixels = codec.render(decoded)
         (HERE / f"{stem}.vqz").write_bytes(data)
@@ -194,6 +212,11 @@ def main() -> None:
         "FormatError",
         "a RESAMPLE chunk whose coded width exceeds the image's",
     )
+    invalid["bad_tiles"] = (
+        bad_tiles((HERE / "tiled_41x27.vqz").read_bytes()),
+        "ModelMismatchError",
+        "a TILES chunk of 20-pixel tiles, not a multiple of the model's 8",
+    )
     for stem, (data, error, note) in invalid.items():
         try:
             codec.decompress(data)
@@ -207,7 +230,7 @@ def main() -> None:
             {"file": f"{stem}.vqz", "sha256": hashlib.sha256(data).hexdigest(), "error": error, "note": note}
         )
     manifest = {
-        "format": "vqz 1.1",
+        "format": "vqz 1.2",
         "model": {"file": MODEL, "sha256": sha256, "config": "tiny_config(), random weights, seed 0"},
         "codes_sha256": "SHA-256 of the decoded code maps: levels top first, row-major, each code u16 LE",
         "pixels_sha256": "SHA-256 of the decoded image's raw bytes in its mode (x86-64 CPU reference)",
@@ -218,4 +241,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="Regenerate the conformance vectors.")
+    parser.add_argument("--keep-model", action="store_true", help="code with the committed tiny.safetensors")
+    main(parser.parse_args().keep_model)

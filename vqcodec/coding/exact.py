@@ -507,14 +507,23 @@ class ExactPrior:
         stepper = ColumnStepper if self.device.type == "cuda" else ExactStepper
         return stepper(self, height, width, cond_codes)
 
-    def encoder_stepper(self, codes: Tensor, cond_codes: list[Tensor]) -> ExactStepper | KnownCodes:
-        """Tables of a map whose codes are all known, as the encoder has them: in one parallel pass
-        (``logits_full``, large efficient GEMMs) when the map is small enough, else step by step."""
-        height, width = codes.shape
-        logits = height * width * self.codebook_size
-        if max(logits, ExactStepper.whole_cache_values(self, height, width)) <= WHOLE_MAP_VALUES:
-            return KnownCodes(self.logits_full(codes, cond_codes))
-        return self.stepper(height, width, cond_codes)
+    def encoder_stepper(
+        self, codes: list[Tensor], cond_codes: list[list[Tensor]]
+    ) -> ExactStepper | KnownCodes:
+        """Tables of maps of one size whose codes are all known, as the encoder has them (``codes`` [H, W]
+        and ``cond_codes``, the levels above, of each), in the order of ``batch_stepper``: each map in
+        one parallel pass (``logits_full``, large efficient GEMMs) when they are small enough, else
+        step by step."""
+        height, width = codes[0].shape
+        logits = len(codes) * height * width * self.codebook_size
+        if max(logits, ExactStepper.whole_cache_values(self, height, width)) > WHOLE_MAP_VALUES:
+            return self.batch_stepper(height, width, cond_codes)
+        known = torch.empty(
+            len(codes), height, width, self.codebook_size, dtype=torch.int64, device=self.device
+        )
+        for i, (image_codes, image_cond) in enumerate(zip(codes, cond_codes, strict=True)):
+            known[i] = self.logits_full(image_codes, image_cond)
+        return KnownCodes(known)
 
     def logits_full(self, codes: Tensor, cond_codes: list[Tensor]) -> Tensor:
         """int64 logits [H, W, K] at FA of one image's codes [H, W], every position at once.
@@ -591,16 +600,18 @@ class KnownCodes:
     """The stepper interface over logits computed in advance (``ExactPrior.encoder_stepper``)."""
 
     def __init__(self, logits: Tensor):
-        self._logits = logits  # int64 [H, W, K]
-        self.height, self.width, _ = logits.shape
+        self._logits = logits  # int64 [B, H, W, K]
+        _, self.height, self.width, self._k = logits.shape
         self.n_steps = order.n_steps(self.height, self.width)
 
     def positions(self, t: int) -> tuple[Tensor, Tensor]:
         return order.wavefront(t, self.height, self.width)
 
     def freqs(self, t: int) -> np.ndarray:
-        ys, xs = self.positions(t)
-        return frequencies(self._logits[ys.to(self._logits.device), xs.to(self._logits.device)]).cpu().numpy()
+        """Position by position, image by image within each, as ``ExactStepper.freqs``."""
+        ys, xs = (index.to(self._logits.device) for index in self.positions(t))
+        logits = self._logits[:, ys, xs].transpose(0, 1).reshape(-1, self._k)
+        return frequencies(logits).cpu().numpy()
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
         """Nothing to do: the logits already saw every code."""

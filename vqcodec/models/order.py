@@ -14,6 +14,9 @@ The causal structure of every prior is derived from this one function:
   evaluated for a whole wavefront at once, layer after layer.
 
 Hence the prior's output at ``p`` depends only on codes at strictly earlier steps.
+
+A map may also be cut into *tiles* (``tiles``), each coded as the map of an independent image:
+their wavefronts run side by side, so a map of ``n`` tiles takes the steps of one tile.
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ def step_of(y: int, x: int) -> int:
 def n_steps(height: int, width: int) -> int:
     """Number of sequential wavefronts of a height x width map."""
     return (width - 1) + SLOPE * (height - 1) + 1
+
+
+def tiles(height: int, width: int, side: int) -> list[tuple[int, int, int, int]]:
+    """``(y, x, h, w)`` of the ``side`` x ``side`` tiles of a height x width map, cut from the top left
+    (those of the last row and column may be smaller), in raster order."""
+    if side < 1:
+        raise ValueError(f"tile side must be positive, got {side}")
+    return [
+        (y, x, min(side, height - y), min(side, width - x))
+        for y in range(0, height, side)
+        for x in range(0, width, side)
+    ]
 
 
 def step_map(height: int, width: int) -> torch.Tensor:
