@@ -138,67 +138,72 @@ def walk_tables(codec: Codec, codes: list[np.ndarray], tile: int | None) -> list
     return steps
 
 
-def test_tiles_are_coded_as_independent_images(codec: Codec):
-    """Every tile's tables are those of the tile coded as an image of its own; a step codes the tiles
-    in raster order, each tile's positions by increasing row."""
-    codes = codec.image_codes(smooth(56, 40, seed=5))  # maps 5 x 7 and 10 x 14: tiles of 2 and 4 codes
-    tiled = walk_tables(codec, codes, tile=16)
-    assert len(tiled) == codec._n_steps([c.shape for c in codes], 16) == n_steps(2, 2) + n_steps(4, 4)
-    expected: dict[tuple[int, int], list[list[tuple]]] = {}  # per level and step, the positions
-    for y, x, h, w in order.tiles(5, 7, 2):
-        alone = walk_tables(
-            codec,
-            [codes[0][y : y + h, x : x + w], codes[1][2 * y : 2 * y + 2 * h, 2 * x : 2 * x + 2 * w]],
-            None,
+def test_tiles_are_coded_as_independent_images(codec: Codec, monkeypatch: pytest.MonkeyPatch):
+    """Every tile's tables are those of the tile coded as an image of its own; the tiles are walked in
+    waves, and a step of a wave codes its tiles in raster order, each tile's positions by increasing row."""
+    monkeypatch.setattr(codec_module, "TILE_WAVE", 256)  # waves of 4 tiles of 64 pixels
+    codes = codec.image_codes(smooth(224, 152, seed=5))  # maps 19 x 28 and 38 x 56: tiles of 8 and 16 codes
+    alone = {}  # per tile (level, rank): its steps alone, positions moved to the tile's place
+    for rank, (y, x, h, w) in enumerate(order.tiles(19, 28, 8)):
+        steps = walk_tables(
+            codec, [codes[0][y : y + h, x : x + w], codes[1][2 * y : 2 * (y + h), 2 * x : 2 * (x + w)]], None
         )
-        for t, step in enumerate(alone):
-            level = int(t >= n_steps(h, w))
+        for level in (0, 1):
             scale = level + 1  # the bottom map has twice the top's rows and columns
-            expected.setdefault((level, t - level * n_steps(h, w)), []).extend(
-                (level, yy + scale * y, xx + scale * x, table) for _, yy, xx, table in step
-            )
-    top_steps = n_steps(2, 2)
-    for t, step in enumerate(tiled):
-        key = (0, t) if t < top_steps else (1, t - top_steps)
-        assert step == expected.get(key, []), t
+            mine = steps[: n_steps(h, w)] if level == 0 else steps[n_steps(h, w) :]
+            alone[level, rank] = [
+                [(level, yy + scale * y, xx + scale * x, f) for _, yy, xx, f in step] for step in mine
+            ]
+    expected = []
+    for level in (0, 1):
+        for wave in range(3):  # 12 tiles in waves of 4, raster order
+            ranks = range(4 * wave, 4 * wave + 4)
+            for t in range(max(len(alone[level, rank]) for rank in ranks)):
+                expected.append(
+                    [p for rank in ranks if t < len(alone[level, rank]) for p in alone[level, rank][t]]
+                )
+    tiled = walk_tables(codec, codes, tile=64)
+    assert len(tiled) == len(expected) == codec._n_steps([c.shape for c in codes], 64)
+    for t, (mine, theirs) in enumerate(zip(tiled, expected, strict=True)):
+        assert mine == theirs, t
 
 
-@pytest.mark.parametrize("tile", [8, 16, 24, 64, None])
+@pytest.mark.parametrize("tile", [64, 128, 192, None])
 def test_tiled_round_trip_is_exact(codec: Codec, tile: int | None):
-    image = Image.fromarray(smooth(61, 35, seed=6))
+    image = Image.fromarray(smooth(170, 97, seed=6))  # padded to 176 x 104
     data = codec.compress(image, tile=tile)
     file = VQZFile.from_bytes(data)
-    assert file.tile == (tile if tile is not None and tile < 64 else None)  # a 64 x 40 padded image
+    assert file.tile == (tile if tile is not None and tile < 176 else None)
     decoded = codec.decode_codes(data)
     for mine, theirs in zip(decoded.codes, codec.image_codes(np.asarray(image)), strict=True):
         np.testing.assert_array_equal(mine, theirs)
-    if tile == 64:  # one tile: the whole maps, the same bytes as without tiles
+    if tile == 192:  # one tile: the whole maps, the same bytes as without tiles
         assert data == codec.compress(image, tile=None)
 
 
-def test_tiled_files_decode_together(codec: Codec):
+def test_tiled_files_decode_together(codec: Codec, monkeypatch: pytest.MonkeyPatch):
     """Files of one size with tiles of one size share every step; other tilings walk on their own."""
-    datas = [
-        codec.compress(smooth(40, 24, seed), tile=tile)
-        for seed, tile in [(0, 16), (1, None), (2, 16), (3, 8)]
-    ]
+    monkeypatch.setattr(codec_module, "TILE_WAVE", 128)  # waves of 2 tiles of 64 pixels
+    images = [(0, 64), (1, None), (2, 64), (3, 128)]
+    datas = [codec.compress(smooth(200, 72, seed), tile=tile) for seed, tile in images]
     calls: list[tuple[int, int]] = []
     together = codec.decode_many(datas, progress=lambda done, total: calls.append((done, total)))
     for data, many in zip(datas, together, strict=True):
         assert all(
             np.array_equal(a, b) for a, b in zip(codec.decode_codes(data).codes, many.codes, strict=True)
         )
-    total = (
-        sum(n_steps(side, side) + n_steps(2 * side, 2 * side) for side in (2, 1))
-        + n_steps(3, 5)
-        + n_steps(6, 10)
-    )
-    assert calls[-1] == (total, total)
+    # Maps 9 x 25 and 18 x 50. Tiles of 64 pixels, 8 and 16 codes: the waves of two tiles of the top
+    # map are (8, 8) (8, 8) | (8, 8) (8, 1) | (1, 8) (1, 8) | (1, 8) (1, 1), the bottom's twice as large;
+    # of 128 pixels, one a wave: (9, 16) | (9, 9) and (18, 32) | (18, 18).
+    tiles_64 = sum(2 * n_steps(scale * 8, scale * 8) + 2 * n_steps(scale * 1, scale * 8) for scale in (1, 2))
+    tiles_128 = n_steps(9, 16) + n_steps(9, 9) + n_steps(18, 32) + n_steps(18, 18)
+    total = tiles_64 + n_steps(9, 25) + n_steps(18, 50) + tiles_128
+    assert calls == [(i, total) for i in range(1, total + 1)]
 
 
-@pytest.mark.parametrize("tile", [0, 12, -8])
+@pytest.mark.parametrize("tile", [0, 56, 68, -64])
 def test_tile_must_be_a_multiple_of_the_model(codec: Codec, tile: int):
-    with pytest.raises(ValueError, match="multiple of 8"):
+    with pytest.raises(ValueError, match="multiple of 8 pixels, at least 64"):
         codec.compress(smooth(8, 8), tile=tile)
 
 

@@ -332,11 +332,11 @@ def test_tiled_file_round_trips_as_version_1_2() -> None:
     data = file.to_bytes()
     assert data[3] == 0x12
     assert VQZFile.from_bytes(data) == file
-    assert VQZFile.from_bytes(plain(tile=8).to_bytes()).tile == 8 and plain().tile is None
+    assert VQZFile.from_bytes(plain(tile=64).to_bytes()).tile == 64 and plain().tile is None
 
 
 @pytest.mark.parametrize(
-    ("tile", "valid"), [(0, False), (511, True), (767, True), (768, False), (10**6, False)]
+    ("tile", "valid"), [(0, False), (63, False), (64, True), (767, True), (768, False), (10**6, False)]
 )
 def test_tiles_must_split_the_image(tile: int, valid: bool) -> None:
     if valid:
@@ -351,7 +351,7 @@ def test_tiles_must_split_the_image(tile: int, valid: bool) -> None:
     [
         (((0x03, varint(3) + b"\x00"),), "after its tile side"),
         (((0x03, b""),), "does not hold a varint"),
-        (((0x03, varint(7)),), "tile side"),  # 8 pixels: the whole 8 x 8 image
+        (((0x03, varint(7)),), "at least 64"),
         (((0x03, varint(3)), (0x03, varint(3))), "duplicate TILES"),
     ],
 )

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from vqcodec import zoo
-from vqcodec.coding.container import ColourMode, Padding, VQZFile, code_checksum, model_id
+from vqcodec.coding.container import MIN_TILE, ColourMode, Padding, VQZFile, code_checksum, model_id
 from vqcodec.coding.entropy import Decoder, Encoder, coded_bits
 from vqcodec.coding.exact import ExactPrior, ExactStepper, KnownCodes
 from vqcodec.errors import ModelMismatchError
@@ -152,9 +152,12 @@ class Codec:
         return self.pack(source, self.image_codes(rgb), progress, size, tile)
 
     def check_tile(self, tile: int | None) -> None:
-        """Raise ValueError unless ``tile`` is None or a positive multiple of the model's multiple."""
-        if tile is not None and (tile < 1 or tile % self.multiple):
-            raise ValueError(f"tile side must be a positive multiple of {self.multiple} pixels, got {tile}")
+        """Raise ValueError unless ``tile`` is None or a multiple of the model's multiple, at least
+        ``MIN_TILE``."""
+        if tile is not None and (tile < MIN_TILE or tile % self.multiple):
+            raise ValueError(
+                f"tile side must be a multiple of {self.multiple} pixels, at least {MIN_TILE}, got {tile}"
+            )
 
     def image_codes(self, rgb: np.ndarray) -> list[np.ndarray]:
         """The VQ-VAE's code maps of uint8 RGB pixels (padded to the model's multiple), top level first."""
@@ -294,36 +297,44 @@ class Codec:
         total, done = self._n_steps(shapes, tile), 0
         level_bits = [[] for _ in codes]
         for level in range(len(shapes)):
-            groups = self._tile_groups(codes, level, self._tile_side(shapes, level, tile), known)
             bits = np.zeros(len(codes))
-            for t in range(max(group.stepper.n_steps for group in groups)):
-                step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
-                step_codes = np.empty(len(step.images), dtype=np.int64)
-                for image, where in enumerate(step.by_image):
-                    ys, xs, tables = step.ys[where], step.xs[where], step.freqs[where]
-                    symbols = code_step(tables, image, level, ys, xs)
-                    codes[image][level][ys, xs] = symbols
-                    step_codes[where] = symbols
-                    bits[image] += coded_bits(symbols, tables)
-                step.set_codes(step_codes)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+            for wave in self._waves(shapes, level, tile):
+                groups = self._tile_groups(codes, level, wave, known)
+                for t in range(max(group.stepper.n_steps for group in groups)):
+                    step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
+                    step_codes = np.empty(len(step.images), dtype=np.int64)
+                    for image, where in enumerate(step.by_image):
+                        ys, xs, tables = step.ys[where], step.xs[where], step.freqs[where]
+                        symbols = code_step(tables, image, level, ys, xs)
+                        codes[image][level][ys, xs] = symbols
+                        step_codes[where] = symbols
+                        bits[image] += coded_bits(symbols, tables)
+                    step.set_codes(step_codes)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
             for image_bits, level_total in zip(level_bits, bits.tolist(), strict=True):
                 image_bits.append(level_total)
         return level_bits
 
-    def _tile_side(self, shapes: Sequence[tuple[int, int]], level: int, tile: int | None) -> int | None:
-        """The side in codes of a level's tiles (None: the whole map), from the tile side in pixels."""
-        return None if tile is None else tile // self.multiple * (shapes[level][0] // shapes[0][0])
+    def _waves(self, shapes: Sequence[tuple[int, int]], level: int, tile: int | None) -> list[list[_Rect]]:
+        """A level's tiles (rank, (y, x, h, w)) in raster order, in the waves that are walked one after
+        the other (one wave of the whole map without tiles)."""
+        height, width = shapes[level]
+        if tile is None:
+            return [[(0, (0, 0, height, width))]]
+        side = tile // self.multiple * (height // shapes[0][0])  # the tile side in this level's codes
+        rects = list(enumerate(order.tiles(height, width, side)))
+        size = tiles_per_wave(tile)
+        return [rects[start : start + size] for start in range(0, len(rects), size)]
 
     def _n_steps(self, shapes: Sequence[tuple[int, int]], tile: int | None) -> int:
-        """The sequential steps of the walk of maps of these shapes: those of each level's largest tile."""
-        steps = 0
-        for level, (height, width) in enumerate(shapes):
-            side = self._tile_side(shapes, level, tile) or max(height, width)
-            steps += order.n_steps(min(side, height), min(side, width))
-        return steps
+        """The sequential steps of the walk of maps of these shapes: of each wave, its largest tile's."""
+        return sum(
+            max(order.n_steps(h, w) for _, (_, _, h, w) in wave)
+            for level in range(len(shapes))
+            for wave in self._waves(shapes, level, tile)
+        )
 
     def _crop(self, codes: np.ndarray, y: int, x: int, h: int, w: int, ratio: int = 1) -> torch.Tensor:
         """The codes of a level ``ratio`` times coarser under the h x w tile at (y, x), on the device."""
@@ -331,31 +342,30 @@ class Codec:
         return torch.from_numpy(codes[rows, cols]).to(self.device)
 
     def _tile_groups(
-        self, codes: list[list[np.ndarray]], level: int, side: int | None, known: bool
+        self, codes: list[list[np.ndarray]], level: int, wave: list[_Rect], known: bool
     ) -> list[_TileGroup]:
-        """The tiles of a level of every image, one stepper for all those of a size."""
-        prior, height, width = self.exact_priors[level], *codes[0][level].shape
-        rects = [(0, 0, height, width)] if side is None else order.tiles(height, width, side)
-        sizes: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        """A wave of a level's tiles of every image, one stepper for all those of a size."""
+        prior, height = self.exact_priors[level], codes[0][level].shape[0]
+        sizes: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
         for image in range(len(codes)):
-            for rank, (_, _, h, w) in enumerate(rects):
-                sizes.setdefault((h, w), []).append((image, rank))
+            for rank, (y, x, h, w) in wave:
+                sizes.setdefault((h, w), []).append((image, rank, y, x))
         groups = []
         for (h, w), members in sizes.items():
-            tiles = [(codes[image], *rects[rank][:2]) for image, rank in members]
+            tiles = np.array(members, dtype=np.int64).T  # image, rank, y, x
             upper = [
-                [self._crop(maps[k], y, x, h, w, height // maps[k].shape[0]) for k in range(level)]
-                for maps, y, x in tiles
+                [
+                    self._crop(codes[image][k], y, x, h, w, height // codes[image][k].shape[0])
+                    for k in range(level)
+                ]
+                for image, _, y, x in members
             ]
             if known:
-                stepper = prior.encoder_stepper(
-                    [self._crop(maps[level], y, x, h, w) for maps, y, x in tiles], upper
-                )
+                maps = [self._crop(codes[image][level], y, x, h, w) for image, _, y, x in members]
+                stepper = prior.encoder_stepper(maps, upper)
             else:
                 stepper = prior.batch_stepper(h, w, upper)
-            images, ranks = np.array(members, dtype=np.int64).T
-            origins = np.array([rects[rank][:2] for rank in ranks], dtype=np.int64)
-            groups.append(_TileGroup(stepper, images, ranks, origins[:, 0], origins[:, 1]))
+            groups.append(_TileGroup(stepper, *tiles))
         return groups
 
     # --- inspection --------------------------------------------------------------------------------
@@ -372,6 +382,20 @@ class Codec:
         report["ideal_bits"] = ideal
         report["overhead_percent"] = 100.0 * (report["payload_bits"] / ideal - 1.0) if ideal else None
         return report
+
+
+_Rect = tuple[int, tuple[int, int, int, int]]
+"""A tile: its rank in raster order, and its top-left code's row and column and its height and width."""
+
+TILE_WAVE = 4096
+"""The tiles of a level are walked in waves of ``TILE_WAVE // P`` tiles of P pixels, one wave after the
+other (``bitstream_spec/vqz.md`` §7): the wave's tiles together are at most as tall as a 4096-pixel
+image, which bounds the memory of the decoder's caches."""
+
+
+def tiles_per_wave(tile: int) -> int:
+    """How many tiles of ``tile`` pixels a wave holds."""
+    return max(1, TILE_WAVE // tile)
 
 
 @dataclass(frozen=True)

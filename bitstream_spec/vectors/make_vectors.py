@@ -36,7 +36,7 @@ MODEL = "tiny.safetensors"
 SEED = 0
 QUALITY = {"resampled_37x23": 1}
 """``--quality`` of the valid vectors that are not coded at the default quality."""
-TILE = {"tiled_41x27": 24}
+TILE = {"tiled_97x71": 64}
 """``--tile`` of the valid vectors cut into tiles (the default tile is larger than every vector)."""
 
 
@@ -80,7 +80,7 @@ def valid_images() -> dict[str, Image.Image]:
         "la_9x11": Image.fromarray(gray_alpha, "LA"),
         "icc_16x16": icc,
         "resampled_37x23": Image.fromarray(smooth(37, 23, 8)),
-        "tiled_41x27": Image.fromarray(smooth(41, 27, 9)),
+        "tiled_97x71": Image.fromarray(smooth(97, 71, 9)),
     }
 
 
@@ -157,11 +157,11 @@ def bad_resample(resampled: bytes) -> bytes:
 
 
 def bad_tiles(tiled: bytes) -> bytes:
-    """``tiled`` with its TILES chunk giving 20-pixel tiles, not a multiple of the model's 8."""
+    """``tiled`` with its TILES chunk giving 68-pixel tiles, not a multiple of the model's 8."""
     side = VQZFile.from_bytes(tiled).tile
     chunk = bytes((0x03, 1))
     at = tiled.index(chunk + varint(side - 1))
-    damaged = tiled[:at] + chunk + varint(20 - 1) + tiled[at + len(chunk) + 1 :]
+    damaged = tiled[:at] + chunk + varint(68 - 1) + tiled[at + len(chunk) + 1 :]
     return with_crcs(bytearray(damaged), header_length(tiled))
 
 
@@ -213,9 +213,9 @@ def main(keep_model: bool) -> None:
         "a RESAMPLE chunk whose coded width exceeds the image's",
     )
     invalid["bad_tiles"] = (
-        bad_tiles((HERE / "tiled_41x27.vqz").read_bytes()),
+        bad_tiles((HERE / "tiled_97x71.vqz").read_bytes()),
         "ModelMismatchError",
-        "a TILES chunk of 20-pixel tiles, not a multiple of the model's 8",
+        "a TILES chunk of 68-pixel tiles, not a multiple of the model's 8",
     )
     for stem, (data, error, note) in invalid.items():
         try:

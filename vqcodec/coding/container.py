@@ -40,6 +40,9 @@ MODEL_ID_LEN = 16
 MAX_SIDE = 16384
 MAX_PIXELS = 2**27
 MAX_LEVELS = 8
+MIN_TILE = 64
+"""Smallest tile side in pixels (TILES chunk): smaller tiles cost many bits, and the decoder's memory
+per tile (the tile and the rows its priors read above and below it) would be mostly the border."""
 CODER_RANGE = 1
 """Coder id of the range coder of ``entropy.py`` (32-bit words, 64-bit state)."""
 ANCILLARY = 0x80
@@ -176,10 +179,10 @@ class VQZFile:
                 raise FormatError("a RESAMPLE chunk must shrink the image (coded size equals the image size)")
         if self.tile is not None:
             object.__setattr__(self, "tile", int(self.tile))
-            if not 1 <= self.tile < max(self.coded_width, self.coded_height):
+            if not MIN_TILE <= self.tile < max(self.coded_width, self.coded_height):
                 raise FormatError(
-                    f"tile side {self.tile} must be at least 1 and smaller than the coded width or height"
-                    f" ({self.coded_width}x{self.coded_height})"
+                    f"tile side {self.tile} must be at least {MIN_TILE} and smaller than the coded width or"
+                    f" height ({self.coded_width}x{self.coded_height})"
                 )
         for chunk in self.extra_chunks:
             if not 0 <= chunk.type < 256 or chunk.critical or chunk.type in _KNOWN_CHUNKS:
