@@ -1,7 +1,7 @@
 """Speed and peak memory of vqcodec's encoder and decoder on Kodak and on a 3840x2160 image.
 
     python benchmarks/speed.py [--data DIR] [--limit N] [--model NAME] [--device cuda] [--out DIR] [--no-4k]
-                               [--batch N]
+                               [--batch N] [--tile PIXELS]
 
 Encoding and decoding each run in a fresh child process that loads the model, warms it up on a small
 crop (untimed), then times every image from pixels in memory to bytes and back, and reports its peak
@@ -15,7 +15,10 @@ one machine. Without it (it cannot be installed beside every torch), bmshj2018-f
 and synthesis transforms, rebuilt in torch, give a lower bound on that codec's times. Batch decoding
 (``decompress_many``, ``--batch`` Kodak files of one size at a time) gives the throughput. It also counts
 the priors' float64 multiply-adds for a Kodak image and times a large float64 matrix product here: the
-least time those products need, whatever the implementation. Writes ``speed.json`` and ``results.md``.
+least time those products need, whatever the implementation. The files are cut into tiles of
+``--tile`` pixels (the default's); the images are also coded whole (``--tile 0``) and decoded, for the
+bits the tiles cost (the context they cut) and the time they save. Writes ``speed.json`` and
+``results.md``.
 """
 
 from __future__ import annotations
@@ -33,15 +36,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vqcodec.quality import DEFAULT_TILE
+
 UHD = (3840, 2160)
 WARM_UP_SIDE = 64
 
 
 def child(
-    operation: str, paths: list[Path], quality: int, model: str | None, device: str, batch: int
+    operation: str, paths: list[Path], quality: int, model: str | None, device: str, batch: int, tile: int
 ) -> None:
-    """Time ``operation`` on every path and print JSON: "encode" (PNG → .vqz), "decode" (.vqz → pixels)
-    or "decode-batch" (``batch`` files at a time with ``decompress_many``: one time per batch)."""
+    """Time ``operation`` on every path and print JSON: "encode" (PNG → .vqz, with the files' sizes),
+    "decode" (.vqz → pixels) or "decode-batch" (``batch`` files at a time with ``decompress_many``:
+    one time per batch); ``tile``: the tile side in pixels, 0 for whole maps."""
     import torch
 
     import vqcodec
@@ -49,16 +55,18 @@ def child(
     codec = vqcodec.load_model(model, device=device)
     warm = np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)
     codec.decompress(codec.compress(warm))
-    seconds = []
+    seconds, sizes = [], []
+    suffix = f".q{quality}.t{tile}.vqz"
     if operation == "encode":
         for path in paths:
             rgb = np.asarray(Image.open(path).convert("RGB"))
             tick = time.perf_counter()
-            data = codec.compress(rgb, quality=quality)
+            data = codec.compress(rgb, quality=quality, tile=tile or None)
             seconds.append(time.perf_counter() - tick)
-            path.with_suffix(f".q{quality}.vqz").write_bytes(data)
+            sizes.append(len(data))
+            path.with_suffix(suffix).write_bytes(data)
     else:
-        datas = [path.with_suffix(f".q{quality}.vqz").read_bytes() for path in paths]
+        datas = [path.with_suffix(suffix).read_bytes() for path in paths]
         per_call = batch if operation == "decode-batch" else 1
         for start in range(0, len(datas), per_call):
             tick = time.perf_counter()
@@ -69,12 +77,13 @@ def child(
             seconds.append(time.perf_counter() - tick)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "gpu_peak_mb": gpu_mb}))
+    print(json.dumps({"seconds": seconds, "bytes": sizes, "peak_mb": peak_mb, "gpu_peak_mb": gpu_mb}))
 
 
-def run_child(operation: str, paths: list[Path], args: argparse.Namespace) -> dict:
+def run_child(operation: str, paths: list[Path], args: argparse.Namespace, tile: int | None = None) -> dict:
+    """Run ``child`` in a fresh process, with ``args.tile`` unless ``tile`` is given."""
     command = [sys.executable, __file__, "--child", operation, "--quality", str(args.quality)]
-    command += ["--batch", str(args.batch)]
+    command += ["--batch", str(args.batch), "--tile", str(args.tile if tile is None else tile)]
     command += ["--device", args.device, *(["--model", args.model] if args.model else []), *map(str, paths)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -216,12 +225,14 @@ def gpu_name() -> str:
 
 def markdown(report: dict) -> str:
     machine = report["machine"]
+    coding = f"tiles of {report['tile']} pixels" if report.get("tile") else "whole code maps"
     lines = [
         "# vqcodec speed and memory",
         "",
         f"Run {machine['date']} on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}"
         f" ({machine['torch_threads']} threads), device {report['device']}; `python benchmarks/speed.py`,"
-        f" model {report['model'] or 'default'}, quality {report['quality']}.",
+        f" model {report['model'] or 'default'}, quality {report['quality']},"
+        f" {coding}.",
         "",
         "| image | encode (s, median) | decode (s, median) | encode peak RSS | decode peak RSS |"
         + (" GPU peak (enc / dec) |" if report["device"] != "cpu" else ""),
@@ -236,6 +247,23 @@ def markdown(report: dict) -> str:
             line += f" {row['encode_gpu_mb'] / 1024:.2f} / {row['decode_gpu_mb'] / 1024:.2f} GB |"
         lines.append(line)
     lines.append("")
+    if report.get("tile"):
+        lines += [
+            f"The files above are cut into tiles of {report['tile']} pixels, each coded as an independent"
+            " image (`bitstream_spec/vqz.md` §5.2): the context the priors see ends at a tile's border, and"
+            " the decoder runs the tiles' wavefronts side by side. The same images coded whole (`--tile 0`):",
+            "",
+            "| image | bytes, tiles | bytes, whole | tiles' bits cost | decode (s), whole"
+            " | decode time, tiles / whole |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in report["rows"]:
+            tiled, whole = sum(row["bytes"]), sum(row["whole_bytes"])
+            lines.append(
+                f"| {row['image']} | {tiled} | {whole} | {100 * (tiled / whole - 1):+.2f} %"
+                f" | {row['whole_decode_s']:.2f} | {row['decode_s'] / row['whole_decode_s']:.2f} |"
+            )
+        lines.append("")
     if report["compressai"]:
         kodak = report["rows"][0]
         version = next(iter(report["compressai"].values())).get("version")  # absent from older runs
@@ -298,11 +326,17 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="bundled model name or model file (default: default)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--batch", type=int, default=8, help="files per batch for batch decoding (default 8)")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=DEFAULT_TILE,
+        help=f"tile side in pixels, 0: whole maps (default {DEFAULT_TILE})",
+    )
     parser.add_argument("--child", choices=("encode", "decode", "decode-batch"), help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.paths, args.quality, args.model, args.device, args.batch)
+        child(args.child, args.paths, args.quality, args.model, args.device, args.batch, args.tile)
         return
 
     from vqcodec.bench.run import machine_info
@@ -326,6 +360,17 @@ def main() -> None:
         for name, paths in sets:
             encoded = run_child("encode", paths, args)
             decoded = run_child("decode", paths, args)
+            whole = {}
+            if args.tile:
+                whole_encoded, whole_decoded = (
+                    run_child("encode", paths, args, 0),
+                    run_child("decode", paths, args, 0),
+                )
+                whole = {
+                    "whole_bytes": whole_encoded["bytes"],
+                    "whole_encode_s": statistics.median(whole_encoded["seconds"]),
+                    "whole_decode_s": statistics.median(whole_decoded["seconds"]),
+                }
             rows.append(
                 {
                     "image": name,
@@ -337,6 +382,8 @@ def main() -> None:
                     "decode_peak_mb": decoded["peak_mb"],
                     "encode_gpu_mb": encoded["gpu_peak_mb"],
                     "decode_gpu_mb": decoded["gpu_peak_mb"],
+                    "bytes": encoded["bytes"],
+                    **whole,
                 }
             )
             print(
@@ -355,6 +402,7 @@ def main() -> None:
         print(f"batch decoding: {batch['seconds_per_image']:.2f} s per image", flush=True)
         report = {
             "quality": args.quality,
+            "tile": args.tile,
             "model": args.model,
             "device": args.device if args.device == "cpu" else f"{args.device} ({gpu_name()})",
             "machine": machine_info(),
