@@ -102,7 +102,8 @@ def test_quality_picks_the_operating_point(model: str, png: Path, tmp_path: Path
 
 
 def test_tile_option(model: str, tmp_path: Path):
-    """A 100 x 70 image is one 256-pixel tile (no TILES chunk); 64-pixel tiles cut it, 0 codes it whole."""
+    """A 100 x 70 image is one 256-pixel tile (no TILES chunk); 64-pixel ones cut it (into 2 x 2 tiles of
+    56 x 40, padded to 104 x 72), 0 codes it whole."""
     png = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(png)
     for tile in ("256", "64", "0"):
@@ -110,7 +111,7 @@ def test_tile_option(model: str, tmp_path: Path):
         assert run("compress", "-m", model, "--tile", tile, png, vqz).exit_code == 0
         assert run("decompress", "-m", model, vqz, tmp_path / f"{tile}.png").exit_code == 0
     assert (tmp_path / "256.vqz").read_bytes() == (tmp_path / "0.vqz").read_bytes()
-    assert "tiles     64 x 64 pixels" in run("info", "-m", model, tmp_path / "64.vqz").stdout
+    assert "tiles     56x40 (WxH) pixels" in run("info", "-m", model, tmp_path / "64.vqz").stdout
     assert "tiles " not in run("info", "-m", model, tmp_path / "0.vqz").stdout
     assert_error(run("compress", "-m", model, "--tile", "12", png, tmp_path / "x.vqz"), 1, "multiple of 8")
     assert not (tmp_path / "x.vqz").exists()

@@ -126,25 +126,33 @@ def test_quality_one_keeps_tiny_images_at_least_one_pixel(codec: Codec):
     assert codec.decompress(data).size == (1, 3)
 
 
-def walk_tables(codec: Codec, codes: list[np.ndarray], tile: int | None) -> list[list[tuple]]:
-    """Per step of the encoder's walk, its (level, y, x, table) in coding order."""
+def walk_tables(
+    codec: Codec, codes: list[np.ndarray], tile: tuple[int, int] | None, known: bool = True
+) -> list:
+    """Per step of the walk of ``codes`` (the encoder's, or with ``known`` false the decoder's), its
+    (level, y, x, table) in coding order."""
     steps: list[list[tuple]] = []
 
     def record(freqs: np.ndarray, image: int, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         steps.append([(level, y, x, tuple(table)) for y, x, table in zip(ys, xs, freqs, strict=True)])
         return codes[level][ys, xs]
 
-    codec._walk([[level.copy() for level in codes]], record, None, tile, known=True)
+    maps = [level.copy() if known else np.zeros_like(level) for level in codes]
+    codec._walk([maps], record, None, tile, known=known)
     return steps
 
 
-def test_tiles_are_coded_as_independent_images(codec: Codec, monkeypatch: pytest.MonkeyPatch):
-    """Every tile's tables are those of the tile coded as an image of its own; the tiles are walked in
-    waves, and a step of a wave codes its tiles in raster order, each tile's positions by increasing row."""
-    monkeypatch.setattr(codec_module, "TILE_WAVE", 256)  # waves of 4 tiles of 64 pixels
-    codes = codec.image_codes(smooth(224, 152, seed=5))  # maps 19 x 28 and 38 x 56: tiles of 8 and 16 codes
+@pytest.mark.parametrize("known", [True, False])
+def test_tiles_are_coded_as_independent_images(codec: Codec, monkeypatch: pytest.MonkeyPatch, known: bool):
+    """Every tile's tables are those of the tile coded as an image of its own, for the encoder and the
+    decoder; the tiles are walked in waves, and a step of a wave codes its tiles in raster order, each
+    tile's positions by increasing row."""
+    monkeypatch.setattr(codec_module, "TILE_WAVE", 256)  # waves of 4 tiles 56 pixels tall
+    codes = codec.image_codes(smooth(224, 152, seed=5))  # maps 19 x 28 and 38 x 56
+    tile = codec.tile_size(19, 28, 64)
+    assert tile == (56, 56)  # 4 x 3 tiles of 7 x 7 top-level codes, those of the last row 5 tall
     alone = {}  # per tile (level, rank): its steps alone, positions moved to the tile's place
-    for rank, (y, x, h, w) in enumerate(order.tiles(19, 28, 8)):
+    for rank, (y, x, h, w) in enumerate(order.tiles(19, 28, 7, 7)):
         steps = walk_tables(
             codec, [codes[0][y : y + h, x : x + w], codes[1][2 * y : 2 * (y + h), 2 * x : 2 * (x + w)]], None
         )
@@ -162,18 +170,18 @@ def test_tiles_are_coded_as_independent_images(codec: Codec, monkeypatch: pytest
                 expected.append(
                     [p for rank in ranks if t < len(alone[level, rank]) for p in alone[level, rank][t]]
                 )
-    tiled = walk_tables(codec, codes, tile=64)
-    assert len(tiled) == len(expected) == codec._n_steps([c.shape for c in codes], 64)
+    tiled = walk_tables(codec, codes, tile, known)
+    assert len(tiled) == len(expected) == codec._n_steps([c.shape for c in codes], tile)
     for t, (mine, theirs) in enumerate(zip(tiled, expected, strict=True)):
         assert mine == theirs, t
 
 
-@pytest.mark.parametrize("tile", [64, 128, 192, None])
-def test_tiled_round_trip_is_exact(codec: Codec, tile: int | None):
-    image = Image.fromarray(smooth(170, 97, seed=6))  # padded to 176 x 104
+@pytest.mark.parametrize(("tile", "size"), [(64, (64, 56)), (128, (88, 104)), (192, None), (None, None)])
+def test_tiled_round_trip_is_exact(codec: Codec, tile: int | None, size: tuple[int, int] | None):
+    """A 170 x 97 image, padded to 176 x 104 (13 x 22 top-level codes), cut as evenly as it can be."""
+    image = Image.fromarray(smooth(170, 97, seed=6))
     data = codec.compress(image, tile=tile)
-    file = VQZFile.from_bytes(data)
-    assert file.tile == (tile if tile is not None and tile < 176 else None)
+    assert VQZFile.from_bytes(data).tile == size
     decoded = codec.decode_codes(data)
     for mine, theirs in zip(decoded.codes, codec.image_codes(np.asarray(image)), strict=True):
         np.testing.assert_array_equal(mine, theirs)
@@ -183,7 +191,7 @@ def test_tiled_round_trip_is_exact(codec: Codec, tile: int | None):
 
 def test_tiled_files_decode_together(codec: Codec, monkeypatch: pytest.MonkeyPatch):
     """Files of one size with tiles of one size share every step; other tilings walk on their own."""
-    monkeypatch.setattr(codec_module, "TILE_WAVE", 128)  # waves of 2 tiles of 64 pixels
+    monkeypatch.setattr(codec_module, "TILE_WAVE", 128)
     images = [(0, 64), (1, None), (2, 64), (3, 128)]
     datas = [codec.compress(smooth(200, 72, seed), tile=tile) for seed, tile in images]
     calls: list[tuple[int, int]] = []
@@ -192,11 +200,15 @@ def test_tiled_files_decode_together(codec: Codec, monkeypatch: pytest.MonkeyPat
         assert all(
             np.array_equal(a, b) for a, b in zip(codec.decode_codes(data).codes, many.codes, strict=True)
         )
-    # Maps 9 x 25 and 18 x 50. Tiles of 64 pixels, 8 and 16 codes: the waves of two tiles of the top
-    # map are (8, 8) (8, 8) | (8, 8) (8, 1) | (1, 8) (1, 8) | (1, 8) (1, 1), the bottom's twice as large;
-    # of 128 pixels, one a wave: (9, 16) | (9, 9) and (18, 32) | (18, 18).
-    tiles_64 = sum(2 * n_steps(scale * 8, scale * 8) + 2 * n_steps(scale * 1, scale * 8) for scale in (1, 2))
-    tiles_128 = n_steps(9, 16) + n_steps(9, 9) + n_steps(18, 32) + n_steps(18, 18)
+    # Maps 9 x 25 and 18 x 50. At most 64 pixels: tiles of 56 x 40 pixels, 4 x 2 of them, of 5 x 7
+    # top-level codes but the last row 4 and the last column 4, in waves of 128 // 40 = 3:
+    # (5, 7) x 3 | (5, 4) (4, 7) (4, 7) | (4, 7) (4, 4); the bottom map's tiles twice as large.
+    tiles_64 = sum(
+        n_steps(5 * s, 7 * s) + max(n_steps(5 * s, 4 * s), n_steps(4 * s, 7 * s)) + n_steps(4 * s, 7 * s)
+        for s in (1, 2)
+    )
+    # At most 128: 104 x 72 pixels, (9, 13) | (9, 12), one a wave.
+    tiles_128 = sum(n_steps(9 * s, 13 * s) + n_steps(9 * s, 12 * s) for s in (1, 2))
     total = tiles_64 + n_steps(9, 25) + n_steps(18, 50) + tiles_128
     assert calls == [(i, total) for i in range(1, total + 1)]
 

@@ -328,31 +328,43 @@ def test_duplicate_resample_chunk_is_refused() -> None:
 
 
 def test_tiled_file_round_trips_as_version_1_2() -> None:
-    file = plain(tile=256, coded_size=(384, 256), level_shapes=((32, 48), (64, 96)))
+    file = plain(tile=(192, 256), coded_size=(384, 256), level_shapes=((32, 48), (64, 96)))
     data = file.to_bytes()
     assert data[3] == 0x12
     assert VQZFile.from_bytes(data) == file
-    assert VQZFile.from_bytes(plain(tile=64).to_bytes()).tile == 64 and plain().tile is None
+    assert VQZFile.from_bytes(plain(tile=(32, 512)).to_bytes()).tile == (32, 512) and plain().tile is None
 
 
 @pytest.mark.parametrize(
-    ("tile", "valid"), [(0, False), (63, False), (64, True), (767, True), (768, False), (10**6, False)]
+    ("tile", "valid"),
+    [
+        ((0, 0), False),
+        ((31, 256), False),  # narrower than 32 pixels
+        ((32, 1000), True),  # as tall as the image or more: not cut that way
+        ((767, 511), True),
+        ((768, 512), False),  # the whole image
+        ((10**6, 10**6), False),
+    ],
 )
-def test_tiles_must_split_the_image(tile: int, valid: bool) -> None:
+def test_tiles_must_split_the_image(tile: tuple[int, int], valid: bool) -> None:
     if valid:
         assert plain(tile=tile).tile == tile
     else:
-        with pytest.raises(FormatError, match="tile side"):
+        with pytest.raises(FormatError, match="must split"):
             plain(tile=tile)
+
+
+def test_tiles_of_a_thin_image_may_be_as_thin() -> None:
+    assert plain(width=8, height=512, level_shapes=((64, 1), (128, 2)), tile=(8, 256)).tile == (8, 256)
 
 
 @pytest.mark.parametrize(
     ("chunks", "message"),
     [
-        (((0x03, varint(3) + b"\x00"),), "after its tile side"),
-        (((0x03, b""),), "does not hold a varint"),
-        (((0x03, varint(7)),), "at least 64"),
-        (((0x03, varint(3)), (0x03, varint(3))), "duplicate TILES"),
+        (((0x03, varint(3) + varint(3) + b"\x00"),), "after its two sizes"),
+        (((0x03, varint(3)),), "does not hold two varints"),
+        (((0x03, varint(7) + varint(3)),), "must split"),  # 8 x 4 pixels: the whole 8 x 8 image wide
+        (((0x03, varint(3) + varint(3)), (0x03, varint(3) + varint(3))), "duplicate TILES"),
     ],
 )
 def test_bad_tiles_chunks_are_refused(chunks: tuple[tuple[int, bytes], ...], message: str) -> None:
@@ -361,7 +373,7 @@ def test_bad_tiles_chunks_are_refused(chunks: tuple[tuple[int, bytes], ...], mes
 
 
 def test_tiles_must_be_whole_cells_of_the_model() -> None:
-    plain(tile=256).check_tile(8)
+    plain(tile=(256, 256)).check_tile(8)
     plain().check_tile(8)
-    with pytest.raises(ModelMismatchError, match="not a multiple of the model's 16"):
-        plain(tile=264).check_tile(16)
+    with pytest.raises(ModelMismatchError, match="not multiples of the model's 16"):
+        plain(tile=(256, 264)).check_tile(16)

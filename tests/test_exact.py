@@ -307,6 +307,39 @@ def test_batch_stepper_gives_each_image_its_own_tables(kind: str, h: int, w: int
 
 
 @pytest.mark.parametrize("kind", sorted(PRIORS))
+def test_batch_stepper_of_maps_of_several_sizes(kind: str) -> None:
+    """Maps smaller than the stepper's, inside it: on every step, the tables of the positions on each
+    map are that map's own; the others are ignored, whatever codes they are given."""
+    prior, g = EXACT[kind], torch.Generator().manual_seed(7)
+    sizes = [(6, 9), (3, 9), (6, 4), (1, 2), (6, 9)]
+    images = [torch.randint(prior.codebook_size, size, generator=g) for size in sizes]
+    conds = [random_cond(PRIORS[kind], h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    alone = [stepper_tables(prior, codes, cond) for codes, cond in zip(images, conds, strict=True)]
+    batch = prior.batch_stepper(6, 9, conds, sizes)
+    for t in range(batch.n_steps):
+        ys, xs = batch.positions(t)
+        tables, on_map = batch.freqs(t), batch.on_map(t)
+        expected = [
+            alone[i][t][list(order.wavefront(t, h, w)[0]).index(y)]
+            for y in ys.tolist()
+            for i, (h, w) in enumerate(sizes)
+            if y < h and 0 <= t - 2 * y < w
+        ]
+        assert np.array_equal(tables[on_map], np.array(expected).reshape(-1, prior.codebook_size)), t
+        codes = torch.stack(
+            [
+                codes[ys.clamp(max=h - 1), xs.clamp(max=w - 1)]
+                for codes, (h, w) in zip(images, sizes, strict=True)
+            ],
+            dim=1,
+        )
+        batch.set_codes(t, codes.reshape(-1) * torch.from_numpy(on_map) + 3 * torch.from_numpy(~on_map))
+    assert prior.batch_stepper(6, 9, [conds[0]] * 5, [(6, 9)] * 5).on_map(0) is None
+    with pytest.raises(ValueError, match="sizes"):
+        prior.batch_stepper(6, 9, conds, [(7, 9)] * 5)
+
+
+@pytest.mark.parametrize("kind", sorted(PRIORS))
 @pytest.mark.parametrize(("h", "w", "batch"), [(1, 1, 1), (5, 1, 2), (1, 6, 1), (7, 40, 1), (6, 9, 3)])
 def test_column_stepper_gives_the_wavefront_steppers_tables(kind: str, h: int, w: int, batch: int) -> None:
     """The CUDA graph's step (whole columns, rows off the map masked, a slide every step), run here

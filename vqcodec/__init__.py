@@ -47,9 +47,9 @@ def compress(
     ``model``: a bundled model's name, a model file, or a ``load_model`` result; None for the
     bundled default. ``device``: "cpu" (default) or "cuda". ``quality``: 1 (smallest file) to 4
     (best, the default); below 4 the image is coded at a smaller size (``vqcodec.quality``).
-    ``tile``: the side in pixels of the tiles coded as independent images, a multiple of the
-    model's multiple (8 for the default); None codes whole code maps: about 1 % fewer bits, decoding
-    more than twice as many sequential steps.
+    ``tile``: the largest side in pixels of the tiles coded as independent images, at least 64 and
+    a multiple of the model's multiple (8 for the default), the image cut into as few tiles as evenly
+    as it can be; None codes whole code maps: about 1 % fewer bits, decoding in more sequential steps.
     """
     from vqcodec import codec
 

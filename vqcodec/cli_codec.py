@@ -221,9 +221,10 @@ target_argument = click.argument("target", metavar="OUT", type=click.Path(dir_ok
     type=click.IntRange(min=0),
     default=DEFAULT_TILE,
     show_default=True,
-    help="Side in pixels of the square tiles coded as independent images: at least 64, a multiple of the"
-    " model's stride (8 for the default model); their codes decode side by side, in fewer sequential steps."
-    " 0 codes the image whole: about 1 % smaller, decoding about 1.4 times slower on a CPU.",
+    help="Largest side in pixels of the tiles coded as independent images (at least 64, a multiple of the"
+    " model's stride: 8 for the default model); the image is cut into as few tiles as evenly as it can,"
+    " and their codes decode side by side, in fewer sequential steps. 0 codes the image whole: about"
+    " 1 % smaller, decoding more slowly.",
 )
 @device_option
 @force_option
@@ -327,7 +328,11 @@ def _format_info(source: str, r: dict[str, Any]) -> str:
             if (r["coded_width"], r["coded_height"]) != (r["width"], r["height"])
             else []
         ),
-        *([f"tiles     {r['tile']} x {r['tile']} pixels, coded as independent images"] if r["tile"] else []),
+        *(
+            [f"tiles     {r['tile'][0]}x{r['tile'][1]} (WxH) pixels, coded as independent images"]
+            if r["tile"]
+            else []
+        ),
         f"model     {r['model_id']} ({model})",
         "levels    name       shape (h x w)   codes   ideal bits  bits/code",
     ]

@@ -141,23 +141,37 @@ class Codec:
         tile: int | None = DEFAULT_TILE,
     ) -> bytes:
         """The ``.vqz`` bytes of ``image`` at ``quality`` (1 = smallest file, 4 = best and default), its
-        codes cut into tiles of ``tile`` pixels (None: whole maps, the fewest bits and the slowest
-        decoding); lossy conversions of the input are ``ConversionWarning``s."""
+        codes cut into tiles of at most ``tile`` pixels a side (None: whole maps, the fewest bits and
+        the slowest decoding); lossy conversions of the input are ``ConversionWarning``s."""
         self.check_tile(tile)
         source = _source(image)
         for message in source.warnings:
             warnings.warn(message, ConversionWarning, stacklevel=2)
         size = coded_size(source.width, source.height, quality)
         rgb = source.rgb if size == (source.width, source.height) else resize(source.rgb, *size)
-        return self.pack(source, self.image_codes(rgb), progress, size, tile)
+        codes = self.image_codes(rgb)
+        return self.pack(source, codes, progress, size, self.tile_size(*codes[0].shape, tile))
 
     def check_tile(self, tile: int | None) -> None:
         """Raise ValueError unless ``tile`` is None or a multiple of the model's multiple, at least
-        ``MIN_TILE``."""
-        if tile is not None and (tile < MIN_TILE or tile % self.multiple):
+        ``2 * MIN_TILE``."""
+        if tile is not None and (tile < 2 * MIN_TILE or tile % self.multiple):
             raise ValueError(
-                f"tile side must be a multiple of {self.multiple} pixels, at least {MIN_TILE}, got {tile}"
+                f"tile side must be a multiple of {self.multiple} pixels, at least {2 * MIN_TILE}, got {tile}"
             )
+
+    def tile_size(self, top_height: int, top_width: int, tile: int | None) -> tuple[int, int] | None:
+        """The (width, height) of the tiles that cut an image of this top-level map as evenly as
+        possible into as few tiles as tiles of ``tile`` pixels a side would; None: one tile."""
+        if tile is None:
+            return None
+        sides = []
+        for codes in (top_width, top_height):
+            cells = -(-tile // self.multiple)  # a tile's side in top-level codes, at most
+            count = -(-codes // cells)
+            sides.append(-(-codes // count) * self.multiple)  # at least tile / 2 when count > 1
+        whole = sides == [top_width * self.multiple, top_height * self.multiple]
+        return None if whole else (sides[0], sides[1])
 
     def image_codes(self, rgb: np.ndarray) -> list[np.ndarray]:
         """The VQ-VAE's code maps of uint8 RGB pixels (padded to the model's multiple), top level first."""
@@ -174,15 +188,11 @@ class Codec:
         codes: list[np.ndarray],
         progress: Progress | None = None,
         resampled: tuple[int, int] | None = None,
-        tile: int | None = None,
+        tile: tuple[int, int] | None = None,
     ) -> bytes:
         """Range-code ``codes`` and wrap them with the metadata of ``source``; ``resampled`` is the
-        (width, height) the codes describe when the image was resized before coding, ``tile`` the side
-        of the tiles (pixels, a multiple of the model's multiple) coded as independent images."""
-        self.check_tile(tile)
-        padded_height, padded_width = (self.multiple * side for side in codes[0].shape)
-        if tile is not None and tile >= max(padded_height, padded_width):
-            tile = None  # one tile: the whole maps, without a TILES chunk
+        (width, height) the codes describe when the image was resized before coding, ``tile`` the
+        (width, height) in pixels of the tiles coded as independent images (``tile_size``)."""
         encoder = Encoder()
 
         def encode(freqs: np.ndarray, image: int, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -279,12 +289,12 @@ class Codec:
         codes: list[list[np.ndarray]],
         code_step: Callable[[np.ndarray, int, int, np.ndarray, np.ndarray], np.ndarray],
         progress: Progress | None,
-        tile: int | None,
+        tile: tuple[int, int] | None,
         known: bool = False,
     ) -> list[list[float]]:
         """Visit every level top first, wavefront by wavefront, as encoder and decoder both must, for
         one or more images whose code maps ``codes[image][level]`` have the same shapes and are cut
-        into tiles of ``tile`` pixels (None: whole maps).
+        into tiles of ``tile`` (width, height) pixels (None: whole maps).
 
         ``code_step(freqs, image, level, ys, xs)`` codes one image's step at positions (ys, xs) with
         the tables ``freqs`` (tile by tile, each tile's positions by increasing row) and returns its
@@ -300,7 +310,7 @@ class Codec:
             bits = np.zeros(len(codes))
             for wave in self._waves(shapes, level, tile):
                 groups = self._tile_groups(codes, level, wave, known)
-                for t in range(max(group.stepper.n_steps for group in groups)):
+                for t in range(max(order.n_steps(h, w) for _, (_, _, h, w) in wave)):
                     step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
                     step_codes = np.empty(len(step.images), dtype=np.int64)
                     for image, where in enumerate(step.by_image):
@@ -317,18 +327,21 @@ class Codec:
                 image_bits.append(level_total)
         return level_bits
 
-    def _waves(self, shapes: Sequence[tuple[int, int]], level: int, tile: int | None) -> list[list[_Rect]]:
+    def _waves(
+        self, shapes: Sequence[tuple[int, int]], level: int, tile: tuple[int, int] | None
+    ) -> list[list[_Rect]]:
         """A level's tiles (rank, (y, x, h, w)) in raster order, in the waves that are walked one after
         the other (one wave of the whole map without tiles)."""
         height, width = shapes[level]
         if tile is None:
             return [[(0, (0, 0, height, width))]]
-        side = tile // self.multiple * (height // shapes[0][0])  # the tile side in this level's codes
-        rects = list(enumerate(order.tiles(height, width, side)))
-        size = tiles_per_wave(tile)
+        scale = height // shapes[0][0]  # this level's codes per top-level code, a side
+        tile_width, tile_height = (side // self.multiple * scale for side in tile)
+        rects = list(enumerate(order.tiles(height, width, tile_height, tile_width)))
+        size = tiles_per_wave(tile[1])
         return [rects[start : start + size] for start in range(0, len(rects), size)]
 
-    def _n_steps(self, shapes: Sequence[tuple[int, int]], tile: int | None) -> int:
+    def _n_steps(self, shapes: Sequence[tuple[int, int]], tile: tuple[int, int] | None) -> int:
         """The sequential steps of the walk of maps of these shapes: of each wave, its largest tile's."""
         return sum(
             max(order.n_steps(h, w) for _, (_, _, h, w) in wave)
@@ -344,28 +357,31 @@ class Codec:
     def _tile_groups(
         self, codes: list[list[np.ndarray]], level: int, wave: list[_Rect], known: bool
     ) -> list[_TileGroup]:
-        """A wave of a level's tiles of every image, one stepper for all those of a size."""
+        """A wave of a level's tiles of every image, evaluated together: by one stepper on the CPU,
+        the smaller tiles inside the largest one's map; else one stepper (or one pass of the known
+        codes) for all those of a size."""
         prior, height = self.exact_priors[level], codes[0][level].shape[0]
-        sizes: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
-        for image in range(len(codes)):
-            for rank, (y, x, h, w) in wave:
-                sizes.setdefault((h, w), []).append((image, rank, y, x))
+        tiles = [(image, rank, *rect) for image in range(len(codes)) for rank, rect in wave]
+        one_size = known or self.device.type == "cuda"
+        sizes: dict[tuple[int, int], list[tuple[int, ...]]] = {}
+        for tile in tiles:
+            sizes.setdefault(tile[4:] if one_size else (0, 0), []).append(tile)
         groups = []
-        for (h, w), members in sizes.items():
-            tiles = np.array(members, dtype=np.int64).T  # image, rank, y, x
+        for members in sizes.values():
+            h, w = (max(tile[i] for tile in members) for i in (4, 5))
             upper = [
                 [
-                    self._crop(codes[image][k], y, x, h, w, height // codes[image][k].shape[0])
+                    self._crop(codes[image][k], y, x, th, tw, height // codes[image][k].shape[0])
                     for k in range(level)
                 ]
-                for image, _, y, x in members
+                for image, _, y, x, th, tw in members
             ]
             if known:
-                maps = [self._crop(codes[image][level], y, x, h, w) for image, _, y, x in members]
+                maps = [self._crop(codes[image][level], y, x, h, w) for image, _, y, x, _, _ in members]
                 stepper = prior.encoder_stepper(maps, upper)
             else:
-                stepper = prior.batch_stepper(h, w, upper)
-            groups.append(_TileGroup(stepper, *tiles))
+                stepper = prior.batch_stepper(h, w, upper, [tile[4:] for tile in members])
+            groups.append(_TileGroup(stepper, *np.array(members, dtype=np.int64)[:, :4].T))
         return groups
 
     # --- inspection --------------------------------------------------------------------------------
@@ -388,14 +404,14 @@ _Rect = tuple[int, tuple[int, int, int, int]]
 """A tile: its rank in raster order, and its top-left code's row and column and its height and width."""
 
 TILE_WAVE = 4096
-"""The tiles of a level are walked in waves of ``TILE_WAVE // P`` tiles of P pixels, one wave after the
-other (``bitstream_spec/vqz.md`` §7): the wave's tiles together are at most as tall as a 4096-pixel
-image, which bounds the memory of the decoder's caches."""
+"""The tiles of a level are walked in waves of ``TILE_WAVE // H`` tiles H pixels tall, one wave after
+the other (``bitstream_spec/vqz.md`` §7): the wave's tiles together are at most as tall as a
+4096-pixel image, which bounds the memory of the decoder's caches."""
 
 
-def tiles_per_wave(tile: int) -> int:
-    """How many tiles of ``tile`` pixels a wave holds."""
-    return max(1, TILE_WAVE // tile)
+def tiles_per_wave(tile_height: int) -> int:
+    """How many tiles ``tile_height`` pixels tall a wave holds."""
+    return max(1, TILE_WAVE // tile_height)
 
 
 @dataclass(frozen=True)
@@ -417,18 +433,26 @@ class _Step:
     order (by image, then tile, then row) and in the maps."""
 
     def __init__(self, groups: list[_TileGroup], t: int, batch: int) -> None:
-        self._groups, self._t, self._counts = groups, t, []
+        self._groups, self._t, self._counts, self._on_map = groups, t, [], []
         freqs, images, ranks, rows, ys, xs = [], [], [], [], [], []
         for group in groups:
-            freqs.append(group.stepper.freqs(t))  # position by position, tile by tile within each
             local_ys, local_xs = (index.cpu().numpy() for index in group.stepper.positions(t))
             n, tiles = len(local_ys), len(group.images)
+            parts = [
+                group.stepper.freqs(t),  # position by position, tile by tile within each
+                np.tile(group.images, n),
+                np.tile(group.ranks, n),
+                np.repeat(local_ys, tiles),
+                np.repeat(local_ys, tiles) + np.tile(group.ys, n),
+                np.repeat(local_xs, tiles) + np.tile(group.xs, n),
+            ]
+            on_map = group.stepper.on_map(t)
+            if on_map is not None:  # a smaller tile's positions outside it
+                parts = [part[on_map] for part in parts]
             self._counts.append(n * tiles)
-            images.append(np.tile(group.images, n))
-            ranks.append(np.tile(group.ranks, n))
-            rows.append(np.repeat(local_ys, tiles))
-            ys.append(rows[-1] + np.tile(group.ys, n))
-            xs.append(np.repeat(local_xs, tiles) + np.tile(group.xs, n))
+            self._on_map.append(on_map)
+            for part, into in zip(parts, (freqs, images, ranks, rows, ys, xs), strict=True):
+                into.append(part)
         self.freqs, self.images = np.concatenate(freqs), np.concatenate(images)
         self.ys, self.xs = np.concatenate(ys), np.concatenate(xs)
         coding_order = np.lexsort((np.concatenate(rows), np.concatenate(ranks), self.images))
@@ -438,9 +462,16 @@ class _Step:
 
     def set_codes(self, codes: np.ndarray) -> None:
         """Enter the step's codes, in the order of its tables, into the groups' steppers."""
-        bounds = itertools.pairwise([0, *itertools.accumulate(self._counts)])
-        for group, (start, stop) in zip(self._groups, bounds, strict=True):
-            group.stepper.set_codes(self._t, codes[start:stop])
+        start = 0
+        for group, count, on_map in zip(self._groups, self._counts, self._on_map, strict=True):
+            if on_map is None:
+                group.stepper.set_codes(self._t, codes[start : start + count])
+                start += count
+            else:  # the positions outside their tile get code 0, which the stepper keeps as padding
+                step_codes = np.zeros(count, dtype=np.int64)
+                step_codes[on_map] = codes[start : start + on_map.sum()]
+                group.stepper.set_codes(self._t, step_codes)
+                start += int(on_map.sum())
 
 
 def _shifted(progress: Progress, done: int, total: int) -> Progress:
@@ -522,7 +553,8 @@ def compress(
     tile: int | None = DEFAULT_TILE,
 ) -> bytes:
     """Compress ``image`` with ``model`` (default: the bundled default model) to ``.vqz`` bytes, at
-    ``quality`` 1 (smallest file) to 4 (best, the default), in tiles of ``tile`` pixels (None: whole)."""
+    ``quality`` 1 (smallest file) to 4 (best, the default), in tiles of at most ``tile`` pixels a side
+    (None: whole maps)."""
     return open_codec(model, device).compress(image, progress, quality, tile)
 
 

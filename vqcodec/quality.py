@@ -16,9 +16,9 @@ QUALITY_SCALES: dict[int, float] = {1: 2.0, 2: 1.5, 3: 1.25, 4: 1.0}
 DEFAULT_QUALITY = max(QUALITY_SCALES)
 
 DEFAULT_TILE = 256
-"""Side in pixels of the tiles coded as independent images: the side of the crops the priors are
-trained on, so that a tile's context is the one they learned from. A Kodak image then takes 284
-sequential steps instead of 668, for 0.9 % more bits."""
+"""Largest side in pixels of the tiles coded as independent images: the side of the crops the priors
+are trained on, so that a tile's context is the one they learned from. A Kodak image is then cut into
+6 tiles of 256 x 256 and takes 284 sequential steps instead of 668, for 0.9 % more bits."""
 
 
 def coded_size(width: int, height: int, quality: int) -> tuple[int, int]:

@@ -157,11 +157,11 @@ def bad_resample(resampled: bytes) -> bytes:
 
 
 def bad_tiles(tiled: bytes) -> bytes:
-    """``tiled`` with its TILES chunk giving 68-pixel tiles, not a multiple of the model's 8."""
-    side = VQZFile.from_bytes(tiled).tile
-    chunk = bytes((0x03, 1))
-    at = tiled.index(chunk + varint(side - 1))
-    damaged = tiled[:at] + chunk + varint(68 - 1) + tiled[at + len(chunk) + 1 :]
+    """``tiled`` with its TILES chunk giving tiles 68 pixels wide, not a multiple of the model's 8."""
+    width, height = VQZFile.from_bytes(tiled).tile
+    chunk = bytes((0x03, 2))
+    at = tiled.index(chunk + varint(width - 1) + varint(height - 1))
+    damaged = tiled[:at] + chunk + varint(68 - 1) + varint(height - 1) + tiled[at + len(chunk) + 2 :]
     return with_crcs(bytearray(damaged), header_length(tiled))
 
 
@@ -215,7 +215,7 @@ def main(keep_model: bool) -> None:
     invalid["bad_tiles"] = (
         bad_tiles((HERE / "tiled_97x71.vqz").read_bytes()),
         "ModelMismatchError",
-        "a TILES chunk of 68-pixel tiles, not a multiple of the model's 8",
+        "a TILES chunk of tiles 68 pixels wide, not a multiple of the model's 8",
     )
     for stem, (data, error, note) in invalid.items():
         try:

@@ -40,9 +40,10 @@ MODEL_ID_LEN = 16
 MAX_SIDE = 16384
 MAX_PIXELS = 2**27
 MAX_LEVELS = 8
-MIN_TILE = 64
-"""Smallest tile side in pixels (TILES chunk): smaller tiles cost many bits, and the decoder's memory
-per tile (the tile and the rows its priors read above and below it) would be mostly the border."""
+MIN_TILE = 32
+"""Smallest tile width and height in pixels (TILES chunk): smaller tiles cost many bits, and the
+decoder's memory per tile (the tile and the rows its priors read above and below it) would be mostly
+border."""
 CODER_RANGE = 1
 """Coder id of the range coder of ``entropy.py`` (32-bit words, 64-bit state)."""
 ANCILLARY = 0x80
@@ -79,7 +80,7 @@ class ChunkType(IntEnum):
     RESAMPLE = 0x02
     """Critical (version 1.1): the codes describe the image resampled to a smaller coded size."""
     TILES = 0x03
-    """Critical (version 1.2): the code maps are coded in independent square tiles of this many pixels."""
+    """Critical (version 1.2): the code maps are coded in independent tiles of this many pixels."""
     ICC = 0x81
     """Ancillary: an ICC colour profile, raw bytes."""
 
@@ -120,9 +121,10 @@ class VQZFile:
     coded_size: tuple[int, int] | None = None
     """(width, height) the image was resampled to before coding, smaller than the image; None: not
     resampled. The code maps describe the coded size and the decoder resamples back (RESAMPLE chunk)."""
-    tile: int | None = None
-    """The side in pixels of the square tiles whose codes are coded as independent images, smaller than
-    the coded width or height; None: the maps are coded whole (TILES chunk)."""
+    tile: tuple[int, int] | None = None
+    """(width, height) in pixels of the tiles whose codes are coded as independent images: each at least
+    ``MIN_TILE`` or the coded image's, and smaller than the coded image in one of them; None: the maps
+    are coded whole (TILES chunk)."""
     extra_chunks: tuple[Chunk, ...] = ()
     """Ancillary chunks of types this version does not define, in file order."""
 
@@ -178,11 +180,14 @@ class VQZFile:
             if self.coded_size == (self.width, self.height):
                 raise FormatError("a RESAMPLE chunk must shrink the image (coded size equals the image size)")
         if self.tile is not None:
-            object.__setattr__(self, "tile", int(self.tile))
-            if not MIN_TILE <= self.tile < max(self.coded_width, self.coded_height):
+            object.__setattr__(self, "tile", (int(self.tile[0]), int(self.tile[1])))
+            tile_width, tile_height = self.tile
+            coded = (self.coded_width, self.coded_height)
+            too_small = any(side < min(MIN_TILE, whole) for side, whole in zip(self.tile, coded, strict=True))
+            if too_small or (tile_width >= self.coded_width and tile_height >= self.coded_height):
                 raise FormatError(
-                    f"tile side {self.tile} must be at least {MIN_TILE} and smaller than the coded width or"
-                    f" height ({self.coded_width}x{self.coded_height})"
+                    f"tiles of {tile_width}x{tile_height} pixels must split the coded {coded[0]}x{coded[1]}"
+                    f" image, each side at least {MIN_TILE} or the image's"
                 )
         for chunk in self.extra_chunks:
             if not 0 <= chunk.type < 256 or chunk.critical or chunk.type in _KNOWN_CHUNKS:
@@ -214,7 +219,7 @@ class VQZFile:
             width, height = self.coded_size
             chunks.append(Chunk(ChunkType.RESAMPLE, varint(width - 1) + varint(height - 1)))
         if self.tile is not None:
-            chunks.append(Chunk(ChunkType.TILES, varint(self.tile - 1)))
+            chunks.append(Chunk(ChunkType.TILES, varint(self.tile[0] - 1) + varint(self.tile[1] - 1)))
         if self.icc is not None:
             chunks.append(Chunk(ChunkType.ICC, self.icc))
         return chunks + list(self.extra_chunks)
@@ -316,9 +321,10 @@ class VQZFile:
     def check_tile(self, multiple: int) -> None:
         """Raise ``ModelMismatchError`` unless the tiles are whole cells of a model whose image sides are
         multiples of ``multiple`` (so that they cut every level's map at whole codes)."""
-        if self.tile is not None and self.tile % multiple:
+        if self.tile is not None and (self.tile[0] % multiple or self.tile[1] % multiple):
             raise ModelMismatchError(
-                f"file has tiles of {self.tile} pixels, not a multiple of the model's {multiple}"
+                f"file has tiles of {self.tile[0]}x{self.tile[1]} pixels, not multiples of the model's"
+                f" {multiple}"
             )
 
     def check_codes(self, maps: Sequence[np.ndarray]) -> None:
@@ -387,16 +393,16 @@ def _coded_size(data: bytes) -> tuple[int, int]:
     return size
 
 
-def _tile(data: bytes) -> int:
-    """The tile side of a TILES chunk: one varint and nothing after it."""
+def _tile(data: bytes) -> tuple[int, int]:
+    """The (width, height) of a TILES chunk: two varints and nothing after them."""
     reader = _Reader(data)
     try:
-        side = reader.varint() + 1
+        size = reader.varint() + 1, reader.varint() + 1
     except FormatError as error:
-        raise FormatError(f"TILES chunk does not hold a varint ({error})") from None
+        raise FormatError(f"TILES chunk does not hold two varints ({error})") from None
     if reader.remaining:
-        raise FormatError(f"TILES chunk has {reader.remaining} bytes after its tile side")
-    return side
+        raise FormatError(f"TILES chunk has {reader.remaining} bytes after its two sizes")
+    return size
 
 
 def varint(value: int) -> bytes:

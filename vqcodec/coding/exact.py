@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import functools
+import itertools
 import math
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -500,12 +501,22 @@ class ExactPrior:
         """Tables of one height x width map, step by step; ``cond_codes``: [h_i, w_i] per level above."""
         return self.batch_stepper(height, width, [cond_codes])
 
-    def batch_stepper(self, height: int, width: int, cond_codes: list[list[Tensor]]) -> ExactStepper:
+    def batch_stepper(
+        self,
+        height: int,
+        width: int,
+        cond_codes: list[list[Tensor]],
+        sizes: list[tuple[int, int]] | None = None,
+    ) -> ExactStepper:
         """Tables of several height x width maps at once, one per image of ``cond_codes`` (the levels
-        above of each): every step evaluates all their positions together. On a GPU, each step is one
-        CUDA graph (:class:`ColumnStepper`)."""
-        stepper = ColumnStepper if self.device.type == "cuda" else ExactStepper
-        return stepper(self, height, width, cond_codes)
+        above of each), or on the CPU of maps of the ``sizes`` within height x width: every step
+        evaluates all their positions together. On a GPU, each step is one CUDA graph
+        (:class:`ColumnStepper`), for maps of one size."""
+        if self.device.type != "cuda":
+            return ExactStepper(self, height, width, cond_codes, sizes=sizes)
+        if sizes is not None and set(sizes) != {(height, width)}:
+            raise ValueError("a GPU stepper takes maps of one size")
+        return ColumnStepper(self, height, width, cond_codes)
 
     def encoder_stepper(
         self, codes: list[Tensor], cond_codes: list[list[Tensor]]
@@ -616,6 +627,9 @@ class KnownCodes:
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
         """Nothing to do: the logits already saw every code."""
 
+    def on_map(self, t: int) -> None:
+        """Every position lies on its map (``ExactStepper.on_map``)."""
+
 
 class _RowTaps(NamedTuple):
     """The taps of a masked convolution in one kernel row: ``count`` neighbouring cache slots."""
@@ -642,6 +656,8 @@ class _Sites(NamedTuple):
     first: int
     slot: int | Tensor
     mask: Tensor | None = None
+    limits: Tensor | None = None
+    """[n, 2, 1] the height and width of the map each position's attention sees; None: the stepper's."""
 
 
 class ExactStepper:
@@ -669,14 +685,27 @@ class ExactStepper:
     """
 
     def __init__(
-        self, prior: ExactPrior, height: int, width: int, cond_codes: list[list[Tensor]], whole: bool = False
+        self,
+        prior: ExactPrior,
+        height: int,
+        width: int,
+        cond_codes: list[list[Tensor]],
+        whole: bool = False,
+        sizes: list[tuple[int, int]] | None = None,
     ):
         """``cond_codes``: the levels above of each image; ``whole``: one image, a slot for every step
-        (the caches never slide), to evaluate bands of whole rows."""
+        (the caches never slide), to evaluate bands of whole rows; ``sizes``: the (h, w) of each
+        image's map, at most height x width, when they differ (None: all height x width)."""
         if height < 1 or width < 1:
             raise ValueError(f"empty map {height}x{width}")
         if not cond_codes or (whole and len(cond_codes) > 1):
             raise ValueError(f"{len(cond_codes)} images for a {'whole' if whole else 'batch'} stepper")
+        if sizes is not None and (
+            len(sizes) != len(cond_codes) or not all(1 <= h <= height and 1 <= w <= width for h, w in sizes)
+        ):
+            raise ValueError(
+                f"sizes {sizes} must give each of {len(cond_codes)} maps, within {height}x{width}"
+            )
         self.prior, self.height, self.width = prior, height, width
         self.batch = batch = len(cond_codes)
         self.n_steps = order.n_steps(height, width)
@@ -701,12 +730,24 @@ class ExactStepper:
             device=device,
         )
         self._offsets = torch.tensor(prior.attention_offsets, dtype=torch.int64, device=device).view(-1, 2)
-        per_image = [prior._condition(codes, height, width) for codes in cond_codes]
+        self._sizes = (
+            None if sizes is None or set(sizes) == {(height, width)} else torch.tensor(sizes, device=device)
+        )
+        shapes = [(height, width)] * batch if self._sizes is None else sizes
+        per_image = [prior._condition(codes, h, w) for codes, (h, w) in zip(cond_codes, shapes, strict=True)]
         self._cond = (
             None if per_image[0] is None else [torch.cat(tables) for tables in zip(*per_image, strict=True)]
         )
         self._cond_width = -(-width // 2)
         self._cond_size = -(-height // 2) * self._cond_width
+        if self._sizes is not None:  # each image's conditioning table: its first row and its width
+            cond_widths = [-(-w // 2) for _, w in sizes]
+            cond_sizes = [
+                -(-h // 2) * cond_width for (h, _), cond_width in zip(sizes, cond_widths, strict=True)
+            ]
+            self._cond_firsts = torch.tensor([0, *itertools.accumulate(cond_sizes)][:-1], device=device)
+            self._cond_widths = torch.tensor(cond_widths, device=device)
+            self._cond_last = sum(cond_sizes) - 1
 
         # All positions sorted by step, rows ascending within a step (the order of order.wavefront).
         steps = order.step_map(height, width).flatten()
@@ -714,6 +755,15 @@ class ExactStepper:
         self._ys = (perm // width).repeat_interleave(batch).to(device)
         self._xs = (perm % width).repeat_interleave(batch).to(device)
         self._images = torch.arange(batch, device=device).repeat(height * width)
+        self._on_map = self._limits = None  # when the sizes differ:
+        if self._sizes is not None:
+            sizes = self._sizes[self._images]
+            on_map = (self._ys < sizes[:, 0]) & (self._xs < sizes[:, 1])
+            self._on_map = on_map.to(torch.float64)[:, None]  # 1.0 where a position lies on its map
+            # the map each position's attention sees: its own, or for one off it, the largest
+            self._limits = torch.where(on_map[:, None], sizes, torch.tensor([height, width], device=device))[
+                :, :, None
+            ]
         bounds = torch.cumsum(torch.bincount(steps, minlength=self.n_steps), 0).mul(batch).tolist()
         self._bounds = [0, *bounds]
         self._computed = 0  # steps whose tables were computed
@@ -772,7 +822,25 @@ class ExactStepper:
         first = self._cell(y_first, t - order.SLOPE * y_first)
         where = slice(lo, hi)
         sites = self._ys[where], self._xs[where], self._images[where]
-        return _Sites(*sites, (hi - lo,), (self._slots,), first, t - self._origin)
+        if self._on_map is None:
+            return _Sites(*sites, (hi - lo,), (self._slots,), first, t - self._origin)
+        return _Sites(
+            *sites,
+            (hi - lo,),
+            (self._slots,),
+            first,
+            t - self._origin,
+            self._on_map[where],
+            self._limits[where],
+        )
+
+    def on_map(self, t: int) -> np.ndarray | None:
+        """Which of the n_t B positions of step ``t`` lie on their image's map (None: all of them).
+        With maps of several sizes, the tables of the others are computed and ignored, their codes
+        may be anything, and what they write is kept as zeros, the padding off a map."""
+        if self._on_map is None:
+            return None
+        return self._on_map[self._bounds[t] : self._bounds[t + 1], 0].cpu().numpy() > 0
 
     def _rows(self, y_start: int, y_stop: int) -> _Sites:
         """The positions of rows ``y_start .. y_stop - 1`` (a ``whole`` stepper's)."""
@@ -873,13 +941,19 @@ class ExactStepper:
         """
         prior, ys, xs = self.prior, sites.ys, sites.xs
         x = self._conv(prior.input_conv, self._embedded, sites, self._taps_a)
-        if self._cond is not None:
+        if self._cond is not None and self._sizes is None:
             cond_rows = sites.images * self._cond_size + (ys // 2) * self._cond_width + xs // 2
+        elif self._cond is not None:  # positions off their map read any row in range
+            cond_rows = (
+                self._cond_firsts[sites.images] + (ys // 2) * self._cond_widths[sites.images] + xs // 2
+            )
+            cond_rows = cond_rows.clamp_(max=self._cond_last)
         if prior.attentions:
             rows = (ys + self._top) * self.batch + sites.images
             cells = rows * self._slots + sites.slot
             oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
-            valid = (oy >= 0) & (oy < self.height) & (ox >= 0) & (ox < self.width)  # [n, n_off]
+            heights, widths = (self.height, self.width) if sites.limits is None else sites.limits.unbind(1)
+            valid = (oy >= 0) & (oy < heights) & (ox >= 0) & (ox < widths)  # [n, n_off]
             index_attn = cells[:, None] + self._offset_cells
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
             self._store(inputs, sites, _elu(x))

@@ -36,15 +36,15 @@ def n_steps(height: int, width: int) -> int:
     return (width - 1) + SLOPE * (height - 1) + 1
 
 
-def tiles(height: int, width: int, side: int) -> list[tuple[int, int, int, int]]:
-    """``(y, x, h, w)`` of the ``side`` x ``side`` tiles of a height x width map, cut from the top left
-    (those of the last row and column may be smaller), in raster order."""
-    if side < 1:
-        raise ValueError(f"tile side must be positive, got {side}")
+def tiles(height: int, width: int, tile_height: int, tile_width: int) -> list[tuple[int, int, int, int]]:
+    """``(y, x, h, w)`` of the tile_height x tile_width tiles of a height x width map, cut from the top
+    left (those of the last row and column may be smaller), in raster order."""
+    if tile_height < 1 or tile_width < 1:
+        raise ValueError(f"tile sides must be positive, got {tile_height}x{tile_width}")
     return [
-        (y, x, min(side, height - y), min(side, width - x))
-        for y in range(0, height, side)
-        for x in range(0, width, side)
+        (y, x, min(tile_height, height - y), min(tile_width, width - x))
+        for y in range(0, height, tile_height)
+        for x in range(0, width, tile_width)
     ]
 
 
