@@ -27,9 +27,10 @@ import torch
 from PIL import Image
 
 import vqcodec
-from vqcodec.codec import Codec
+from vqcodec.codec import Codec, _Step
 from vqcodec.coding.container import VQZFile
 from vqcodec.coding.entropy import Decoder
+from vqcodec.models.order import n_steps
 
 
 def clock_for(device: torch.device) -> Callable[[], float]:
@@ -44,33 +45,35 @@ def clock_for(device: torch.device) -> Callable[[], float]:
 
 
 def breakdown(codec: Codec, data: bytes) -> dict[str, float]:
-    """Seconds of each part of one decode, walked level by level and step by step as ``decode_codes``
-    walks it."""
+    """Seconds of each part of one decode, walked level by level, wave of tiles by wave and step by
+    step as ``Codec._walk`` walks it."""
     clock = clock_for(codec.device)
     file = VQZFile.from_bytes(data)
     decoder = Decoder(file.payload)
     codes = [np.zeros(shape, dtype=np.int64) for shape in file.level_shapes]
     parts = dict.fromkeys(("set-up", "tables", "range decoding", "codes entered"), 0.0)
     steps = 0
-    for level, prior in enumerate(codec.exact_priors):
-        tick = clock()
-        upper = [torch.from_numpy(above).to(codec.device) for above in codes[:level]]
-        stepper = prior.stepper(*codes[level].shape, upper)
-        parts["set-up"] += clock() - tick
-        for t in range(stepper.n_steps):
-            ys, xs = (index.numpy() for index in stepper.positions(t))
+    for level in range(len(codes)):
+        for wave in codec._waves(file.level_shapes, level, file.tile):
             tick = clock()
-            freqs = stepper.freqs(t)
-            tables = clock()
-            symbols = decoder.decode(freqs)
-            decoded = clock()
-            codes[level][ys, xs] = symbols
-            stepper.set_codes(t, symbols)
-            entered = clock()
-            parts["tables"] += tables - tick
-            parts["range decoding"] += decoded - tables
-            parts["codes entered"] += entered - decoded
-        steps += stepper.n_steps
+            groups = codec._tile_groups([codes], level, wave, known=False)
+            parts["set-up"] += clock() - tick
+            for t in range(max(n_steps(h, w) for _, (_, _, h, w) in wave)):
+                tick = clock()
+                step = _Step([group for group in groups if t < group.stepper.n_steps], t, 1)
+                tables = clock()
+                (where,) = step.by_image
+                symbols = decoder.decode(step.freqs[where])
+                decoded = clock()
+                codes[level][step.ys[where], step.xs[where]] = symbols
+                step_codes = np.empty(len(step.images), dtype=np.int64)
+                step_codes[where] = symbols
+                step.set_codes(step_codes)
+                entered = clock()
+                parts["tables"] += tables - tick
+                parts["range decoding"] += decoded - tables
+                parts["codes entered"] += entered - decoded
+                steps += 1
     parts["steps"] = steps
     return parts
 

@@ -167,7 +167,7 @@ class Codec:
             return None
         sides = []
         for codes in (top_width, top_height):
-            cells = -(-tile // self.multiple)  # a tile's side in top-level codes, at most
+            cells = tile // self.multiple  # a tile's side in top-level codes, at most
             count = -(-codes // cells)
             sides.append(-(-codes // count) * self.multiple)  # at least tile / 2 when count > 1
         whole = sides == [top_width * self.multiple, top_height * self.multiple]
@@ -236,12 +236,12 @@ class Codec:
     def decode_many(
         self, datas: Sequence[bytes | VQZFile], progress: Progress | None = None
     ) -> list[Decoded]:
-        """``decode_codes`` of several files. Files whose code maps have the same shapes are decoded
-        together, every wavefront step evaluating the priors for all of them at once: the same codes
+        """``decode_codes`` of several files. Files whose code maps have the same shapes and tiles are
+        decoded together, every wavefront step evaluating the priors for all of them at once: the same codes
         as one by one, with the per-step overhead shared (and memory for all of them). Raises for the
         first defective file."""
         files = [data if isinstance(data, VQZFile) else VQZFile.from_bytes(data) for data in datas]
-        groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
+        groups: dict[tuple[tuple[tuple[int, int], ...], tuple[int, int] | None], list[int]] = {}
         for i, file in enumerate(files):
             file.check_model(bytes.fromhex(self.sha256))
             file.check_levels(self.model.code_shapes(*self.padded_size(file.coded_height, file.coded_width)))
@@ -257,7 +257,7 @@ class Codec:
         return [decoded[i] for i in range(len(files))]
 
     def _decode_group(self, files: list[VQZFile], progress: Progress | None) -> list[Decoded]:
-        """Decode checked files whose code maps have the same shapes, together."""
+        """Decode checked files whose code maps have the same shapes and tiles, together."""
         decoders = [Decoder(file.payload) for file in files]
         codes = [[np.zeros(shape, dtype=np.int64) for shape in file.level_shapes] for file in files]
 

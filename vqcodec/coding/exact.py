@@ -645,7 +645,8 @@ class _Sites(NamedTuple):
     A wavefront (``size`` (n B,)) or a band of whole rows (``size`` (h, W)): position i sits at cache
     cell ``first + sum(i_k stride_k)``, in slot ``slot`` (one for a wavefront, one per position for a
     band). ``mask``: 1 for the positions whose values the caches keep, 0 for those to be left as the
-    zero padding (a :class:`ColumnStepper`'s rows off the map); None keeps them all.
+    zero padding (a :class:`ColumnStepper`'s rows off the map, or positions off a smaller map of a
+    stepper of maps of several sizes); None keeps them all.
     """
 
     ys: Tensor  # [n] rows, flattened in ``size`` order
@@ -761,9 +762,8 @@ class ExactStepper:
             on_map = (self._ys < sizes[:, 0]) & (self._xs < sizes[:, 1])
             self._on_map = on_map.to(torch.float64)[:, None]  # 1.0 where a position lies on its map
             # the map each position's attention sees: its own, or for one off it, the largest
-            self._limits = torch.where(on_map[:, None], sizes, torch.tensor([height, width], device=device))[
-                :, :, None
-            ]
+            largest = torch.tensor([height, width], device=device)
+            self._limits = torch.where(on_map[:, None], sizes, largest)[:, :, None]
         bounds = torch.cumsum(torch.bincount(steps, minlength=self.n_steps), 0).mul(batch).tolist()
         self._bounds = [0, *bounds]
         self._computed = 0  # steps whose tables were computed
