@@ -274,9 +274,9 @@ class VQZFile:
             if chunk.type == ChunkType.ALPHA and alpha is None:
                 alpha = _inflate(chunk.data, width * height)
             elif chunk.type == ChunkType.RESAMPLE and coded_size is None:
-                coded_size = _coded_size(chunk.data)
+                coded_size = _size(chunk)
             elif chunk.type == ChunkType.TILES and tile is None:
-                tile = _tile(chunk.data)
+                tile = _size(chunk)
             elif chunk.type == ChunkType.ICC and icc is None:
                 icc = chunk.data
             elif chunk.type in _KNOWN_CHUNKS:
@@ -381,27 +381,16 @@ def _inflate(data: bytes, size: int) -> bytes:
     return plane
 
 
-def _coded_size(data: bytes) -> tuple[int, int]:
-    """The (width, height) of a RESAMPLE chunk: two varints and nothing after them."""
-    reader = _Reader(data)
+def _size(chunk: Chunk) -> tuple[int, int]:
+    """The (width, height) of a RESAMPLE or TILES chunk: ``width - 1`` and ``height - 1``, two varints
+    and nothing after them."""
+    name, reader = ChunkType(chunk.type).name, _Reader(chunk.data)
     try:
         size = reader.varint() + 1, reader.varint() + 1
     except FormatError as error:
-        raise FormatError(f"RESAMPLE chunk does not hold two varints ({error})") from None
+        raise FormatError(f"{name} chunk does not hold two varints ({error})") from None
     if reader.remaining:
-        raise FormatError(f"RESAMPLE chunk has {reader.remaining} bytes after its two sizes")
-    return size
-
-
-def _tile(data: bytes) -> tuple[int, int]:
-    """The (width, height) of a TILES chunk: two varints and nothing after them."""
-    reader = _Reader(data)
-    try:
-        size = reader.varint() + 1, reader.varint() + 1
-    except FormatError as error:
-        raise FormatError(f"TILES chunk does not hold two varints ({error})") from None
-    if reader.remaining:
-        raise FormatError(f"TILES chunk has {reader.remaining} bytes after its two sizes")
+        raise FormatError(f"{name} chunk has {reader.remaining} bytes after its two sizes")
     return size
 
 
