@@ -5,7 +5,7 @@ codes cost about the same per code whatever the image size, so coding 1/2 of eac
 1/4 of the bits, and at low rates a smaller sharp image beats a blocky full-size one. Kept free of
 torch so that the command line can describe the qualities without loading it.
 
-The tile side is the other encoder setting: a file's code maps are cut into square tiles coded as
+The tile side is the other encoder setting: a file's code maps are cut into tiles coded as
 independent images, whose wavefronts the decoder runs side by side (``bitstream_spec/vqz.md`` §5.2).
 """
 

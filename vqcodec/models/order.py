@@ -16,7 +16,7 @@ The causal structure of every prior is derived from this one function:
 Hence the prior's output at ``p`` depends only on codes at strictly earlier steps.
 
 A map may also be cut into *tiles* (``tiles``), each coded as the map of an independent image:
-their wavefronts run side by side, so a map of ``n`` tiles takes the steps of one tile.
+their wavefronts run side by side, so tiles coded together take the steps of the largest of them.
 """
 
 from __future__ import annotations
