@@ -52,3 +52,15 @@ def test_the_same_codes_pack_to_the_same_bytes(
     data = gpu.pack(source, codes)
     assert data == cpu.pack(source, codes)
     assert same(cpu.decode_codes(data).codes, codes)
+
+
+def test_tiled_files_cross_devices(codecs: tuple[Codec, Codec]) -> None:
+    """Tiles of several sizes (one CUDA graph per size on the GPU, one masked stepper on the CPU)."""
+    cpu, gpu = codecs
+    rng = np.random.default_rng(2)
+    source = load_image(Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)))
+    codes = cpu.image_codes(source.rgb)
+    tile = cpu.tile_size(*codes[0].shape, 128)  # 3 x 2 tiles of 104 x 104, the last row and column smaller
+    data = cpu.pack(source, codes, tile=tile)
+    assert data == gpu.pack(source, codes, tile=tile)
+    assert same(gpu.decode_codes(data).codes, codes)
