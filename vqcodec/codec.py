@@ -416,7 +416,8 @@ def tiles_per_wave(tile_height: int) -> int:
 
 @dataclass(frozen=True)
 class _TileGroup:
-    """The tiles of one size of a level, of every image walked, evaluated together by one stepper."""
+    """Tiles of a level's wave, of every image walked, evaluated together by one stepper: those of
+    one size, or on the CPU all of them (``Codec._tile_groups``)."""
 
     stepper: ExactStepper | KnownCodes
     images: np.ndarray
