@@ -27,10 +27,9 @@ import torch
 from PIL import Image
 
 import vqcodec
-from vqcodec.codec import Codec, _Step
+from vqcodec.codec import Codec, _Step, _wave_steps
 from vqcodec.coding.container import VQZFile
 from vqcodec.coding.entropy import Decoder
-from vqcodec.models.order import n_steps
 
 
 def clock_for(device: torch.device) -> Callable[[], float]:
@@ -58,7 +57,7 @@ def breakdown(codec: Codec, data: bytes) -> dict[str, float]:
             tick = clock()
             groups = codec._tile_groups([codes], level, wave, known=False)
             parts["set-up"] += clock() - tick
-            for t in range(max(n_steps(h, w) for _, (_, _, h, w) in wave)):
+            for t in range(_wave_steps(wave)):
                 tick = clock()
                 step = _Step([group for group in groups if t < group.stepper.n_steps], t, 1)
                 tables = clock()

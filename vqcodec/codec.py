@@ -310,7 +310,7 @@ class Codec:
             bits = np.zeros(len(codes))
             for wave in self._waves(shapes, level, tile):
                 groups = self._tile_groups(codes, level, wave, known)
-                for t in range(max(order.n_steps(h, w) for _, (_, _, h, w) in wave)):
+                for t in range(_wave_steps(wave)):
                     step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
                     step_codes = np.empty(len(step.images), dtype=np.int64)
                     for image, where in enumerate(step.by_image):
@@ -344,9 +344,7 @@ class Codec:
     def _n_steps(self, shapes: Sequence[tuple[int, int]], tile: tuple[int, int] | None) -> int:
         """The sequential steps of the walk of maps of these shapes: of each wave, its largest tile's."""
         return sum(
-            max(order.n_steps(h, w) for _, (_, _, h, w) in wave)
-            for level in range(len(shapes))
-            for wave in self._waves(shapes, level, tile)
+            _wave_steps(wave) for level in range(len(shapes)) for wave in self._waves(shapes, level, tile)
         )
 
     def _crop(self, codes: np.ndarray, y: int, x: int, h: int, w: int, ratio: int = 1) -> torch.Tensor:
@@ -414,6 +412,11 @@ def tiles_per_wave(tile_height: int) -> int:
     return max(1, TILE_WAVE // tile_height)
 
 
+def _wave_steps(wave: list[_Rect]) -> int:
+    """The steps of a wave of tiles: up to the last of its largest tile's."""
+    return max(order.n_steps(h, w) for _, (_, _, h, w) in wave)
+
+
 @dataclass(frozen=True)
 class _TileGroup:
     """Tiles of a level's wave, of every image walked, evaluated together by one stepper: those of
@@ -439,12 +442,13 @@ class _Step:
         for group in groups:
             local_ys, local_xs = (index.cpu().numpy() for index in group.stepper.positions(t))
             n, tiles = len(local_ys), len(group.images)
+            tile_rows = np.repeat(local_ys, tiles)
             parts = [
                 group.stepper.freqs(t),  # position by position, tile by tile within each
                 np.tile(group.images, n),
                 np.tile(group.ranks, n),
-                np.repeat(local_ys, tiles),
-                np.repeat(local_ys, tiles) + np.tile(group.ys, n),
+                tile_rows,
+                tile_rows + np.tile(group.ys, n),
                 np.repeat(local_xs, tiles) + np.tile(group.xs, n),
             ]
             on_map = group.stepper.on_map(t)
@@ -469,10 +473,11 @@ class _Step:
                 group.stepper.set_codes(self._t, codes[start : start + count])
                 start += count
             else:  # the positions outside their tile get code 0, which the stepper keeps as padding
+                coded = int(on_map.sum())
                 step_codes = np.zeros(count, dtype=np.int64)
-                step_codes[on_map] = codes[start : start + on_map.sum()]
+                step_codes[on_map] = codes[start : start + coded]
                 group.stepper.set_codes(self._t, step_codes)
-                start += int(on_map.sum())
+                start += coded
 
 
 def _shifted(progress: Progress, done: int, total: int) -> Progress:
