@@ -301,8 +301,14 @@ def test_progress_counts_every_wavefront(codec: Codec):
     assert calls == [(i, total) for i in range(1, total + 1)]
 
 
-def test_decoding_many_files_together_gives_each_its_own_image(codec: Codec):
-    """Files of two sizes: those of one size share every wavefront step; results come back in order."""
+@pytest.mark.parametrize("one_at_a_time", [False, True])
+def test_decoding_many_files_together_gives_each_its_own_image(
+    codec: Codec, monkeypatch: pytest.MonkeyPatch, one_at_a_time: bool
+):
+    """Files of two sizes: those of one size share every wavefront step, or with waves of at most
+    16 pixel rows a batch, walk one after the other; results come back in order."""
+    if one_at_a_time:
+        monkeypatch.setattr(codec_module, "BATCH_ROWS", (16, 16))
     datas = [codec.compress(smooth(w, h, seed)) for seed, (w, h) in enumerate([(24, 16), (16, 24), (24, 16)])]
     alone = [codec.decode_codes(data) for data in datas]
     calls: list[tuple[int, int]] = []
@@ -310,7 +316,8 @@ def test_decoding_many_files_together_gives_each_its_own_image(codec: Codec):
     for one, many in zip(alone, together, strict=True):
         assert all(np.array_equal(a, b) for a, b in zip(one.codes, many.codes, strict=True))
         assert one.level_bits == pytest.approx(many.level_bits)
-    total = n_steps(2, 3) + n_steps(4, 6) + n_steps(3, 2) + n_steps(6, 4)  # one walk per size
+    walks = 2 if one_at_a_time else 1  # the first size's: two files 16 pixels tall
+    total = walks * (n_steps(2, 3) + n_steps(4, 6)) + n_steps(3, 2) + n_steps(6, 4)
     assert calls == [(i, total) for i in range(1, total + 1)]
     images = codec.decompress_many(datas)
     for image, data in zip(images, datas, strict=True):
@@ -320,6 +327,15 @@ def test_decoding_many_files_together_gives_each_its_own_image(codec: Codec):
     ]
     with pytest.raises(VQZError):
         codec.decode_many([datas[0], datas[2][:-1]])  # the second one truncated
+
+
+def test_files_decoded_together_are_bounded(codec: Codec):
+    """``decode_many`` takes as many files of one size together as make waves of 12,288 pixel rows."""
+    kodak, uhd = [(64, 96), (128, 192)], [(270, 480), (540, 960)]
+    assert codec.files_per_batch(kodak, (256, 256)) == 8  # 6 tiles 256 pixels tall, one wave
+    assert codec.files_per_batch(kodak, None) == 24  # whole maps, 512 pixels
+    assert codec.files_per_batch(uhd, (256, 240)) == 3  # waves of 17 tiles 240 pixels tall
+    assert codec.files_per_batch(uhd, None) == 5
 
 
 def with_header_crc(data: bytes, change: int, mask: int) -> bytes:
