@@ -329,6 +329,23 @@ def test_decoding_many_files_together_gives_each_its_own_image(
         codec.decode_many([datas[0], datas[2][:-1]])  # the second one truncated
 
 
+def test_tall_images_are_encoded_in_bands(codec: Codec, monkeypatch: pytest.MonkeyPatch):
+    """Bands of 64 bottom-level codes, 10 rows of this 24 pixel wide image, give the same codes."""
+    rgb = smooth(24, 400, seed=7)
+    whole = codec.image_codes(rgb)
+    monkeypatch.setattr(codec_module, "ENCODE_BAND_CODES", 64)
+    passes, quantize = [], codec.model.vqvae._quantize
+
+    def counted(x: torch.Tensor, update: bool) -> list:
+        passes.append(x)
+        return quantize(x, update)
+
+    monkeypatch.setattr(codec.model.vqvae, "_quantize", counted)
+    banded = codec.image_codes(rgb)
+    assert len(passes) == 10 and max(x.shape[2] for x in passes) < 400
+    assert all(np.array_equal(a, b) for a, b in zip(banded, whole, strict=True))
+
+
 def test_files_decoded_together_are_bounded(codec: Codec):
     """``decode_many`` takes as many files of one size together as make waves of 12,288 pixel rows."""
     kodak, uhd = [(64, 96), (128, 192)], [(270, 480), (540, 960)]

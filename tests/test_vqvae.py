@@ -75,6 +75,42 @@ def test_decoding_in_bands_joins_without_seams(name: str) -> None:
             assert (banded - whole).abs().max() < 1e-5, band_rows
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_encoding_in_bands_gives_the_whole_images_codes(name: str) -> None:
+    config, _, width = CONFIGS[name]
+    torch.manual_seed(0)
+    model = VQVAE(replace(config, n_res_blocks=2)).eval()
+    x = images(1, config.bottom_stride * 4 * 30, width, seed=3)  # 120 bottom-level code rows
+    whole = model.encode(x)
+    for band_rows in (1, 8, 30):
+        banded = model.encode(x, band_rows)
+        assert all(torch.equal(a, b) for a, b in zip(banded, whole, strict=True)), band_rows
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_encode_halo_covers_every_codes_receptive_field(name: str) -> None:
+    """With positive weights and pixels no ReLU is ever off and no sum cancels, so the pixels whose
+    gradient (straight through the quantizers) is nonzero are exactly those a code depends on."""
+    config, _, width = CONFIGS[name]
+    model = VQVAE(replace(config, n_res_blocks=2))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.abs_().add_(0.01)
+    stride, n, halo = config.bottom_stride, config.n_levels, model.encode_halo()
+    height = 4 * halo + 2 ** (n - 1)  # bottom-level code rows
+    x = torch.rand(1, 3, height * stride, width, requires_grad=True)
+    reach = 0
+    for level, out in enumerate(model._quantize(x, update=False)):
+        f = 2 ** (n - 1 - level)  # bottom rows per row
+        row = out.quantized.shape[2] // 2
+        (grad,) = torch.autograd.grad(out.quantized[:, :, row].sum(), x, retain_graph=True)
+        rows = grad.abs().sum(dim=(0, 1, 3)).nonzero()[:, 0]
+        above, below = row * f * stride - rows.min(), rows.max() + 1 - (row + 1) * f * stride
+        reach = max(reach, above.item(), below.item())
+    assert 0 < reach <= halo * stride
+    assert reach > (halo - 2 * 2 ** (n - 1)) * stride  # and not much wider than needed
+
+
 def test_rejects_bad_sizes_and_strides() -> None:
     model = VQVAE(tiny_config().vqvae)
     with pytest.raises(ValueError, match="multiple of 8"):

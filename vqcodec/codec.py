@@ -53,6 +53,10 @@ Progress = Callable[[int, int], None]
 """Called after every wavefront step with (steps done, steps in all)."""
 
 
+ENCODE_BAND_CODES = 2**18
+"""Bottom-level codes the VQ-VAE encoder computes at once (plus its halo, ``VQVAE.encode_halo``): bounds
+the memory of encoding a large image (a 3840x2160 one in 2 bands) instead of growing with its area."""
+
 RENDER_BAND_CODES = 2**16
 """Bottom-level codes the VQ-VAE decoder turns into pixels at once (plus its halo): bounds the memory
 of decoding a large image (a few hundred MB) instead of growing with its area."""
@@ -177,9 +181,10 @@ class Codec:
         """The VQ-VAE's code maps of uint8 RGB pixels (padded to the model's multiple), top level first."""
         padded = pad_to_multiple(rgb, self.multiple)
         pixels = torch.tensor(padded, device=self.device).permute(2, 0, 1)[None]
+        band_rows = max(1, ENCODE_BAND_CODES * self.model.vqvae.config.bottom_stride // padded.shape[1])
         # float32 and no autocast: the codes must not depend on a caller's precision settings
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
-            codes = self.model.vqvae.encode(pixels.float() / 255.0 - 0.5)
+            codes = self.model.vqvae.encode(pixels.float() / 255.0 - 0.5, band_rows)
         return [level[0].cpu().numpy() for level in codes]
 
     def pack(

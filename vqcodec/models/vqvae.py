@@ -287,9 +287,58 @@ class VQVAE(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Int64 codes [B, h_l, w_l] per level, top first. Never updates the codebooks."""
-        return [out.codes for out in self._quantize(x, update=False)]
+    def encode(self, x: torch.Tensor, band_rows: int | None = None) -> list[torch.Tensor]:
+        """Int64 codes [B, h_l, w_l] per level, top first. Never updates the codebooks.
+
+        ``band_rows`` bounds memory on large images: the codes are computed in bands of about that many
+        bottom-level code rows, each from the image rows under it and ``encode_halo()`` code rows
+        above and below, beyond which a pixel cannot change its codes.
+        """
+
+        def encode(image: torch.Tensor) -> list[torch.Tensor]:
+            return [out.codes for out in self._quantize(image, update=False)]
+
+        stride, n = self.config.bottom_stride, self.config.n_levels
+        height, halo = x.shape[-2] // stride, self.encode_halo()
+        if band_rows is None or height <= band_rows + 2 * halo:
+            return encode(x)
+        factors = [2 ** (n - 1 - level) for level in range(n)]  # bottom rows per row
+        band = -(-band_rows // factors[0]) * factors[0]  # bands start on top-level rows
+        parts: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        for start in range(0, height, band):
+            stop = min(height, start + band)
+            lo, hi = max(0, start - halo), min(height, stop + halo)
+            codes = encode(x[..., lo * stride : hi * stride, :])
+            for part, level, f in zip(parts, codes, factors, strict=True):
+                part.append(level[..., (start - lo) // f : (stop - lo) // f, :])
+        return [torch.cat(part, dim=-2) for part in parts]
+
+    def encode_halo(self) -> int:
+        """Bottom-level code rows beyond which a pixel cannot change a code, in whole top-level rows.
+
+        In pixels: a level's features reach ``1 + n_res_blocks`` rows of its own resolution (3x3 conv,
+        res blocks), each 4x4 stride-2 conv below turning a reach of r rows into 2r + 1; a level's
+        codes also reach, through the context decoder (3x3 conv, res blocks, one transposed conv),
+        ``2 + n_res_blocks`` rows of the level above and what those codes reach.
+        """
+        c = self.config
+        own = 1 + c.n_res_blocks
+
+        def through_halvings(reach: int, halvings: int) -> int:
+            for _ in range(halvings):
+                reach = 2 * reach + 1
+            return reach
+
+        bottom = c.n_levels - 1
+        features = [0] * c.n_levels  # each level's encoder output's reach, in pixels
+        features[bottom] = through_halvings(own, c.bottom_stride.bit_length() - 1)
+        for level in reversed(range(bottom)):
+            features[level] = through_halvings(own, 1) * c.stride(level + 1) + features[level + 1]
+        codes = features[0]
+        for level in range(1, c.n_levels):
+            codes = max(codes, features[level], (own + 1) * c.stride(level - 1) + codes)
+        unit = 2**bottom
+        return -(-codes // (c.bottom_stride * unit)) * unit
 
     def decode_codes(self, codes: list[torch.Tensor], band_rows: int | None = None) -> torch.Tensor:
         """The image (input convention, not clamped) for codes per level, top first.
