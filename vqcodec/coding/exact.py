@@ -829,17 +829,10 @@ class ExactStepper:
         first = self._cell(y_first, t - order.SLOPE * y_first)
         where = slice(lo, hi)
         sites = self._ys[where], self._xs[where], self._images[where]
-        if self._on_map is None:
-            return _Sites(*sites, (hi - lo,), (self._slots,), first, t - self._origin)
-        return _Sites(
-            *sites,
-            (hi - lo,),
-            (self._slots,),
-            first,
-            t - self._origin,
-            self._on_map[where],
-            self._limits[where],
-        )
+        mask = limits = None  # all on the map, unless the maps' sizes differ
+        if self._on_map is not None:
+            mask, limits = self._on_map[where], self._limits[where]
+        return _Sites(*sites, (hi - lo,), (self._slots,), first, t - self._origin, mask, limits)
 
     def on_map(self, t: int) -> np.ndarray | None:
         """Which of the n_t B positions of step ``t`` lie on their image's map (None: all of them).
