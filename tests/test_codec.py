@@ -461,3 +461,28 @@ def test_decoder_refuses_an_image_beyond_the_limits(codec: Codec, monkeypatch: p
     monkeypatch.setattr(imageio, "MAX_PIXELS", 16 * 24 - 1)
     with pytest.raises(ImageTooLargeError):
         codec.decompress(data)
+
+
+def test_the_vqvae_runs_without_tf32_and_restores_the_callers_settings(
+    codec: Codec, monkeypatch: pytest.MonkeyPatch
+):
+    """On a GPU, TF32 convolutions move codes (tests/test_cuda.py); the caller's flags come back."""
+    seen = []
+    vqvae = codec.model.vqvae
+    for name in ("encode", "decode_codes"):
+        method = getattr(vqvae, name)
+
+        def spy(*args, method=method):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return method(*args)
+
+        monkeypatch.setattr(vqvae, name, spy)
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = True
+    try:
+        codec.decompress(codec.compress(smooth(40, 24, seed=3)))
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+    assert seen == [(False, False), (False, False)]

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import vqcodec
+from vqcodec import codec as codec_module
 from vqcodec.codec import Codec
 from vqcodec.coding import exact
 from vqcodec.imageio import load_image
@@ -64,3 +65,15 @@ def test_tiled_files_cross_devices(codecs: tuple[Codec, Codec]) -> None:
     data = cpu.pack(source, codes, tile=tile)
     assert data == gpu.pack(source, codes, tile=tile)
     assert same(gpu.decode_codes(data).codes, codes)
+
+
+def test_bands_encode_like_the_whole_image_on_the_gpu(
+    codecs: tuple[Codec, Codec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cuDNN may choose other algorithms for a band than for the whole image; the codes must not move."""
+    _, gpu = codecs
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (400, 120, 3), dtype=np.uint8)
+    whole = gpu.image_codes(rgb)
+    monkeypatch.setattr(codec_module, "ENCODE_BAND_CODES", 30 * 8)  # bands of 8 bottom rows
+    assert same(gpu.image_codes(rgb), whole)
