@@ -1,13 +1,16 @@
-"""Compare the decoding speed of two checkouts of vqcodec on a noisy machine, by alternating them.
+"""Compare the speed of two checkouts of vqcodec, or of two models, on a noisy machine, by alternating them.
 
     git worktree add /tmp/before 159977c
     python benchmarks/compare.py /tmp/before .   [--data DIR] [--images 3] [--rounds 4] [--device cuda]
+    python benchmarks/compare.py . . --models default narrow.safetensors --images 24 --rounds 1
 
-Each checkout runs in a child process of its own (its source first on the path) that loads the
-default model and encodes the first ``--images`` Kodak images once; then the two decode them
-(``Codec.decode_codes``: the priors' walk, no pixels) in turn, image by image, ``--rounds`` times. On a
-shared machine whose speed drifts by tens of percent within minutes, alternating puts both under
-the same conditions; the median of the per-pair ratios is the figure to quote.
+Each side runs in a child process of its own (its checkout's source first on the path) that loads its
+model (``--models``: a bundled name or a model file per side; the default model otherwise). Then, image
+by image, ``--rounds`` times, each side in turn compresses the image (``Codec.compress``: the VQ-VAE and
+the priors' one pass) and decodes the codes back (``Codec.decode_codes``: the priors' walk, no pixels).
+On a shared machine whose speed drifts by tens of percent within minutes, alternating puts both under
+the same conditions; the medians of the per-pair ratios are the figures to quote. The bytes of the
+first round's files tell what another model's priors cost.
 """
 
 from __future__ import annotations
@@ -24,15 +27,17 @@ import sys, time
 import numpy as np
 from PIL import Image
 import vqcodec
-codec = vqcodec.load_model(None, device=sys.argv[1])
-paths = sys.argv[2:]
-datas = [codec.compress(np.asarray(Image.open(path).convert("RGB"))) for path in paths]
-codec.decode_codes(datas[0])
+codec = vqcodec.load_model(sys.argv[2], device=sys.argv[1])
+images = [np.asarray(Image.open(path).convert("RGB")) for path in sys.argv[3:]]
+codec.decode_codes(codec.compress(images[0]))
 print(vqcodec.__file__, flush=True)
 for line in sys.stdin:
     tick = time.perf_counter()
-    codec.decode_codes(datas[int(line)])
-    print(time.perf_counter() - tick, flush=True)
+    data = codec.compress(images[int(line)])
+    encode = time.perf_counter() - tick
+    tick = time.perf_counter()
+    codec.decode_codes(data)
+    print(encode, time.perf_counter() - tick, len(data), flush=True)
 """
 
 
@@ -41,21 +46,29 @@ def main() -> None:
     parser.add_argument("before", type=Path, help="the first checkout (its root folder)")
     parser.add_argument("after", type=Path, help="the second checkout")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/kodak"), help="the Kodak images")
-    parser.add_argument("--images", type=int, default=3, help="Kodak images decoded (default 3)")
-    parser.add_argument("--rounds", type=int, default=4, help="times each image is decoded (default 4)")
+    parser.add_argument("--images", type=int, default=3, help="Kodak images coded (default 3)")
+    parser.add_argument("--rounds", type=int, default=4, help="times each image is coded (default 4)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--models",
+        nargs=2,
+        default=("default", "default"),
+        metavar=("BEFORE", "AFTER"),
+        help="the model of each side: a bundled name or a model file (default: default for both)",
+    )
     args = parser.parse_args()
     paths = [str(path.resolve()) for path in sorted(args.data.glob("*.png"))[: args.images]]
     if not paths:
         raise SystemExit(f"no PNG images in {args.data}")
     children = []
-    for root in (args.before, args.after):
+    for root, model in zip((args.before, args.after), args.models, strict=True):
         root = root.resolve()
+        model = str(Path(model).resolve()) if Path(model).is_file() else model  # the child runs in root
         path = [str(root), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))  # its source first
         # `python -c` puts the working directory first on the path: the child's must be its root
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, args.device, *paths],
+            [sys.executable, "-c", CHILD, args.device, model, *paths],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -66,20 +79,25 @@ def main() -> None:
         if not imported.is_relative_to(root):
             raise SystemExit(f"the child for {root} imported vqcodec from {imported or 'nowhere'}")
         children.append(child)
-    seconds: list[list[float]] = [[], []]
+    results: list[list[tuple[float, float, int]]] = [[], []]  # (encode s, decode s, bytes) per pair
     for _ in range(args.rounds):
         for image in range(len(paths)):
-            for child, times in zip(children, seconds, strict=True):
+            for child, side in zip(children, results, strict=True):
                 child.stdin.write(f"{image}\n")
                 child.stdin.flush()
-                times.append(float(child.stdout.readline()))
+                encode, decode, size = child.stdout.readline().split()
+                side.append((float(encode), float(decode), int(size)))
     for child in children:
         child.stdin.close()
         child.wait()
-    for root, times in zip((args.before, args.after), seconds, strict=True):
-        print(f"{root}: median {statistics.median(times):.3f} s, min {min(times):.3f} s per decode")
-    ratios = [after / before for before, after in zip(*seconds, strict=True)]
-    print(f"after / before: median {statistics.median(ratios):.3f} over {len(ratios)} pairs")
+    sizes = [sum(r[2] for r in side[: len(paths)]) for side in results]  # the first round's files
+    for root, model, side, size in zip((args.before, args.after), args.models, results, sizes, strict=True):
+        encode, decode = (statistics.median(r[i] for r in side) for i in (0, 1))
+        print(f"{root} ({model}): median compress {encode:.3f} s, decode_codes {decode:.3f} s; {size} bytes")
+    for i, what in enumerate(("compress", "decode_codes")):
+        ratios = [after[i] / before[i] for before, after in zip(*results, strict=True)]
+        print(f"after / before, {what}: median {statistics.median(ratios):.3f} over {len(ratios)} pairs")
+    print(f"after / before, bytes: {sizes[1] / sizes[0]:.4f}")
 
 
 if __name__ == "__main__":
