@@ -24,7 +24,9 @@ and resized back after decoding (as cjxl's ``--resampling``), for 1/4 to 2/3 of 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import operator
 import os
 import warnings
 import weakref
@@ -346,13 +348,16 @@ class Codec:
                 for t in range(_wave_steps(wave)):
                     step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
                     step_codes = np.empty(len(step.images), dtype=np.int64)
+                    coded = []
                     for image, where in enumerate(step.by_image):
                         ys, xs, tables = step.ys[where], step.xs[where], step.freqs[where]
                         symbols = code_step(tables, image, level, ys, xs)
-                        codes[image][level][ys, xs] = symbols
                         step_codes[where] = symbols
+                        coded.append((ys, xs, tables, symbols))
+                    step.set_codes(step_codes)  # a GPU starts on the next step: store and count meanwhile
+                    for image, (ys, xs, tables, symbols) in enumerate(coded):
+                        codes[image][level][ys, xs] = symbols
                         bits[image] += coded_bits(symbols, tables)
-                    step.set_codes(step_codes)
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -479,7 +484,7 @@ class _Step:
         self._groups, self._t, self._counts, self._on_map = groups, t, [], []
         freqs, images, ranks, rows, ys, xs = [], [], [], [], [], []
         for group in groups:
-            local_ys, local_xs = (index.cpu().numpy() for index in group.stepper.positions(t))
+            local_ys, local_xs = _positions(t, group.stepper.height, group.stepper.width)
             n, tiles = len(local_ys), len(group.images)
             tile_rows = np.repeat(local_ys, tiles)
             parts = [
@@ -497,9 +502,9 @@ class _Step:
             self._on_map.append(on_map)
             for part, into in zip(parts, (freqs, images, ranks, rows, ys, xs), strict=True):
                 into.append(part)
-        self.freqs, self.images = np.concatenate(freqs), np.concatenate(images)
-        self.ys, self.xs = np.concatenate(ys), np.concatenate(xs)
-        coding_order = np.lexsort((np.concatenate(rows), np.concatenate(ranks), self.images))
+        join = np.concatenate if len(groups) > 1 else operator.itemgetter(0)  # spares copying the tables
+        self.freqs, self.images, self.ys, self.xs = join(freqs), join(images), join(ys), join(xs)
+        coding_order = np.lexsort((join(rows), join(ranks), self.images))
         bounds = np.searchsorted(self.images[coding_order], np.arange(batch + 1))
         self.by_image = [coding_order[lo:hi] for lo, hi in itertools.pairwise(bounds)]
         """Per image, the indices of its tables and positions in coding order."""
@@ -517,6 +522,15 @@ class _Step:
                 step_codes[on_map] = codes[start : start + coded]
                 group.stepper.set_codes(self._t, step_codes)
                 start += coded
+
+
+@functools.lru_cache(maxsize=4096)
+def _positions(t: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``order.wavefront`` as (read-only) NumPy arrays, computed once for the many steps of the many
+    tiles of one size that a decode walks."""
+    ys, xs = (index.numpy() for index in order.wavefront(t, height, width))
+    ys.flags.writeable = xs.flags.writeable = False
+    return ys, xs
 
 
 def _shifted(progress: Progress, done: int, total: int) -> Progress:

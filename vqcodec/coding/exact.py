@@ -985,7 +985,9 @@ class ColumnStepper(ExactStepper):
     every step, so that step t always lies in slot ``lag``; the step counter lives on the device, and
     the codes and tables pass through fixed host buffers. The same integers as ``ExactStepper``, for
     2.4 times its positions on a Kodak image (the rows off the wavefront), which a GPU hardly notices.
-    On the CPU the step runs as it is (for the tests), without a graph.
+    ``set_codes(t)`` launches step t + 1 at once and ``freqs(t + 1)`` waits for it, so that what the
+    caller does in between (storing the codes, counting bits) runs while the GPU computes. On the CPU
+    the step runs as it is (for the tests), without a graph.
     """
 
     def __init__(self, prior: ExactPrior, height: int, width: int, cond_codes: list[list[Tensor]]):
@@ -1000,6 +1002,7 @@ class ColumnStepper(ExactStepper):
         self._tables = torch.zeros(n, prior.codebook_size, dtype=torch.int64, pin_memory=pinned)
         self._scratch = torch.empty_like(self._memory[:, :, 1:])
         self._graph = self._capture() if device.type == "cuda" else None
+        self._launched = 0  # steps whose tables were launched
 
     def _slot_count(self, whole: bool) -> int:
         return self._lag + 1
@@ -1045,14 +1048,28 @@ class ColumnStepper(ExactStepper):
         y_first, y_last = self._first_row(t), min(self.height - 1, t // order.SLOPE)
         return slice(y_first * self.batch, max(y_first, y_last + 1) * self.batch)
 
-    def freqs(self, t: int) -> np.ndarray:
-        self._check_tables_step(t)
+    def __del__(self) -> None:
+        """Wait for a step still running (a walk stopped by an error between ``set_codes`` and
+        ``freqs``) before the host buffers it writes are freed."""
+        if getattr(self, "_graph", None) is not None and self._launched > self._computed:
+            torch.cuda.synchronize(self.prior.device)
+
+    def _launch(self) -> None:
+        """Start computing the tables of the next step (on the CPU: compute them)."""
         if self._graph is None:
             self._advance()
         else:
             with torch.cuda.device(self.prior.device):
                 self._graph.replay()
-                torch.cuda.current_stream().synchronize()
+                self._stream = torch.cuda.current_stream()  # the one to wait for
+        self._launched += 1
+
+    def freqs(self, t: int) -> np.ndarray:
+        self._check_tables_step(t)
+        if self._launched == t:  # the first step: nothing launched it
+            self._launch()
+        if self._graph is not None:
+            self._stream.synchronize()
         self._computed += 1
         return self._tables[self._row_range(t)].numpy().copy()
 
@@ -1065,6 +1082,8 @@ class ColumnStepper(ExactStepper):
         self._check_code_range(codes)
         self._codes_in[rows] = codes
         self._known += 1
+        if self._known < self.n_steps:
+            self._launch()
 
 
 @functools.cache
