@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import vqcodec
-from vqcodec.coding.exact import ColumnStepper, ExactPrior, _frequencies
+from vqcodec.coding.exact import ColumnStepper, ExactPrior
 
 TILE_CODES = (32, 64)
 """The top and bottom maps of a 256-pixel tile."""
@@ -34,18 +34,9 @@ class CompiledColumnStepper(ColumnStepper):
     """A ``ColumnStepper`` whose tables come from ``torch.compile`` of its layers."""
 
     def _column_tables(self) -> torch.Tensor:
-        return _frequencies(self._evaluate(self._column())).to(torch.int64)
-
-    def _advance(self) -> None:
         if not hasattr(self, "_compiled"):
-            self._compiled = torch.compile(self._column_tables, dynamic=False)
-        self._codes.copy_(self._codes_in, non_blocking=True)
-        self._store(self._embedded, self._column(), self.prior.embed.index_select(0, self._codes))
-        self._scratch.copy_(self._memory[:, :, 1:])
-        self._memory[:, :, :-1].copy_(self._scratch)
-        self._memory[:, :, -1].zero_()
-        self._step.add_(1)
-        self._tables.copy_(self._compiled(), non_blocking=True)
+            self._compiled = torch.compile(super()._column_tables, dynamic=False)
+        return self._compiled()
 
 
 def walk(stepper: ColumnStepper, seed: int) -> tuple[float, list[np.ndarray]]:

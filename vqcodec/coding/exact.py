@@ -1024,8 +1024,11 @@ class ColumnStepper(ExactStepper):
         self._memory[:, :, :-1].copy_(self._scratch)
         self._memory[:, :, -1].zero_()
         self._step.add_(1)
-        tables = _frequencies(self._evaluate(self._column())).to(torch.int64)
-        self._tables.copy_(tables, non_blocking=True)
+        self._tables.copy_(self._column_tables(), non_blocking=True)
+
+    def _column_tables(self) -> Tensor:
+        """int64 [n, K] tables of every row of the column at the device's step."""
+        return _frequencies(self._evaluate(self._column())).to(torch.int64)
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         """Record one step as a CUDA graph; the caches and counter are reset afterwards."""
