@@ -1103,12 +1103,14 @@ def _attend(
 
     ``index`` [n, n_off] are the cells of the offsets in the flat caches ``keys`` and ``values``
     [cells, C], ``valid`` whether they lie inside the map (the others may hold any integers: their
-    weights are zero).
+    weights are zero). A whole stepper's float32 caches (at most ``WHOLE_MAP_VALUES`` each) are cast
+    before the gather, not after: the windows gathered hold every cell once per offset.
     """
     query = attn.query(x)
+    keys, values = keys.double(), values.double()
     rows = max(1, _CHUNK // (index.shape[1] * x.shape[1]))
     parts = [
-        _attention_rows(q, _gather(keys, i).double(), _gather(values, i).double(), ok, attn.n_heads)
+        _attention_rows(q, _gather(keys, i), _gather(values, i), ok, attn.n_heads)
         for q, i, ok in zip(query.split(rows), index.split(rows), valid.split(rows), strict=True)
     ]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
