@@ -6,8 +6,9 @@
 
 Each side runs in a child process of its own (its checkout's source first on the path) that loads its
 model (``--models``: a bundled name or a model file per side; the default model otherwise). Then, image
-by image, ``--rounds`` times, each side in turn compresses the image (``Codec.compress``: the VQ-VAE and
-the priors' one pass) and decodes the codes back (``Codec.decode_codes``: the priors' walk, no pixels).
+by image, ``--rounds`` times, each side in turn (first in every other pair) compresses the image
+(``Codec.compress``: the VQ-VAE and the priors' one pass) and decodes the codes back
+(``Codec.decode_codes``: the priors' walk, no pixels).
 On a shared machine whose speed drifts by tens of percent within minutes, alternating puts both under
 the same conditions; the medians of the per-pair ratios are the figures to quote. The bytes of the
 first round's files tell what another model's priors cost.
@@ -80,13 +81,14 @@ def main() -> None:
             raise SystemExit(f"the child for {root} imported vqcodec from {imported or 'nowhere'}")
         children.append(child)
     results: list[list[tuple[float, float, int]]] = [[], []]  # (encode s, decode s, bytes) per pair
-    for _ in range(args.rounds):
-        for image in range(len(paths)):
-            for child, side in zip(children, results, strict=True):
-                child.stdin.write(f"{image}\n")
-                child.stdin.flush()
-                encode, decode, size = child.stdout.readline().split()
-                side.append((float(encode), float(decode), int(size)))
+    for pair, image in enumerate(list(range(len(paths))) * args.rounds):
+        sides = list(zip(children, results, strict=True))
+        # each side goes first in every other pair: the first of a pair runs measurably slower here
+        for child, side in sides if pair % 2 == 0 else sides[::-1]:
+            child.stdin.write(f"{image}\n")
+            child.stdin.flush()
+            encode, decode, size = child.stdout.readline().split()
+            side.append((float(encode), float(decode), int(size)))
     for child in children:
         child.stdin.close()
         child.wait()
