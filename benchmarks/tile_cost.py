@@ -1,6 +1,6 @@
 """What smaller tiles for the bottom level would cost in bits, and what they would save in steps.
 
-    python benchmarks/tile_cost.py [--model FILE] [--data DIR] [--images 24] [--out DIR]
+    python benchmarks/tile_cost.py [--model FILE] [--data DIR] [--images 24] [--repeats 5] [--out DIR]
 
 A decode takes as many sequential wavefront steps as its largest tile has (``order.n_steps``): 94 for
 a 256-pixel tile's 32 x 32 top codes, 190 for its 64 x 64 bottom codes. The bottom level's tiles
@@ -65,6 +65,11 @@ def windows(height: int, width: int, tile: tuple[int, int]) -> list[tuple[slice,
     ]
 
 
+def top_under(top: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+    """The top-level codes under a bottom-level tile (half its rows and columns, rounded outwards)."""
+    return top[rows.start // 2 : -(-rows.stop // 2), cols.start // 2 : -(-cols.stop // 2)]
+
+
 def level_bits(codec: Codec, top: torch.Tensor, bottom: torch.Tensor) -> dict[str, tuple[float, float]]:
     """(top bits, bottom bits) of one image's codes in every layout."""
     top_prior, bottom_prior = codec.model.priors
@@ -85,7 +90,7 @@ def level_bits(codec: Codec, top: torch.Tensor, bottom: torch.Tensor) -> dict[st
                     bottom_prior, bottom[rows, cols], cond_features=whole_condition[None, :, rows, cols]
                 )
             else:
-                above = top[None, rows.start // 2 : -(-rows.stop // 2), cols.start // 2 : -(-cols.stop // 2)]
+                above = top_under(top, rows, cols)[None]
                 total += bits(bottom_prior, bottom[rows, cols], cond_codes=[above])
         result[name] = (top_tiled, total)
     return result
@@ -98,10 +103,7 @@ def bottom_walk_seconds(
     a decoder would take it (codes entered from the known map), without the range coder."""
     start = time.perf_counter()
     cuts = windows(*bottom.shape, tile)
-    above = [
-        [top[rows.start // 2 : -(-rows.stop // 2), cols.start // 2 : -(-cols.stop // 2)]]
-        for rows, cols in cuts
-    ]
+    above = [[top_under(top, rows, cols)] for rows, cols in cuts]
     stepper = codec.exact_priors[1].batch_stepper(*tile, above, [bottom[cut].shape for cut in cuts])
     padded = torch.zeros(len(cuts), *tile, dtype=torch.int64)
     for i, cut in enumerate(cuts):
