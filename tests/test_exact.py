@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import hashlib
 import random
 from decimal import Decimal
 
@@ -108,6 +109,22 @@ def test_tables_are_reproducible_and_match_their_definition() -> None:
     assert sigmoid[0] == 0 and sigmoid[TABLE_SIZE] == 2 ** (FA - 1) and sigmoid[-1] == 2**FA
     assert (np.diff(elu) <= 0).all() and (np.diff(exp) <= 0).all() and (np.diff(sigmoid) >= 0).all()
     assert (elu >= -np.arange(TABLE_SIZE)).all()  # what the integer ELU relies on
+    # the check values of exact.md §4: sums, and SHA-256 of the int64 little-endian entries
+    sums = [int(table.sum()) for table in again]
+    digests = [hashlib.sha256(table.astype("<i8").tobytes()).hexdigest()[:16] for table in again]
+    assert sums == [-15728489, 16776704, 1074265830]
+    assert digests == ["7ad2b4b16b395c26", "81fb96b8ff6fd3df", "4ea90c4ed4e8e732"]
+
+
+def test_activation_tables_follow_the_definitions() -> None:
+    """The lookups of every clamped activation give exact.md §5's ELU and sigmoid."""
+    elu, sigmoid, _ = (torch.from_numpy(table.copy()) for table in exact.tables())
+    x = torch.arange(-exact.ACT_MAX, exact.ACT_MAX + 1)
+    elu_full, sigmoid_full = exact._activation_tables_on(torch.device("cpu"))
+    expected_elu = torch.where(x >= 0, x, elu[x.neg().clamp(0, TABLE_SIZE - 1)])
+    expected_sigmoid = sigmoid[x.clamp(-TABLE_SIZE, TABLE_SIZE - 1) + TABLE_SIZE]
+    assert torch.equal(elu_full, expected_elu.double())
+    assert torch.equal(sigmoid_full, expected_sigmoid.double() * 2.0**-FA)
 
 
 @pytest.mark.parametrize("k", [2, 4, 5, 512, 4096])
