@@ -239,6 +239,21 @@ def test_stepper_matches_full_evaluation(kind: str, h: int, w: int) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(PRIORS))
+def test_full_evaluation_in_bands_of_one_row(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``logits_full`` evaluates bands of rows that read the rows above from its caches: bands of one
+    row give the logits of one band (a prior with wider kernels reads the row below: one band)."""
+    prior = EXACT[kind]
+    codes = torch.randint(prior.codebook_size, (7, 6), generator=torch.Generator().manual_seed(3))
+    cond = random_cond(PRIORS[kind], 7, 6)
+    whole = prior.logits_full(codes, cond)
+    monkeypatch.setattr(exact, "_CHUNK", 1)
+    assert torch.equal(prior.logits_full(codes, cond), whole)
+    # where a band would read the rows below it, the encoder walks the map step by step instead
+    encoder = prior.encoder_stepper([codes], [cond])
+    assert isinstance(encoder, exact.KnownCodes) == (prior.kernel_size == 3)
+
+
+@pytest.mark.parametrize("kind", sorted(PRIORS))
 @pytest.mark.parametrize(("h", "w"), [(5, 90), (40, 70), (9, 3)])
 def test_windowed_caches_match_full_evaluation(kind: str, h: int, w: int) -> None:
     """Maps with many more steps than the caches have slots (they slide several times), and fewer."""

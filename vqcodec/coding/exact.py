@@ -546,7 +546,8 @@ class ExactPrior:
         step by step."""
         height, width = codes[0].shape
         logits = len(codes) * height * width * self.codebook_size
-        if max(logits, ExactStepper.whole_cache_values(self, height, width)) > WHOLE_MAP_VALUES:
+        too_large = max(logits, ExactStepper.whole_cache_values(self, height, width)) > WHOLE_MAP_VALUES
+        if too_large or self._band_rows(height, width) < height and self._reaches_below():
             return self.batch_stepper(height, width, cond_codes)
         known = torch.empty(
             len(codes), height, width, self.codebook_size, dtype=torch.int64, device=self.device
@@ -559,19 +560,29 @@ class ExactPrior:
         """int64 logits [H, W, K] at FA of one image's codes [H, W], every position at once.
 
         Runs the stepper's evaluation on bands of whole rows instead of wavefronts (every layer reads
-        only rows above and its own), so it equals what the stepper gives step by step (tested).
+        only rows above and its own, or, with kernels wider than 3, one band of all the rows), so it
+        equals what the stepper gives step by step (tested).
         """
         height, width = codes.shape
         stepper = ExactStepper(self, height, width, [cond_codes], whole=True)
         stepper.write_all_codes(codes.to(self.device, torch.int64))
-        widest = max(self.codebook_size, self.kernel_size * self.channels)
-        band = max(1, _CHUNK // (width * widest))
+        band = height if self._reaches_below() else self._band_rows(height, width)
         logits = torch.empty(height, width, self.codebook_size, dtype=torch.int64, device=self.device)
         for y in range(0, height, band):
             logits[y : y + band] = stepper.evaluate_rows(y, min(y + band, height)).view(
                 -1, width, self.codebook_size
             )
         return logits
+
+    def _band_rows(self, height: int, width: int) -> int:
+        """Rows of a band of ``logits_full`` whose arrays hold about ``_CHUNK`` values."""
+        widest = max(self.codebook_size, self.kernel_size * self.channels)
+        return min(height, max(1, _CHUNK // (width * widest)))
+
+    def _reaches_below(self) -> bool:
+        """Whether a mask's taps reach the row below (kernels wider than 3: (1, -2) is on the same
+        wavefront), so that a band of rows would read the next band's before it is evaluated."""
+        return ExactStepper._reach(self)[1] > 0
 
     def _condition(self, cond_codes: list[Tensor], height: int, width: int) -> list[Tensor] | None:
         """Per gated block, ``cond_proj`` of the conditioning features at the level above's resolution.
