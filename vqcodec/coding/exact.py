@@ -977,7 +977,7 @@ class ExactStepper:
             oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
             heights, widths = (self.height, self.width) if sites.limits is None else sites.limits.unbind(1)
             valid = (oy >= 0) & (oy < heights) & (ox >= 0) & (ox < widths)  # [n, n_off]
-            index_attn = cells[:, None] + self._offset_cells
+            index_attn = cells[:, None] + self._offset_cells if len(sites.size) == 1 else None
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
             self._store(inputs, sites, _elu(x))
             self._store(middles, sites, _elu(self._conv(block.conv1, inputs, sites, self._taps_b)))
@@ -990,11 +990,46 @@ class ExactStepper:
                 attn, (keys, values) = prior.attentions[j], self._keys_values[j]
                 self._store(keys, sites, attn.key(x))
                 self._store(values, sites, attn.value(x))
-                keys, values = keys.view(-1, prior.channels), values.view(-1, prior.channels)
-                x = _attend(attn, keys, values, x, index_attn, valid)
+                if len(sites.size) == 1:  # a wavefront
+                    keys, values = keys.view(-1, prior.channels), values.view(-1, prior.channels)
+                    x = _attend(attn, keys, values, x, index_attn, valid)
+                else:
+                    x = self._attend_band(attn, keys, values, x, sites, valid)
         for block in prior.out_blocks:
             x = _clamp(x.add_(block.conv2(_elu(block.conv1(_elu(x))))))
         return prior.out_conv(_elu(x))
+
+    def _attend_band(
+        self, attn: _Attention, keys: Tensor, values: Tensor, x: Tensor, sites: _Sites, valid: Tensor
+    ) -> Tensor:
+        """:func:`_attend` at a band of whole rows, from the caches ``keys`` and ``values`` [rows, slots,
+        C] (a ``whole`` stepper's, float32).
+
+        The keys (and values) of one offset at all the band's positions are one strided view of a
+        cache, so each offset is a product and a sum over the band, with nothing gathered: gathered,
+        the windows of a band hold every cell once per offset, and copying them took half the top
+        prior's time. The sums are exact as :func:`_attention_rows` says, in any order.
+        """
+        (h, w), c, heads = sites.size, x.shape[1], attn.n_heads
+        keys, values = keys.double(), values.double()  # the same layout, cast once
+        query = attn.query(x).view(h, w, heads, c // heads)
+        shifts = self._offset_cells.tolist()
+        raw = x.new_empty(len(shifts), h, w, heads)
+        for j, shift in enumerate(shifts):
+            torch.linalg.vecdot(query, self._band_view(keys, sites, shift).view(query.shape), out=raw[j])
+        raw = raw.permute(1, 2, 3, 0).contiguous().view(h * w, heads, len(shifts))
+        weights = _attention_weights(raw, valid).view(h, w, heads, len(shifts))
+        mixed = torch.zeros_like(query)
+        for j, shift in enumerate(shifts):
+            mixed.addcmul_(weights[..., j, None], self._band_view(values, sites, shift).view(query.shape))
+        return _clamp(x.add_(attn.proj(_round_shift(mixed, P_BITS).view(h * w, c))))
+
+    @staticmethod
+    def _band_view(cache: Tensor, sites: _Sites, shift: int) -> Tensor:
+        """[h, w, C] view of the cache cells ``shift`` cells after each site of a band."""
+        c = cache.shape[2]
+        strides = (sites.stride[0] * c, sites.stride[1] * c, 1)
+        return cache.as_strided((*sites.size, c), strides, cache.storage_offset() + (sites.first + shift) * c)
 
 
 class ColumnStepper(ExactStepper):
@@ -1124,13 +1159,11 @@ def _attend(
 ) -> Tensor:
     """x + proj(attention) of the positions x [n, C] (exact.md §6.3), whose keys and values are written.
 
-    ``index`` [n, n_off] are the cells of the offsets in the flat caches ``keys`` and ``values``
+    ``index`` [n, n_off] are the cells of the offsets in the flat float64 caches ``keys`` and ``values``
     [cells, C], ``valid`` whether they lie inside the map (the others may hold any integers: their
-    weights are zero). A whole stepper's float32 caches (at most ``WHOLE_MAP_VALUES`` each) are cast
-    before the gather, not after: the windows gathered hold every cell once per offset.
+    weights are zero).
     """
     query = attn.query(x)
-    keys, values = keys.double(), values.double()
     rows = max(1, _CHUNK // (index.shape[1] * x.shape[1]))
     parts = [
         _attention_rows(q, _gather(keys, i), _gather(values, i), ok, attn.n_heads)
@@ -1138,6 +1171,17 @@ def _attend(
     ]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     return _clamp(x.add_(attn.proj(out)))
+
+
+def _attention_weights(raw: Tensor, valid: Tensor) -> Tensor:
+    """The weights ``p = floor(exp[max - logit] 2^P_BITS / sum)`` [m, heads, n_off] from the products
+    ``q . k`` [m, heads, n_off], with ``logit = rshr(q . k, FA)``; offsets outside the map (``valid``
+    [m, n_off] false) are excluded."""
+    ok = valid[:, None, :]
+    logits = _round_shift(raw, FA).masked_fill_(~ok, _NEG)
+    z = (logits.amax(dim=2, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
+    e = _lookup(_exp_on(raw.device), z).masked_fill_(~ok, 0)
+    return _floor_div(e * 2.0**P_BITS, e.sum(dim=2, keepdim=True))
 
 
 def _attention_rows(query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, heads: int) -> Tensor:
@@ -1153,12 +1197,7 @@ def _attention_rows(query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, 
     d = c // heads
     blocks = query.new_zeros(m, heads, heads, d)  # [m, head, head', d]: head's query where head == head'
     blocks.diagonal(dim1=1, dim2=2).copy_(query.view(m, heads, d).transpose(1, 2))
-    ok = valid[:, None, :]  # [m, 1, n_off]
     raw = torch.bmm(blocks.view(m, heads, c), keys.transpose(1, 2))  # [m, heads, n_off]
-    logits = _round_shift(raw, FA).masked_fill_(~ok, _NEG)
-    z = (logits.amax(dim=2, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
-    e = _lookup(_exp_on(keys.device), z).masked_fill_(~ok, 0)
-    p = _floor_div(e * 2.0**P_BITS, e.sum(dim=2, keepdim=True))
-    mixed = torch.bmm(p, values).view(m, heads, heads, d)  # [m, head, head', d]
+    mixed = torch.bmm(_attention_weights(raw, valid), values).view(m, heads, heads, d)  # [m, head, head', d]
     out = mixed.diagonal(dim1=1, dim2=2).transpose(1, 2)  # [m, heads, d]: each head's own channels
     return _round_shift(out, P_BITS).reshape(m, c)
