@@ -930,23 +930,27 @@ class ExactStepper:
         self._memory[:, :, self._lag :] = 0
         self._origin = t - self._lag
 
+    @staticmethod
+    def _cells(cache: Tensor, sites: _Sites, shift: int, width: int) -> Tensor:
+        """[*size, width] strided view of the cache values from ``shift`` cells after each site."""
+        c = cache.shape[2]
+        strides = tuple(s * c for s in sites.stride) + (1,)
+        return cache.as_strided(
+            (*sites.size, width), strides, cache.storage_offset() + (sites.first + shift) * c
+        )
+
     def _view(self, cache: Tensor, sites: _Sites, shift: int, width: int) -> Tensor:
         """float64 [n, width] of the cache values from ``shift`` cells after each site: a strided view for
         a wavefront (float64 caches), one float64 copy for a band of rows (float32 caches, overlapping
         windows)."""
-        c = cache.shape[2]
-        strides = tuple(s * c for s in sites.stride) + (1,)
-        start = cache.storage_offset() + (sites.first + shift) * c
-        taps = cache.as_strided((*sites.size, width), strides, start)
+        taps = self._cells(cache, sites, shift, width)
         return taps if len(sites.size) == 1 else taps.to(torch.float64).view(-1, width)
 
     def _store(self, cache: Tensor, sites: _Sites, values: Tensor) -> None:
-        c = cache.shape[2]
-        strides = tuple(s * c for s in sites.stride) + (1,)
         if sites.mask is not None:
             values = values * sites.mask
-        cells = cache.as_strided((*sites.size, c), strides, cache.storage_offset() + sites.first * c)
-        cells.copy_(values.view(*sites.size, c))
+        cells = self._cells(cache, sites, 0, cache.shape[2])
+        cells.copy_(values.view(cells.shape))
 
     def _conv(self, layer: _Linear, cache: Tensor, sites: _Sites, taps: list[_RowTaps]) -> Tensor:
         """A masked convolution at the sites: one GEMM per kernel row, then the rounding of ``_Linear``."""
@@ -1016,20 +1020,13 @@ class ExactStepper:
         shifts = self._offset_cells.tolist()
         raw = x.new_empty(len(shifts), h, w, heads)
         for j, shift in enumerate(shifts):
-            torch.linalg.vecdot(query, self._band_view(keys, sites, shift).view(query.shape), out=raw[j])
+            torch.linalg.vecdot(query, self._cells(keys, sites, shift, c).view(query.shape), out=raw[j])
         raw = raw.permute(1, 2, 3, 0).contiguous().view(h * w, heads, len(shifts))
         weights = _attention_weights(raw, valid).view(h, w, heads, len(shifts))
         mixed = torch.zeros_like(query)
         for j, shift in enumerate(shifts):
-            mixed.addcmul_(weights[..., j, None], self._band_view(values, sites, shift).view(query.shape))
+            mixed.addcmul_(weights[..., j, None], self._cells(values, sites, shift, c).view(query.shape))
         return _clamp(x.add_(attn.proj(_round_shift(mixed, P_BITS).view(h * w, c))))
-
-    @staticmethod
-    def _band_view(cache: Tensor, sites: _Sites, shift: int) -> Tensor:
-        """[h, w, C] view of the cache cells ``shift`` cells after each site of a band."""
-        c = cache.shape[2]
-        strides = (sites.stride[0] * c, sites.stride[1] * c, 1)
-        return cache.as_strided((*sites.size, c), strides, cache.storage_offset() + (sites.first + shift) * c)
 
 
 class ColumnStepper(ExactStepper):
