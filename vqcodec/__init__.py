@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from vqcodec import pillow_plugin
+from vqcodec import pillow_plugin, threads
 from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = ["compress", "decompress", "decompress_many", "info", "load_model"]
 
+threads.wait_passively()
 pillow_plugin.register()
 
 
