@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 
 import pytest
+from PIL import ExifTags
 
 from vqcodec import errors
 from vqcodec.codec import Codec
@@ -40,5 +41,11 @@ def test_vector(codec: Codec, vector: dict):
     assert (image.width, image.height, image.mode) == (vector["width"], vector["height"], vector["mode"])
     assert [decoded.file.coded_width, decoded.file.coded_height] == vector["coded_size"]
     assert len(image.info.get("icc_profile", b"")) == vector["icc_bytes"]
+    assert len(decoded.file.exif or b"") == vector["exif_bytes"]
+    assert len(decoded.file.xmp or b"") == len(image.info.get("xmp", b"")) == vector["xmp_bytes"]
+    if vector["exif_bytes"]:  # Pillow's info["exif"] has JPEG's Exif\0\0 before the chunk (spec §5.3)
+        assert image.info["exif"] == b"Exif\0\0" + decoded.file.exif
+    tags = vector.get("exif_tags", {})
+    assert {name: image.getexif().get(ExifTags.Base[name]) for name in tags} == tags
     if X86_64:  # the pixels come from the float decoder: only the reference platform class must match
         assert hashlib.sha256(image.tobytes()).hexdigest() == vector["pixels_sha256"]

@@ -19,6 +19,7 @@ from vqcodec.coding.container import (
     MAX_PIXELS,
     MAX_SIDE,
     Chunk,
+    ChunkType,
     ColourMode,
     Padding,
     VQZFile,
@@ -35,6 +36,8 @@ from vqcodec.errors import (
 )
 
 DIGEST = hashlib.sha256(b"a model file").digest()
+EXIF = b"II*\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00"  # a TIFF header and an empty IFD0
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>'
 
 
 def plain(**changes) -> VQZFile:
@@ -53,7 +56,7 @@ def plain(**changes) -> VQZFile:
 
 
 def with_chunks() -> VQZFile:
-    """A small RGBA image with an alpha plane, an ICC profile and an unknown ancillary chunk."""
+    """A small RGBA image with an alpha plane, an ICC profile, EXIF, XMP and an unknown ancillary chunk."""
     rng = np.random.default_rng(1)
     return plain(
         width=13,
@@ -64,6 +67,8 @@ def with_chunks() -> VQZFile:
         payload=rng.integers(0, 256, 24, dtype=np.uint8).tobytes(),
         alpha=rng.integers(0, 256, 13 * 7, dtype=np.uint8).tobytes(),
         icc=b"fake ICC profile",
+        exif=EXIF,
+        xmp=XMP,
         extra_chunks=(Chunk(0xF0, b"future"),),
     )
 
@@ -377,3 +382,52 @@ def test_tiles_must_be_whole_cells_of_the_model() -> None:
     plain().check_tile(8)
     with pytest.raises(ModelMismatchError, match="not multiples of the model's 16"):
         plain(tile=(256, 264)).check_tile(16)
+
+
+# --- EXIF and XMP (version 1.3) ---------------------------------------------------------------------------
+
+
+def test_metadata_round_trips_as_version_1_3() -> None:
+    file = plain(icc=b"icc", exif=EXIF, xmp=XMP)
+    data = file.to_bytes()
+    assert data[3] == 0x13
+    assert VQZFile.from_bytes(data) == file
+    assert data.index(bytes((0x81, 3)) + b"icc") < data.index(bytes((0x82, len(EXIF))) + EXIF)
+    assert data.index(bytes((0x82, len(EXIF))) + EXIF) < data.index(bytes((0x83, len(XMP))) + XMP)
+    assert plain(xmp=XMP, tile=(256, 256)).to_bytes()[3] == 0x13
+    assert plain(icc=b"icc").to_bytes()[3] == 0x10  # ICC alone stays 1.0
+
+
+def test_metadata_chunks_are_ancillary() -> None:
+    """A 1.2 decoder, which does not know them, skips them: the image decodes the same."""
+    assert not Chunk(ChunkType.EXIF, EXIF).critical and not Chunk(ChunkType.XMP, XMP).critical
+    parsed = VQZFile.from_bytes(craft(version=0x13, chunks=((0x82, EXIF), (0x83, XMP))))
+    assert (parsed.exif, parsed.xmp, parsed.extra_chunks) == (EXIF, XMP, ())
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        (((0x82, b"Exif\x00\x00" + EXIF),), "TIFF header"),  # JPEG's prefix is not part of the chunk
+        (((0x82, EXIF[:7]),), "TIFF header"),
+        (((0x82, b"II\x00*" + EXIF[4:]),), "TIFF header"),  # little-endian mark, big-endian 42
+        (((0x83, b""),), "XMP packet is empty"),
+        (((0x82, EXIF), (0x82, EXIF)), "duplicate EXIF"),
+        (((0x83, XMP), (0x83, XMP)), "duplicate XMP"),
+    ],
+)
+def test_bad_metadata_chunks_are_refused(chunks: tuple[tuple[int, bytes], ...], message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        VQZFile.from_bytes(craft(version=0x13, chunks=chunks))
+
+
+def test_writer_refuses_bad_metadata() -> None:
+    for changes in (
+        dict(exif=b"Exif\x00\x00" + EXIF),
+        dict(exif=b""),
+        dict(xmp=b""),
+        dict(extra_chunks=(Chunk(0x82, EXIF),)),
+    ):
+        with pytest.raises(FormatError):
+            plain(**changes)
+    assert plain(exif=b"MM\x00*\x00\x00\x00\x08").exif == b"MM\x00*\x00\x00\x00\x08"

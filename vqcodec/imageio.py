@@ -2,7 +2,7 @@
 
 ``load_image`` reduces any image Pillow can read to a :class:`SourceImage`: an RGB array for the
 model plus what the decoder needs to give back the original's look (grayscale or colour, an alpha
-plane, the ICC profile). ``to_pil`` and ``save_image`` go the other way.
+plane, the ICC profile, EXIF and XMP). ``to_pil`` and ``save_image`` go the other way.
 
 Conventions, chosen so that every input has one documented meaning:
 
@@ -19,23 +19,31 @@ Conventions, chosen so that every input has one documented meaning:
   formula; other colour spaces (YCbCr, LAB, HSV, ...) with Pillow's plain conversion.
 * An ICC profile is kept only when it describes the pixels handed to the codec (an RGB profile for
   colour, a gray one for grayscale).
+* EXIF and XMP are kept as the file carries them (``info["exif"]`` and ``info["xmp"]``: JPEG, PNG,
+  WebP, AVIF; XMP of TIFF too), EXIF as a TIFF stream without JPEG's ``Exif\\0\\0`` prefix. Once the
+  orientation is applied to the pixels, their orientation tags are set to 1 (not removed: a value that
+  says "upright" cannot be misread), in place: re-serialising EXIF would break maker notes' offsets.
+  A TIFF file's own tags are not EXIF and are not kept.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings as pywarnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
-from vqcodec.errors import FormatError, ImageTooLargeError
+from vqcodec.coding.container import MIN_EXIF, TIFF_HEADERS
+from vqcodec.errors import FormatError, ImageTooLargeError, VQZError
 
 MODES = ("RGB", "L", "RGBA", "LA")
 """The modes a SourceImage can have, i.e. that the decoder restores."""
@@ -66,6 +74,25 @@ _FORMATS_WITHOUT_ALPHA = ("JPEG",)
 
 _SAVE_OPTIONS: dict[str, dict[str, int]] = {"JPEG": {"quality": 95}}
 
+METADATA_KINDS = ("exif", "icc", "xmp")
+"""The metadata the codec can keep (``Codec.compress(metadata=...)``, as cwebp's ``-metadata``)."""
+
+_EXIF_PREFIX = b"Exif\x00\x00"
+"""What JPEG's APP1 segment and Pillow's ``info["exif"]`` put before the TIFF stream."""
+
+_XMP_ORIENTATION = re.compile(rb"""(tiff:Orientation\s*=\s*["']\s*|<tiff:Orientation>\s*)[0-9]""")
+"""XMP's orientation, as an attribute or an element (Pillow applies it when EXIF has none)."""
+
+_EXIF_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF")
+_XMP_FORMATS = ("JPEG", "WEBP", "AVIF")
+"""Formats whose Pillow writer takes ``exif=`` and ``xmp=``; PNG's XMP goes into an iTXt chunk."""
+
+_JPEG_SEGMENT = 65533
+"""Most bytes of an APP1 segment's data: JPEG keeps EXIF (with its prefix) and XMP (after its
+namespace) in one segment each."""
+
+_XMP_NAMESPACE = b"http://ns.adobe.com/xap/1.0/\x00"
+
 
 @dataclass
 class SourceImage:
@@ -80,6 +107,10 @@ class SourceImage:
     icc_profile: bytes | None
     warnings: list[str] = field(default_factory=list)
     """What was lost or changed on the way in, for the user."""
+    exif: bytes | None = None
+    """EXIF as a TIFF stream (no ``Exif\\0\\0`` prefix), its orientation set to 1: the pixels are upright."""
+    xmp: bytes | None = None
+    """The XMP packet (UTF-8 XML), its ``tiff:Orientation`` set to 1 likewise."""
 
     @property
     def height(self) -> int:
@@ -88,6 +119,17 @@ class SourceImage:
     @property
     def width(self) -> int:
         return self.rgb.shape[1]
+
+    def with_metadata(self, kinds: Iterable[str]) -> SourceImage:
+        """This image keeping only the metadata ``kinds`` (of ``METADATA_KINDS``), for files that must not
+        carry the rest (privacy, size)."""
+        kinds = parse_metadata(kinds)
+        return replace(
+            self,
+            icc_profile=self.icc_profile if "icc" in kinds else None,
+            exif=self.exif if "exif" in kinds else None,
+            xmp=self.xmp if "xmp" in kinds else None,
+        )
 
 
 def load_image(source: str | os.PathLike[str] | bytes | BinaryIO | Image.Image) -> SourceImage:
@@ -109,11 +151,20 @@ def load_image(source: str | os.PathLike[str] | bytes | BinaryIO | Image.Image) 
     return _open(source, str(getattr(source, "name", "image stream")))
 
 
-def to_pil(rgb: np.ndarray, mode: str, alpha: np.ndarray | None, icc_profile: bytes | None) -> Image.Image:
+def to_pil(
+    rgb: np.ndarray,
+    mode: str,
+    alpha: np.ndarray | None,
+    icc_profile: bytes | None,
+    exif: bytes | None = None,
+    xmp: bytes | None = None,
+) -> Image.Image:
     """Rebuild the image described by a SourceImage's fields, e.g. from a decoded ``rgb``.
 
     For "L"/"LA" the gray level is the rounded mean of the three channels: the model's
     reconstruction of a gray image is not exactly gray, and the mean is the least noisy estimate.
+    EXIF and XMP go into ``info["exif"]`` (with the ``Exif\\0\\0`` prefix Pillow's writers expect) and
+    ``info["xmp"]``, their orientation set to 1: the pixels are upright, a viewer must not turn them.
     """
     _check_rgb(rgb)
     if mode not in MODES:
@@ -130,27 +181,82 @@ def to_pil(rgb: np.ndarray, mode: str, alpha: np.ndarray | None, icc_profile: by
         colour = ((rgb.sum(axis=2, dtype=np.uint16) + 1) // 3).astype(np.uint8)[..., None]
     planes = colour if alpha is None else np.concatenate([colour, alpha[..., None]], axis=2)
     image = Image.fromarray(np.ascontiguousarray(planes[..., 0] if mode == "L" else planes))
-    if icc_profile:
-        image.info["icc_profile"] = icc_profile
+    image.info.update(pil_info(icc_profile, exif, xmp))
     return image
 
 
+def pil_info(icc_profile: bytes | None, exif: bytes | None, xmp: bytes | None) -> dict[str, bytes]:
+    """The ``Image.info`` entries for a file's ICC profile, EXIF and XMP, as Pillow's writers take them."""
+    info = {}
+    if icc_profile:
+        info["icc_profile"] = icc_profile
+    if exif:
+        exif = bytes(exif).removeprefix(_EXIF_PREFIX)
+        info["exif"] = _EXIF_PREFIX + (_upright_exif(exif) or exif)
+    if xmp:
+        info["xmp"] = _upright_xmp(bytes(xmp))
+    return info
+
+
 def save_image(
-    image: Image.Image, path_or_file: str | os.PathLike[str] | BinaryIO, format: str | None = None
+    image: Image.Image,
+    path_or_file: str | os.PathLike[str] | BinaryIO,
+    format: str | None = None,
+    quality: int | None = None,
 ) -> None:
     """Write ``image``, in ``format`` or else the one its file name's extension names (PNG if none).
 
     The ICC profile in ``image.info`` is written wherever the format can hold one. Formats without
-    alpha (JPEG) get the image without its alpha plane, with a Python warning.
+    alpha (JPEG) get the image without its alpha plane, with a Python warning. ``quality`` (1-100)
+    is for lossy formats (JPEG, WebP, AVIF); WebP at 100 is lossless.
     """
     fmt = (format or _format_from_name(path_or_file)).upper()
     if fmt in _FORMATS_WITHOUT_ALPHA and image.mode in ("RGBA", "LA"):
         pywarnings.warn(f"{fmt} cannot store alpha; the alpha plane is dropped", stacklevel=2)
         image = image.convert(image.mode[:-1])
     options: dict[str, object] = dict(_SAVE_OPTIONS.get(fmt, {}))
+    if quality is not None:
+        options.update(
+            {"quality": quality, "lossless": True}
+            if fmt == "WEBP" and quality == 100
+            else {"quality": quality}
+        )
     if icc_profile := image.info.get("icc_profile"):
         options["icc_profile"] = icc_profile
+    options.update(_metadata_options(image, fmt))
     image.save(path_or_file, format=fmt, **options)
+
+
+def _metadata_options(image: Image.Image, fmt: str) -> dict[str, object]:
+    """The save options that write the EXIF and XMP of ``image.info`` where ``fmt`` can hold them: PNG's
+    XMP in the iTXt chunk XMP readers look for; in JPEG, more than a segment holds is dropped, with a
+    Python warning (Pillow would refuse to write the image)."""
+    exif, xmp = image.info.get("exif"), image.info.get("xmp")
+    if isinstance(exif, Image.Exif):
+        exif = exif.tobytes()
+    if exif:  # with the prefix, which JPEG needs and the other writers strip
+        exif = _EXIF_PREFIX + bytes(exif).removeprefix(_EXIF_PREFIX)
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    if fmt == "JPEG":
+        exif = _fits_jpeg("EXIF", exif, _JPEG_SEGMENT)
+        xmp = _fits_jpeg("XMP", xmp, _JPEG_SEGMENT - len(_XMP_NAMESPACE))
+    options: dict[str, object] = {}
+    if exif and fmt in _EXIF_FORMATS:
+        options["exif"] = exif
+    if xmp and fmt in _XMP_FORMATS:
+        options["xmp"] = xmp
+    elif xmp and fmt == "PNG":
+        options["pnginfo"] = info = PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp)
+    return options
+
+
+def _fits_jpeg(name: str, data: bytes | None, room: int) -> bytes | None:
+    if data and len(data) > room:
+        pywarnings.warn(f"{name} of {len(data)} bytes exceeds a JPEG segment ({room}); dropped", stacklevel=4)
+        return None
+    return data
 
 
 def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
@@ -186,6 +292,25 @@ def crop(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return rgb[:height, :width]
 
 
+def parse_metadata(value: str | Iterable[str]) -> frozenset[str]:
+    """The metadata kinds that ``value`` names: "all", "none", a comma-separated list ("exif,icc") or an
+    iterable of kinds, each of ``METADATA_KINDS``. ValueError names an unknown kind and the valid ones."""
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value in ("all", "none"):
+            return frozenset(METADATA_KINDS if value == "all" else ())
+        value = [part.strip() for part in value.split(",")]
+    kinds = []
+    for kind in value:
+        if not isinstance(kind, str) or kind.lower() not in METADATA_KINDS:
+            raise ValueError(
+                f"unknown metadata kind {kind!r}: use all, none, or one or more of"
+                f" {', '.join(METADATA_KINDS)} separated by commas"
+            )
+        kinds.append(kind.lower())
+    return frozenset(kinds)
+
+
 def _open(fp: BinaryIO, name: str) -> SourceImage:
     with _reading(name), Image.open(fp) as image:
         return _from_pil(image, name)
@@ -196,6 +321,8 @@ def _reading(name: str) -> Iterator[None]:
     """Turn whatever Pillow raises on bad input into one of this module's one-line errors."""
     try:
         yield
+    except VQZError:  # already one of ours (an OSError too, like Pillow's errors)
+        raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: too large ({_one_line(exc)}; {_limits()})") from exc
     except UnidentifiedImageError as exc:
@@ -229,6 +356,7 @@ def _from_pil(image: Image.Image, name: str) -> SourceImage:
         warnings.append("16-bit image reduced to 8 bits")
     image.load()
     icc_profile = image.info.get("icc_profile") or None
+    exif, xmp = _metadata(image, warnings)  # before _upright, which re-serialises the EXIF
     image = _upright(image, warnings)
     gray_or_rgb, mode, icc_profile = _standard_planes(image, icc_profile, warnings)
     # A few formats (e.g. ICO, EPS) only settle their size as they decode; the codec relies on the limits.
@@ -251,7 +379,9 @@ def _from_pil(image: Image.Image, name: str) -> SourceImage:
             f"ICC profile for colour space {icc_profile[16:20]!r} does not fit a {mode} image; dropped"
         )
         icc_profile = None
-    return SourceImage(rgb=rgb, mode=mode, alpha=alpha, icc_profile=icc_profile, warnings=warnings)
+    return SourceImage(
+        rgb=rgb, mode=mode, alpha=alpha, icc_profile=icc_profile, warnings=warnings, exif=exif, xmp=xmp
+    )
 
 
 def _decoded_from_16_bits(image: Image.Image) -> bool:
@@ -276,6 +406,50 @@ def _upright(image: Image.Image, warnings: list[str]) -> Image.Image:
     if orientation in range(2, 9):
         return ImageOps.exif_transpose(image)
     return image
+
+
+def _metadata(image: Image.Image, warnings: list[str]) -> tuple[bytes | None, bytes | None]:
+    """The EXIF (a TIFF stream) and XMP of ``image``, their orientation set to 1 for the upright pixels."""
+    exif = image.info.get("exif")
+    if isinstance(exif, Image.Exif):
+        exif = exif.tobytes()
+    if exif:
+        exif = _upright_exif(bytes(exif).removeprefix(_EXIF_PREFIX))
+        if exif is None:
+            warnings.append("unreadable EXIF data; not kept")
+    xmp = image.info.get("xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    return exif or None, _upright_xmp(bytes(xmp)) if xmp else None
+
+
+def _upright_exif(exif: bytes) -> bytes | None:
+    """``exif`` (a TIFF stream) with IFD0's Orientation tag, if any, set to 1; None if it is no TIFF
+    stream or the tag is malformed. Only the value's bytes change: re-serialising (Pillow's
+    ``Exif.tobytes``) would move the data that maker notes address by offset."""
+    if len(exif) < MIN_EXIF or exif[:4] not in TIFF_HEADERS:
+        return None
+    order = "<" if exif[:2] == b"II" else ">"
+    ifd = struct.unpack_from(order + "I", exif, 4)[0]
+    if ifd + 2 > len(exif):
+        return None
+    entries = struct.unpack_from(order + "H", exif, ifd)[0]
+    if ifd + 2 + 12 * entries > len(exif):
+        return None
+    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        tag, kind, count = struct.unpack_from(order + "HHI", exif, entry)
+        if tag == ExifTags.Base.Orientation:
+            if count != 1 or kind not in (3, 4):  # SHORT, as the standard has it, or LONG
+                return None
+            patched = bytearray(exif)
+            struct.pack_into(order + ("H" if kind == 3 else "I"), patched, entry + 8, 1)
+            return bytes(patched)
+    return exif
+
+
+def _upright_xmp(xmp: bytes) -> bytes:
+    """``xmp`` with its ``tiff:Orientation`` property, if any, set to 1."""
+    return _XMP_ORIENTATION.sub(rb"\g<1>1", xmp)
 
 
 def _standard_planes(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageCms
+from PIL import ExifTags, Image, ImageCms
 
 from vqcodec.codec import Codec, Decoded
 from vqcodec.coding.container import VQZFile, varint
@@ -38,6 +38,17 @@ QUALITY = {"resampled_37x23": 1}
 """``--quality`` of the valid vectors that are not coded at the default quality."""
 TILE = {"tiled_97x71": 64}
 """``--tile`` of the valid vectors cut into tiles (the default tile is larger than every vector)."""
+EXIF_TAGS = {"Make": "vqcodec", "DateTime": "2024:01:02 03:04:05", "Copyright": "CC0", "Orientation": 6}
+"""The EXIF of ``meta_16x12``'s source, a 12 x 16 image to be turned (6: 90 degrees clockwise)."""
+XMP = (
+    b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"'
+    b' xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6">'
+    b"<dc:rights>CC0</dc:rights></rdf:Description></rdf:RDF></x:xmpmeta>"
+    b'<?xpacket end="w"?>'
+)
+"""The XMP packet of ``meta_16x12``'s source, with the same orientation."""
 
 
 def tiny_model(seed: int = SEED) -> CodecModel:
@@ -71,6 +82,11 @@ def valid_images() -> dict[str, Image.Image]:
     gray_alpha = np.dstack([smooth(9, 11, 5)[..., 0], (smooth(9, 11, 6)[..., 1] // 2)])
     icc = Image.fromarray(smooth(16, 16, 7))
     icc.info["icc_profile"] = srgb_profile()
+    meta = Image.fromarray(smooth(12, 16, 10))
+    exif = Image.Exif()
+    for name, value in EXIF_TAGS.items():
+        exif[ExifTags.Base[name]] = value
+    meta.info.update(exif=exif.tobytes(), xmp=XMP)
     return {
         "rgb_1x1": Image.fromarray(smooth(1, 1, 0)),
         "rgb_7x13": Image.fromarray(smooth(7, 13, 1)),
@@ -81,6 +97,7 @@ def valid_images() -> dict[str, Image.Image]:
         "icc_16x16": icc,
         "resampled_37x23": Image.fromarray(smooth(37, 23, 8)),
         "tiled_97x71": Image.fromarray(smooth(97, 71, 9)),
+        "meta_16x12": meta,
     }
 
 
@@ -191,18 +208,26 @@ def main(keep_model: bool) -> None:
         decoded: Decoded = codec.decode_codes(data)
         pixels = codec.render(decoded)
         (HERE / f"{stem}.vqz").write_bytes(data)
+        if decoded.file.exif is not None:
+            tags = pixels.getexif()
+            metadata = {"exif_tags": {name: tags[ExifTags.Base[name]] for name in EXIF_TAGS}}
+        else:
+            metadata = {}
         vectors.append(
             {
                 "file": f"{stem}.vqz",
                 "sha256": hashlib.sha256(data).hexdigest(),
-                "width": image.width,
-                "height": image.height,
+                "width": pixels.width,
+                "height": pixels.height,
                 "coded_size": [decoded.file.coded_width, decoded.file.coded_height],
                 "mode": pixels.mode,
                 "icc_bytes": len(decoded.file.icc or b""),
+                "exif_bytes": len(decoded.file.exif or b""),
+                "xmp_bytes": len(decoded.file.xmp or b""),
                 "code_shapes": [list(level.shape) for level in decoded.codes],
                 "codes_sha256": code_digest(decoded.codes),
                 "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+                **metadata,
             }
         )
     valid = (HERE / "rgb_33x17.vqz").read_bytes()
@@ -230,7 +255,7 @@ def main(keep_model: bool) -> None:
             {"file": f"{stem}.vqz", "sha256": hashlib.sha256(data).hexdigest(), "error": error, "note": note}
         )
     manifest = {
-        "format": "vqz 1.2",
+        "format": "vqz 1.3",
         "model": {"file": MODEL, "sha256": sha256, "config": "tiny_config(), random weights, seed 0"},
         "codes_sha256": "SHA-256 of the decoded code maps: levels top first, row-major, each code u16 LE",
         "pixels_sha256": "SHA-256 of the decoded image's raw bytes in its mode (x86-64 CPU reference)",

@@ -4,7 +4,7 @@
 
     header   "VQZ", version, model id, geometry, colour and padding modes, code-map shapes,
              coder and precision, code checksum, chunk count, payload length, header CRC-32
-    chunks   type (u8, bit 7 = ancillary), length (varint), data: ALPHA, RESAMPLE, TILES, ICC
+    chunks   type (u8, bit 7 = ancillary), length (varint), data: ALPHA, RESAMPLE, TILES, ICC, EXIF, XMP
     payload  the range coder's 32-bit words, little-endian
     body CRC CRC-32 of the chunks and payload
 
@@ -48,6 +48,10 @@ CODER_RANGE = 1
 """Coder id of the range coder of ``entropy.py`` (32-bit words, 64-bit state)."""
 ANCILLARY = 0x80
 """Chunk-type bit: set if a decoder that does not know the type may skip the chunk."""
+TIFF_HEADERS = (b"II*\x00", b"MM\x00*")
+"""How an EXIF chunk starts: a TIFF header (little- or big-endian), so never with JPEG's ``Exif\\0\\0``."""
+MIN_EXIF = 8
+"""Bytes of a TIFF header (byte order, 42, offset of the first IFD): the shortest EXIF chunk."""
 
 _VARINT_MAX_BYTES = 5
 _U32 = struct.Struct("<I")
@@ -83,6 +87,10 @@ class ChunkType(IntEnum):
     """Critical (version 1.2): the code maps are coded in independent tiles of this many pixels."""
     ICC = 0x81
     """Ancillary: an ICC colour profile, raw bytes."""
+    EXIF = 0x82
+    """Ancillary (version 1.3): EXIF metadata, a TIFF stream without the ``Exif\\0\\0`` prefix."""
+    XMP = 0x83
+    """Ancillary (version 1.3): an XMP packet, UTF-8 XML."""
 
 
 _KNOWN_CHUNKS = frozenset(ChunkType)
@@ -125,6 +133,11 @@ class VQZFile:
     """(width, height) in pixels of the tiles whose codes are coded as independent images: each at least
     ``MIN_TILE`` or the coded image's, and smaller than the coded image in one of them; None: the maps
     are coded whole (TILES chunk)."""
+    exif: bytes | None = None
+    """EXIF metadata as a TIFF stream (starting ``II*\\0`` or ``MM\\0*``, no ``Exif\\0\\0`` prefix), its
+    orientation tag 1 since the pixels are coded upright (EXIF chunk)."""
+    xmp: bytes | None = None
+    """An XMP packet, UTF-8 XML (XMP chunk)."""
     extra_chunks: tuple[Chunk, ...] = ()
     """Ancillary chunks of types this version does not define, in file order."""
 
@@ -139,6 +152,8 @@ class VQZFile:
     @property
     def minor_version(self) -> int:
         """The oldest minor version that defines everything this file uses."""
+        if self.exif is not None or self.xmp is not None:
+            return 3
         if self.tile is not None:
             return 2
         return 0 if self.coded_size is None else 1
@@ -169,6 +184,13 @@ class VQZFile:
             raise FormatError(f"alpha plane has {len(self.alpha)} bytes, expected {self.width * self.height}")
         if self.icc is not None and not self.icc:
             raise FormatError("ICC profile is empty")
+        if self.exif is not None and (len(self.exif) < MIN_EXIF or self.exif[:4] not in TIFF_HEADERS):
+            raise FormatError(
+                f"EXIF data must start with a {MIN_EXIF}-byte TIFF header (II*\\0 or MM\\0*), without the"
+                " Exif\\0\\0 prefix"
+            )
+        if self.xmp is not None and not self.xmp:
+            raise FormatError("XMP packet is empty")
         if self.coded_size is not None:
             object.__setattr__(self, "coded_size", (int(self.coded_size[0]), int(self.coded_size[1])))
             coded_width, coded_height = self.coded_size
@@ -222,6 +244,10 @@ class VQZFile:
             chunks.append(Chunk(ChunkType.TILES, varint(self.tile[0] - 1) + varint(self.tile[1] - 1)))
         if self.icc is not None:
             chunks.append(Chunk(ChunkType.ICC, self.icc))
+        if self.exif is not None:
+            chunks.append(Chunk(ChunkType.EXIF, self.exif))
+        if self.xmp is not None:
+            chunks.append(Chunk(ChunkType.XMP, self.xmp))
         return chunks + list(self.extra_chunks)
 
     @classmethod
@@ -268,7 +294,7 @@ class VQZFile:
         if reader.remaining:
             raise FormatError(f"{reader.remaining} bytes of trailing data after the body CRC")
 
-        alpha = icc = coded_size = tile = None
+        alpha = icc = coded_size = tile = exif = xmp = None
         extra_chunks = []
         for chunk in chunks:
             if chunk.type == ChunkType.ALPHA and alpha is None:
@@ -279,6 +305,10 @@ class VQZFile:
                 tile = _size(chunk)
             elif chunk.type == ChunkType.ICC and icc is None:
                 icc = chunk.data
+            elif chunk.type == ChunkType.EXIF and exif is None:
+                exif = chunk.data
+            elif chunk.type == ChunkType.XMP and xmp is None:
+                xmp = chunk.data
             elif chunk.type in _KNOWN_CHUNKS:
                 raise FormatError(f"duplicate {ChunkType(chunk.type).name} chunk")
             elif chunk.critical:
@@ -300,6 +330,8 @@ class VQZFile:
             alpha=alpha,
             coded_size=coded_size,
             tile=tile,
+            exif=exif,
+            xmp=xmp,
             extra_chunks=tuple(extra_chunks),
         )
 
