@@ -4,19 +4,27 @@
     data = vqcodec.compress("photo.png")            # .vqz bytes, with the bundled default model
     small = vqcodec.compress("photo.png", quality=1)  # the smallest operating point (1 to 4)
     image = vqcodec.decompress(data)                # a PIL image (the bundled model the file names)
+    image = vqcodec.decompress("photo.vqz")         # a path (a str is a path; bytes are data) or a file
     images = vqcodec.decompress_many([a, b, c])     # several files: same-size ones decode together
-    vqcodec.info(data)                              # geometry, model, levels, bits
+    vqcodec.info("photo.vqz")                       # geometry, model, levels, sizes: the header only
+    vqcodec.info("photo.vqz", bits=True)            # also the bits of every level (decodes the codes)
     codec = vqcodec.load_model("tiny.safetensors")  # a model file, or a bundled model's name
-    data = vqcodec.compress(image, model=codec)
+    data = vqcodec.compress(image, model=codec, threads=1, metadata="none")
 
-Importing the package registers a Pillow plugin (``Image.open("photo.vqz")``); torch is imported
-only when a function that needs it is first called.
+``compress``, ``decompress``, ``decompress_many`` and ``info`` take ``threads=``: the CPU threads torch
+may use for the call (None: torch's setting, the number of cores; ``vqcodec.threads``). A damaged or
+unsuitable file raises a ``vqcodec.errors.VQZError``, which is an ``OSError`` as Pillow's errors are.
+
+Importing the package registers a Pillow plugin (``Image.open("photo.vqz")``, ``image.save("x.vqz")``)
+and asks OpenMP to let torch's idle threads sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE`` unless
+set, and only if torch is not imported yet; see ``vqcodec.threads``). torch is imported only when a
+function that needs it is first called.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vqcodec import pillow_plugin, threads
@@ -25,7 +33,8 @@ from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE
 if TYPE_CHECKING:
     from PIL import Image
 
-    from vqcodec.codec import Codec, ImageInput, ModelArg, Progress
+    from vqcodec.codec import Codec, ImageInput, ModelArg, Progress, VQZInput
+    from vqcodec.coding.container import VQZFile
 
 __version__ = "0.1.0"
 
@@ -42,6 +51,9 @@ def compress(
     progress: Progress | None = None,
     quality: int = DEFAULT_QUALITY,
     tile: int | None = DEFAULT_TILE,
+    *,
+    metadata: str | Iterable[str] = "all",
+    threads: int | None = None,
 ) -> bytes:
     """Compress an image (path, bytes, binary file, PIL image or uint8 array) to ``.vqz`` bytes.
 
@@ -51,45 +63,79 @@ def compress(
     ``tile``: the largest side in pixels of the tiles coded as independent images, at least 64 and
     a multiple of the model's multiple (8 for the default), the image cut into as few tiles as evenly
     as it can be; None codes whole code maps: about 1 % fewer bits, decoding in more sequential steps.
+    ``metadata``: the image metadata the file keeps: "all" (the default), "none", or some of "exif",
+    "icc", "xmp" (a comma-separated string or an iterable; ``Codec.compress``). ``threads``: the CPU
+    threads torch may use for the call (None: torch's setting, which is the number of cores).
     """
     from vqcodec import codec
 
-    return codec.compress(image, model, device, progress, quality, tile)
+    return codec.compress(image, model, device, progress, quality, tile, metadata=metadata, threads=threads)
 
 
 def decompress(
-    data: bytes, model: ModelArg = None, device: str | None = None, progress: Progress | None = None
-) -> Image.Image:
-    """Decode ``.vqz`` bytes to a PIL image; without ``model``, with the bundled model the file names.
-
-    Raises a ``vqcodec.errors.VQZError`` subclass for any damaged or unsuitable file.
-    """
-    from vqcodec import codec
-
-    return codec.decompress(data, model, device, progress)
-
-
-def decompress_many(
-    datas: Sequence[bytes],
+    data: VQZInput | VQZFile,
     model: ModelArg = None,
     device: str | None = None,
     progress: Progress | None = None,
-) -> list[Image.Image]:
-    """Decode several ``.vqz`` files of one model to PIL images, in order. Files of the same size are
-    decoded together, every wavefront step running the priors for all of them at once: the same
-    images as one by one, in less time per image (and more memory: on the CPU, up to 8 Kodak files
-    at a time, 1.6 GB).
+    *,
+    threads: int | None = None,
+) -> Image.Image:
+    """Decode a ``.vqz`` file to a PIL image; without ``model``, with the bundled model the file names.
+
+    ``data``: a path (``str`` or ``os.PathLike``: a ``str`` is always a path, never the file's
+    content), the file's ``bytes``, ``bytearray`` or ``memoryview``, or a binary file object (read to
+    its end). ``threads``: the CPU threads torch may use (None: torch's setting). Raises a
+    ``vqcodec.errors.VQZError`` subclass (an ``OSError``) for any damaged or unsuitable file.
     """
     from vqcodec import codec
 
-    return codec.decompress_many(datas, model, device, progress)
+    return codec.decompress(data, model, device, progress, threads=threads)
 
 
-def info(data: bytes, model: ModelArg = None, device: str | None = None) -> dict[str, Any]:
-    """What a ``.vqz`` file holds; with its model available, also the bits of every level."""
+def decompress_many(
+    datas: Sequence[VQZInput | VQZFile],
+    model: ModelArg = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+    *,
+    threads: int | None = None,
+) -> list[Image.Image]:
+    """Decode several ``.vqz`` files of one model (each a path, bytes or a binary file, as for
+    ``decompress``) to PIL images, in order. Files of the same size are decoded together, every
+    wavefront step running the priors for all of them at once: the same images as one by one, in less
+    time per image (and more memory: on the CPU, up to 8 Kodak files at a time, 1.6 GB).
+    """
     from vqcodec import codec
 
-    return codec.info(data, model, device)
+    return codec.decompress_many(datas, model, device, progress, threads=threads)
+
+
+def info(
+    data: VQZInput,
+    model: ModelArg = None,
+    device: str | None = None,
+    *,
+    bits: bool = False,
+    progress: Progress | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """What a ``.vqz`` file (a path, bytes or a binary file, as for ``decompress``) holds: geometry,
+    colour mode, model, code-map shapes and sizes, read from its header alone (fast: no model).
+
+    ``bits=True`` also decodes the codes (no pixels) with the file's model, given or bundled, to fill
+    in the ideal bits of every level and the range coder's overhead over them; those fields are None
+    without ``bits``, or when the model is not available. ``model``, ``device``, ``progress`` and
+    ``threads`` only matter with ``bits``.
+    """
+    if not bits:  # the header alone: no torch to import
+        from vqcodec.fileinfo import describe, read_vqz
+        from vqcodec.threads import check_threads
+
+        check_threads(threads)
+        return describe(read_vqz(data))
+    from vqcodec import codec
+
+    return codec.info(data, model, device, progress, bits=True, threads=threads)
 
 
 def load_model(name_or_path: str | os.PathLike[str] | None = None, device: str | None = None) -> Codec:

@@ -6,7 +6,7 @@ Encoding::
     for each level, top first, for each wavefront step t, for each tile:
         f = exact prior's integer tables for the step's positions (given earlier steps, upper levels)
         range-code the step's codes with f
-    header (model id, geometry, shapes, code checksum) + chunks (alpha, resample, tiles, ICC)
+    header (model id, geometry, shapes, code checksum) + chunks (alpha, resample, tiles, ICC, EXIF, XMP)
         + payload ─▶ bytes
 
 Decoding runs the same walk with the range decoder in place of the encoder; the exact priors give
@@ -30,7 +30,7 @@ import operator
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -43,11 +43,21 @@ from vqcodec.coding.container import MIN_TILE, ColourMode, Padding, VQZFile, cod
 from vqcodec.coding.entropy import Decoder, Encoder, coded_bits
 from vqcodec.coding.exact import ExactPrior, ExactStepper, KnownCodes
 from vqcodec.errors import ModelMismatchError
-from vqcodec.imageio import SourceImage, check_size, crop, load_image, pad_to_multiple, resize, to_pil
+from vqcodec.fileinfo import VQZInput, describe, read_vqz
+from vqcodec.imageio import (
+    SourceImage,
+    check_size,
+    crop,
+    load_image,
+    pad_to_multiple,
+    parse_metadata,
+    resize,
+    to_pil,
+)
 from vqcodec.models import order
-from vqcodec.models.config import level_names
 from vqcodec.models.model import CodecModel, to_uint8
 from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, coded_size
+from vqcodec.threads import check_threads, limited
 
 ImageInput = str | os.PathLike[str] | bytes | BinaryIO | Image.Image | np.ndarray
 """What ``compress`` takes: a path, encoded bytes, a binary file, a Pillow image or a uint8 array."""
@@ -163,12 +173,15 @@ class Codec:
         progress: Progress | None = None,
         quality: int = DEFAULT_QUALITY,
         tile: int | None = DEFAULT_TILE,
+        metadata: str | Iterable[str] = "all",
     ) -> bytes:
         """The ``.vqz`` bytes of ``image`` at ``quality`` (1 = smallest file, 4 = best and default), its
         codes cut into tiles of at most ``tile`` pixels a side (None: whole maps, the fewest bits and
-        the slowest decoding); lossy conversions of the input are ``ConversionWarning``s."""
+        the slowest decoding), keeping the ``metadata`` kinds ("all", "none", or of "exif", "icc",
+        "xmp": ``parse_metadata``); lossy conversions of the input are ``ConversionWarning``s."""
         self.check_tile(tile)
-        source = _source(image)
+        kinds = parse_metadata(metadata)  # a bad value fails before the image is read
+        source = _source(image).with_metadata(kinds)
         for message in source.warnings:
             warnings.warn(message, ConversionWarning, stacklevel=2)
         size = coded_size(source.width, source.height, quality)
@@ -240,6 +253,8 @@ class Codec:
             alpha=alpha,
             coded_size=None if resampled == (source.width, source.height) else resampled,
             tile=tile,
+            exif=source.exif,
+            xmp=source.xmp,
         ).to_bytes()
 
     # --- decoding ----------------------------------------------------------------------------------
@@ -306,7 +321,8 @@ class Codec:
         return [Decoded(*fields) for fields in zip(files, codes, level_bits, strict=True)]
 
     def render(self, decoded: Decoded) -> Image.Image:
-        """Run the VQ-VAE decoder on checked codes and restore the image's size, mode, alpha and ICC."""
+        """Run the VQ-VAE decoder on checked codes and restore the image's size, mode, alpha, ICC profile,
+        EXIF and XMP."""
         file = decoded.file
         with torch.inference_mode(), ieee_float32():
             maps = [torch.from_numpy(level)[None].to(self.device) for level in decoded.codes]
@@ -317,7 +333,7 @@ class Codec:
         if file.coded_size is not None:
             rgb = resize(rgb, file.width, file.height)
         alpha = None if file.alpha is None else np.frombuffer(file.alpha, np.uint8).reshape(rgb.shape[:2])
-        return to_pil(rgb, file.colour.name, alpha, file.icc)
+        return to_pil(rgb, file.colour.name, alpha, file.icc, file.exif, file.xmp)
 
     def _walk(
         self,
@@ -422,8 +438,10 @@ class Codec:
 
     # --- inspection --------------------------------------------------------------------------------
 
-    def info(self, data: bytes, progress: Progress | None = None) -> dict[str, Any]:
-        """``describe(data)`` plus what needs the model: bits per level and the coding overhead."""
+    def info(self, data: VQZInput, progress: Progress | None = None) -> dict[str, Any]:
+        """``describe(data)`` plus what needs the model, from the decoded codes (no pixels): the ideal
+        bits of every level and the coding overhead; ``data`` as ``read_vqz`` takes it."""
+        data = read_vqz(data)
         decoded = self.decode_codes(data, progress)
         report = describe(data, decoded.file)
         report["model"] = self.name
@@ -538,38 +556,6 @@ def _shifted(progress: Progress, done: int, total: int) -> Progress:
     return lambda step, _part_total: progress(done + step, total)
 
 
-def describe(data: bytes, file: VQZFile | None = None) -> dict[str, Any]:
-    """What a file says about itself, without a model: geometry, mode, model id, shapes, sizes."""
-    file = file or VQZFile.from_bytes(data)
-    names = level_names(len(file.level_shapes))
-    pixels = file.width * file.height
-    bundled = zoo.find_by_id(file.model_id)
-    return {
-        "file_bytes": len(data),
-        "width": file.width,
-        "height": file.height,
-        "coded_width": file.coded_width,
-        "coded_height": file.coded_height,
-        "tile": file.tile,
-        "colour": file.colour.name,
-        "padding": file.padding.name.lower(),
-        "model_id": file.model_id.hex(),
-        "model": bundled.name if bundled else None,
-        "icc_bytes": len(file.icc) if file.icc else 0,
-        "alpha": file.alpha is not None,
-        "levels": [
-            {"name": name, "shape": [h, w], "codes": h * w, "ideal_bits": None, "bits_per_code": None}
-            for name, (h, w) in zip(names, file.level_shapes, strict=True)
-        ],
-        "payload_bytes": len(file.payload),
-        "payload_bits": 8 * len(file.payload),
-        "container_bytes": len(data) - len(file.payload),
-        "bpp": 8 * len(data) / pixels,
-        "ideal_bits": None,
-        "overhead_percent": None,
-    }
-
-
 ModelArg = Codec | str | os.PathLike[str] | None
 """What ``model=`` takes: a Codec, a bundled model's name, a model file's path, or None (the default)."""
 
@@ -582,6 +568,10 @@ def _source(image: ImageInput) -> SourceImage:
             )
         image = Image.fromarray(np.ascontiguousarray(image))
     return load_image(image)
+
+
+def _vqz_file(data: VQZInput | VQZFile) -> VQZFile:
+    return data if isinstance(data, VQZFile) else VQZFile.from_bytes(read_vqz(data))
 
 
 def open_codec(model: ModelArg = None, device: Any = None) -> Codec:
@@ -610,47 +600,70 @@ def compress(
     progress: Progress | None = None,
     quality: int = DEFAULT_QUALITY,
     tile: int | None = DEFAULT_TILE,
+    *,
+    metadata: str | Iterable[str] = "all",
+    threads: int | None = None,
 ) -> bytes:
     """Compress ``image`` with ``model`` (default: the bundled default model) to ``.vqz`` bytes, at
     ``quality`` 1 (smallest file) to 4 (best, the default), in tiles of at most ``tile`` pixels a side
-    (None: whole maps)."""
-    return open_codec(model, device).compress(image, progress, quality, tile)
+    (None: whole maps), keeping the ``metadata`` that ``Codec.compress`` names; ``threads``: the CPU
+    threads torch may use for the call (None: torch's setting, the number of cores)."""
+    with limited(threads):
+        return open_codec(model, device).compress(image, progress, quality, tile, metadata=metadata)
 
 
 def decompress(
-    data: bytes | VQZFile,
+    data: VQZInput | VQZFile,
     model: ModelArg = None,
     device: Any = None,
     progress: Progress | None = None,
+    *,
+    threads: int | None = None,
 ) -> Image.Image:
-    """Decode ``.vqz`` bytes; without ``model``, with the bundled model whose id the file carries."""
-    file = data if isinstance(data, VQZFile) else VQZFile.from_bytes(data)
-    return codec_for(file, model, device).decompress(file, progress)
+    """Decode a ``.vqz`` file (a path, its bytes, a binary file or a parsed ``VQZFile``); without
+    ``model``, with the bundled model whose id the file carries; ``threads`` as for ``compress``."""
+    with limited(threads):
+        file = _vqz_file(data)
+        return codec_for(file, model, device).decompress(file, progress)
 
 
 def decompress_many(
-    datas: Sequence[bytes | VQZFile],
+    datas: Sequence[VQZInput | VQZFile],
     model: ModelArg = None,
     device: Any = None,
     progress: Progress | None = None,
+    *,
+    threads: int | None = None,
 ) -> list[Image.Image]:
-    """Decode several ``.vqz`` files of one model, those of one size together (``Codec.decode_many``);
-    without ``model``, with the bundled model that the first file names."""
-    files = [data if isinstance(data, VQZFile) else VQZFile.from_bytes(data) for data in datas]
-    if not files:
-        return []
-    return codec_for(files[0], model, device).decompress_many(files, progress)
+    """Decode several ``.vqz`` files of one model (each one as ``decompress`` takes it), those of one
+    size together (``Codec.decode_many``); without ``model``, with the bundled model that the first
+    file names; ``threads`` as for ``compress``."""
+    if isinstance(datas, (str, os.PathLike, bytes, bytearray, memoryview, VQZFile)):
+        raise TypeError("decompress_many takes a sequence of files; decompress takes one")
+    with limited(threads):
+        files = [_vqz_file(data) for data in datas]
+        if not files:
+            return []
+        return codec_for(files[0], model, device).decompress_many(files, progress)
 
 
 def info(
-    data: bytes,
+    data: VQZInput,
     model: ModelArg = None,
     device: Any = None,
     progress: Progress | None = None,
+    *,
+    bits: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """A file's geometry, mode, model, levels and sizes; with its model available (given, or bundled)
-    also the ideal bits of every level and the range coder's overhead over them."""
+    """A file's geometry, mode, model, levels and sizes (``describe``), from its header: no model, no
+    decoding. With ``bits`` and the file's model available (given, or bundled), the codes are decoded
+    (no pixels) to add the ideal bits of every level and the range coder's overhead over them; they
+    stay None without. ``model``, ``device``, ``progress`` and ``threads`` only matter with ``bits``."""
+    check_threads(threads)
+    data = read_vqz(data)
     file = VQZFile.from_bytes(data)
-    if model is None and zoo.find_by_id(file.model_id) is None:
+    if not bits or (model is None and zoo.find_by_id(file.model_id) is None):
         return describe(data, file)
-    return codec_for(file, model, device).info(data, progress)
+    with limited(threads):
+        return codec_for(file, model, device).info(data, progress)

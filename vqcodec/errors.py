@@ -1,15 +1,20 @@
-"""Errors a decoder raises on a bad ``.vqz`` file.
+"""Errors a decoder raises on a bad ``.vqz`` file, and on a model file it cannot use.
 
 Every problem with a file's *content* is a :class:`VQZError`, so a caller can catch one type and
 print its one-line message; misuse of the API by the caller (wrong array shapes, say) stays a
 ``ValueError``.
+
+``VQZError`` is an ``OSError``, as Pillow's ``UnidentifiedImageError`` and decoding errors are: code
+that catches ``OSError`` around ``Image.open(...)`` and ``load()`` catches a bad ``.vqz`` file too.
+It is raised with one message argument, so its ``errno``, ``strerror`` and ``filename`` are None and
+``str(error)`` is the message.
 """
 
 from __future__ import annotations
 
 
-class VQZError(Exception):
-    """Base class: the file cannot be decoded."""
+class VQZError(OSError):
+    """Base class: the file cannot be decoded (an ``OSError``, as Pillow's decoding errors)."""
 
 
 class FormatError(VQZError):
@@ -30,3 +35,11 @@ class ModelMismatchError(VQZError):
 
 class ImageTooLargeError(VQZError):
     """The declared image exceeds the decoder's limits (checked before anything is allocated)."""
+
+
+class ModelFileError(ValueError):
+    """A model file (or a configuration) that is malformed, inconsistent or out of bounds.
+
+    Not a ``VQZError``: the ``.vqz`` file may be fine, it is the model that cannot be used. Defined here,
+    away from the loader, so that finding bundled models needs no torch.
+    """

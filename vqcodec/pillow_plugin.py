@@ -1,18 +1,36 @@
-"""A Pillow plugin, so that ``Image.open("photo.vqz")`` works once ``vqcodec`` is imported.
+"""A Pillow plugin, so that ``Image.open("photo.vqz")`` and ``image.save("photo.vqz")`` work once
+``vqcodec`` is imported.
 
 Opening reads and checks the container only (size, mode, ICC profile); the pixels are decoded on
-``load()`` with the bundled model whose id the file carries. Writing ``.vqz`` goes through
-``vqcodec.compress``, which needs to know the model.
+``load()`` with the bundled model whose id the file carries. Saving goes through ``vqcodec.compress``
+with the encoder options given as save parameters::
+
+    image.save("photo.vqz")                                   # the bundled default model, quality 4
+    image.save(fp, format="VQZ", quality=3, model="default", tile=256, threads=1, metadata="none")
+
+``model`` (a bundled model's name, a model file or a ``vqcodec.load_model`` result), ``device``,
+``quality``, ``tile``, ``threads`` and ``metadata`` are those of ``vqcodec.compress``; other
+parameters are ignored, as Pillow's own plugins do. Modes other than those the codec keeps or
+converts exactly (``SAVE_MODES``) are refused with an ``OSError``, as Pillow refuses a mode a format
+cannot hold: convert the image first. torch is imported only once pixels are decoded or encoded.
 """
 
 from __future__ import annotations
 
+from typing import IO, Any
+
 from PIL import Image, ImageFile
 
 from vqcodec.coding.container import SIGNATURE, VQZFile
+from vqcodec.imageio import pil_info
 
 FORMAT = "VQZ"
 MIME = "image/x-vqz"
+
+SAVE_MODES = ("L", "LA", "RGB", "RGBA", "1", "La", "P", "PA", "RGBa", "RGBX")
+"""The modes ``image.save`` writes: the four the codec keeps, and those it converts to them exactly."""
+SAVE_OPTIONS = ("model", "device", "quality", "tile", "threads", "metadata")
+"""The save parameters passed on to ``vqcodec.compress``."""
 
 
 def _accept(prefix: bytes) -> bool:
@@ -28,8 +46,7 @@ class VQZImageFile(ImageFile.ImageFile):
         self._vqz: VQZFile | None = VQZFile.from_bytes(self.fp.read())
         self._size = (self._vqz.width, self._vqz.height)
         self._mode = self._vqz.colour.name
-        if self._vqz.icc is not None:
-            self.info["icc_profile"] = self._vqz.icc
+        self.info.update(pil_info(self._vqz.icc, self._vqz.exif, self._vqz.xmp))
 
     def load(self) -> Image.core.PixelAccess | None:
         if self._vqz is not None:
@@ -40,7 +57,20 @@ class VQZImageFile(ImageFile.ImageFile):
         return super().load()
 
 
+def _save(image: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    if image.mode not in SAVE_MODES:
+        raise OSError(
+            f"cannot write mode {image.mode} as {FORMAT}; convert the image to RGB, RGBA, L or LA first"
+        )
+    from vqcodec.codec import compress  # torch is only needed once pixels are coded
+
+    given = image.encoderinfo
+    options: dict[str, Any] = {key: given[key] for key in SAVE_OPTIONS if key in given}
+    fp.write(compress(image, **options))
+
+
 def register() -> None:
     Image.register_open(FORMAT, VQZImageFile, _accept)
+    Image.register_save(FORMAT, _save)
     Image.register_extension(FORMAT, ".vqz")
     Image.register_mime(FORMAT, MIME)

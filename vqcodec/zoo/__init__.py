@@ -13,11 +13,14 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from vqcodec.errors import ModelFileError
 
-from vqcodec.models.model import CodecModel
-from vqcodec.zoo.modelfile import ModelFileError, load_model
+if TYPE_CHECKING:  # torch is imported only to load a model: listing and finding models need none
+    import torch
+
+    from vqcodec.models.model import CodecModel
 
 ZOO_DIR = Path(__file__).resolve().parent
 """Where the bundled model files live (read at every call, so tests may point it elsewhere)."""
@@ -129,6 +132,10 @@ def load_cached(path: str | os.PathLike[str], device: str | torch.device = "cpu"
 
     Callers share the returned model and must not modify it.
     """
+    import torch
+
+    from vqcodec.zoo.modelfile import load_model
+
     key = (_version(Path(path)), str(torch.device(device)))
     if key in _models:
         _models.move_to_end(key)

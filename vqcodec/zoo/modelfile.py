@@ -26,6 +26,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from vqcodec.errors import ModelFileError
 from vqcodec.models.config import LevelConfig, ModelConfig, PriorConfig, VQVAEConfig
 from vqcodec.models.model import CodecModel
 
@@ -56,10 +57,6 @@ LIMITS: dict[str, tuple[float, float]] = {
     "dropout": (0.0, 1.0),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"attention_context": ("window", "raster")}
-
-
-class ModelFileError(ValueError):
-    """A model file (or a configuration) that is malformed, inconsistent or out of bounds."""
 
 
 @contextmanager
