@@ -13,6 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 from processes import run_workers
+from safetensors import safe_open
 from synthetic_images import make_images
 
 from vqcodec.models.config import LevelConfig, PriorConfig, three_level_config
@@ -212,6 +213,50 @@ def test_three_level_model_trains_and_exports(images: Path, tmp_path: Path) -> N
     export(tmp_path, tmp_path / "model.safetensors", allow_untrained=True)
     model, _ = load_model(tmp_path / "model.safetensors")
     assert model.config == config
+
+
+def test_export_refuses_priors_of_an_older_vqvae(
+    images: Path, run8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, out = tmp_path / "run", tmp_path / "model.safetensors"
+    shutil.copytree(run8, run)
+    stage2(run, "top", 1)
+    export(run, out, allow_untrained=True)  # an untrained bottom prior is not checked
+    stage1(images, run, 9)  # the VQ-VAE, resumed, moves on: the top prior's codes are gone
+    with pytest.raises(ValueError, match=r"top prior .*step 8.*step 9.*--level top --no-resume --steps 1\)"):
+        export(run, out, allow_untrained=True, force=True)
+    with pytest.raises(ValueError, match="cannot resume with different settings: codes="):
+        stage2(run, "top", 1)  # hence the --no-resume of the message
+    stage2(run, "top", 1, resume=False)
+    export(run, out, allow_untrained=True, force=True)
+
+    # A prior checkpoint that does not say what it was trained on is exported with a warning.
+    path = checkpoint_path(run, "prior-top")
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+    state = json.loads(metadata["state"])
+    del state["meta"]["codes_source"]
+    metadata["state"] = json.dumps(state)
+    safetensors.torch.save_file(safetensors.torch.load_file(path), path, metadata=metadata)
+    stage1(images, run, 10)
+    capsys.readouterr()
+    export(run, out, allow_untrained=True, force=True)
+    assert "does not record which VQ-VAE" in capsys.readouterr().err
+
+
+def test_export_never_overwrites_unasked_or_the_run(run8: Path, tmp_path: Path) -> None:
+    run, out = tmp_path / "run", tmp_path / "models" / "model.safetensors"
+    shutil.copytree(run8, run)
+    sha = export(run, out, allow_untrained=True)
+    with pytest.raises(FileExistsError, match=r"model.safetensors exists \(use --force to overwrite it\)"):
+        export(run, out, allow_untrained=True, half=True)
+    assert export(run, out, allow_untrained=True, force=True) == sha
+    assert [p.name for p in out.parent.iterdir()] == ["model.safetensors"]  # no temporary file left
+    for own in ("config.json", "metrics.jsonl", "vqvae/checkpoint.safetensors", "prior-top/new.safetensors"):
+        with pytest.raises(FileExistsError, match="is part of the run"):
+            export(run, run / own, allow_untrained=True, force=True)
+    assert read_state(checkpoint_path(run, "vqvae"))["step"] == 8
+    export(run, run / "model.safetensors", allow_untrained=True)  # beside the run's files is fine
 
 
 # --- several processes -----------------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""Export: turn a training run folder into one model file (VQ-VAE + every level's prior)."""
+"""Export: turn a training run folder into one model file (VQ-VAE + every level's prior).
+
+A prior is trained on the codes of one VQ-VAE checkpoint, whose SHA-256 its checkpoint records
+(``meta["codes_source"]["vqvae_sha256"]``, see ``stage2.train_prior``). If the VQ-VAE has been trained
+further since, the prior's probabilities are for codes the exported VQ-VAE no longer produces: files
+would still decode, but cost more bits than the priors promise. Export refuses such a run.
+"""
 
 from __future__ import annotations
 
@@ -6,43 +12,101 @@ from pathlib import Path
 
 import torch
 
+from vqcodec.models.config import level_names
 from vqcodec.models.model import CodecModel
-from vqcodec.train.checkpoint import checkpoint_path, read_model_state
+from vqcodec.train.checkpoint import checkpoint_path, read_model_state, read_state
 from vqcodec.train.run import prior_stage, read_config, say
+from vqcodec.train.stage2 import _file_sha256
 from vqcodec.zoo.modelfile import save_model
 
 
-def export(run: str | Path, out: str | Path, allow_untrained: bool = False, half: bool = False) -> str:
+def _run_files(run: Path, n_levels: int) -> list[Path]:
+    """The files and folders a run owns, which an export must never overwrite."""
+    stages = ["vqvae", "codes", *(prior_stage(n_levels, level) for level in range(n_levels))]
+    return [run / "config.json", run / "metrics.jsonl", *(run / stage for stage in stages)]
+
+
+def _check_out(run: Path, out: Path, n_levels: int, force: bool) -> None:
+    """Refuse ``out`` when it is one of the run's own files, or exists and ``force`` is not given."""
+    target = out.resolve()
+    for owned in _run_files(run, n_levels):
+        owned = owned.resolve()
+        if target == owned or owned in target.parents:
+            raise FileExistsError(f"{out} is part of the run {run}: write the model file elsewhere")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder: give the model file's path")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists (use --force to overwrite it)")
+
+
+def _check_codes(run: Path, stage: str, path: Path, vqvae_sha256: str, vqvae_step: int) -> None:
+    """Refuse a prior trained on the codes of another VQ-VAE checkpoint than the run's current one."""
+    state = read_state(path)
+    source = state["meta"].get("codes_source") or {}
+    trained_on = source.get("vqvae_sha256")
+    level = stage.removeprefix("prior-")
+    if trained_on is None:  # not written by train prior: nothing to check against
+        say(f"Warning: {path} does not record which VQ-VAE's codes it was trained on; not checked")
+    elif trained_on != vqvae_sha256:
+        step = source.get("vqvae_step")
+        raise ValueError(
+            f"the {level} prior was trained on the codes of another VQ-VAE"
+            + (f" (step {step})" if step is not None else "")
+            + f" than the run's current {checkpoint_path(run, 'vqvae')} (step {vqvae_step}), which has"
+            f" changed since: retrain the prior (vqcodec train prior --run-dir {run} --level {level}"
+            f" --no-resume --steps {state['step']})"
+        )
+
+
+def export(
+    run: str | Path,
+    out: str | Path,
+    allow_untrained: bool = False,
+    half: bool = False,
+    force: bool = False,
+) -> str:
     """Write the model of ``run`` to the model file ``out``; return the file's SHA-256 (hex).
 
     ``half`` stores the parameters as float16, as the bundled models do.
 
     Every level needs a trained prior; with ``allow_untrained`` a missing one keeps its (seeded,
-    so reproducible) random initialisation, which is only useful for testing the plumbing.
+    so reproducible) random initialisation, which is only useful for testing the plumbing. A
+    trained prior must have been trained on the codes of the run's current VQ-VAE checkpoint
+    (ValueError otherwise: the VQ-VAE was trained further after the prior).
+
+    An existing ``out`` is replaced only with ``force``, and never when it is one of the run's own
+    files (FileExistsError). The file is written to a temporary file beside
+    ``out`` and renamed over it at the end, so an error never leaves a partial model file.
     """
-    run = Path(run)
+    run, out = Path(run), Path(out)
     config = read_config(run)
     n_levels = config.vqvae.n_levels
+    _check_out(run, out, n_levels, force)
     vqvae = checkpoint_path(run, "vqvae")
     if not vqvae.exists():
         raise FileNotFoundError(
             f"no stage-1 checkpoint at {vqvae}: train the VQ-VAE first (vqcodec train vqvae)"
         )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = CodecModel(config)
-    model.vqvae.load_state_dict(read_model_state(vqvae))
-    for level, prior in enumerate(model.priors):
+    vqvae_sha256, vqvae_step = _file_sha256(vqvae), read_state(vqvae)["step"]
+    trained = {}
+    for level in range(n_levels):
         stage = prior_stage(n_levels, level)
         path = checkpoint_path(run, stage)
         if path.exists():
-            prior.load_state_dict(read_model_state(path))
+            _check_codes(run, stage, path, vqvae_sha256, vqvae_step)
+            trained[level] = path
         elif allow_untrained:
             say(f"Warning: no trained prior at {path}; exporting an untrained {stage}")
         else:
             raise FileNotFoundError(
-                f"no trained prior at {path}: train it (vqcodec train prior --run {run} "
-                f"--level {stage.removeprefix('prior-')}) or allow untrained priors"
+                f"no trained prior at {path}: train it (vqcodec train prior --run-dir {run} "
+                f"--level {level_names(n_levels)[level]}) or allow untrained priors"
             )
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CodecModel(config)
+    model.vqvae.load_state_dict(read_model_state(vqvae))
+    for level, path in trained.items():
+        model.priors[level].load_state_dict(read_model_state(path))
+    out.parent.mkdir(parents=True, exist_ok=True)
     return save_model(model, out, half=half)
