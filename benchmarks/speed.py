@@ -1,7 +1,7 @@
 """Speed and peak memory of vqcodec's encoder and decoder on Kodak and on a 3840x2160 image.
 
     python benchmarks/speed.py [--data DIR] [--limit N] [--model NAME] [--device cuda] [--out DIR] [--no-4k]
-                               [--batch N] [--tile PIXELS]
+                               [--batch N] [--tile PIXELS] [--load N] [--only-load]
 
 Encoding and decoding each run in a fresh child process that loads the model, warms it up on a small
 crop (untimed), then times every image from pixels in memory to bytes and back, and reports its peak
@@ -19,12 +19,19 @@ least time those products need, whatever the implementation. The files are cut i
 ``--tile`` pixels (the default's); the images are also coded whole (``--tile 0``) and decoded, for the
 bits the tiles cost (the context they cut) and the time they save. Writes ``speed.json`` and
 ``results.md``.
+
+Threads under a parallel load: the first 4 Kodak images (``--limit`` with ``--only-load``) are coded
+with torch's default threads (one per core) waiting as OpenMP does by default (long spins: vqcodec
+before it set ``GOMP_SPINCOUNT``), with short spins (vqcodec's default, ``vqcodec/threads.py``), with
+passive waits, and with one thread, on an idle machine and beside ``--load`` processes that keep a core
+busy each. Writes ``threads.json`` and ``threads.md``; ``--only-load`` runs nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -34,24 +41,46 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch  # before vqcodec, which would otherwise set GOMP_SPINCOUNT: each child gets run_child's
 from PIL import Image
 
 from vqcodec.quality import DEFAULT_TILE
+from vqcodec.threads import SHORT_SPIN, SPIN_COUNT, WAIT_POLICY
 
 UHD = (3840, 2160)
 WARM_UP_SIDE = 64
 
 
+DEFAULT_WAITS = {SPIN_COUNT: SHORT_SPIN}
+"""The OpenMP variables a vqcodec process has unless its user sets them (``threads.spin_briefly``)."""
+
+LOAD_CASES: dict[str, tuple[dict[str, str], int | None]] = {
+    "default threads, OpenMP's long spins (before)": ({}, None),
+    f"default threads, short spins ({SPIN_COUNT}={SHORT_SPIN}: the default)": (DEFAULT_WAITS, None),
+    "default threads, passive waits (OMP_WAIT_POLICY=PASSIVE)": ({WAIT_POLICY: "PASSIVE"}, None),
+    "1 thread (--threads 1)": (DEFAULT_WAITS, 1),
+}
+"""What ``threads_under_load`` compares: the OpenMP variables, and the thread count (None: torch's)."""
+
+
 def child(
-    operation: str, paths: list[Path], quality: int, model: str | None, device: str, batch: int, tile: int
+    operation: str,
+    paths: list[Path],
+    quality: int,
+    model: str | None,
+    device: str,
+    batch: int,
+    tile: int,
+    threads: int | None,
 ) -> None:
     """Time ``operation`` on every path and print JSON: "encode" (PNG → .vqz, with the files' sizes),
     "decode" (.vqz → pixels) or "decode-batch" (``batch`` files at a time with ``decompress_many``:
-    one time per batch); ``tile``: the tile side in pixels, 0 for whole maps."""
-    import torch
-
+    one time per batch); ``tile``: the tile side in pixels, 0 for whole maps; ``threads``: torch's CPU
+    threads (None: its default)."""
     import vqcodec
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     codec = vqcodec.load_model(model, device=device)
     warm = np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)
     codec.decompress(codec.compress(warm))
@@ -80,20 +109,87 @@ def child(
     print(json.dumps({"seconds": seconds, "bytes": sizes, "peak_mb": peak_mb, "gpu_peak_mb": gpu_mb}))
 
 
-def run_child(operation: str, paths: list[Path], args: argparse.Namespace, tile: int | None = None) -> dict:
-    """Run ``child`` in a fresh process, with ``args.tile`` unless ``tile`` is given."""
+def run_child(
+    operation: str,
+    paths: list[Path],
+    args: argparse.Namespace,
+    tile: int | None = None,
+    threads: int | None = None,
+    waits: dict[str, str] = DEFAULT_WAITS,
+) -> dict:
+    """Run ``child`` in a fresh process, with ``args.tile`` unless ``tile`` is given, ``threads`` CPU
+    threads (None: torch's default) and ``waits``, the OpenMP variables (none: OpenMP's defaults)."""
     command = [sys.executable, __file__, "--child", operation, "--quality", str(args.quality)]
     command += ["--batch", str(args.batch), "--tile", str(args.tile if tile is None else tile)]
-    command += ["--device", args.device, *(["--model", args.model] if args.model else []), *map(str, paths)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    command += ["--device", args.device, *(["--model", args.model] if args.model else [])]
+    command += [*(["--child-threads", str(threads)] if threads else []), *map(str, paths)]
+    env = {key: value for key, value in os.environ.items() if key not in (WAIT_POLICY, SPIN_COUNT)}
+    env.update(waits)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def threads_under_load(paths: list[Path], args: argparse.Namespace) -> dict:
+    """Median encode and decode seconds of each of ``LOAD_CASES``, idle and beside ``args.load`` busy
+    processes (a core each, as other work on a shared machine would)."""
+    cases: dict[str, dict[str, dict[str, float]]] = {name: {} for name in LOAD_CASES}
+    for condition, busy in (("idle", 0), ("loaded", args.load)):
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            for name, (waits, threads) in LOAD_CASES.items():
+                times = {
+                    f"{operation}_s": statistics.median(
+                        run_child(operation, paths, args, threads=threads, waits=waits)["seconds"]
+                    )
+                    for operation in ("encode", "decode")
+                }
+                cases[name][condition] = times
+                print(f"{condition}, {name}: {times}", flush=True)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+    return {"images": len(paths), "load_processes": args.load, "cases": cases}
+
+
+def threads_markdown(result: dict, machine: dict) -> str:
+    lines = [
+        "# Threads under a parallel load",
+        "",
+        f"Run {machine['date']} on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']};"
+        f" `python benchmarks/speed.py --only-load`: median seconds over {result['images']} Kodak images,"
+        f" each case in a fresh process, on an idle machine and beside {result['load_processes']} processes"
+        " that keep a core busy each.",
+        "",
+        "| threads and waits | encode, idle | decode, idle | encode, loaded | decode, loaded"
+        " | loaded / idle (encode, decode) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, times in result["cases"].items():
+        idle, loaded = times["idle"], times["loaded"]
+        lines.append(
+            f"| {name} | {idle['encode_s']:.2f} | {idle['decode_s']:.2f} | {loaded['encode_s']:.2f}"
+            f" | {loaded['decode_s']:.2f} | {loaded['encode_s'] / idle['encode_s']:.1f}x,"
+            f" {loaded['decode_s'] / idle['decode_s']:.1f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_threads(paths: list[Path], args: argparse.Namespace) -> None:
+    from vqcodec.bench.run import machine_info
+
+    result = threads_under_load(paths, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "threads.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = threads_markdown(result, machine_info())
+    (args.out / "threads.md").write_text(text)
+    print(text)
 
 
 def compressai_times(paths: list[Path]) -> dict[str, dict]:
     """Median encode and decode seconds of CompressAI's architectures (random weights); {} if absent."""
     try:
         import compressai
-        import torch
         from compressai.zoo import bmshj2018_factorized, mbt2018
     except ImportError:
         return {}
@@ -124,7 +220,6 @@ def factorized_transforms_times(paths: list[Path]) -> dict[str, float]:
     """Median seconds of bmshj2018-factorized's analysis and synthesis transforms (N=128, M=192, as
     CompressAI's qualities 1-5, random weights), rebuilt in torch: a lower bound on that codec's encode
     and decode times (its entropy coder is left out), for a ratio on this machine without CompressAI."""
-    import torch
     from torch import nn
 
     class GDN(nn.Module):  # y = x / sqrt(beta + gamma x^2); inverse: x * sqrt(...)
@@ -200,7 +295,6 @@ def prior_multiply_adds(model: str | None, width: int, height: int) -> int:
 
 def float64_gemm_rate(device: str) -> float:
     """GFLOP/s of a large float64 matrix product here (the priors' products are float64)."""
-    import torch
 
     a = torch.randn(8192, 320, dtype=torch.float64, device=device)
     b = torch.randn(320, 128, dtype=torch.float64, device=device)
@@ -218,7 +312,6 @@ def float64_gemm_rate(device: str) -> float:
 
 
 def gpu_name() -> str:
-    import torch
 
     return torch.cuda.get_device_name()
 
@@ -332,18 +425,35 @@ def main() -> None:
         default=DEFAULT_TILE,
         help=f"tile side in pixels, 0: whole maps (default {DEFAULT_TILE})",
     )
+    parser.add_argument(
+        "--load", type=int, default=3, help="busy processes for the threads' test (default 3)"
+    )
+    parser.add_argument("--only-load", action="store_true", help="only the threads under a parallel load")
     parser.add_argument("--child", choices=("encode", "decode", "decode-batch"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-threads", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.paths, args.quality, args.model, args.device, args.batch, args.tile)
+        child(
+            args.child,
+            args.paths,
+            args.quality,
+            args.model,
+            args.device,
+            args.batch,
+            args.tile,
+            args.child_threads,
+        )
         return
 
     from vqcodec.bench.run import machine_info
 
-    kodak = sorted(args.data.glob("*.png"))[: args.limit]
+    kodak = sorted(args.data.glob("*.png"))[: args.limit or (4 if args.only_load else None)]
     if not kodak:
         raise SystemExit(f"no PNG images in {args.data}")
+    if args.only_load:
+        write_threads(kodak[:4], args)
+        return
     with tempfile.TemporaryDirectory() as scratch:
         copies = []
         for path in kodak:
@@ -421,6 +531,8 @@ def main() -> None:
     (args.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown(report))
     print(markdown(report))
+    if args.device == "cpu":
+        write_threads(kodak[:4], args)
 
 
 if __name__ == "__main__":

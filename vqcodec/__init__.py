@@ -16,9 +16,10 @@ may use for the call (None: torch's setting, the number of cores; ``vqcodec.thre
 unsuitable file raises a ``vqcodec.errors.VQZError``, which is an ``OSError`` as Pillow's errors are.
 
 Importing the package registers a Pillow plugin (``Image.open("photo.vqz")``, ``image.save("x.vqz")``)
-and asks OpenMP to let torch's idle threads sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE`` unless
-set, and only if torch is not imported yet; see ``vqcodec.threads``). torch is imported only when a
-function that needs it is first called.
+and asks OpenMP for short spins of torch's idle threads (``GOMP_SPINCOUNT``, unless it or
+``OMP_WAIT_POLICY`` is set, and only if torch is not imported yet), so that a busy machine does not
+slow vqcodec down many times over (``vqcodec.threads``). torch is imported only when a function that
+needs it is first called.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = ["compress", "decompress", "decompress_many", "info", "load_model"]
 
-threads.wait_passively()
+threads.spin_briefly()
 pillow_plugin.register()
 
 

@@ -1,9 +1,12 @@
 """How many CPU threads a codec call uses, and how torch's idle threads wait.
 
-Torch's OpenMP threads spin while they wait for work. On a busy machine the spinning threads take
-the cores that the working ones need, and a call can take ten times as long as with one thread.
-Idle threads that sleep (``OMP_WAIT_POLICY=PASSIVE``) keep the default thread count safe; the speed
-benchmark measures both under a parallel load (``benchmarks/results/speed``).
+Between two parallel operations, torch's OpenMP threads (GNU libgomp in its Linux builds) spin for
+a while before they sleep. The decoder runs thousands of small operations, so some spinning saves
+waking the threads up for each one; but on a busy machine long spins take the cores that the
+working threads need, and a call can take ten times as long. A short spin (``GOMP_SPINCOUNT``)
+keeps most of the first and little of the second: ``benchmarks/results/speed/threads.md`` compares
+it with OpenMP's default, with passive waiting (``OMP_WAIT_POLICY=PASSIVE``) and with one thread,
+on an idle machine and beside a parallel load.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import sys
 from collections.abc import Iterator
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
+SPIN_COUNT = "GOMP_SPINCOUNT"
+SHORT_SPIN = "3000"
+"""Spin iterations before an idle libgomp thread sleeps (libgomp's own default: 300,000)."""
 
 
-def wait_passively() -> None:
-    """Ask OpenMP to let idle threads sleep, unless the user chose otherwise.
+def spin_briefly() -> None:
+    """Ask OpenMP for short spins, unless the user set either variable.
 
-    OpenMP reads the variable when torch is first imported: after that, this changes nothing.
+    OpenMP reads them when torch is first imported: after that, this changes nothing.
     """
-    if "torch" not in sys.modules:
-        os.environ.setdefault(WAIT_POLICY, "PASSIVE")
+    if "torch" not in sys.modules and WAIT_POLICY not in os.environ and SPIN_COUNT not in os.environ:
+        os.environ[SPIN_COUNT] = SHORT_SPIN
 
 
 def check_threads(threads: int | None) -> None:
