@@ -257,6 +257,12 @@ def test_grayscale_is_restored_as_l(codec: Codec):
     assert decoded.mode == "L" and decoded.size == (24, 16)
 
 
+def test_gray_rgb_decodes_with_equal_channels(codec: Codec):
+    gray = np.repeat(smooth(24, 16)[..., 1:2], 3, axis=2)
+    decoded = np.asarray(codec.decompress(codec.compress(gray)).convert("RGB"))
+    assert (decoded[..., 0] == decoded[..., 1]).all() and (decoded[..., 1] == decoded[..., 2]).all()
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
 def test_alpha_is_kept_exactly(codec: Codec, mode: str):
     alpha = np.random.default_rng(1).integers(0, 256, (13, 7), dtype=np.uint8)

@@ -173,7 +173,7 @@ def test_cmyk_jpeg_becomes_rgb() -> None:
 
 
 def test_cmyk_with_an_unusable_profile_falls_back_to_plain_conversion() -> None:
-    cmyk = Image.new("CMYK", (8, 8), (0, 0, 0, 0))
+    cmyk = Image.new("CMYK", (8, 8), (0, 128, 255, 0))  # a colour: equal channels would be coded as gray
     source = load_image(encode(cmyk, "JPEG", icc_profile=srgb_profile()))
     assert source.mode == "RGB" and source.icc_profile is None
     assert "CMYK image converted to RGB without colour management" in source.warnings
@@ -209,6 +209,21 @@ def test_exif_orientation_is_applied() -> None:
     assert source.rgb.shape == (24, 16, 3)
     error = np.abs(source.rgb.astype(int) - np.rot90(blocks, k=-1)).mean()
     assert error < 4, error
+
+
+def test_rgb_with_equal_channels_is_coded_as_gray() -> None:
+    """A gray photograph saved as RGB comes back gray, not tinted by the model's colour."""
+    gray_rgb = np.repeat(GRAY[..., None], 3, axis=2)
+    source = load_image(encode(Image.fromarray(gray_rgb)))
+    assert (source.mode, source.warnings) == ("L", [])
+    np.testing.assert_array_equal(source.rgb, gray_rgb)
+    with_alpha = load_image(encode(Image.fromarray(np.dstack([gray_rgb, ALPHA]))))
+    assert with_alpha.mode == "LA" and np.array_equal(with_alpha.alpha, ALPHA)
+    # A colour profile says the pixels are colour: kept as RGB with it.
+    assert load_image(encode(Image.fromarray(gray_rgb), icc_profile=srgb_profile())).mode == "RGB"
+    almost = gray_rgb.copy()
+    almost[3, 4, 2] ^= 1
+    assert load_image(encode(Image.fromarray(almost))).mode == "RGB"
 
 
 def test_icc_profile_is_kept_and_written_back() -> None:

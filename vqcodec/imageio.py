@@ -6,7 +6,9 @@ plane, the ICC profile, EXIF and XMP). ``to_pil`` and ``save_image`` go the othe
 
 Conventions, chosen so that every input has one documented meaning:
 
-* Grayscale ("1", "L", "I;16*", "I", "F") is replicated to three channels and restored as "L".
+* Grayscale ("1", "L", "I;16*", "I", "F") is replicated to three channels and restored as "L". So is
+  an RGB(A) image whose three channels are equal everywhere (a gray picture saved as colour), unless
+  it carries a colour ICC profile: coded as colour, it would come back with a tint of colour.
 * 16-bit samples ("I;16*", and "I", which Pillow uses for some 16-bit files) are reduced to 8 bits
   with rounding, ``round(v / 257)``; "I" values outside 0..65535 are clipped. Float ("F") samples
   follow Pillow's own convention of a 0..255 scale, rounded and clipped.
@@ -369,6 +371,10 @@ def _from_pil(image: Image.Image, name: str) -> SourceImage:
             alpha, mode = None, mode[:-1]
         else:
             alpha = np.ascontiguousarray(alpha)
+    colour_profile = icc_profile is not None and icc_profile[16:20] != _ICC_SPACES["L"]
+    if mode in ("RGB", "RGBA") and not colour_profile and _is_gray(gray_or_rgb):
+        # Coded as colour, the model's colour would creep into it: code it as the gray it is.
+        mode, gray_or_rgb = mode.replace("RGB", "L"), gray_or_rgb[..., 0]
     if mode in ("L", "LA"):
         rgb = np.repeat(gray_or_rgb.reshape(*gray_or_rgb.shape[:2], 1), 3, axis=2)
     else:
@@ -382,6 +388,11 @@ def _from_pil(image: Image.Image, name: str) -> SourceImage:
     return SourceImage(
         rgb=rgb, mode=mode, alpha=alpha, icc_profile=icc_profile, warnings=warnings, exif=exif, xmp=xmp
     )
+
+
+def _is_gray(rgb: np.ndarray) -> bool:
+    """Whether the three channels of ``rgb`` are equal everywhere (a gray picture saved as RGB)."""
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 def _decoded_from_16_bits(image: Image.Image) -> bool:
