@@ -113,7 +113,8 @@ def test_tile_option(model: str, tmp_path: Path):
     assert (tmp_path / "256.vqz").read_bytes() == (tmp_path / "0.vqz").read_bytes()
     assert "tiles     56x40 (WxH) pixels" in run("info", "-m", model, tmp_path / "64.vqz").stdout
     assert "tiles " not in run("info", "-m", model, tmp_path / "0.vqz").stdout
-    assert_error(run("compress", "-m", model, "--tile", "12", png, tmp_path / "x.vqz"), 1, "multiple of 8")
+    result = run("compress", "-m", model, "--tile", "100", png, tmp_path / "x.vqz")
+    assert result.exit_code == EXIT_USAGE and "multiple of 8" in result.stderr
     assert not (tmp_path / "x.vqz").exists()
 
 
@@ -217,12 +218,14 @@ def test_info(model: str, png: Path, tmp_path: Path, empty_zoo: Path):
     vqz.write_bytes(vqz_bytes(model, png))
     header_only = run("info", vqz)
     assert header_only.exit_code == 0 and "30x21 (WxH) RGB" in header_only.stdout
-    assert "model is not available" in header_only.stdout
+    assert "not counted" in header_only.stdout
+    assert "model is not available" in run("info", "--bits", vqz).stdout
 
-    report = run("info", "-m", model, vqz)
+    report = run("info", "--bits", "-m", model, vqz)
     assert report.exit_code == 0
     assert "top" in report.stdout and "bottom" in report.stdout and "% over" in report.stdout
-    as_json = json.loads(run("info", "-m", model, "--json", vqz).stdout)
+    assert "% over" not in run("info", "-m", model, vqz).stdout  # the header alone, unless --bits
+    as_json = json.loads(run("info", "--bits", "-m", model, "--json", vqz).stdout)
     assert as_json["width"] == 30 and as_json["payload_bits"] <= 1.005 * as_json["ideal_bits"] + 64
 
     (empty_zoo / "tiny.safetensors").write_bytes(Path(model).read_bytes())
@@ -253,3 +256,105 @@ def test_real_process_reports_one_line(tmp_path: Path):
     assert result.returncode == EXIT_BAD_INPUT
     assert result.stderr.startswith("vqcodec: error: ") and result.stderr.count("\n") == 1
     assert not (tmp_path / "out.png").exists()
+
+
+def pngs(folder: Path, *names: str) -> list[Path]:
+    """Small distinct images named ``names`` in ``folder``."""
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for seed, name in enumerate(names):
+        path = folder / name
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (12, 20, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_a_glob_never_overwrites_an_image(model: str, tmp_path: Path):
+    """``compress -f *.png`` in a folder of two PNGs would write .vqz bytes over the second one."""
+    images = pngs(tmp_path / "photos", "a.png", "b.png", "c.png")
+    before = {path: path.read_bytes() for path in images}
+    assert_error(run("compress", "-m", model, "-f", *images[:2]), EXIT_USAGE, "must end in .vqz")
+    result = run("compress", "-m", model, "-f", *images)
+    assert result.exit_code == EXIT_USAGE and "-o FOLDER" in result.stderr
+    assert {path: path.read_bytes() for path in images} == before
+    assert files_in(tmp_path / "photos") == {"a.png", "b.png", "c.png"}
+    named = tmp_path / "photos" / "a.bin"
+    assert run("compress", "-m", model, "--format", "vqz", images[0], named).exit_code == 0
+    assert named.read_bytes()[:3] == b"VQZ"
+
+
+def test_several_inputs_into_a_folder(model: str, tmp_path: Path):
+    images = pngs(tmp_path / "photos", "a.png", "b.png")
+    bad = tmp_path / "photos" / "c.png"
+    bad.write_bytes(b"not an image")
+    result = run("compress", "-m", model, *images, bad, "-o", tmp_path / "vqz")
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert files_in(tmp_path / "vqz") == {"a.vqz", "b.vqz"}  # the others are written, atomically
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(f"vqcodec: error: {bad}: ") and "not an image" in lines[0]
+    assert lines[-1] == "vqcodec: 2 of 3 files compressed, 1 failed"
+
+    again = run("compress", "-m", model, *images, "-o", tmp_path / "vqz")
+    assert again.exit_code == EXIT_OUTPUT_EXISTS and again.stderr.count("--force") == 2
+    assert run("compress", "-m", model, "-f", *images, "-o", tmp_path / "vqz").exit_code == 0
+
+    vqzs = sorted((tmp_path / "vqz").iterdir())
+    result = run("decompress", "-m", model, *vqzs, "-o", tmp_path / "decoded", "--format", "tiff")
+    assert result.exit_code == 0, result.output
+    assert files_in(tmp_path / "decoded") == {"a.tiff", "b.tiff"}
+    with Image.open(tmp_path / "decoded" / "b.tiff") as image:
+        assert image.size == (20, 12)
+
+    same_name = pngs(tmp_path / "other", "a.png")
+    clash = run("compress", "-m", model, images[0], *same_name, "-o", tmp_path / "clash")
+    assert clash.exit_code == EXIT_USAGE and "both be written" in clash.stderr
+
+
+def test_threads_option(model: str, png: Path, tmp_path: Path):
+    threads = torch.get_num_threads()
+    assert run("compress", "-m", model, "--threads", "1", png, tmp_path / "a.vqz").exit_code == 0
+    assert torch.get_num_threads() == threads
+    assert run("decompress", "-m", model, "-j", "1", tmp_path / "a.vqz", tmp_path / "a.png").exit_code == 0
+    assert run("compress", "-m", model, "--threads", "0", png, tmp_path / "b.vqz").exit_code == EXIT_USAGE
+
+
+def test_summary_quiet_and_verbose(model: str, png: Path, tmp_path: Path):
+    vqz = tmp_path / "a.vqz"
+    result = run("compress", "-m", model, "-v", png, vqz)
+    assert result.exit_code == 0
+    assert f"-> {vqz}: {vqz.stat().st_size:,} bytes" in result.stderr and " bpp (30x21" in result.stderr
+    assert run("compress", "-m", model, "-f", png, vqz).stderr == ""  # not a terminal: no summary
+    decoded = run("decompress", "-m", model, "-v", vqz, tmp_path / "a.jpg")
+    assert "JPEG is lossy" in decoded.stderr and "30x21 RGB JPEG" in decoded.stderr
+    quiet = run("decompress", "-m", model, "--quiet", vqz, tmp_path / "b.jpg")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    chosen = run("decompress", "-m", model, "--image-quality", "80", vqz, tmp_path / "c.webp")
+    assert chosen.exit_code == 0 and chosen.stderr == ""
+
+
+def test_interrupt_exits_130(model: str, png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from vqcodec.codec import Codec
+
+    def interrupted(*args: object, **kwargs: object) -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Codec, "compress", interrupted)
+    result = run("compress", "-m", model, png, tmp_path / "a.vqz")
+    assert result.exit_code == 130 and result.stderr.strip() == "vqcodec: interrupted"
+    assert files_in(tmp_path) == {"in.png"}
+
+
+def test_sample_takes_a_bundled_name_and_reports_model_errors(model: str, tmp_path: Path, empty_zoo: Path):
+    (empty_zoo / "default.safetensors").write_bytes(Path(model).read_bytes())
+    for name in ([], ["--model", "default"]):
+        out = tmp_path / f"samples{len(name)}"
+        result = run("sample", *name, "--n", "1", "--size", "16x16", "--out", out, "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        assert files_in(out) == {"sample_0_000.png"}
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"11 bytes!!!")
+    for command in (
+        ["sample", "--out", tmp_path / "s"],
+        ["compress", tmp_path / "x.png", tmp_path / "x.vqz"],
+    ):
+        assert_error(run(*command, "--model", bad), EXIT_MODEL, "not a model file")

@@ -24,10 +24,12 @@ def ok(*args: str | Path) -> Result:
 
 
 def fails(*args: str | Path, message: str) -> None:
-    """The command exits non-zero with one clean ``Error:`` line that says ``message``, no traceback."""
+    """The command exits non-zero with one clean error line that says ``message``, no traceback:
+    ``vqcodec: error:``, or click's ``Error:`` after the usage for a bad option (status 2)."""
     result = invoke(*args)
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    prefix = "Error:" if result.exit_code == 2 else "vqcodec: error:"
+    errors = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
     assert len(errors) == 1 and message in errors[0], result.stderr
 
 
@@ -41,15 +43,26 @@ def test_train_export_sample(tmp_path: Path) -> None:
     assert "nothing to do" in resumed.stderr  # the run's own preset (tiny) is the default
     fails(*vqvae, *common, "--batch-size", "2", message="batch_size=2 (checkpoint: 4)")
 
-    fails("export", "--run", run, "--out", model, message="prior-top")
-    result = ok("train", "prior", "--run", run, "--level", "top", *common, "--crops-per-image", "2")
+    fails("export", "--run-dir", run, "--out", model, message="prior-top")
+    result = ok("train", "prior", "--run-dir", run, "--level", "top", *common, "--crops-per-image", "2")
     assert "Extracting train codes" in result.stderr and "Extracting val codes" in result.stderr
-    result = ok("train", "prior", "--run", run, "--level", "bottom", *common)
+    result = ok("train", "prior", "--run", run, "--level", "bottom", *common)  # --run: an alias
     assert "Reusing the train codes" in result.stderr
-    fails("train", "prior", "--run", run, "--level", "middle", "--steps", "1", message="levels top, bottom")
+    fails(
+        "train", "prior", "--run-dir", run, "--level", "middle", "--steps", "1", message="levels top, bottom"
+    )
 
-    sha = ok("export", "--run", run, "--out", model).stdout.strip()
+    sha = ok("export", "--run-dir", run, "--out", model).stdout.strip()
     assert sha == hashlib.sha256(model.read_bytes()).hexdigest()
+    fails("export", "--run-dir", run, "--out", model, "--half", message=f"{model} exists (use --force")
+    assert invoke("export", "--run-dir", run, "--out", model).exit_code == 4  # as compress's
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == sha  # untouched
+    half = ok("export", "--run", run, "--out", model, "--half", "--force").stdout.strip()
+    assert half != sha and half == hashlib.sha256(model.read_bytes()).hexdigest()
+    ok("export", "--run-dir", run, "--out", model, "-f")
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == sha  # deterministic
+    vqvae = run / "vqvae" / "checkpoint.safetensors"
+    fails("export", "--run-dir", run, "--out", vqvae, "--force", message="part of the run")
 
     out = tmp_path / "samples"
     result = ok("sample", "--model", model, "--n", "2", "--out", out, "--device", "cpu", "--size", "24x16")
@@ -69,6 +82,70 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
     fails("train", "vqvae", "--data", empty, "--out", tmp_path / "run", "--steps", "1", message="no images")
     fails("train", "prior", "--run", empty, "--level", "top", "--steps", "1", message="train stage 1 first")
     fails("export", "--run", tmp_path / "missing", "--out", "m.safetensors", message="does not exist")
+
+
+def test_stale_prior_is_not_exported(tmp_path: Path) -> None:
+    """A prior trained before the VQ-VAE was trained further codes other codes than it now makes."""
+    images = make_images(tmp_path / "images", n=3)
+    run, model = tmp_path / "run", tmp_path / "model.safetensors"
+    common = ["--device", "cpu", "--batch-size", "2", "--val-every", "100"]
+    vqvae = ["train", "vqvae", "--data", images, "--out", run, "--crop", "32", "--preset", "tiny", *common]
+    ok(*vqvae, "--steps", "2")
+    for level in ("top", "bottom"):
+        ok(
+            "train",
+            "prior",
+            "--run-dir",
+            run,
+            "--level",
+            level,
+            "--steps",
+            "1",
+            "--crops-per-image",
+            "1",
+            *common,
+        )
+    ok(*vqvae, "--steps", "3")  # resumes: the VQ-VAE changes, its codes with it
+    fails("export", "--run-dir", run, "--out", model, message="train prior --run-dir")
+    assert not model.exists()
+    ok("train", "prior", "--run-dir", run, "--level", "top", "--steps", "1", "--no-resume", *common)
+    fails("export", "--run-dir", run, "--out", model, message="the bottom prior was trained")
+    ok("train", "prior", "--run-dir", run, "--level", "bottom", "--steps", "1", "--no-resume", *common)
+    ok("export", "--run-dir", run, "--out", model)
+
+
+TRAINING_COMMANDS = [["train", "vqvae"], ["train", "prior"]]
+
+
+def test_training_options_pass_through_torchrun() -> None:
+    """torchrun's own parser takes an unambiguous prefix of its options as its own: every option of the
+    training commands (but the --run alias, which torchrun rejects) must reach vqcodec unchanged, and so
+    must the torchrun examples of the help."""
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()
+
+    def passes(args: list[str]) -> bool:
+        parsed = parser.parse_args(["--nproc-per-node", "2", "-m", "vqcodec", *args])
+        return parsed.training_script == "vqcodec" and parsed.training_script_args == args
+
+    for command in TRAINING_COMMANDS:
+        names = [name for param in main.commands["train"].commands[command[1]].params for name in param.opts]
+        names += [
+            name
+            for param in main.commands["train"].commands[command[1]].params
+            for name in param.secondary_opts
+        ]
+        for name in names:
+            if name != "--run":
+                assert passes([*command, name, "1"]), name
+    examples = [
+        line.split() for line in ok("train", "--help").output.splitlines() if "torchrun" in line.split()[:1]
+    ]
+    assert len(examples) == 2
+    for example in examples:
+        assert example[:4] == ["torchrun", "--nproc-per-node", "8", "-m"]
+        assert passes(example[5:])
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ import click
 
 from vqcodec import cli_codec
 from vqcodec.bench import cli as bench_cli
-from vqcodec.errors import VQZError
 from vqcodec.models.config import PRESETS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,16 +24,29 @@ DEVICE_HELP = "cpu, cuda or cuda:N  [default: cuda if available, else cpu]"
 
 
 def user_errors(f: F) -> F:
-    """Report errors a user can cause (missing files, malformed inputs, bad settings) as one clean line."""
+    """Report errors a user can cause as one ``vqcodec: error:`` line with the status of its kind, as
+    the codec's commands do (``vqcodec.cli_codec.EXIT_STATUS``)."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with cli_codec.errors():
             return f(*args, **kwargs)
-        except (ValueError, OSError, VQZError) as e:
-            raise click.ClickException(str(e)) from e
 
     return wrapper  # type: ignore[return-value]
+
+
+class Group(click.Group):
+    """Click's group, ending on Ctrl-C with status 130 instead of click's 'Aborted!' and 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            cli_codec.interrupted()
+        except click.Abort as abort:
+            if isinstance(abort.__context__, KeyboardInterrupt):
+                cli_codec.interrupted()
+            raise
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -46,17 +58,18 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     return width, height
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="vqcodec")
 def main() -> None:
     """vqcodec: a learned lossy image codec (hierarchical VQ-VAE codes + PixelSNAIL priors).
 
     \b
-    Train a model in a run folder, export it to a model file, and use the model file:
-      vqcodec train vqvae --data photos/ --out runs/a --steps 100000 --batch-size 128
-      vqcodec train prior --run runs/a --level top --steps 100000
-      vqcodec train prior --run runs/a --level bottom --steps 100000
-      vqcodec export --run runs/a --out a.safetensors
+    Train a model in a run folder (here with the bundled model's steps and batch sizes), export it
+    to a model file, and use the model file:
+      vqcodec train vqvae --data photos/ --val val/ --out runs/a --steps 7000 --batch-size 32 --crop 256
+      vqcodec train prior --run-dir runs/a --level top --steps 3750 --batch-size 32
+      vqcodec train prior --run-dir runs/a --level bottom --steps 13000 --batch-size 32
+      vqcodec export --run-dir runs/a --out a.safetensors --half
       vqcodec sample --model a.safetensors --n 8 --out samples/
       vqcodec compress --model a.safetensors photo.png photo.vqz
       vqcodec decompress --model a.safetensors photo.vqz photo.png
@@ -72,10 +85,10 @@ def train() -> None:
 
     \b
     Several GPUs: launch the same command with torchrun, e.g.
-      torchrun --nproc_per_node 8 -m vqcodec train vqvae --data photos/ --out runs/a ...
-      torchrun --nproc_per_node 8 -m vqcodec train prior --run-dir runs/a --level top ...
-    (torchrun itself would take --run as an abbreviation of its --run-path).
-    --batch-size is the global batch, split over the GPUs.
+      torchrun --nproc-per-node 8 -m vqcodec train vqvae --data photos/ --out runs/a --steps 7000
+      torchrun --nproc-per-node 8 -m vqcodec train prior --run-dir runs/a --level top --steps 3750
+    (spell the run folder --run-dir: torchrun rejects --run as an ambiguous abbreviation of its
+    own --run-path). --batch-size is the global batch, split over the GPUs (it must divide evenly).
     A run resumes from its checkpoint automatically (and continues exactly as an uninterrupted
     run would); --no-resume starts over, --resume insists on a checkpoint.
     """
@@ -146,10 +159,11 @@ def train_vqvae(data: str, run: str, preset: str | None, **options: Any) -> None
     """Stage 1: train the VQ-VAE on random crops of the images under --data.
 
     \b
-    Writes RUN/config.json, RUN/vqvae/checkpoint.safetensors and RUN/metrics.jsonl, e.g.
-      vqcodec train vqvae --data photos/ --out runs/a --steps 100000 --batch-size 128 --crop 256
+    Writes RUN/config.json, RUN/vqvae/checkpoint.safetensors and RUN/metrics.jsonl, e.g. with
+    the bundled model's settings, then a quick CPU run of the tiny preset:
+      vqcodec train vqvae --data photos/ --val val/ --out runs/a --steps 7000 --batch-size 32 --crop 256
       vqcodec train vqvae --data photos/ --out runs/tiny --steps 200 --batch-size 8 --crop 64 \\
-          --preset tiny --device cpu --val val_photos/
+          --preset tiny --device cpu --val val/
     """
     from vqcodec.train.stage1 import train_vqvae as api
 
@@ -192,24 +206,24 @@ def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> 
     \b
     The priors decide how fast files decode; their size can change without retraining the VQ-VAE:
       vqcodec train from-model --out runs/small --set top.channels=32 --set bottom.channels=32
-      vqcodec train prior --run runs/small --level top --data photos/ --val val_photos/ --steps 4000
-      vqcodec train prior --run runs/small --level bottom --steps 13000
-      vqcodec export --run runs/small --out small.safetensors --half
+      vqcodec train prior --run-dir runs/small --level top --data photos/ --val val/ --steps 3750
+      vqcodec train prior --run-dir runs/small --level bottom --steps 13000
+      vqcodec export --run-dir runs/small --out small.safetensors --half
     """
     from vqcodec.train.from_model import run_from_model
 
     run_from_model(model, out, list(settings))
-    click.echo(f"{out} is ready: next, vqcodec train prior --run {out} --level top --data IMAGES")
+    click.echo(f"{out} is ready: next, vqcodec train prior --run-dir {out} --level top --data IMAGES")
 
 
 @train.command("prior")
 @click.option(
-    "--run",
     "--run-dir",
+    "--run",
     "run",
     type=click.Path(exists=True, file_okay=False),
     required=True,
-    help="Run folder (after stage 1); spell it --run-dir under torchrun.",
+    help="Run folder (after stage 1). --run is an alias that torchrun rejects (its own --run-path).",
 )
 @click.option("--level", required=True, help="top, middle, bottom, or a level index (0 = top).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Code maps per step (global).")
@@ -246,8 +260,8 @@ def train_prior(run: str, level: str, **options: Any) -> None:
     training and validation codes.
 
     \b
-      vqcodec train prior --run runs/a --level top --steps 100000
-      vqcodec train prior --run runs/a --level bottom --steps 100000 --crops-per-image 16
+      vqcodec train prior --run-dir runs/a --level top --steps 3750 --batch-size 32
+      vqcodec train prior --run-dir runs/a --level bottom --steps 13000 --batch-size 32
     """
     from vqcodec.train.stage2 import train_prior as api
 
@@ -259,29 +273,45 @@ def train_prior(run: str, level: str, **options: Any) -> None:
 
 @main.command()
 @click.option(
-    "--run", type=click.Path(exists=True, file_okay=False), required=True, help="Trained run folder."
+    "--run-dir",
+    "--run",
+    "run",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Trained run folder (--run is an alias).",
 )
 @click.option(
     "--out", type=click.Path(dir_okay=False), required=True, help="Model file to write (.safetensors)."
 )
+@click.option("--force", "-f", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option(
     "--allow-untrained-priors", is_flag=True, help="Export even if a level has no trained prior (testing)."
 )
 @click.option("--half", is_flag=True, help="Store the weights as float16 (half the size; bundled models).")
 @user_errors
-def export(run: str, out: str, allow_untrained_priors: bool, half: bool) -> None:
+def export(run: str, out: str, force: bool, allow_untrained_priors: bool, half: bool) -> None:
     """Write a run's VQ-VAE and priors to one model file; prints its SHA-256.
 
+    Refuses a prior trained on the codes of an earlier VQ-VAE checkpoint (the VQ-VAE was trained
+    further after it: retrain the prior), an existing OUT without --force, and an OUT that is one of
+    the run's own files. OUT appears only when complete.
+
     \b
-      vqcodec export --run runs/a --out a.safetensors
+      vqcodec export --run-dir runs/a --out a.safetensors --half
     """
     from vqcodec.train.export import export as api
 
-    click.echo(api(run, out, allow_untrained=allow_untrained_priors, half=half))
+    click.echo(api(run, out, allow_untrained=allow_untrained_priors, half=half, force=force))
 
 
 @main.command()
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), required=True, help="Model file.")
+@click.option(
+    "--model",
+    "-m",
+    metavar="NAME|FILE",
+    default=None,
+    help="A bundled model's name (see `vqcodec models`) or a model file.  [default: the bundled default]",
+)
 @click.option("--n", type=click.IntRange(min=1), default=4, help="Number of images.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the PNG files.")
 @click.option("--device", default=None, help=DEVICE_HELP, show_default=False)
@@ -294,11 +324,18 @@ def export(run: str, out: str, allow_untrained_priors: bool, half: bool) -> None
 @click.option("--seed", type=int, default=0, help="Seed of the draws.")
 @user_errors
 def sample(
-    model: str, n: int, out: str, device: str | None, size: tuple[int, int], temperature: float, seed: int
+    model: str | None,
+    n: int,
+    out: str,
+    device: str | None,
+    size: tuple[int, int],
+    temperature: float,
+    seed: int,
 ) -> None:
     """Draw images from a model's priors and write them as PNG files.
 
     \b
+      vqcodec sample --n 4 --out samples/
       vqcodec sample --model a.safetensors --n 8 --out samples/ --size 256x256 --temperature 0.9
     """
     from vqcodec.sample import sample_to_folder

@@ -2,7 +2,8 @@
 
 A thin shell over ``vqcodec.codec``: parse, call, write atomically, report. Every failure ends as
 one line ``vqcodec: error: ...`` on stderr with the exit status of its kind (``EXIT_STATUS``), and
-no output file (complete or partial) is left behind.
+no output file (complete or partial) is left behind. ``compress`` and ``decompress`` take one input
+and one output, or several inputs and an output folder (``-o``): the inputs are never written to.
 """
 
 from __future__ import annotations
@@ -13,32 +14,43 @@ import json
 import os
 import sys
 import tempfile
+import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import click
 from PIL import Image
 
-from vqcodec.errors import ModelMismatchError, VQZError
+from vqcodec.errors import ModelFileError, ModelMismatchError, VQZError
 from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, QUALITY_SCALES, describe_qualities
+from vqcodec.threads import limited
 
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2  # click's own status for usage errors
 EXIT_MODEL = 3
 EXIT_OUTPUT_EXISTS = 4
 EXIT_INTERNAL = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
 
 EXIT_STATUS = """\b
 Exit status:
-  0  success
-  1  bad input: not a readable image, a damaged or invalid .vqz file, an I/O error
-  2  usage error: bad option or argument, unknown output extension, bad device
-  3  model problem: unknown name, bad model file, no bundled default model, or
-     the file needs a model that is not available
-  4  the output exists (give --force), or is the input itself
-  5  internal error (a bug: please report it)"""
+  0    success
+  1    bad input: not a readable image, a damaged or invalid .vqz file, an I/O error
+  2    usage error: bad option or argument, an OUT whose extension does not fit
+  3    model problem: unknown name, bad model file, no bundled default model, or
+       the file needs a model that is not available
+  4    the output exists (give --force), or is the input itself
+  5    internal error (a bug: please report it)
+  130  interrupted (Ctrl-C)
+With several inputs, every file is tried and the status is the first failure's."""
+
+LOSSY_FORMATS = frozenset({"JPEG", "WEBP", "AVIF", "JPEG2000", "HEIF"})
+"""Image formats that lose detail of their own when the decoded image is written in them."""
+LOSSY_QUALITY = 95
+"""The quality a lossy OUT format is written at unless --image-quality says otherwise."""
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -62,29 +74,77 @@ def _one_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _reporting() -> Iterator[None]:
-    """Map exceptions to one-line errors and exit statuses; show the codec's own warnings as lines."""
-    from vqcodec.zoo.modelfile import ModelFileError
+def errors() -> Iterator[None]:
+    """Map an exception to one ``vqcodec: error:`` line and the exit status of its kind."""
+    try:
+        yield
+    except (click.ClickException, click.Abort, KeyboardInterrupt):
+        raise
+    except (ModelMismatchError, ModelFileError) as error:
+        raise CommandError(_one_line(error), EXIT_MODEL) from error
+    except FileExistsError as error:  # an API refusing to replace a file (e.g. export without force)
+        raise CommandError(_one_line(error), EXIT_OUTPUT_EXISTS) from error
+    except (VQZError, OSError, ValueError) as error:
+        raise CommandError(_one_line(error), EXIT_BAD_INPUT) from error
+    except MemoryError as error:
+        raise CommandError("out of memory", EXIT_BAD_INPUT) from error
+    except Exception as error:
+        message = f"internal error: {type(error).__name__}: {_one_line(error)}"
+        raise CommandError(message, EXIT_INTERNAL) from error
 
+
+@contextlib.contextmanager
+def _reporting(quiet: bool = False) -> Iterator[None]:
+    """``errors()``, and the codec's own warnings shown as ``vqcodec: warning:`` lines (unless quiet)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            yield
-        except (click.ClickException, click.Abort):
-            raise
-        except (ModelMismatchError, ModelFileError) as error:
-            raise CommandError(_one_line(error), EXIT_MODEL) from error
-        except (VQZError, OSError, ValueError) as error:
-            raise CommandError(_one_line(error), EXIT_BAD_INPUT) from error
-        except MemoryError as error:
-            raise CommandError("out of memory", EXIT_BAD_INPUT) from error
-        except Exception as error:
-            message = f"internal error: {type(error).__name__}: {_one_line(error)}"
-            raise CommandError(message, EXIT_INTERNAL) from error
+            with errors():
+                yield
         finally:
             for warning in caught:  # torch's and other libraries' warnings are not the user's business
-                if Path(warning.filename).resolve().is_relative_to(_PACKAGE_DIR):
+                if not quiet and Path(warning.filename).resolve().is_relative_to(_PACKAGE_DIR):
                     click.echo(f"vqcodec: warning: {warning.message}", err=True)
+
+
+def interrupted() -> None:
+    """End the process as Ctrl-C should: one line and status 130 (click's own says 'Aborted!', 1)."""
+    click.echo("\nvqcodec: interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and the output it becomes."""
+
+    source: str
+    target: str
+
+
+def _jobs(paths: Sequence[str], out_dir: str | None, suffix: str | None) -> list[Job]:
+    """IN OUT, or with ``out_dir`` every path an input whose output is ``out_dir/<stem><suffix>``."""
+    if out_dir is None:
+        if len(paths) != 2:
+            got = "no IN" if not paths else "no OUT" if len(paths) == 1 else f"{len(paths)} paths"
+            raise click.UsageError(f"{got}: give IN and OUT, or several inputs and -o FOLDER")
+        return [Job(*paths)]
+    if not paths:
+        raise click.UsageError("no input files")
+    if "-" in paths:
+        raise click.UsageError("'-' (stdin) needs a single IN and OUT, not -o FOLDER")
+    assert suffix is not None
+    jobs = [Job(path, str(Path(out_dir) / (Path(path).stem + suffix))) for path in paths]
+    targets: dict[str, str] = {}
+    for job in jobs:
+        if job.target in targets:
+            raise click.UsageError(
+                f"{targets[job.target]} and {job.source} would both be written to {job.target}"
+            )
+        targets[job.target] = job.source
+    return jobs
 
 
 def _check_output(source: str, target: str, force: bool) -> None:
@@ -140,24 +200,29 @@ def _umask() -> int:
     return mask
 
 
-def _image_format(target: str) -> str:
-    """The Pillow format to write for ``target``: from its extension, PNG if none or stdout."""
-    extension = "" if target == "-" else Path(target).suffix.lower()
-    if not extension:
-        return "PNG"
+def _image_format(name: str) -> str:
+    """The Pillow format that a file name's extension or a format's name (``png``, ``.webp``) says."""
+    extension = "." + name.lower().lstrip(".")
     Image.init()
     fmt = Image.registered_extensions().get(extension)
-    if fmt is None or fmt not in Image.SAVE:
+    if fmt is None or fmt not in Image.SAVE or fmt == "VQZ":
         raise click.BadParameter(
             f"cannot write images with extension {extension!r} (use e.g. .png, .webp, .jpg)", param_hint="OUT"
         )
     return fmt
 
 
+def _extension(fmt: str) -> str:
+    """The usual extension of a Pillow format: ``.png`` for PNG."""
+    Image.init()
+    extensions = [ext for ext, name in Image.registered_extensions().items() if name == fmt]
+    return f".{fmt.lower()}" if f".{fmt.lower()}" in extensions else extensions[0]
+
+
 @contextlib.contextmanager
-def _progress(description: str) -> Iterator[Callable[[int, int], None] | None]:
+def _progress(description: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
     """A tqdm bar over wavefront steps on an interactive terminal; no output otherwise."""
-    if not sys.stderr.isatty():
+    if quiet or not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm
@@ -169,6 +234,50 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None] | None]:
             bar.update(done - bar.n)
 
         yield update
+
+
+@dataclass(frozen=True)
+class Output:
+    """How much a command says: ``quiet`` nothing but errors, ``verbose`` a summary even off a terminal."""
+
+    quiet: bool
+    verbose: bool
+
+    @property
+    def summaries(self) -> bool:
+        return not self.quiet and (self.verbose or sys.stderr.isatty())
+
+    def say(self, line: str) -> None:
+        if self.summaries:
+            click.echo(line, err=True)
+
+
+def _run_jobs(jobs: list[Job], work: Callable[[Job], str], output: Output, verb: str) -> None:
+    """Do every job, each inside its own error report; with several, carry on past failures, sum up at
+    the end and exit with the first failure's status."""
+    if len(jobs) == 1:
+        with _reporting(output.quiet):
+            output.say(work(jobs[0]))
+        return
+    failed: list[int] = []
+    for job in jobs:
+        try:
+            with _reporting(output.quiet):
+                output.say(work(job))
+        except CommandError as error:
+            message = error.format_message()
+            if not message.startswith(job.source):
+                error.message = f"{job.source}: {message}"
+            error.show()
+            failed.append(error.exit_code)
+    if not output.quiet:
+        done = len(jobs) - len(failed)
+        click.echo(f"vqcodec: {done} of {len(jobs)} files {verb}, {len(failed)} failed", err=True)
+    if failed:
+        sys.exit(failed[0])
+
+
+# --- options ---------------------------------------------------------------------------------------
 
 
 def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -200,9 +309,43 @@ device_option = click.option(
     callback=_check_device,
     help="cpu or cuda: a .vqz file decodes to the same codes on both.  [default: cpu]",
 )
-force_option = click.option("--force", "-f", is_flag=True, help="Overwrite OUT if it exists.")
-source_argument = click.argument("source", metavar="IN", type=click.Path(dir_okay=False, allow_dash=True))
-target_argument = click.argument("target", metavar="OUT", type=click.Path(dir_okay=False, allow_dash=True))
+threads_option = click.option(
+    "--threads",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads; when several vqcodec processes run side by side, give each 1.  [default: one per"
+    " core, spinning only briefly when idle, so that a busy machine does not slow it down many times"
+    " over]",
+)
+force_option = click.option("--force", "-f", is_flag=True, help="Overwrite outputs that exist.")
+out_dir_option = click.option(
+    "--out-dir",
+    "-o",
+    metavar="FOLDER",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write one output per input into FOLDER (made if missing), named after the input: then every"
+    " path given is an input.",
+)
+quiet_option = click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+verbose_option = click.option(
+    "--verbose", "-v", is_flag=True, help="Print the summary of each file even when stderr is not a terminal."
+)
+paths_argument = click.argument("paths", metavar="IN... OUT", nargs=-1, type=click.Path(allow_dash=True))
+
+
+def _check_vqz_name(target: str) -> None:
+    """Refuse an OUT that does not say .vqz: ``compress -f *.png`` must not write over an image."""
+    if target != "-" and Path(target).suffix.lower() != ".vqz":
+        raise CommandError(
+            f"{target}: OUT must end in .vqz (to compress several images use -o FOLDER; to write .vqz"
+            " data under another name, --format vqz)",
+            EXIT_USAGE,
+        )
+
+
+# --- commands --------------------------------------------------------------------------------------
 
 
 @click.command(epilog=EXIT_STATUS)
@@ -226,99 +369,231 @@ target_argument = click.argument("target", metavar="OUT", type=click.Path(dir_ok
     " and their codes decode side by side, in fewer sequential steps. 0 codes the image whole: about"
     " 1 % smaller, decoding more slowly.",
 )
+@click.option(
+    "--metadata",
+    default="all",
+    show_default=True,
+    metavar="all|none|KINDS",
+    help="Metadata to keep: all, none, or some of exif, icc, xmp, comma-separated. EXIF's orientation"
+    " is applied to the pixels and its tag reset.",
+)
+@click.option("--strip", is_flag=True, help="Keep no metadata (the same as --metadata none).")
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["vqz"]),
+    default=None,
+    help="Write to an OUT whose name does not end in .vqz (refused without it).",
+)
 @device_option
+@threads_option
 @force_option
-@source_argument
-@target_argument
+@out_dir_option
+@quiet_option
+@verbose_option
+@paths_argument
 def compress(
-    source: str, target: str, model: str | None, quality: int, tile: int, device: str | None, force: bool
+    paths: tuple[str, ...],
+    out_dir: str | None,
+    model: str | None,
+    quality: int,
+    tile: int,
+    metadata: str,
+    strip: bool,
+    out_format: str | None,
+    device: str | None,
+    threads: int | None,
+    force: bool,
+    quiet: bool,
+    verbose: bool,
 ) -> None:
-    """Compress the image IN to the .vqz file OUT.
+    """Compress the image IN to the .vqz file OUT, or several images into a folder (-o).
 
-    IN may be any image Pillow reads (PNG, JPEG, WebP, TIFF, ...). Grayscale, alpha and ICC
-    profiles are kept; palette images become RGB. "-" reads stdin or writes stdout.
+    IN may be any image Pillow reads (PNG, JPEG, WebP, TIFF, ...). Grayscale, alpha, ICC
+    profiles, EXIF and XMP are kept; palette images become RGB. "-" reads stdin or writes stdout.
     On Kodak the qualities 1 to 4 give about 0.11, 0.18, 0.26 and 0.39 bits per pixel
-    (benchmarks/results/kodak).
+    (benchmarks/results/kodak). On a terminal each file ends with a line: bytes, bits per pixel, time.
 
     \b
     Examples:
       vqcodec compress photo.png photo.vqz
       vqcodec compress --quality 1 photo.png small.vqz
-      vqcodec compress --tile 0 photo.png whole.vqz
+      vqcodec compress *.png -o compressed/         # compressed/NAME.vqz for each
+      vqcodec compress --strip --tile 0 photo.jpg photo.vqz
       vqcodec compress --model tiny.safetensors photo.jpg photo.vqz
       vqcodec compress - - < photo.png > photo.vqz
     """
-    with _reporting():
-        _check_output(source, target, force)
-        from vqcodec.codec import compress as api
+    output = Output(quiet, verbose)
+    jobs = _jobs(paths, out_dir, ".vqz")
+    if len(jobs) == 1:  # before the model loads: an existing OUT is the most common mistake
+        _check_output(jobs[0].source, jobs[0].target, force)
+    if out_dir is None and out_format is None:
+        _check_vqz_name(jobs[0].target)
+    with _reporting(quiet):
+        from vqcodec.codec import open_codec
+        from vqcodec.imageio import parse_metadata
 
-        image = _read(source) if source == "-" else source
-        with _progress("compressing") as progress:
-            data = api(image, model, device, progress, quality, tile or None)
-        _write(target, data)
+        try:
+            keep = parse_metadata("none" if strip else metadata)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--metadata") from error
+        codec = open_codec(model, device)
+        try:
+            codec.check_tile(tile or None)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--tile") from error
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+    def work(job: Job) -> str:
+        _check_output(job.source, job.target, force)
+        from vqcodec.coding.container import VQZFile
+
+        image = _read(job.source) if job.source == "-" else job.source
+        start = time.perf_counter()
+        with _progress("compressing", quiet) as progress, limited(threads):
+            data = codec.compress(image, progress, quality, tile or None, metadata=keep)
+        _write(job.target, data)
+        file = VQZFile.from_bytes(data)
+        bpp = 8 * len(data) / (file.width * file.height)
+        return (
+            f"{job.source} -> {job.target}: {len(data):,} bytes, {bpp:.3f} bpp"
+            f" ({file.width}x{file.height}, quality {quality}), {time.perf_counter() - start:.1f} s"
+        )
+
+    _run_jobs(jobs, work, output, "compressed")
 
 
 @click.command(epilog=EXIT_STATUS)
-@model_option("the bundled model the file names")
+@model_option("the bundled model each file names")
+@click.option(
+    "--format",
+    "out_format",
+    metavar="FORMAT",
+    default=None,
+    help="Image format to write: png, webp, jpg, tiff, ...  [default: OUT's extension; PNG for stdout,"
+    " an OUT without extension and -o]",
+)
+@click.option(
+    "--image-quality",
+    type=click.IntRange(1, 100),
+    default=None,
+    help=f"Quality of a lossy image format (JPEG, WebP, AVIF), whose own loss adds to the codec's."
+    f"  [default: {LOSSY_QUALITY}, with a warning]",
+)
 @device_option
+@threads_option
 @force_option
-@source_argument
-@target_argument
-def decompress(source: str, target: str, model: str | None, device: str | None, force: bool) -> None:
-    """Decode the .vqz file IN to the image OUT.
+@out_dir_option
+@quiet_option
+@verbose_option
+@paths_argument
+def decompress(
+    paths: tuple[str, ...],
+    out_dir: str | None,
+    model: str | None,
+    out_format: str | None,
+    image_quality: int | None,
+    device: str | None,
+    threads: int | None,
+    force: bool,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Decode the .vqz file IN to the image OUT, or several files into a folder (-o).
 
-    OUT's extension names the format; PNG when it has none or OUT is "-" (stdout). The model
-    must be the one the file was written with.
+    OUT's extension names the format (PNG when it has none, or OUT is "-": stdout). A lossless
+    format (PNG, TIFF, lossless WebP with --format webp --image-quality 100) keeps the decoded
+    pixels as they are. Each file needs the model it was written with: a bundled one is found
+    by the id in the file.
 
     \b
     Examples:
       vqcodec decompress photo.vqz photo.png
+      vqcodec decompress *.vqz -o decoded/          # decoded/NAME.png for each
+      vqcodec decompress --image-quality 90 photo.vqz photo.jpg
       vqcodec decompress --model tiny.safetensors photo.vqz photo.webp
       vqcodec decompress - - < photo.vqz > photo.png
     """
-    with _reporting():
-        fmt = _image_format(target)
-        _check_output(source, target, force)
+    output = Output(quiet, verbose)
+    fmt = _image_format(out_format) if out_format else "PNG"
+    jobs = _jobs(paths, out_dir, _extension(fmt))
+    if out_dir is None and out_format is None and jobs[0].target != "-" and Path(jobs[0].target).suffix:
+        fmt = _image_format(Path(jobs[0].target).suffix)
+    if fmt in LOSSY_FORMATS and image_quality is None and not quiet:
+        click.echo(
+            f"vqcodec: warning: {fmt} is lossy: written at quality {LOSSY_QUALITY}, its loss adds to the"
+            " codec's (PNG keeps the decoded pixels; --image-quality chooses and silences this)",
+            err=True,
+        )
+    with _reporting(quiet):
+        if len(jobs) == 1:
+            _check_output(jobs[0].source, jobs[0].target, force)
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+    def work(job: Job) -> str:
+        _check_output(job.source, job.target, force)
         from vqcodec.codec import decompress as api
         from vqcodec.imageio import save_image
 
-        data = _read(source)
-        with _progress("decompressing") as progress:
+        data = _read(job.source)
+        start = time.perf_counter()
+        with _progress("decompressing", quiet) as progress, limited(threads):
             image = api(data, model, device, progress)
         encoded = io.BytesIO()
-        save_image(image, encoded, format=fmt)
-        _write(target, encoded.getvalue())
+        lossy_quality = (image_quality or LOSSY_QUALITY) if fmt in LOSSY_FORMATS else None
+        save_image(image, encoded, format=fmt, quality=lossy_quality)
+        _write(job.target, encoded.getvalue())
+        return (
+            f"{job.source} -> {job.target}: {image.width}x{image.height} {image.mode} {fmt},"
+            f" {time.perf_counter() - start:.1f} s"
+        )
+
+    _run_jobs(jobs, work, output, "decompressed")
 
 
 @click.command(epilog=EXIT_STATUS)
 @model_option("the bundled model the file names")
+@click.option(
+    "--bits",
+    is_flag=True,
+    help="Also decode the codes (with the file's model: bundled, or --model) to count the ideal bits of"
+    " every level and the range coder's overhead.",
+)
 @device_option
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.argument("source", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
-def info(source: str, model: str | None, device: str | None, as_json: bool) -> None:
-    """Describe a .vqz file: image, model, levels, bits.
+def info(
+    source: str, model: str | None, bits: bool, device: str | None, threads: int | None, as_json: bool
+) -> None:
+    """Describe a .vqz file: image, model, code maps and, with --bits, where the bits go.
 
-    Shows the image, its model, the code maps and where the bits go.
-    The bits of every level and the coder's overhead need the file's model (bundled, or given
-    with --model): the codes are decoded, but no pixels.
+    Without --bits only the header is read: no model, no decoding.
 
     \b
     Examples:
       vqcodec info photo.vqz
-      vqcodec info --model tiny.safetensors --json photo.vqz
+      vqcodec info --bits photo.vqz
+      vqcodec info --bits --model tiny.safetensors --json photo.vqz
     """
     with _reporting():
-        from vqcodec.codec import info as api
+        import vqcodec
 
         data = _read(source)
-        with _progress("decoding codes") as progress:
-            report = api(data, model, device, progress)
-        click.echo(json.dumps(report, indent=2) if as_json else _format_info(source, report))
+        with _progress("decoding codes", quiet=not bits) as progress, limited(threads):
+            report = vqcodec.info(data, model, device, bits=bits, progress=progress)
+        click.echo(json.dumps(report, indent=2) if as_json else _format_info(source, report, bits))
 
 
-def _format_info(source: str, r: dict[str, Any]) -> str:
+def _format_info(source: str, r: dict[str, Any], bits: bool) -> str:
     model = r["model"] or "not bundled"
-    extras = [f"ICC profile {r['icc_bytes']} bytes"] if r["icc_bytes"] else []
+    extras = [
+        f"{kind} {r[key]} bytes"
+        for kind, key in (("ICC profile", "icc_bytes"), ("EXIF", "exif_bytes"), ("XMP", "xmp_bytes"))
+        if r.get(key)
+    ]
     extras += ["alpha plane"] if r["alpha"] else []
     lines = [
         f"file      {source}: {r['file_bytes']} bytes, {r['bpp']:.4f} bpp",
@@ -339,13 +614,15 @@ def _format_info(source: str, r: dict[str, Any]) -> str:
     ]
     for level in r["levels"]:
         h, w = level["shape"]
-        bits = "-" if level["ideal_bits"] is None else f"{level['ideal_bits']:.1f}"
+        ideal = "-" if level["ideal_bits"] is None else f"{level['ideal_bits']:.1f}"
         per_code = "-" if level["bits_per_code"] is None else f"{level['bits_per_code']:.3f}"
         lines.append(
-            f"          {level['name']:<10} {f'{h} x {w}':<15} {level['codes']:>6} {bits:>12} {per_code:>10}"
+            f"          {level['name']:<10} {f'{h} x {w}':<15} {level['codes']:>6} {ideal:>12} {per_code:>10}"
         )
     lines.append(f"payload   {r['payload_bytes']} bytes = {r['payload_bits']} bits")
-    if r["ideal_bits"] is None:
+    if not bits:
+        lines.append("ideal     not counted: --bits decodes the codes to count them")
+    elif r["ideal_bits"] is None:
         lines.append("ideal     unknown: the file's model is not available (give it with --model)")
     else:
         lines.append(

@@ -7,11 +7,12 @@ from pathlib import Path
 from PIL import Image
 
 from vqcodec.models.model import sample_images
+from vqcodec.zoo import resolve_model
 from vqcodec.zoo.modelfile import load_model
 
 
 def sample_to_folder(
-    model_file: str | Path,
+    model_file: str | Path | None,
     out: str | Path,
     n: int,
     width: int = 256,
@@ -20,8 +21,11 @@ def sample_to_folder(
     seed: int = 0,
     device: str = "cpu",
 ) -> list[Path]:
-    """Write ``n`` sampled ``width`` x ``height`` images as ``out/sample_<seed>_<i>.png``; return paths."""
-    model, _ = load_model(model_file, device)
+    """Write ``n`` sampled ``width`` x ``height`` images as ``out/sample_<seed>_<i>.png``; return paths.
+
+    ``model_file``: a bundled model's name or a model file; None for the bundled default.
+    """
+    model, _ = load_model(resolve_model(model_file), device)
     images = sample_images(model, n, height, width, temperature, seed).cpu()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -88,18 +88,15 @@ def bench(
       vqcodec bench --out bench/ --codecs vqcodec,jpeg,webp --nll-images 0 --quality 4
     """
     from vqcodec.bench.run import format_markdown, run_benchmark, shared_data
-    from vqcodec.errors import VQZError
-    from vqcodec.zoo.modelfile import ModelFileError
+    from vqcodec.cli_codec import errors
 
     folder = data or shared_data("kodak")
     if folder is None:
         raise click.UsageError("no ../shared/data/kodak here: give the test images with --data")
-    try:
+    with errors():
         report = run_benchmark(
             folder, out, limit, models, qualities, codecs, nll_images, train_data, val_data, progress=True
         )
-    except (ValueError, OSError, VQZError, ModelFileError) as error:
-        raise click.ClickException(str(error)) from error
     click.echo(format_markdown(report))
     click.echo("wrote " + ", ".join(str(path) for path in report.files), err=True)
 
