@@ -1,7 +1,7 @@
 """Speed and peak memory of vqcodec's encoder and decoder on Kodak and on a 3840x2160 image.
 
     python benchmarks/speed.py [--data DIR] [--limit N] [--model NAME] [--device cuda] [--out DIR] [--no-4k]
-                               [--batch N] [--tile PIXELS] [--load N] [--only-load]
+                               [--batch N] [--tile PIXELS] [--load N] [--only-load] [--only-large WxH]
 
 Encoding and decoding each run in a fresh child process that loads the model, warms it up on a small
 crop (untimed), then times every image from pixels in memory to bytes and back, and reports its peak
@@ -25,6 +25,9 @@ with torch's default threads (one per core) waiting as OpenMP does by default (l
 before it set ``GOMP_SPINCOUNT``), with short spins (vqcodec's default, ``vqcodec/threads.py``), with
 passive waits, and with one thread, on an idle machine and beside ``--load`` processes that keep a core
 busy each. Writes ``threads.json`` and ``threads.md``; ``--only-load`` runs nothing else.
+
+``--only-large WxH`` encodes and decodes kodim05 resized to WxH once each, for the time and peak memory
+of a camera-sized image (the pixel limit); writes ``large.json`` and ``large.md``.
 """
 
 from __future__ import annotations
@@ -173,6 +176,45 @@ def threads_markdown(result: dict, machine: dict) -> str:
             f" {loaded['decode_s'] / idle['decode_s']:.1f}x |"
         )
     return "\n".join(lines) + "\n"
+
+
+def write_large(source: Path, width: int, height: int, args: argparse.Namespace) -> None:
+    """Encode and decode ``source`` resized to ``width`` x ``height``, each once in a fresh process."""
+    from vqcodec.bench.run import machine_info
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / f"{source.stem}_{width}x{height}.png"
+        Image.open(source).convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(
+            path, compress_level=1
+        )
+        encoded, decoded = run_child("encode", [path], args), run_child("decode", [path], args)
+    result = {
+        "image": f"{source.name} resized to {width}x{height} ({width * height / 1e6:.1f} Mpx)",
+        "encode_s": encoded["seconds"][0],
+        "decode_s": decoded["seconds"][0],
+        "encode_peak_mb": encoded["peak_mb"],
+        "decode_peak_mb": decoded["peak_mb"],
+        "bytes": encoded["bytes"][0],
+    }
+    machine = machine_info()
+    text = "\n".join(
+        [
+            "# A camera-sized image",
+            "",
+            f"Run {machine['date']} on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']};"
+            f" `python benchmarks/speed.py --only-large {width}x{height}`, quality {args.quality}, device"
+            f" {args.device}: {result['image']}, {result['bytes']} bytes.",
+            "",
+            "| | seconds | peak resident memory |",
+            "|---|---:|---:|",
+            f"| encode | {result['encode_s']:.1f} | {result['encode_peak_mb'] / 1024:.2f} GB |",
+            f"| decode | {result['decode_s']:.1f} | {result['decode_peak_mb'] / 1024:.2f} GB |",
+        ]
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "large.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "large.md").write_text(text + "\n")
+    print(text)
 
 
 def write_threads(paths: list[Path], args: argparse.Namespace) -> None:
@@ -429,6 +471,7 @@ def main() -> None:
         "--load", type=int, default=3, help="busy processes for the threads' test (default 3)"
     )
     parser.add_argument("--only-load", action="store_true", help="only the threads under a parallel load")
+    parser.add_argument("--only-large", metavar="WxH", default=None, help="only kodim05 resized to WxH")
     parser.add_argument("--child", choices=("encode", "decode", "decode-batch"), help=argparse.SUPPRESS)
     parser.add_argument("--child-threads", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
@@ -452,7 +495,10 @@ def main() -> None:
     if not kodak:
         raise SystemExit(f"no PNG images in {args.data}")
     if args.only_load:
-        write_threads(kodak[:4], args)
+        write_threads(kodak, args)
+        return
+    if args.only_large:
+        write_large(args.data / "kodim05.png", *map(int, args.only_large.lower().split("x")), args)
         return
     with tempfile.TemporaryDirectory() as scratch:
         copies = []

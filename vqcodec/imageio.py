@@ -53,11 +53,11 @@ MODES = ("RGB", "L", "RGBA", "LA")
 MAX_SIDE = 16384
 """Longest accepted side in pixels; a multiple of every model's ``multiple``, so padding stays in bounds."""
 
-MAX_PIXELS = 2**25
-"""Largest area the codec encodes or decodes (32 Mpx, e.g. 8192 x 4096). Memory grows with the area:
-the default model's VQ-VAE needs about 270 bytes per pixel and the bottom prior's conditioning about
-130, so this keeps a worst-case file near 14 GB. It lies below Pillow's own decompression-bomb
-threshold (~89 Mpx), so every accepted image opens without Pillow's warning."""
+MAX_PIXELS = 2**26
+"""Largest area the codec encodes (67 Mpx: a 61-Mpx camera's 9504 x 6336 fits). Memory grows with
+the area, about linearly: ``benchmarks/results/speed/large.md`` has the peaks for a 61-Mpx image. It lies
+below Pillow's own decompression-bomb threshold (~89 Mpx), so every accepted image opens without
+Pillow's warning."""
 
 
 # What Pillow raises on bad input: its decoders let struct and EOF errors through as well.
