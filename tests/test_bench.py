@@ -160,6 +160,7 @@ def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "out"
     args = ["bench", "--data", str(data), "--out", str(out), "--limit", "2", "--model", str(tiny_model)]
     args += [
+        *("-q", "1", "-q", "2.5", "-q", "4"),
         "--codecs",
         "vqcodec,jpeg,webp",
         "--nll-images",
@@ -172,7 +173,7 @@ def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
 
-    for key, n_settings in (("vqcodec", 4), ("jpeg", 10), ("webp", 10)):
+    for key, n_settings in (("vqcodec", 3), ("jpeg", 10), ("webp", 10)):
         report = json.loads((out / f"{key}.json").read_text())
         assert set(report) == {"name", "description", "results", "bench"}
         results = report["results"]
@@ -181,7 +182,7 @@ def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
         assert results["bpp"] == sorted(results["bpp"])
         assert report["bench"]["images"] == ["img0.png", "img1.png"]
     vq = json.loads((out / "vqcodec.json").read_text())["bench"]
-    assert sorted(vq["settings"]) == ["tiny q1", "tiny q2", "tiny q3", "tiny q4"]
+    assert sorted(vq["settings"]) == ["tiny q1", "tiny q2.5", "tiny q4"]
     for point in vq["points"]:
         assert set(point["bits_per_level"]) == {"top", "bottom"}
         assert point["bpd_file"] > point["bpd_ideal"] > 0

@@ -114,9 +114,10 @@ def test_lower_qualities_code_a_smaller_image(codec: Codec, mode: str):
     assert sizes[1] < sizes[2] < sizes[3] < sizes[4]
 
 
-def test_quality_must_be_known(codec: Codec):
-    with pytest.raises(ValueError, match="quality must be one of 1, 2, 3, 4"):
-        codec.compress(smooth(8, 8), quality=5)
+def test_quality_must_be_on_the_scale(codec: Codec):
+    for quality in (5, -0.5, float("nan"), "4", True):
+        with pytest.raises(ValueError, match="quality must be a number from 0 to 4"):
+            codec.compress(smooth(8, 8), quality=quality)  # type: ignore[arg-type]
 
 
 def test_quality_one_keeps_tiny_images_at_least_one_pixel(codec: Codec):

@@ -50,17 +50,23 @@ def compress(
     model: ModelArg = None,
     device: str | None = None,
     progress: Progress | None = None,
-    quality: int = DEFAULT_QUALITY,
+    quality: float = DEFAULT_QUALITY,
     tile: int | None = DEFAULT_TILE,
     *,
     metadata: str | Iterable[str] = "all",
     threads: int | None = None,
+    target_size: int | None = None,
+    target_bpp: float | None = None,
+    target_psnr: float | None = None,
 ) -> bytes:
     """Compress an image (path, bytes, binary file, PIL image or uint8 array) to ``.vqz`` bytes.
 
     ``model``: a bundled model's name, a model file, or a ``load_model`` result; None for the
-    bundled default. ``device``: "cpu" (default) or "cuda". ``quality``: 1 (smallest file) to 4
-    (best, the default); below 4 the image is coded at a smaller size (``vqcodec.quality``).
+    bundled default. ``device``: "cpu" (default) or "cuda". ``quality``: 0 (smallest file) to 4
+    (best, the default), any number in between; below 4 the image is coded at a smaller size
+    (``vqcodec.quality``). ``target_size`` (bytes), ``target_bpp`` or ``target_psnr`` (dB): one of
+    them picks the quality instead: the best file no larger, or the smallest at least as good
+    (``vqcodec.rate``; ValueError if no quality meets it).
     ``tile``: the largest side in pixels of the tiles coded as independent images, at least 64 and
     a multiple of the model's multiple (8 for the default), the image cut into as few tiles as evenly
     as it can be; None codes whole code maps: about 1 % fewer bits, decoding in more sequential steps.
@@ -70,7 +76,19 @@ def compress(
     """
     from vqcodec import codec
 
-    return codec.compress(image, model, device, progress, quality, tile, metadata=metadata, threads=threads)
+    return codec.compress(
+        image,
+        model,
+        device,
+        progress,
+        quality,
+        tile,
+        metadata=metadata,
+        threads=threads,
+        target_size=target_size,
+        target_bpp=target_bpp,
+        target_psnr=target_psnr,
+    )
 
 
 def decompress(

@@ -25,7 +25,7 @@ import click
 from PIL import Image
 
 from vqcodec.errors import ModelFileError, ModelMismatchError, VQZError
-from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, QUALITY_SCALES, describe_qualities
+from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, MAX_QUALITY, MIN_QUALITY, describe_qualities
 from vqcodec.threads import limited
 
 EXIT_BAD_INPUT = 1
@@ -353,11 +353,32 @@ def _check_vqz_name(target: str) -> None:
 @click.option(
     "--quality",
     "-q",
-    type=click.IntRange(min(QUALITY_SCALES), max(QUALITY_SCALES)),
+    type=click.FloatRange(MIN_QUALITY, MAX_QUALITY),
     default=DEFAULT_QUALITY,
     show_default=True,
-    help="Operating point, 1 (smallest file) to 4 (best). Below 4 the image is coded at a smaller size"
-    f" and resized back on decoding: {describe_qualities()}.",
+    help=f"Operating point, {MIN_QUALITY} (smallest file) to {MAX_QUALITY} (best), any number in between."
+    f" Below {MAX_QUALITY} the image is coded at a smaller size and resized back on decoding:"
+    f" {describe_qualities()}.",
+)
+@click.option(
+    "--target-size",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="BYTES",
+    help="Instead of --quality: the best quality whose file is at most BYTES.",
+)
+@click.option(
+    "--target-bpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Instead of --quality: the best quality at most this many bits per pixel.",
+)
+@click.option(
+    "--target-psnr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="DB",
+    help="Instead of --quality: the smallest file whose decoded image reaches this PSNR.",
 )
 @click.option(
     "--tile",
@@ -396,7 +417,10 @@ def compress(
     paths: tuple[str, ...],
     out_dir: str | None,
     model: str | None,
-    quality: int,
+    quality: float,
+    target_size: int | None,
+    target_bpp: float | None,
+    target_psnr: float | None,
     tile: int,
     metadata: str,
     strip: bool,
@@ -412,12 +436,15 @@ def compress(
     IN may be any image Pillow reads (PNG, JPEG, WebP, TIFF, ...). Grayscale, alpha, ICC
     profiles, EXIF and XMP are kept; palette images become RGB. "-" reads stdin or writes stdout.
     On Kodak the qualities 1 to 4 give about 0.11, 0.18, 0.26 and 0.39 bits per pixel
-    (benchmarks/results/kodak). On a terminal each file ends with a line: bytes, bits per pixel, time.
+    (benchmarks/results/kodak); any quality in between, or a target size, bpp or PSNR, picks a
+    point between those. On a terminal each file ends with a line: bytes, bits per pixel, time.
 
     \b
     Examples:
       vqcodec compress photo.png photo.vqz
       vqcodec compress --quality 1 photo.png small.vqz
+      vqcodec compress --quality 2.5 photo.png medium.vqz
+      vqcodec compress --target-size 10000 photo.png at-most-10kB.vqz
       vqcodec compress *.png -o compressed/         # compressed/NAME.vqz for each
       vqcodec compress --strip --tile 0 photo.jpg photo.vqz
       vqcodec compress --model tiny.safetensors photo.jpg photo.vqz
@@ -425,6 +452,9 @@ def compress(
     """
     output = Output(quiet, verbose)
     jobs = _jobs(paths, out_dir, ".vqz")
+    targets = (target_size, target_bpp, target_psnr)
+    if sum(target is not None for target in targets) > 1:
+        raise click.UsageError("give one of --target-size, --target-bpp and --target-psnr")
     if len(jobs) == 1:  # before the model loads: an existing OUT is the most common mistake
         _check_output(jobs[0].source, jobs[0].target, force)
     if out_dir is None and out_format is None:
@@ -451,14 +481,23 @@ def compress(
 
         image = _read(job.source) if job.source == "-" else job.source
         start = time.perf_counter()
-        with _progress("compressing", quiet) as progress, limited(threads):
-            data = codec.compress(image, progress, quality, tile or None, metadata=keep)
+        reached = f"quality {quality:g}"
+        if all(target is None for target in targets):
+            with _progress("compressing", quiet) as progress, limited(threads):
+                data = codec.compress(image, progress, quality, tile or None, metadata=keep)
+        else:
+            from vqcodec.rate import Target, compress_to_target
+
+            with _progress("searching", quiet) as progress, limited(threads):
+                found = compress_to_target(codec, image, Target(*targets), tile or None, keep, progress)
+            data = found.data
+            reached = f"quality {found.quality:.3f}" + (f", {found.psnr:.2f} dB" if found.psnr else "")
         _write(job.target, data)
         file = VQZFile.from_bytes(data)
         bpp = 8 * len(data) / (file.width * file.height)
         return (
             f"{job.source} -> {job.target}: {len(data):,} bytes, {bpp:.3f} bpp"
-            f" ({file.width}x{file.height}, quality {quality}), {time.perf_counter() - start:.1f} s"
+            f" ({file.width}x{file.height}, {reached}), {time.perf_counter() - start:.1f} s"
         )
 
     _run_jobs(jobs, work, output, "compressed")

@@ -56,7 +56,7 @@ from vqcodec.imageio import (
 )
 from vqcodec.models import order
 from vqcodec.models.model import CodecModel, to_uint8
-from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, coded_size
+from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, coded_size, scale
 from vqcodec.threads import check_threads, limited
 
 ImageInput = str | os.PathLike[str] | bytes | BinaryIO | Image.Image | np.ndarray
@@ -171,23 +171,39 @@ class Codec:
         self,
         image: ImageInput,
         progress: Progress | None = None,
-        quality: int = DEFAULT_QUALITY,
+        quality: float = DEFAULT_QUALITY,
         tile: int | None = DEFAULT_TILE,
         metadata: str | Iterable[str] = "all",
     ) -> bytes:
-        """The ``.vqz`` bytes of ``image`` at ``quality`` (1 = smallest file, 4 = best and default), its
-        codes cut into tiles of at most ``tile`` pixels a side (None: whole maps, the fewest bits and
-        the slowest decoding), keeping the ``metadata`` kinds ("all", "none", or of "exif", "icc",
-        "xmp": ``parse_metadata``); lossy conversions of the input are ``ConversionWarning``s."""
+        """The ``.vqz`` bytes of ``image`` at ``quality`` (0 = smallest file to 4 = best and default, any
+        number in between: ``vqcodec.quality``), its codes cut into tiles of at most ``tile`` pixels a
+        side (None: whole maps, the fewest bits and the slowest decoding), keeping the ``metadata``
+        kinds ("all", "none", or of "exif", "icc", "xmp": ``parse_metadata``)."""
         self.check_tile(tile)
+        scale(quality)  # a bad quality fails before the image is read
+        return self.encode(self.source(image, metadata), quality, tile, progress)[0]
+
+    def source(self, image: ImageInput, metadata: str | Iterable[str] = "all") -> SourceImage:
+        """``image`` read as the codec sees it, with the ``metadata`` kinds it keeps; lossy conversions
+        of the input are ``ConversionWarning``s."""
         kinds = parse_metadata(metadata)  # a bad value fails before the image is read
         source = _source(image).with_metadata(kinds)
         for message in source.warnings:
-            warnings.warn(message, ConversionWarning, stacklevel=2)
+            warnings.warn(message, ConversionWarning, stacklevel=3)
+        return source
+
+    def encode(
+        self,
+        source: SourceImage,
+        quality: float = DEFAULT_QUALITY,
+        tile: int | None = DEFAULT_TILE,
+        progress: Progress | None = None,
+    ) -> tuple[bytes, list[np.ndarray]]:
+        """The ``.vqz`` bytes of ``source`` at ``quality``, and the code maps they hold (top first)."""
         size = coded_size(source.width, source.height, quality)
         rgb = source.rgb if size == (source.width, source.height) else resize(source.rgb, *size)
         codes = self.image_codes(rgb)
-        return self.pack(source, codes, progress, size, self.tile_size(*codes[0].shape, tile))
+        return self.pack(source, codes, progress, size, self.tile_size(*codes[0].shape, tile)), codes
 
     def check_tile(self, tile: int | None) -> None:
         """Raise ValueError unless ``tile`` is None or a multiple of the model's multiple, at least
@@ -598,18 +614,29 @@ def compress(
     model: ModelArg = None,
     device: Any = None,
     progress: Progress | None = None,
-    quality: int = DEFAULT_QUALITY,
+    quality: float = DEFAULT_QUALITY,
     tile: int | None = DEFAULT_TILE,
     *,
     metadata: str | Iterable[str] = "all",
     threads: int | None = None,
+    target_size: int | None = None,
+    target_bpp: float | None = None,
+    target_psnr: float | None = None,
 ) -> bytes:
     """Compress ``image`` with ``model`` (default: the bundled default model) to ``.vqz`` bytes, at
-    ``quality`` 1 (smallest file) to 4 (best, the default), in tiles of at most ``tile`` pixels a side
+    ``quality`` 0 (smallest file) to 4 (best, the default), in tiles of at most ``tile`` pixels a side
     (None: whole maps), keeping the ``metadata`` that ``Codec.compress`` names; ``threads``: the CPU
-    threads torch may use for the call (None: torch's setting, the number of cores)."""
+    threads torch may use for the call (None: torch's setting, the number of cores). One of
+    ``target_size`` (bytes), ``target_bpp`` or ``target_psnr`` (dB) picks the quality instead
+    (``vqcodec.rate``)."""
+    targets = (target_size, target_bpp, target_psnr)
     with limited(threads):
-        return open_codec(model, device).compress(image, progress, quality, tile, metadata=metadata)
+        codec = open_codec(model, device)
+        if all(target is None for target in targets):
+            return codec.compress(image, progress, quality, tile, metadata=metadata)
+        from vqcodec.rate import Target, compress_to_target
+
+        return compress_to_target(codec, image, Target(*targets), tile, metadata, progress).data
 
 
 def decompress(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from vqcodec.bench.run import CODECS, DEFAULT_NLL_IMAGES
-from vqcodec.quality import QUALITY_SCALES
+from vqcodec.quality import MAX_QUALITY, MIN_QUALITY, SWEEP_QUALITIES
 
 
 def _codec_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -37,9 +37,10 @@ def _codec_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
     "--quality",
     "-q",
     "qualities",
-    type=click.IntRange(min(QUALITY_SCALES), max(QUALITY_SCALES)),
+    type=click.FloatRange(MIN_QUALITY, MAX_QUALITY),
     multiple=True,
-    help="A vqcodec quality to run every model at (one operating point each); repeatable.  [default: all]",
+    help="A vqcodec quality to run every model at (one operating point each); repeatable.  [default:"
+    f" {', '.join(f'{quality:g}' for quality in SWEEP_QUALITIES)}]",
 )
 @click.option(
     "--codecs",
@@ -70,7 +71,7 @@ def bench(
     out: str,
     limit: int | None,
     models: tuple[str, ...],
-    qualities: tuple[int, ...],
+    qualities: tuple[float, ...],
     codecs: list[str],
     nll_images: int,
     train_data: str | None,

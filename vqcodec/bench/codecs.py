@@ -199,12 +199,12 @@ class VQCodecAdapter(Adapter):
 
     key, name, setting_name = "vqcodec", "vqcodec", "operating point"
 
-    def __init__(self, models: Sequence[tuple[str, Any]], qualities: Sequence[int]) -> None:
+    def __init__(self, models: Sequence[tuple[str, Any]], qualities: Sequence[float]) -> None:
         """``models``: (label, ``vqcodec.load_model`` result) pairs, each run at every quality."""
         import vqcodec
 
         self.points = {
-            f"{label} q{quality}": (codec, quality) for label, codec in models for quality in qualities
+            f"{label} q{quality:g}": (codec, quality) for label, codec in models for quality in qualities
         }
         self.settings = list(self.points)
         self.description = f"vqcodec {vqcodec.__version__} (VQ-VAE-2 codes, PixelSNAIL priors, range coder)"
@@ -263,7 +263,7 @@ def _pad(rgb: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def make_adapters(
-    keys: Sequence[str], models: Sequence[tuple[str, Any]], qualities: Sequence[int]
+    keys: Sequence[str], models: Sequence[tuple[str, Any]], qualities: Sequence[float]
 ) -> tuple[list[Adapter], list[str]]:
     """The adapters for ``keys`` that can run here, and a note for each one that cannot; vqcodec runs
     ``models`` at ``qualities``."""

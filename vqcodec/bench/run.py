@@ -25,7 +25,7 @@ import numpy as np
 
 from vqcodec.bench import metrics
 from vqcodec.bench.codecs import CODECS, Adapter, make_adapters
-from vqcodec.quality import QUALITY_SCALES
+from vqcodec.quality import SWEEP_QUALITIES
 
 DEFAULT_NLL_IMAGES = 16
 NLL_CROP = 256
@@ -119,7 +119,7 @@ def run_benchmark(
     out: str | os.PathLike[str],
     limit: int | None = None,
     models: Sequence[str] = (),
-    qualities: Sequence[int] = (),
+    qualities: Sequence[float] = (),
     codecs: Sequence[str] = CODECS,
     nll_images: int = DEFAULT_NLL_IMAGES,
     train_data: str | os.PathLike[str] | None = None,
@@ -129,7 +129,7 @@ def run_benchmark(
     """Run the codecs on the images of ``data`` (the first ``limit``, sorted); write the outputs to ``out``.
 
     ``models``: vqcodec models (bundled names or files), none meaning every bundled model, each run at
-    every one of ``qualities`` (none: all of them), one operating point per pair. ``nll_images``
+    every one of ``qualities`` (none: ``SWEEP_QUALITIES``), one operating point per pair. ``nll_images``
     images of ``train_data`` and ``val_data`` (0: none) measure the priors' NLL. Writes ``KEY.json``
     per codec, ``results.md`` and ``rd.png``.
     """
@@ -142,7 +142,7 @@ def run_benchmark(
     paths = list_images(data)[:limit]
     images = [load_image(path).rgb for path in paths]
     loaded = _load_models(models) if "vqcodec" in codecs else []
-    adapters, notes = make_adapters(codecs, loaded, qualities or list(QUALITY_SCALES))
+    adapters, notes = make_adapters(codecs, loaded, qualities or list(SWEEP_QUALITIES))
 
     total = sum(len(adapter.settings) for adapter in adapters) * len(images)
     curves = []
