@@ -107,3 +107,7 @@ def test_command_line_targets(model_file: Path, tmp_path: Path):
         main, ["compress", "-m", str(model_file), "--target-size", "9", "--target-psnr", "20", str(png), "-"]
     )
     assert result.exit_code == 2 and "one of --target-size" in result.stderr
+    result = CliRunner().invoke(
+        main, ["compress", "-m", str(model_file), "-q", "2", "--target-bpp", "1", str(png), "-"]
+    )
+    assert result.exit_code == 2 and "not both" in result.stderr

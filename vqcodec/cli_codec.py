@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
+from click.core import ParameterSource
 from PIL import Image
 
 from vqcodec.errors import ModelFileError, ModelMismatchError, VQZError
@@ -124,7 +125,7 @@ class Job:
     target: str
 
 
-def _jobs(paths: Sequence[str], out_dir: str | None, suffix: str | None) -> list[Job]:
+def _jobs(paths: Sequence[str], out_dir: str | None, suffix: str) -> list[Job]:
     """IN OUT, or with ``out_dir`` every path an input whose output is ``out_dir/<stem><suffix>``."""
     if out_dir is None:
         if len(paths) != 2:
@@ -135,7 +136,6 @@ def _jobs(paths: Sequence[str], out_dir: str | None, suffix: str | None) -> list
         raise click.UsageError("no input files")
     if "-" in paths:
         raise click.UsageError("'-' (stdin) needs a single IN and OUT, not -o FOLDER")
-    assert suffix is not None
     jobs = [Job(path, str(Path(out_dir) / (Path(path).stem + suffix))) for path in paths]
     targets: dict[str, str] = {}
     for job in jobs:
@@ -455,6 +455,9 @@ def compress(
     targets = (target_size, target_bpp, target_psnr)
     if sum(target is not None for target in targets) > 1:
         raise click.UsageError("give one of --target-size, --target-bpp and --target-psnr")
+    quality_given = click.get_current_context().get_parameter_source("quality")
+    if any(target is not None for target in targets) and quality_given == ParameterSource.COMMANDLINE:
+        raise click.UsageError("a target picks the quality: give --quality or a target, not both")
     if len(jobs) == 1:  # before the model loads: an existing OUT is the most common mistake
         _check_output(jobs[0].source, jobs[0].target, force)
     if out_dir is None and out_format is None:
