@@ -435,7 +435,7 @@ def compress(
 
     IN may be any image Pillow reads (PNG, JPEG, WebP, TIFF, ...). Grayscale, alpha, ICC
     profiles, EXIF and XMP are kept; palette images become RGB. "-" reads stdin or writes stdout.
-    On Kodak the qualities 1 to 4 give about 0.11, 0.18, 0.26 and 0.39 bits per pixel
+    On Kodak the qualities 0 to 4 give about 0.03, 0.11, 0.18, 0.26 and 0.39 bits per pixel
     (benchmarks/results/kodak); any quality in between, or a target size, bpp or PSNR, picks a
     point between those. On a terminal each file ends with a line: bytes, bits per pixel, time.
 
