@@ -59,6 +59,7 @@ def main() -> None:
             row[str(target)] = {
                 "bpp": 8 * len(reached.data) / pixels,
                 "quality": reached.quality,
+                "coded_size": reached.coded_size,
                 "encodes": len(encodes),
                 "seconds": time.perf_counter() - tick,
             }

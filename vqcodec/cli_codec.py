@@ -494,7 +494,8 @@ def compress(
             with _progress("searching", quiet) as progress, limited(threads):
                 found = compress_to_target(codec, image, Target(*targets), tile or None, keep, progress)
             data = found.data
-            reached = f"quality {found.quality:.3f}" + (f", {found.psnr:.2f} dB" if found.psnr else "")
+            reached = f"quality {found.quality:.3f}, coded at {found.coded_size[0]}x{found.coded_size[1]}"
+            reached += f", {found.psnr:.2f} dB" if found.psnr else ""
         _write(job.target, data)
         file = VQZFile.from_bytes(data)
         bpp = 8 * len(data) / (file.width * file.height)

@@ -198,9 +198,13 @@ class Codec:
         quality: float = DEFAULT_QUALITY,
         tile: int | None = DEFAULT_TILE,
         progress: Progress | None = None,
+        size: tuple[int, int] | None = None,
     ) -> tuple[bytes, list[np.ndarray]]:
-        """The ``.vqz`` bytes of ``source`` at ``quality``, and the code maps they hold (top first)."""
-        size = coded_size(source.width, source.height, quality)
+        """The ``.vqz`` bytes of ``source`` at ``quality``, and the code maps they hold (top first);
+        ``size``: the (width, height) to code it at instead of the quality's (at most the image's)."""
+        size = size or coded_size(source.width, source.height, quality)
+        if not (0 < size[0] <= source.width and 0 < size[1] <= source.height):
+            raise ValueError(f"coded size {size} must lie within the image's {source.width}x{source.height}")
         rgb = source.rgb if size == (source.width, source.height) else resize(source.rgb, *size)
         codes = self.image_codes(rgb)
         return self.pack(source, codes, progress, size, self.tile_size(*codes[0].shape, tile)), codes

@@ -3,8 +3,9 @@
 A file's size grows with the quality (the image is coded at a larger size), so the best quality
 under a size, or the smallest file over a PSNR, is found by bisection over the continuous quality
 scale (``vqcodec.quality``): each step encodes the image once, and a PSNR target also runs the VQ-VAE
-decoder on the codes (no range decoding). The result never breaks the target: when even the
-smallest (or the best) quality cannot meet it, a ValueError says what it reached.
+decoder on the codes (no range decoding). A size target then tries a column and a row of codes
+more. The result never breaks the target: when even the smallest (or the best) quality cannot meet
+it, a ValueError says what it reached.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import numpy as np
 from vqcodec.codec import Codec, Decoded, ImageInput
 from vqcodec.coding.container import VQZFile
 from vqcodec.imageio import SourceImage
-from vqcodec.quality import DEFAULT_TILE, MAX_QUALITY, MIN_QUALITY
+from vqcodec.quality import DEFAULT_TILE, MAX_QUALITY, MIN_QUALITY, coded_size
 
 SEARCH_STEPS = 8
 """Encodes after the two ends of the scale: the quality is then known to 4 / 2**8 of the scale."""
+REFINE_STEPS = 3
+"""Encodes after the search for a size target, each one more column and/or row of codes."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class Reached:
 
     data: bytes
     quality: float
+    """The quality found; a size target then adds up to a column and a row of codes (``coded_size``)."""
+    coded_size: tuple[int, int]
+    """The (width, height) the image was coded at."""
     psnr: float | None
     """PSNR (dB) of the decoded image's colour planes against the input's, for a PSNR target."""
 
@@ -59,28 +65,31 @@ def compress_to_target(
     progress: Callable[[int, int], None] | None = None,
 ) -> Reached:
     """The highest quality whose file is no larger than the size target, or the lowest whose decoded
-    image reaches the PSNR target; ``progress`` is called with (encodes done, encodes at most)."""
+    image reaches the PSNR target; ``progress`` is called with (encodes done, encodes at most).
+
+    A size target then tries one more column and one more row of codes: at low rates the next
+    quality's map can be several per cent larger, and the file should come as close as it can.
+    """
     codec.check_tile(tile)
     source = codec.source(image, metadata)
     source = dataclasses.replace(source, warnings=[])  # shown once, by codec.source
     limit = target.max_bytes
     if target.max_bpp is not None:
         limit = int(target.max_bpp * source.width * source.height / 8)
-    total = SEARCH_STEPS + 2
-
-    def trial(quality: float) -> tuple[Reached, bool]:
-        data, codes = codec.encode(source, quality, tile)
-        if progress is not None:
-            progress(len(tried) + 1, total)
-        if limit is not None:
-            reached = Reached(data, quality, None)
-            tried.append(reached)
-            return reached, len(data) <= limit
-        reached = Reached(data, quality, _psnr(codec, source, data, codes))
-        tried.append(reached)
-        return reached, reached.psnr is not None and reached.psnr >= target.min_psnr  # type: ignore[operator]
-
+    total = SEARCH_STEPS + 2 + (REFINE_STEPS if limit is not None else 0)
     tried: list[Reached] = []
+
+    def trial(quality: float, size: tuple[int, int] | None = None) -> tuple[Reached, bool]:
+        size = size or coded_size(source.width, source.height, quality)
+        data, codes = codec.encode(source, quality, tile, size=size)
+        psnr = None if limit is not None else _psnr(codec, source, data, codes)
+        tried.append(Reached(data, quality, size, psnr))
+        if progress is not None:
+            progress(len(tried), total)
+        if limit is not None:
+            return tried[-1], len(data) <= limit
+        return tried[-1], psnr is not None and psnr >= target.min_psnr  # type: ignore[operator]
+
     low, high = MIN_QUALITY, MAX_QUALITY
     # A size target is met at the low end; a PSNR target at the high end.
     sure, sure_ok = trial(low if limit is not None else high)
@@ -101,6 +110,26 @@ def compress_to_target(
             low = middle
         else:
             high = middle
+    return best if limit is None else _refine(best, source, codec.multiple, trial)
+
+
+def _refine(
+    best: Reached,
+    source: SourceImage,
+    multiple: int,
+    trial: Callable[[float, tuple[int, int]], tuple[Reached, bool]],
+) -> Reached:
+    """The largest file under the size target among ``best`` and ``best`` coded one column of codes
+    wider, one row taller, or both (at most the image's own size)."""
+    width, height = (-(-side // multiple) * multiple for side in best.coded_size)  # its padded maps
+    sizes = [(width + multiple, height + multiple), (width + multiple, height), (width, height + multiple)]
+    for size in sizes:
+        size = (min(size[0], source.width), min(size[1], source.height))
+        if size[0] * size[1] <= best.coded_size[0] * best.coded_size[1]:
+            continue
+        reached, ok = trial(best.quality, size)
+        if ok:
+            return reached  # the sizes are in decreasing order: the first that fits is the largest
     return best
 
 
