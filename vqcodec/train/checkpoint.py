@@ -16,6 +16,7 @@ needs to continue exactly like an uninterrupted one, on every rank.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,15 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         safetensors.torch.save_file(tensors, tmp, metadata=metadata)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of a checkpoint file: which VQ-VAE a prior's codes came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_state(path: str | Path) -> dict[str, Any]:

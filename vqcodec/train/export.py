@@ -14,9 +14,8 @@ import torch
 
 from vqcodec.models.config import level_names
 from vqcodec.models.model import CodecModel
-from vqcodec.train.checkpoint import checkpoint_path, read_model_state, read_state
+from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
 from vqcodec.train.run import prior_stage, read_config, say
-from vqcodec.train.stage2 import _file_sha256
 from vqcodec.zoo.modelfile import save_model
 
 
@@ -87,7 +86,7 @@ def export(
         raise FileNotFoundError(
             f"no stage-1 checkpoint at {vqvae}: train the VQ-VAE first (vqcodec train vqvae)"
         )
-    vqvae_sha256, vqvae_step = _file_sha256(vqvae), read_state(vqvae)["step"]
+    vqvae_sha256, vqvae_step = file_sha256(vqvae), read_state(vqvae)["step"]
     trained = {}
     for level in range(n_levels):
         stage = prior_stage(n_levels, level)

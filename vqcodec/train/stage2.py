@@ -32,6 +32,7 @@ from vqcodec.models.vqvae import VQVAE
 from vqcodec.train import dist
 from vqcodec.train.checkpoint import (
     checkpoint_path,
+    file_sha256,
     read_model_state,
     read_state,
 )
@@ -65,14 +66,6 @@ def resolve_level(level: int | str, n_levels: int) -> int:
     raise ValueError(
         f"unknown level {level!r}: this model has levels {', '.join(names)} (or 0..{n_levels - 1})"
     )
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _folder_digest(paths: list[Path]) -> str:
@@ -185,7 +178,7 @@ def extract_codes(
         raise ValueError(f"no training images known for {run}: give them (--data)")
     env = dist.setup(device or default_device())
     vqvae: VQVAE | None = None
-    vqvae_sha = _file_sha256(ckpt)
+    vqvae_sha = file_sha256(ckpt)
     found = {}
     for split, folder in folders.items():
         if folder is None:
