@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from vqcodec.models import order
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
 from vqcodec.models.order import n_steps
+from vqcodec.threads import limited as threads
 from vqcodec.zoo.modelfile import save_model
 
 KODAK = Path(__file__).resolve().parents[2] / "shared/data/kodak"
@@ -59,16 +58,6 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def codec(model_file: Path) -> Codec:
     return Codec.open(model_file)
-
-
-@contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def round_trip_codes(codec: Codec, image: object, encode_threads: int, decode_threads: int) -> bytes:
