@@ -212,13 +212,6 @@ def _image_format(name: str) -> str:
     return fmt
 
 
-def _extension(fmt: str) -> str:
-    """The usual extension of a Pillow format: ``.png`` for PNG."""
-    Image.init()
-    extensions = [ext for ext, name in Image.registered_extensions().items() if name == fmt]
-    return f".{fmt.lower()}" if f".{fmt.lower()}" in extensions else extensions[0]
-
-
 @contextlib.contextmanager
 def _progress(description: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
     """A tqdm bar over wavefront steps on an interactive terminal; no output otherwise."""
@@ -560,7 +553,7 @@ def decompress(
     """
     output = Output(quiet, verbose)
     fmt = _image_format(out_format) if out_format else "PNG"
-    jobs = _jobs(paths, out_dir, _extension(fmt))
+    jobs = _jobs(paths, out_dir, "." + (out_format or "png").lower().lstrip("."))  # as the user spells it
     if out_dir is None and out_format is None and jobs[0].target != "-" and Path(jobs[0].target).suffix:
         fmt = _image_format(Path(jobs[0].target).suffix)
     if fmt in LOSSY_FORMATS and image_quality is None and not quiet:
