@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 from test_codec import make_model_file, smooth
 
+from vqcodec.bench.metrics import psnr
 from vqcodec.cli import main
 from vqcodec.codec import Codec
 from vqcodec.coding.container import VQZFile
@@ -77,8 +78,7 @@ def test_a_target_psnr_is_reached_with_the_smallest_file(codec: Codec):
     best = compress_to_target(codec, IMAGE, Target(min_psnr=1.0))  # every quality reaches 1 dB
     assert best.quality == 0 and best.psnr is not None and best.psnr >= 1.0
     top = compress_to_target(codec, IMAGE, Target(max_bytes=10**9))
-    decoded = np.asarray(codec.decompress(top.data).convert("RGB")).astype(float)
-    top_psnr = 10 * np.log10(255**2 / np.mean((decoded - IMAGE) ** 2))
+    top_psnr = psnr(IMAGE, np.asarray(codec.decompress(top.data).convert("RGB")))
     middle = compress_to_target(codec, IMAGE, Target(min_psnr=top_psnr - 0.5))
     assert middle.psnr is not None and middle.psnr >= top_psnr - 0.5
     with pytest.raises(ValueError, match="cannot reach"):

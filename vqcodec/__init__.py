@@ -34,8 +34,9 @@ from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE
 if TYPE_CHECKING:
     from PIL import Image
 
-    from vqcodec.codec import Codec, ImageInput, ModelArg, Progress, VQZInput
+    from vqcodec.codec import Codec, ImageInput, ModelArg, Progress
     from vqcodec.coding.container import VQZFile
+    from vqcodec.fileinfo import VQZInput
 
 __version__ = "0.1.0"
 

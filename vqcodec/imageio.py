@@ -233,13 +233,9 @@ def _metadata_options(image: Image.Image, fmt: str) -> dict[str, object]:
     """The save options that write the EXIF and XMP of ``image.info`` where ``fmt`` can hold them: PNG's
     XMP in the iTXt chunk XMP readers look for; in JPEG, more than a segment holds is dropped, with a
     Python warning (Pillow would refuse to write the image)."""
-    exif, xmp = image.info.get("exif"), image.info.get("xmp")
-    if isinstance(exif, Image.Exif):
-        exif = exif.tobytes()
+    exif, xmp = _info_metadata(image)
     if exif:  # with the prefix, which JPEG needs and the other writers strip
-        exif = _EXIF_PREFIX + bytes(exif).removeprefix(_EXIF_PREFIX)
-    if isinstance(xmp, str):
-        xmp = xmp.encode("utf-8")
+        exif = _EXIF_PREFIX + exif
     if fmt == "JPEG":
         exif = _fits_jpeg("EXIF", exif, _JPEG_SEGMENT)
         xmp = _fits_jpeg("XMP", xmp, _JPEG_SEGMENT - len(_XMP_NAMESPACE))
@@ -421,17 +417,23 @@ def _upright(image: Image.Image, warnings: list[str]) -> Image.Image:
 
 def _metadata(image: Image.Image, warnings: list[str]) -> tuple[bytes | None, bytes | None]:
     """The EXIF (a TIFF stream) and XMP of ``image``, their orientation set to 1 for the upright pixels."""
-    exif = image.info.get("exif")
-    if isinstance(exif, Image.Exif):
-        exif = exif.tobytes()
+    exif, xmp = _info_metadata(image)
     if exif:
-        exif = _upright_exif(bytes(exif).removeprefix(_EXIF_PREFIX))
+        exif = _upright_exif(exif)
         if exif is None:
             warnings.append("unreadable EXIF data; not kept")
-    xmp = image.info.get("xmp")
+    return exif or None, _upright_xmp(xmp) if xmp else None
+
+
+def _info_metadata(image: Image.Image) -> tuple[bytes | None, bytes | None]:
+    """``image.info``'s EXIF (a TIFF stream, without the ``Exif\\0\\0`` prefix) and XMP, as bytes,
+    whichever types Pillow's readers left them in."""
+    exif, xmp = image.info.get("exif"), image.info.get("xmp")
+    if isinstance(exif, Image.Exif):
+        exif = exif.tobytes()
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
-    return exif or None, _upright_xmp(bytes(xmp)) if xmp else None
+    return bytes(exif).removeprefix(_EXIF_PREFIX) if exif else None, bytes(xmp) if xmp else None
 
 
 def _upright_exif(exif: bytes) -> bytes | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vqcodec.bench.metrics import psnr
 from vqcodec.codec import Codec, Decoded, ImageInput
 from vqcodec.coding.container import VQZFile
 from vqcodec.imageio import SourceImage
@@ -77,18 +78,19 @@ def compress_to_target(
     if target.max_bpp is not None:
         limit = int(target.max_bpp * source.width * source.height / 8)
     total = SEARCH_STEPS + 2 + (REFINE_STEPS if limit is not None else 0)
-    tried: list[Reached] = []
+    encodes = 0
 
     def trial(quality: float, size: tuple[int, int] | None = None) -> tuple[Reached, bool]:
+        nonlocal encodes
         size = size or coded_size(source.width, source.height, quality)
         data, codes = codec.encode(source, quality, tile, size=size)
-        psnr = None if limit is not None else _psnr(codec, source, data, codes)
-        tried.append(Reached(data, quality, size, psnr))
+        encodes += 1
         if progress is not None:
-            progress(len(tried), total)
+            progress(encodes, total)
         if limit is not None:
-            return tried[-1], len(data) <= limit
-        return tried[-1], psnr is not None and psnr >= target.min_psnr  # type: ignore[operator]
+            return Reached(data, quality, size, None), len(data) <= limit
+        reached = Reached(data, quality, size, _psnr(codec, source, data, codes))
+        return reached, reached.psnr >= target.min_psnr  # type: ignore[operator]
 
     low, high = MIN_QUALITY, MAX_QUALITY
     # A size target is met at the low end; a PSNR target at the high end.
@@ -135,6 +137,5 @@ def _refine(
 
 def _psnr(codec: Codec, source: SourceImage, data: bytes, codes: list[np.ndarray]) -> float:
     """PSNR of the image the file decodes to, from its codes: the range decoder would give the same."""
-    decoded = np.asarray(codec.render(Decoded(VQZFile.from_bytes(data), codes, [])).convert("RGB"))
-    mse = np.mean((source.rgb.astype(np.float64) - decoded) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
+    decoded = codec.render(Decoded(VQZFile.from_bytes(data), codes, []))
+    return psnr(source.rgb, np.asarray(decoded.convert("RGB")))
