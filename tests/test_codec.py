@@ -330,15 +330,15 @@ def test_tall_images_are_encoded_in_bands(codec: Codec, monkeypatch: pytest.Monk
     rgb = smooth(24, 400, seed=7)
     whole = codec.image_codes(rgb)
     monkeypatch.setattr(codec_module, "ENCODE_BAND_CODES", 64)
-    passes, quantize = [], codec.model.vqvae._quantize
+    passes, encode = [], codec.exact_vqvae.encode_image
 
-    def counted(x: torch.Tensor, update: bool) -> list:
-        passes.append(x)
-        return quantize(x, update)
+    def counted(pixels: torch.Tensor) -> list:
+        passes.append(pixels)
+        return encode(pixels)
 
-    monkeypatch.setattr(codec.model.vqvae, "_quantize", counted)
+    monkeypatch.setattr(codec.exact_vqvae, "encode_image", counted)
     banded = codec.image_codes(rgb)
-    assert len(passes) == 10 and max(x.shape[2] for x in passes) < 400
+    assert len(passes) == 10 and max(x.shape[1] for x in passes) < 400
     assert all(np.array_equal(a, b) for a, b in zip(banded, whole, strict=True))
 
 
@@ -460,26 +460,10 @@ def test_decoder_refuses_an_image_beyond_the_limits(codec: Codec, monkeypatch: p
         codec.decompress(data)
 
 
-def test_the_vqvae_runs_without_tf32_and_restores_the_callers_settings(
-    codec: Codec, monkeypatch: pytest.MonkeyPatch
-):
-    """On a GPU, TF32 convolutions move codes (tests/test_cuda.py); the caller's flags come back."""
-    seen = []
+def test_coding_never_runs_the_float_vqvae(codec: Codec, monkeypatch: pytest.MonkeyPatch):
+    """Codes and pixels come from the exact VQ-VAE alone (exact.md §10-11), whatever the float settings."""
     vqvae = codec.model.vqvae
-    for name in ("encode", "decode_codes"):
-        method = getattr(vqvae, name)
-
-        def spy(*args, method=method):
-            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
-            return method(*args)
-
-        monkeypatch.setattr(vqvae, name, spy)
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = True
-    try:
-        codec.decompress(codec.compress(smooth(40, 24, seed=3)))
-        assert cudnn.allow_tf32 and matmul.allow_tf32
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
-    assert seen == [(False, False), (False, False)]
+    for name in ("encode", "decode_codes", "forward"):
+        monkeypatch.setattr(vqvae, name, lambda *args: pytest.fail("the float VQ-VAE ran"))
+    image = smooth(40, 24, seed=3)
+    assert np.asarray(codec.decompress(codec.compress(image))).shape == image.shape

@@ -23,14 +23,13 @@ and resized back after decoding (as cjxl's ``--resampling``), for 1/4 to 2/3 of 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import operator
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -42,6 +41,7 @@ from vqcodec import zoo
 from vqcodec.coding.container import MIN_TILE, ColourMode, Padding, VQZFile, code_checksum, model_id
 from vqcodec.coding.entropy import Decoder, Encoder, coded_bits
 from vqcodec.coding.exact import ExactPrior, ExactStepper, KnownCodes
+from vqcodec.coding.exact_vqvae import ExactVQVAE
 from vqcodec.errors import ModelMismatchError
 from vqcodec.fileinfo import VQZInput, describe, read_vqz
 from vqcodec.imageio import (
@@ -55,7 +55,7 @@ from vqcodec.imageio import (
     to_pil,
 )
 from vqcodec.models import order
-from vqcodec.models.model import CodecModel, to_uint8
+from vqcodec.models.model import CodecModel
 from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, coded_size, scale
 from vqcodec.threads import check_threads, limited
 
@@ -92,18 +92,19 @@ def check_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-_exact_priors: weakref.WeakKeyDictionary[CodecModel, tuple[torch.device, list[ExactPrior]]] = (
+_exact_models: weakref.WeakKeyDictionary[CodecModel, tuple[torch.device, list[ExactPrior], ExactVQVAE]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _exact(model: CodecModel, device: torch.device) -> list[ExactPrior]:
-    """The exact integer priors of ``model``, built once per model (quantizing the weights is slow)."""
-    cached = _exact_priors.get(model)
+def _exact(model: CodecModel, device: torch.device) -> tuple[list[ExactPrior], ExactVQVAE]:
+    """The exact integer priors and VQ-VAE of ``model``, built once per model (quantizing is slow)."""
+    cached = _exact_models.get(model)
     if cached is None or cached[0] != device:
-        cached = device, [ExactPrior.from_float(prior).to(device) for prior in model.priors]
-        _exact_priors[model] = cached
-    return cached[1]
+        priors = [ExactPrior.from_float(prior).to(device) for prior in model.priors]
+        cached = device, priors, ExactVQVAE(model.vqvae).to(device)
+        _exact_models[model] = cached
+    return cached[1], cached[2]
 
 
 @dataclass(frozen=True)
@@ -117,23 +118,6 @@ class Decoded:
     """Ideal bits of each level's codes under the prior's tables: ``-sum log2 p(code)``."""
 
 
-@contextlib.contextmanager
-def ieee_float32() -> Iterator[None]:
-    """Full float32 for the VQ-VAE's convolutions and matrix products on a GPU.
-
-    cuDNN convolves float32 in TF32 (10-bit mantissas) by default: on an H100 that moved 1.2 % of a
-    Kodak-sized image's codes away from the CPU's, and encoding in bands gave other codes than the
-    whole image. In IEEE float32, 3 of 30,720 codes differed from the CPU's, and no time was lost.
-    """
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
-
-
 class Codec:
     """A model ready to code: the CodecModel, the SHA-256 of its file and its exact priors."""
 
@@ -143,7 +127,7 @@ class Codec:
         self.name = name
         """The bundled model's name, or None for a model file outside the zoo."""
         self.device = next(model.parameters()).device
-        self.exact_priors = _exact(model, self.device)
+        self.exact_priors, self.exact_vqvae = _exact(model, self.device)
 
     @classmethod
     def open(cls, name_or_path: str | os.PathLike[str] | None = None, device: Any = None) -> Codec:
@@ -231,13 +215,12 @@ class Codec:
         return None if whole else (sides[0], sides[1])
 
     def image_codes(self, rgb: np.ndarray) -> list[np.ndarray]:
-        """The VQ-VAE's code maps of uint8 RGB pixels (padded to the model's multiple), top level first."""
+        """The exact VQ-VAE's code maps of uint8 RGB pixels (padded to the model's multiple), top level first:
+        the same on every platform (exact.md §11)."""
         padded = pad_to_multiple(rgb, self.multiple)
         pixels = torch.tensor(padded, device=self.device).permute(2, 0, 1)[None]
         band_rows = max(1, ENCODE_BAND_CODES * self.model.vqvae.config.bottom_stride // padded.shape[1])
-        # float32 and no autocast: the codes must not depend on a caller's precision settings
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False), ieee_float32():
-            codes = self.model.vqvae.encode(pixels.float() / 255.0 - 0.5, band_rows)
+        codes = self.exact_vqvae.encode(pixels, band_rows)
         return [level[0].cpu().numpy() for level in codes]
 
     def pack(
@@ -341,14 +324,12 @@ class Codec:
         return [Decoded(*fields) for fields in zip(files, codes, level_bits, strict=True)]
 
     def render(self, decoded: Decoded) -> Image.Image:
-        """Run the VQ-VAE decoder on checked codes and restore the image's size, mode, alpha, ICC profile,
-        EXIF and XMP."""
+        """Run the exact VQ-VAE decoder (exact.md §10) on checked codes and restore the image's size, mode,
+        alpha, ICC profile, EXIF and XMP."""
         file = decoded.file
-        with torch.inference_mode(), ieee_float32():
-            maps = [torch.from_numpy(level)[None].to(self.device) for level in decoded.codes]
-            band_rows = max(1, RENDER_BAND_CODES // decoded.codes[-1].shape[1])
-            pixels = self.model.vqvae.decode_codes(maps, band_rows)
-            pixels = to_uint8(pixels)[0].permute(1, 2, 0).cpu().numpy()
+        maps = [torch.from_numpy(level)[None] for level in decoded.codes]
+        band_rows = max(1, RENDER_BAND_CODES // decoded.codes[-1].shape[1])
+        pixels = self.exact_vqvae.decode(maps, band_rows)[0].permute(1, 2, 0).cpu().numpy()
         rgb = np.ascontiguousarray(crop(pixels, file.coded_height, file.coded_width))
         if file.coded_size is not None:
             rgb = resize(rgb, file.width, file.height)

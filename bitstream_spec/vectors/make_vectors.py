@@ -3,10 +3,10 @@
     python bitstream_spec/vectors/make_vectors.py [--keep-model]
 
 The model is random (seeded), so the vectors exercise the format, not compression quality. Its
-codebooks are seeded from synthetic images so that the code maps use many codes. The results are
-deterministic on one platform; regenerating elsewhere may give another model (float arithmetic in
-the seeding pass) and therefore other, equally valid, vectors. ``--keep-model`` codes the files
-with the committed ``tiny.safetensors`` instead: to add a vector without changing the others.
+codebooks are seeded from synthetic images so that the code maps use many codes. A new model is
+deterministic on one platform only (float arithmetic in the seeding pass); ``--keep-model`` codes
+the files with the committed ``tiny.safetensors`` instead, and then every platform writes the same
+files, since the encoder is exact (exact.md §11): to add a vector without changing the others.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def main(keep_model: bool) -> None:
         "format": "vqz 1.3",
         "model": {"file": MODEL, "sha256": sha256, "config": "tiny_config(), random weights, seed 0"},
         "codes_sha256": "SHA-256 of the decoded code maps: levels top first, row-major, each code u16 LE",
-        "pixels_sha256": "SHA-256 of the decoded image's raw bytes in its mode (x86-64 CPU reference)",
+        "pixels_sha256": "SHA-256 of the decoded image's raw bytes in its mode (every platform)",
         "vectors": vectors,
     }
     (HERE / "vectors.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -272,6 +272,47 @@ def _scale_exponent(row_max: float) -> int:
     return min(s, MAX_SHIFT)
 
 
+def quantise_rows(
+    weight: np.ndarray, bias: np.ndarray, frac_bits: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer weights ``W`` (float64 [out, fan_in]), biases ``B`` (int64 [out]) and scale exponents ``s``
+    (int64 [out]) of one layer's float64 weight rows and biases, output at ``frac_bits`` (exact.md §3.2).
+
+    ``W_c = rhe(w_c 2**s_c)`` with the largest ``s_c <= MAX_SHIFT`` that keeps ``|W_c| <= WEIGHT_MAX``,
+    and ``B_c = rhe(b_c 2**(s_c + frac_bits))``; ValueError for a layer outside the proven bounds.
+    """
+    if weight.shape[1] > MAX_FAN_IN:
+        raise ValueError(f"fan-in {weight.shape[1]} exceeds {MAX_FAN_IN}")
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise ValueError("non-finite weights")
+    if np.abs(bias).max() >= MAX_BIAS:
+        raise ValueError(f"a bias exceeds {MAX_BIAS} in magnitude")
+    shift = np.array([_scale_exponent(float(m)) for m in np.abs(weight).max(axis=1)], dtype=np.int64)
+    if shift.min() < 0:
+        raise ValueError(f"weights too large for {WEIGHT_MAX.bit_length()}-bit quantisation")
+    w_int = np.rint(np.ldexp(weight, shift[:, None]))  # exact scaling, then round half to even
+    b_int = np.rint(np.ldexp(bias, shift + frac_bits)).astype(np.int64)
+    return w_int, b_int, shift
+
+
+def scaled_rows(
+    weight: np.ndarray, bias: np.ndarray, frac_bits: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A layer quantised (``quantise_rows``) and stored for float64 GEMMs: ``W_c 2**-s_c``, ``low 2**-s_c``
+    and ``high`` (float64 [out, fan_in], [out], [out]) and ``s`` (int64 [out]), where
+    ``B_c + 2**(s_c - 1) = high 2**s_c + low`` with ``0 <= low < 2**s_c`` (see ``_Linear``)."""
+    w_int, b_int, shift = quantise_rows(weight, bias, frac_bits)
+    b_int += np.where(shift > 0, 2 ** np.maximum(shift - 1, 0), 0)  # rounds the shift half up
+    high = b_int >> shift
+    low = b_int - (high << shift)
+    return (
+        np.ldexp(w_int, -shift[:, None]),
+        np.ldexp(low.astype(np.float64), -shift),
+        high.astype(np.float64),
+        shift,
+    )
+
+
 @dataclasses.dataclass
 class _Linear:
     """A quantised convolution as a linear map of its gathered input taps (rows tap-major, then channel).
@@ -300,25 +341,11 @@ class _Linear:
         bias = conv.bias.detach().cpu().double().numpy()
         if scale is not None:  # IEEE float64 products: correctly rounded, hence the same everywhere
             weight, bias = weight * scale, bias * scale
-        if weight.shape[1] > MAX_FAN_IN:
-            raise ValueError(f"fan-in {weight.shape[1]} exceeds {MAX_FAN_IN}")
-        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
-            raise ValueError("non-finite weights")
-        if np.abs(bias).max() >= MAX_BIAS:
-            raise ValueError(f"a bias exceeds {MAX_BIAS} in magnitude")
-        shift = np.array([_scale_exponent(float(m)) for m in np.abs(weight).max(axis=1)], dtype=np.int64)
-        if shift.min() < 0:
-            raise ValueError(f"weights too large for {WEIGHT_MAX.bit_length()}-bit quantisation")
-        w_int = np.rint(np.ldexp(weight, shift[:, None]))  # exact scaling, then round half to even
-        b_int = np.rint(np.ldexp(bias, shift + FA)).astype(np.int64)
-        b_int += np.where(shift > 0, 2 ** np.maximum(shift - 1, 0), 0)  # rounds the shift half up
-        high = b_int >> shift
-        low = b_int - (high << shift)
-        weight_t = torch.from_numpy(np.ascontiguousarray(np.ldexp(w_int, -shift[:, None]).T))
+        weight, low, high, shift = scaled_rows(weight, bias, FA)
         return cls(
-            weight_t,
-            torch.from_numpy(np.ldexp(low.astype(np.float64), -shift)),
-            torch.from_numpy(high.astype(np.float64)),
+            torch.from_numpy(np.ascontiguousarray(weight.T)),
+            torch.from_numpy(low),
+            torch.from_numpy(high),
             torch.from_numpy(shift),
         )
 

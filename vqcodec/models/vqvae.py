@@ -9,6 +9,7 @@ Levels are listed top first everywhere, as in the config.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import NamedTuple
@@ -290,28 +291,13 @@ class VQVAE(nn.Module):
     def encode(self, x: torch.Tensor, band_rows: int | None = None) -> list[torch.Tensor]:
         """Int64 codes [B, h_l, w_l] per level, top first. Never updates the codebooks.
 
-        ``band_rows`` bounds memory on large images: the codes are computed in bands of about that many
-        bottom-level code rows, each from the image rows under it and ``encode_halo()`` code rows
-        above and below, beyond which a pixel cannot change its codes.
+        ``band_rows`` bounds memory on large images (``encode_in_bands``).
         """
 
         def encode(image: torch.Tensor) -> list[torch.Tensor]:
             return [out.codes for out in self._quantize(image, update=False)]
 
-        stride, n = self.config.bottom_stride, self.config.n_levels
-        height, halo = x.shape[-2] // stride, self.encode_halo()
-        if band_rows is None or height <= band_rows + 2 * halo:
-            return encode(x)
-        factors = [2 ** (n - 1 - level) for level in range(n)]  # bottom rows per row
-        band = -(-band_rows // factors[0]) * factors[0]  # bands start on top-level rows
-        parts: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        for start in range(0, height, band):
-            stop = min(height, start + band)
-            lo, hi = max(0, start - halo), min(height, stop + halo)
-            codes = encode(x[..., lo * stride : hi * stride, :])
-            for part, level, f in zip(parts, codes, factors, strict=True):
-                part.append(level[..., (start - lo) // f : (stop - lo) // f, :])
-        return [torch.cat(part, dim=-2) for part in parts]
+        return encode_in_bands(encode, x, self.config, self.encode_halo(), band_rows)
 
     def encode_halo(self) -> int:
         """Bottom-level code rows beyond which a pixel cannot change a code, in whole top-level rows.
@@ -343,30 +329,13 @@ class VQVAE(nn.Module):
     def decode_codes(self, codes: list[torch.Tensor], band_rows: int | None = None) -> torch.Tensor:
         """The image (input convention, not clamped) for codes per level, top first.
 
-        ``band_rows`` bounds memory on large images: the image is decoded in bands of about that many
-        bottom-level code rows, each with ``decode_halo()`` rows of context above and below that the
-        decoder's receptive field needs, so the bands join without seams.
+        ``band_rows`` bounds memory on large images (``decode_in_bands``).
         """
-        if len(codes) != self.config.n_levels:
-            raise ValueError(f"{len(codes)} code maps for {self.config.n_levels} levels")
 
         def decode(maps: list[torch.Tensor]) -> torch.Tensor:
             return self._decode([q.embed(c) for q, c in zip(self.quantizers, maps, strict=True)])
 
-        height = codes[-1].shape[-2]
-        halo = self.decode_halo()
-        if band_rows is None or height <= band_rows + 2 * halo:
-            return decode(codes)
-        factors = [2 ** (len(codes) - 1 - level) for level in range(len(codes))]  # bottom rows per row
-        band = -(-band_rows // factors[0]) * factors[0]  # bands start on top-level rows
-        stride = self.config.bottom_stride
-        parts = []
-        for start in range(0, height, band):
-            stop = min(height, start + band)
-            lo, hi = max(0, start - halo), min(height, stop + halo)
-            image = decode([c[..., lo // f : -(-hi // f), :] for c, f in zip(codes, factors, strict=True)])
-            parts.append(image[..., (start - lo) * stride : (stop - lo) * stride, :])
-        return torch.cat(parts, dim=-2)
+        return decode_in_bands(decode, codes, self.config, self.decode_halo(), band_rows)
 
     def decode_halo(self) -> int:
         """Bottom-level code rows beyond which a code cannot change a decoded pixel, rounded up to whole
@@ -375,3 +344,57 @@ class VQVAE(nn.Module):
         unit = 2 ** (self.config.n_levels - 1)
         radius = self.config.n_res_blocks + 3 + unit
         return -(-radius // unit) * unit
+
+
+def encode_in_bands(
+    encode: Callable[[torch.Tensor], list[torch.Tensor]],
+    x: torch.Tensor,
+    config: VQVAEConfig,
+    halo: int,
+    band_rows: int | None,
+) -> list[torch.Tensor]:
+    """``encode(x)`` (images [B, C, H, W] to codes per level, top first), computed in bands of about
+    ``band_rows`` bottom-level code rows when that is given and the image is taller: each band from the
+    image rows under it and ``halo`` code rows above and below (``VQVAE.encode_halo``), beyond which a
+    pixel cannot change its codes, so the bands give the codes of the whole image."""
+    stride, n = config.bottom_stride, config.n_levels
+    height = x.shape[-2] // stride
+    if band_rows is None or height <= band_rows + 2 * halo:
+        return encode(x)
+    factors = [2 ** (n - 1 - level) for level in range(n)]  # bottom rows per row
+    band = -(-band_rows // factors[0]) * factors[0]  # bands start on top-level rows
+    parts: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for start in range(0, height, band):
+        stop = min(height, start + band)
+        lo, hi = max(0, start - halo), min(height, stop + halo)
+        codes = encode(x[..., lo * stride : hi * stride, :])
+        for part, level, f in zip(parts, codes, factors, strict=True):
+            part.append(level[..., (start - lo) // f : (stop - lo) // f, :])
+    return [torch.cat(part, dim=-2) for part in parts]
+
+
+def decode_in_bands(
+    decode: Callable[[list[torch.Tensor]], torch.Tensor],
+    codes: list[torch.Tensor],
+    config: VQVAEConfig,
+    halo: int,
+    band_rows: int | None,
+) -> torch.Tensor:
+    """``decode(codes)`` (codes per level, top first, to images [B, C, H, W]), computed in bands of about
+    ``band_rows`` bottom-level code rows when that is given and the map is taller: each band with
+    ``halo`` rows of context above and below that the decoder's receptive field needs
+    (``VQVAE.decode_halo``), so the bands join without seams."""
+    if len(codes) != config.n_levels:
+        raise ValueError(f"{len(codes)} code maps for {config.n_levels} levels")
+    height = codes[-1].shape[-2]
+    if band_rows is None or height <= band_rows + 2 * halo:
+        return decode(codes)
+    factors = [2 ** (len(codes) - 1 - level) for level in range(len(codes))]  # bottom rows per row
+    band = -(-band_rows // factors[0]) * factors[0]  # bands start on top-level rows
+    parts = []
+    for start in range(0, height, band):
+        stop = min(height, start + band)
+        lo, hi = max(0, start - halo), min(height, stop + halo)
+        image = decode([c[..., lo // f : -(-hi // f), :] for c, f in zip(codes, factors, strict=True)])
+        parts.append(image[..., (start - lo) * config.bottom_stride : (stop - lo) * config.bottom_stride, :])
+    return torch.cat(parts, dim=-2)

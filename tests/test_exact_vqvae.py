@@ -1,0 +1,123 @@
+"""The exact integer VQ-VAE (exact.md §10-11): each layer is the convolution it mirrors, computed
+exactly; the whole is the float model up to rounding; pixels and bytes do not depend on threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqcodec.coding.exact import scaled_rows
+from vqcodec.coding.exact_vqvae import FP, ExactVQVAE, _Conv
+from vqcodec.models.config import tiny_config
+from vqcodec.models.model import CodecModel, to_uint8
+
+
+def _reference(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """exact.md §10.1 with torch's own float64 convolution (im2col and GEMM on the CPU: exact too)."""
+    weight = conv.weight.detach().double()
+    rows = weight.permute(1, 0, 2, 3) if isinstance(conv, nn.ConvTranspose2d) else weight
+    scaled, low, high, _ = scaled_rows(rows.flatten(1).numpy(), conv.bias.detach().double().numpy(), FP)
+    scaled = torch.from_numpy(scaled).view(rows.shape)
+    nchw = x.permute(2, 0, 1)[None]
+    args = dict(bias=torch.from_numpy(low), stride=conv.stride, padding=conv.padding)
+    if isinstance(conv, nn.ConvTranspose2d):
+        out = F.conv_transpose2d(nchw, scaled.permute(1, 0, 2, 3), **args)
+    else:
+        out = F.conv2d(nchw, scaled, **args)
+    out = out[0].permute(1, 2, 0).floor() + torch.from_numpy(high)
+    return out.clamp(-(2**20 - 1), 2**20 - 1)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.Conv2d(6, 5, 1),
+        nn.Conv2d(6, 5, 4, stride=2, padding=1),
+        nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1),
+    ],
+    ids=["3x3", "1x1", "down", "up"],
+)
+def test_each_convolution_is_the_one_it_mirrors(conv: nn.Module) -> None:
+    torch.manual_seed(0)
+    x = torch.randint(-(2**20) + 1, 2**20, (10, 14, 6)).double()
+    np.testing.assert_array_equal(_Conv.from_float(conv)(x).numpy(), _reference(conv, x).numpy())
+
+
+def test_unsupported_convolutions_are_refused() -> None:
+    with pytest.raises(ValueError, match="no exact form"):
+        _Conv.from_float(nn.Conv2d(3, 3, 2))
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[CodecModel, ExactVQVAE, torch.Tensor]:
+    """A tiny model whose codebooks a training pass seeded, its exact VQ-VAE and 2 images [2, 3, 64, 96]."""
+    torch.manual_seed(0)
+    model = CodecModel(tiny_config())
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(96.0), indexing="ij")
+    planes = [0.5 + 0.4 * torch.sin(x / (7 + i) + y / (5 + 2 * i)) for i in range(6)]
+    images = (torch.stack(planes).view(2, 3, 64, 96) * 255).round().to(torch.uint8)
+    model.vqvae.train()
+    with torch.no_grad():
+        model.vqvae(images.float() / 255 - 0.5)
+    model.eval()
+    return model, ExactVQVAE(model.vqvae), images
+
+
+def test_the_exact_model_is_the_float_one_up_to_rounding(models: tuple) -> None:
+    model, exact, images = models
+    with torch.no_grad():
+        codes = model.vqvae.encode(images.float() / 255 - 0.5)
+        floats = to_uint8(model.vqvae.decode_codes(codes))
+    pixels = exact.decode(codes)
+    assert pixels.dtype == torch.uint8 and pixels.shape == images.shape
+    differ = (pixels.int() - floats.int()).abs()
+    assert differ.max() <= 1 and (differ > 0).float().mean() < 0.01
+    same = [(a == b).float().mean() for a, b in zip(exact.encode(images), codes, strict=True)]
+    assert min(same) > 0.97
+
+
+def test_bands_give_the_pixels_and_codes_of_the_whole(models: tuple) -> None:
+    _, exact, images = models
+    codes = exact.encode(images)
+    whole = exact.decode(codes)
+    for band_rows in (1, 2, 4):  # bottom-level code rows; the map has 16
+        assert torch.equal(exact.decode(codes, band_rows), whole)
+    tall = images.transpose(-1, -2).contiguous()  # 96 pixels tall
+    assert all(torch.equal(a, b) for a, b in zip(exact.encode(tall, 2), exact.encode(tall), strict=True))
+
+
+_WORKER = textwrap.dedent(
+    """
+    import hashlib, io, sys
+    import numpy as np
+    import vqcodec
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:192, 0:256] / 24.0
+    rgb = 127 + 80 * np.sin(x[..., None] * [1.0, 1.3, 0.7] + y[..., None]) + rng.normal(0, 12, (192, 256, 3))
+    data = vqcodec.compress(np.clip(rgb, 0, 255).astype(np.uint8), quality=4)
+    pixels = np.asarray(vqcodec.decompress(data))
+    print(hashlib.sha256(data).hexdigest(), hashlib.sha256(pixels.tobytes()).hexdigest())
+    """
+)
+
+
+def test_bytes_and_pixels_do_not_depend_on_the_thread_count() -> None:
+    """The bundled model, in fresh processes with 1 and 2 OpenMP threads (torch reads them at start)."""
+    results = set()
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        run = subprocess.run(
+            [sys.executable, "-c", _WORKER], env=env, capture_output=True, text=True, check=True
+        )
+        results.add(run.stdout.strip())
+    assert len(results) == 1, results
+    assert all(len(h) == 64 for h in results.pop().split())

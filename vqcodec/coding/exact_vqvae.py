@@ -1,0 +1,285 @@
+"""Exact integer inference of the VQ-VAE: the same pixels, and the same codes, on every platform.
+
+The priors' tables were already exact (``exact.py``); the pixels were not: the float decoder gave
+pixels that moved by one level with the thread count, and the float encoder chose other codes (hence
+other bytes) near ties. This module is the integer mirror of ``models/vqvae.py`` that
+``bitstream_spec/exact.md`` §10 makes normative for the decoder (codes to pixels) and §11 describes for
+the encoder (pixels to codes), with the priors' arithmetic (§3, §5, §8) at ``FP`` fractional bits:
+
+* every activation is an integer at ``FP`` clamped to ``|x| <= ACT_MAX``; weights are the priors'
+  15-bit integers with a power-of-two scale per output channel;
+* a convolution is a sum of one float64 GEMM per kernel tap on a zero-padded channels-last map, whose
+  partial sums are integers (times ``2**-s_c``) below ``2**52``: exact whatever the BLAS, thread count
+  or device. Strided and transposed convolutions become stride-1 taps (space-to-depth; one set of
+  taps per output parity), so no im2col, FFT or Winograd path is ever taken;
+* ReLU, residual sums, clamps and the final rounding to 8-bit pixels are exact float64 operations on
+  integers below ``2**53``; the encoder's nearest codeword compares exact integer distances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vqcodec.coding.exact import ACT_MAX, scaled_rows
+from vqcodec.models.config import VQVAEConfig
+from vqcodec.models.vqvae import VQVAE, ResBlock, decode_in_bands, encode_in_bands
+
+FP = 14
+"""Fractional bits of every VQ-VAE activation: the float model's activations stay below 16 on Kodak,
+so ``ACT_MAX`` (2**20 - 1) leaves them a range of 64 with a resolution of 2**-14."""
+
+Map = Tensor
+"""A channels-last map [H, W, C] of integer-valued float64 at FP."""
+
+
+def _input_table() -> Tensor:
+    """``rhe((p / 255 - 1/2) 2**FP)`` for p = 0..255 (no ties: 255 is odd), in exact integers."""
+    values = []
+    for p in range(256):
+        numerator = (2 * p - 255) * 2 ** (FP - 1)  # (p / 255 - 1/2) 2**FP = numerator / 255
+        values.append((2 * numerator + 255) // 510)
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _pixels(x: Map) -> Tensor:
+    """8-bit pixels ``clamp(rshr(255 x + 255 2**(FP-1), FP), 0, 255)`` of an output map at FP."""
+    scaled = x.mul(255.0).add_(255.0 * 2 ** (FP - 1) + 2 ** (FP - 1)).mul_(2.0**-FP).floor_()
+    return scaled.clamp_(0, 255).to(torch.uint8)
+
+
+def _pad(x: Map, top: int, bottom: int, left: int, right: int) -> Map:
+    """``x`` with zero rows and columns around it, and one more zero row below: the flat tap slices
+    of the last output row read up to ``dx`` values past the padded map's end."""
+    h, w, c = x.shape
+    out = x.new_zeros(h + top + bottom + 1, w + left + right, c)
+    out[top : top + h, left : left + w] = x
+    return out
+
+
+def _taps(padded: Map, taps: list[tuple[int, int]], weights: Tensor, bias: Tensor, height: int) -> Tensor:
+    """``bias + sum over taps (dy, dx) of padded[y + dy, x + dx] @ weights[tap]`` for ``y < height`` and
+    every column of ``padded`` (columns past the output's width are garbage): one GEMM per tap on a flat
+    slice of the map, float64 [height, padded width, out]."""
+    _, width, c = padded.shape
+    flat = padded.view(-1, c)
+    n = height * width
+    out = bias.expand(n, -1).clone()
+    for (dy, dx), weight in zip(taps, weights, strict=True):
+        start = dy * width + dx
+        out.addmm_(flat[start : start + n], weight)
+    return out.view(height, width, -1)
+
+
+@dataclasses.dataclass
+class _Conv:
+    """A quantised convolution (exact.md §10.1): ``kind`` "same" (k x k, stride 1, padding k // 2),
+    "down" (4 x 4, stride 2, padding 1) or "up" (transposed 4 x 4, stride 2, padding 1)."""
+
+    kind: str
+    taps: list[list[tuple[int, int]]]  # per output parity for "up", else one list
+    weights: list[Tensor]  # float64 [taps, in, out] per list of taps: W_c 2**-s_c
+    bias_low: Tensor  # float64 [out]
+    bias_high: Tensor  # float64 [out]
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d | nn.ConvTranspose2d) -> _Conv:
+        weight = conv.weight.detach().cpu().double()
+        k, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        if isinstance(conv, nn.ConvTranspose2d):
+            kind = "up" if (k, stride, padding) == (4, 2, 1) else ""
+            weight = weight.permute(1, 0, 2, 3)  # [out, in, kh, kw] like a convolution
+        else:
+            kind = "same" if stride == 1 and k % 2 and padding == k // 2 else ""
+            kind = "down" if (k, stride, padding) == (4, 2, 1) else kind
+        if not kind or conv.kernel_size[0] != conv.kernel_size[1] or conv.bias is None:
+            raise ValueError(f"no exact form for {conv}")
+        rows, low, high, _ = scaled_rows(
+            weight.flatten(1).numpy(), conv.bias.detach().cpu().double().numpy(), FP
+        )
+        scaled = torch.from_numpy(rows).view(weight.shape)  # [out, in, kh, kw]
+
+        def kernel(taps: list[tuple[int, int]], ky_kx: Callable[[int, int], tuple[int, int]]) -> Tensor:
+            return torch.stack([scaled[:, :, ky, kx].t() for ky, kx in (ky_kx(dy, dx) for dy, dx in taps)])
+
+        if kind == "same":
+            taps = [[(ky, kx) for ky in range(k) for kx in range(k)]]
+            weights = [kernel(taps[0], lambda dy, dx: (dy, dx))]
+        elif kind == "down":  # a 2x2 convolution of the space-to-depth map: channels (by, bx, in)
+            taps = [[(ay, ax) for ay in range(2) for ax in range(2)]]
+            blocks = scaled.view(scaled.shape[0], scaled.shape[1], 2, 2, 2, 2)  # [out, in, ay, by, ax, bx]
+            per_tap = blocks.permute(2, 4, 3, 5, 1, 0)  # [ay, ax, by, bx, in, out]
+            weights = [per_tap.reshape(4, -1, scaled.shape[0]).contiguous()]
+        else:  # output row 2m + p reads padded input row m + dy with kernel row _UP_TAPS[p][dy]
+            taps, weights = [], []
+            for py in range(2):
+                for px in range(2):
+                    taps.append([(dy, dx) for dy in _UP_TAPS[py] for dx in _UP_TAPS[px]])
+                    weights.append(kernel(taps[-1], lambda dy, dx, py=py, px=px: _up_kernel(py, px, dy, dx)))
+        return cls(kind, taps, weights, torch.from_numpy(low), torch.from_numpy(high))
+
+    def __call__(self, x: Map) -> Map:
+        h, w, c = x.shape
+        if self.kind == "same" and len(self.taps[0]) == 1:  # 1x1: one GEMM over all positions
+            out = torch.addmm(self.bias_low, x.reshape(-1, c), self.weights[0][0]).view(h, w, -1)
+        elif self.kind == "same":
+            r = self.taps[0][-1][0] // 2
+            out = _taps(_pad(x, r, r, r, r), self.taps[0], self.weights[0], self.bias_low, h)[:, :w]
+        elif self.kind == "down":
+            padded = _pad(x, 1, 1, 1, 1)[: h + 2]  # [h + 2, w + 2, c], even sides
+            s2d = padded.view(h // 2 + 1, 2, w // 2 + 1, 2, c).permute(0, 2, 1, 3, 4)
+            s2d = _pad(s2d.reshape(h // 2 + 1, w // 2 + 1, 4 * c), 0, 0, 0, 0)
+            out = _taps(s2d, self.taps[0], self.weights[0], self.bias_low, h // 2)[:, : w // 2]
+        else:
+            padded = _pad(x, 1, 1, 1, 1)
+            out = x.new_empty(h, 2, w, 2, len(self.bias_low))
+            for parity, (taps, weights) in enumerate(zip(self.taps, self.weights, strict=True)):
+                py, px = divmod(parity, 2)
+                out[:, py, :, px] = _taps(padded, taps, weights, self.bias_low, h)[:, :w]
+            out = out.view(2 * h, 2 * w, -1)
+        return out.floor_().add_(self.bias_high).clamp_(-ACT_MAX, ACT_MAX)
+
+
+_UP_TAPS = ({1: 1, 0: 3}, {2: 0, 1: 2})
+"""For a transposed 4x4 convolution with stride 2 and padding 1: output row ``2m + p`` reads the input
+row ``m + dy - 1`` (``dy`` an offset into the input padded by one row) with kernel row
+``_UP_TAPS[p][dy]``; columns alike."""
+
+
+def _up_kernel(py: int, px: int, dy: int, dx: int) -> tuple[int, int]:
+    return _UP_TAPS[py][dy], _UP_TAPS[px][dx]
+
+
+def _relu(x: Map) -> Map:
+    return x.clamp(min=0)
+
+
+@dataclasses.dataclass
+class _Res:
+    """``clamp(x + conv2(relu(conv1(relu(x)))))``: a VQ-VAE ResBlock."""
+
+    conv1: _Conv
+    conv2: _Conv
+
+    def __call__(self, x: Map) -> Map:
+        return (x + self.conv2(_relu(self.conv1(_relu(x))))).clamp_(-ACT_MAX, ACT_MAX)
+
+
+Layer = Callable[[Map], Map]
+
+
+def _layers(net: nn.Module) -> list[Layer]:
+    """The exact layers of an ``nn.Sequential`` of convolutions, ReLUs and ResBlocks, in order."""
+    layers: list[Layer] = []
+    for module in net:
+        if isinstance(module, nn.ReLU):
+            layers.append(_relu)
+        elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            layers.append(_Conv.from_float(module))
+        elif isinstance(module, ResBlock):
+            layers.append(_Res(_Conv.from_float(module.net[1]), _Conv.from_float(module.net[3])))
+        else:
+            raise ValueError(f"no exact form for {type(module).__name__}")
+    return layers
+
+
+def _run(layers: list[Layer], x: Map) -> Map:
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+class ExactVQVAE:
+    """The integer VQ-VAE of one float ``VQVAE``: ``decode`` is normative (exact.md §10), ``encode``
+    the reference encoder (§11)."""
+
+    def __init__(self, vqvae: VQVAE) -> None:
+        self.config: VQVAEConfig = vqvae.config
+        self._encode_halo, self._decode_halo = vqvae.encode_halo(), vqvae.decode_halo()
+        self.codebooks = [
+            torch.from_numpy(np.rint(np.ldexp(q.embedding.detach().cpu().double().numpy(), FP))).clamp_(
+                -ACT_MAX, ACT_MAX
+            )
+            for q in vqvae.quantizers
+        ]
+        self.encoders = [_layers(encoder.net) for encoder in vqvae.encoders]
+        self.quant_convs = [_Conv.from_float(conv) for conv in vqvae.quant_convs]
+        self.context_decoders = [_layers(decoder.net) for decoder in vqvae.context_decoders]
+        self.upsamplers = [_layers(upsampler) for upsampler in vqvae.upsamplers]
+        self.decoder = _layers(vqvae.decoder.net)
+        self.inputs = _input_table()
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> ExactVQVAE:
+        """This model with every tensor on ``device`` (in place)."""
+        self.device = torch.device(device)
+
+        def move(obj: object) -> object:
+            if isinstance(obj, Tensor):
+                return obj.to(self.device)
+            if isinstance(obj, list):
+                return [move(item) for item in obj]
+            if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+                for field in dataclasses.fields(obj):
+                    setattr(obj, field.name, move(getattr(obj, field.name)))
+            return obj
+
+        for name in ("codebooks", "encoders", "quant_convs", "context_decoders", "upsamplers", "decoder"):
+            setattr(self, name, move(getattr(self, name)))
+        self.inputs = self.inputs.to(self.device)
+        return self
+
+    @torch.inference_mode()
+    def decode(self, codes: list[Tensor], band_rows: int | None = None) -> Tensor:
+        """uint8 pixels [B, 3, H, W] of int64 code maps [B, h_l, w_l], top first (exact.md §10)."""
+
+        def decode(maps: list[Tensor]) -> Tensor:
+            return torch.stack([self.decode_maps([m[i] for m in maps]) for i in range(len(maps[0]))])
+
+        return decode_in_bands(decode, codes, self.config, self._decode_halo, band_rows)
+
+    def decode_maps(self, codes: list[Tensor]) -> Tensor:
+        """uint8 pixels [3, H, W] of one image's int64 code maps [h_l, w_l], top first."""
+        levels = [
+            _run(up, book[c.to(self.device)])
+            for up, book, c in zip(self.upsamplers, self.codebooks, codes, strict=True)
+        ]
+        return _pixels(_run(self.decoder, torch.cat(levels, dim=2))).permute(2, 0, 1)
+
+    @torch.inference_mode()
+    def encode(self, pixels: Tensor, band_rows: int | None = None) -> list[Tensor]:
+        """int64 codes [B, h_l, w_l] per level, top first, of uint8 pixels [B, 3, H, W] (exact.md §11)."""
+
+        def encode(images: Tensor) -> list[Tensor]:
+            per_image = [self.encode_image(image) for image in images]
+            return [torch.stack(level) for level in zip(*per_image, strict=True)]
+
+        m = self.config.multiple
+        if pixels.shape[-2] % m or pixels.shape[-1] % m:
+            raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of {m}")
+        return encode_in_bands(encode, pixels, self.config, self._encode_halo, band_rows)
+
+    def encode_image(self, pixels: Tensor) -> list[Tensor]:
+        """int64 code maps [h_l, w_l], top first, of one image's uint8 pixels [3, H, W]."""
+        x = self.inputs[pixels.to(self.device).permute(1, 2, 0).long()]
+        features = []
+        for layers in reversed(self.encoders):
+            x = _run(layers, x)
+            features.append(x)
+        features.reverse()
+        codes, context = [], features[0][..., :0]
+        for level, feature in enumerate(features):
+            z = self.quant_convs[level](torch.cat([feature, context], dim=2))
+            book = self.codebooks[level]
+            # |z|^2 - 2 z.e + |e|^2 without |z|^2: integers below 2**48, so exact; argmin takes the
+            # first of equal distances on every device
+            scores = torch.addmm(book.square().sum(1), z.flatten(0, 1), book.t(), alpha=-2.0)
+            level_codes = scores.argmin(1).view(z.shape[:2])
+            codes.append(level_codes)
+            if level < len(self.context_decoders):
+                context = _run(self.context_decoders[level], torch.cat([book[level_codes], context], dim=2))
+        return codes
