@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqcodec.coding.exact import ACT_MAX, scaled_rows
@@ -55,10 +56,7 @@ def _pixels(x: Map) -> Tensor:
 def _pad(x: Map, top: int, bottom: int, left: int, right: int) -> Map:
     """``x`` with zero rows and columns around it, and one more zero row below: the flat tap slices
     of the last output row read up to ``dx`` values past the padded map's end."""
-    h, w, c = x.shape
-    out = x.new_zeros(h + top + bottom + 1, w + left + right, c)
-    out[top : top + h, left : left + w] = x
-    return out
+    return F.pad(x, (0, 0, left, right, top, bottom + 1))
 
 
 def _taps(padded: Map, taps: list[tuple[int, int]], weights: Tensor, bias: Tensor, height: int) -> Tensor:
