@@ -7,8 +7,8 @@
 Each side runs in a child process of its own (its checkout's source first on the path) that loads its
 model (``--models``: a bundled name or a model file per side; the default model otherwise). Then, image
 by image, ``--rounds`` times, each side in turn (first in every other pair) compresses the image
-(``Codec.compress``: the VQ-VAE and the priors' one pass) and decodes the codes back
-(``Codec.decode_codes``: the priors' walk, no pixels).
+(``Codec.compress``: the VQ-VAE encoder and the priors' one pass) and decodes it back
+(``Codec.decompress``: the priors' walk and the VQ-VAE decoder's pixels).
 On a shared machine whose speed drifts by tens of percent within minutes, alternating puts both under
 the same conditions; the medians of the per-pair ratios are the figures to quote. The bytes of the
 first round's files tell what another model's priors cost.
@@ -30,14 +30,14 @@ from PIL import Image
 import vqcodec
 codec = vqcodec.load_model(sys.argv[2], device=sys.argv[1])
 images = [np.asarray(Image.open(path).convert("RGB")) for path in sys.argv[3:]]
-codec.decode_codes(codec.compress(images[0]))
+codec.decompress(codec.compress(images[0]))
 print(vqcodec.__file__, flush=True)
 for line in sys.stdin:
     tick = time.perf_counter()
     data = codec.compress(images[int(line)])
     encode = time.perf_counter() - tick
     tick = time.perf_counter()
-    codec.decode_codes(data)
+    codec.decompress(data)
     print(encode, time.perf_counter() - tick, len(data), flush=True)
 """
 
@@ -95,8 +95,8 @@ def main() -> None:
     sizes = [sum(r[2] for r in side[: len(paths)]) for side in results]  # the first round's files
     for root, model, side, size in zip((args.before, args.after), args.models, results, sizes, strict=True):
         encode, decode = (statistics.median(r[i] for r in side) for i in (0, 1))
-        print(f"{root} ({model}): median compress {encode:.3f} s, decode_codes {decode:.3f} s; {size} bytes")
-    for i, what in enumerate(("compress", "decode_codes")):
+        print(f"{root} ({model}): median compress {encode:.3f} s, decompress {decode:.3f} s; {size} bytes")
+    for i, what in enumerate(("compress", "decompress")):
         ratios = [after[i] / before[i] for before, after in zip(*results, strict=True)]
         print(f"after / before, {what}: median {statistics.median(ratios):.3f} over {len(ratios)} pairs")
     print(f"after / before, bytes: {sizes[1] / sizes[0]:.4f}")
