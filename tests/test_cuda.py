@@ -1,5 +1,5 @@
-"""CPU <-> GPU with the bundled model: the same codes pack to the same bytes, and files written on one
-device decode on the other (the GPU steps through CUDA graphs). Needs CUDA; skipped without it."""
+"""CPU <-> GPU with the bundled model: the same image gives the same bytes and pixels, and files written
+on one device decode on the other (the GPU steps through CUDA graphs). Needs CUDA; skipped without it."""
 
 from __future__ import annotations
 
@@ -77,3 +77,16 @@ def test_bands_encode_like_the_whole_image_on_the_gpu(
     whole = gpu.image_codes(rgb)
     monkeypatch.setattr(codec_module, "ENCODE_BAND_CODES", 30 * 8)  # bands of 8 bottom rows
     assert same(gpu.image_codes(rgb), whole)
+
+
+def test_an_image_gives_the_same_bytes_and_pixels_on_both_devices(codecs: tuple[Codec, Codec]) -> None:
+    """The exact VQ-VAE (exact.md §10-11): the encoder's codes and the decoded pixels do not depend on
+    the device."""
+    cpu, gpu = codecs
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[0:192, 0:256] / 24.0
+    rgb = 127 + 80 * np.sin(x[..., None] * [1.0, 1.3, 0.7] + y[..., None]) + rng.normal(0, 12, (192, 256, 3))
+    image = np.clip(rgb, 0, 255).astype(np.uint8)
+    data = cpu.compress(image)
+    assert gpu.compress(image) == data
+    assert np.array_equal(np.asarray(gpu.decompress(data)), np.asarray(cpu.decompress(data)))

@@ -19,6 +19,7 @@ the encoder (pixels to codes), with the priors' arithmetic (§3, §5, §8) at ``
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -73,6 +74,12 @@ def _taps(padded: Map, taps: list[tuple[int, int]], weights: Tensor, bias: Tenso
     return out.view(height, width, -1)
 
 
+_UP_TAPS = ({1: 1, 0: 3}, {2: 0, 1: 2})
+"""For a transposed 4x4 convolution with stride 2 and padding 1: output row ``2m + p`` reads the input
+row ``m + dy - 1`` (``dy`` an offset into the input padded by one row) with kernel row
+``_UP_TAPS[p][dy]``; columns alike."""
+
+
 @dataclasses.dataclass
 class _Conv:
     """A quantised convolution (exact.md §10.1): ``kind`` "same" (k x k, stride 1, padding k // 2),
@@ -94,30 +101,32 @@ class _Conv:
         else:
             kind = "same" if stride == 1 and k % 2 and padding == k // 2 else ""
             kind = "down" if (k, stride, padding) == (4, 2, 1) else kind
-        if not kind or conv.kernel_size[0] != conv.kernel_size[1] or conv.bias is None:
+        plain = conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is not None
+        if isinstance(conv, nn.ConvTranspose2d):
+            plain = plain and conv.output_padding == (0, 0)
+        if not kind or not plain or conv.kernel_size[0] != conv.kernel_size[1]:
             raise ValueError(f"no exact form for {conv}")
         rows, low, high, _ = scaled_rows(
             weight.flatten(1).numpy(), conv.bias.detach().cpu().double().numpy(), FP
         )
         scaled = torch.from_numpy(rows).view(weight.shape)  # [out, in, kh, kw]
 
-        def kernel(taps: list[tuple[int, int]], ky_kx: Callable[[int, int], tuple[int, int]]) -> Tensor:
-            return torch.stack([scaled[:, :, ky, kx].t() for ky, kx in (ky_kx(dy, dx) for dy, dx in taps)])
+        def per_tap(kernel_offsets: list[tuple[int, int]]) -> Tensor:  # [taps, in, out]
+            return torch.stack([scaled[:, :, ky, kx].t() for ky, kx in kernel_offsets])
 
         if kind == "same":
             taps = [[(ky, kx) for ky in range(k) for kx in range(k)]]
-            weights = [kernel(taps[0], lambda dy, dx: (dy, dx))]
+            weights = [per_tap(taps[0])]
         elif kind == "down":  # a 2x2 convolution of the space-to-depth map: channels (by, bx, in)
             taps = [[(ay, ax) for ay in range(2) for ax in range(2)]]
             blocks = scaled.view(scaled.shape[0], scaled.shape[1], 2, 2, 2, 2)  # [out, in, ay, by, ax, bx]
-            per_tap = blocks.permute(2, 4, 3, 5, 1, 0)  # [ay, ax, by, bx, in, out]
-            weights = [per_tap.reshape(4, -1, scaled.shape[0]).contiguous()]
-        else:  # output row 2m + p reads padded input row m + dy with kernel row _UP_TAPS[p][dy]
+            per_block = blocks.permute(2, 4, 3, 5, 1, 0)  # [ay, ax, by, bx, in, out]
+            weights = [per_block.reshape(4, -1, scaled.shape[0]).contiguous()]
+        else:  # four 2x2 convolutions of the input padded by 1, one per output parity (py, px)
             taps, weights = [], []
-            for py in range(2):
-                for px in range(2):
-                    taps.append([(dy, dx) for dy in _UP_TAPS[py] for dx in _UP_TAPS[px]])
-                    weights.append(kernel(taps[-1], lambda dy, dx, py=py, px=px: _up_kernel(py, px, dy, dx)))
+            for rows, cols in itertools.product(_UP_TAPS, _UP_TAPS):
+                taps.append([(dy, dx) for dy in rows for dx in cols])
+                weights.append(per_tap([(rows[dy], cols[dx]) for dy, dx in taps[-1]]))
         return cls(kind, taps, weights, torch.from_numpy(low), torch.from_numpy(high))
 
     def __call__(self, x: Map) -> Map:
@@ -140,16 +149,6 @@ class _Conv:
                 out[:, py, :, px] = _taps(padded, taps, weights, self.bias_low, h)[:, :w]
             out = out.view(2 * h, 2 * w, -1)
         return out.floor_().add_(self.bias_high).clamp_(-ACT_MAX, ACT_MAX)
-
-
-_UP_TAPS = ({1: 1, 0: 3}, {2: 0, 1: 2})
-"""For a transposed 4x4 convolution with stride 2 and padding 1: output row ``2m + p`` reads the input
-row ``m + dy - 1`` (``dy`` an offset into the input padded by one row) with kernel row
-``_UP_TAPS[p][dy]``; columns alike."""
-
-
-def _up_kernel(py: int, px: int, dy: int, dx: int) -> tuple[int, int]:
-    return _UP_TAPS[py][dy], _UP_TAPS[px][dx]
 
 
 def _relu(x: Map) -> Map:
