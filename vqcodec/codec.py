@@ -66,9 +66,10 @@ Progress = Callable[[int, int], None]
 """Called after every wavefront step with (steps done, steps in all)."""
 
 
-ENCODE_BAND_CODES = 2**18
+ENCODE_BAND_CODES = 2**16
 """Bottom-level codes the VQ-VAE encoder computes at once (plus its halo, ``VQVAE.encode_halo``): bounds
-the memory of encoding a large image (a 3840x2160 one in 2 bands) instead of growing with its area."""
+the memory of encoding a large image (a 3840x2160 one in 8 bands) instead of growing with its area. The
+exact encoder's float64 maps take twice the float32 ones' memory; larger bands were not faster."""
 
 RENDER_BAND_CODES = 2**16
 """Bottom-level codes the VQ-VAE decoder turns into pixels at once (plus its halo): bounds the memory
