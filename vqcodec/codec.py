@@ -120,7 +120,7 @@ class Decoded:
 
 
 class Codec:
-    """A model ready to code: the CodecModel, the SHA-256 of its file and its exact priors."""
+    """A model ready to code: the CodecModel, the SHA-256 of its file, its exact priors and VQ-VAE."""
 
     def __init__(self, model: CodecModel, sha256: str, name: str | None = None) -> None:
         self.model = model.eval()
