@@ -170,10 +170,10 @@ def test_tiles_are_coded_as_independent_images(codec: Codec, monkeypatch: pytest
 def test_tiled_round_trip_is_exact(codec: Codec, tile: int | None, size: tuple[int, int] | None):
     """A 170 x 97 image, padded to 176 x 104 (13 x 22 top-level codes), cut as evenly as it can be."""
     image = Image.fromarray(smooth(170, 97, seed=6))
-    data = codec.compress(image, tile=tile)
+    data, codes = codec.encode(codec.source(image), tile=tile)
     assert VQZFile.from_bytes(data).tile == size
     decoded = codec.decode_codes(data)
-    for mine, theirs in zip(decoded.codes, codec.image_codes(np.asarray(image)), strict=True):
+    for mine, theirs in zip(decoded.codes, codes, strict=True):
         np.testing.assert_array_equal(mine, theirs)
     if tile == 192:  # one tile: the whole maps, the same bytes as without tiles
         assert data == codec.compress(image, tile=None)
@@ -295,6 +295,10 @@ def test_progress_counts_every_wavefront(codec: Codec):
     codec.compress(smooth(16, 24), progress=lambda done, total: calls.append((done, total)))
     total = n_steps(3, 2) + n_steps(6, 4)  # the top and bottom maps of a 16 x 24 image
     assert calls == [(i, total) for i in range(1, total + 1)]
+    calls.clear()  # with the rate-distortion choice of both levels: each level's walk first
+    codec.compress(smooth(16, 24), progress=lambda done, total: calls.append((done, total)), effort=2)
+    total *= 2
+    assert calls == [(i, total) for i in range(1, total + 1)]
 
 
 @pytest.mark.parametrize("one_at_a_time", [False, True])
@@ -332,9 +336,9 @@ def test_tall_images_are_encoded_in_bands(codec: Codec, monkeypatch: pytest.Monk
     monkeypatch.setattr(codec_module, "ENCODE_BAND_CODES", 64)
     passes, encode = [], codec.exact_vqvae.encode_image
 
-    def counted(pixels: torch.Tensor) -> list:
+    def counted(pixels: torch.Tensor, *args: object) -> list:
         passes.append(pixels)
-        return encode(pixels)
+        return encode(pixels, *args)
 
     monkeypatch.setattr(codec.exact_vqvae, "encode_image", counted)
     banded = codec.image_codes(rgb)

@@ -93,6 +93,11 @@ def test_bands_give_the_pixels_and_codes_of_the_whole(models: tuple) -> None:
         assert torch.equal(exact.decode(codes, band_rows), whole)
     tall = images.transpose(-1, -2).contiguous()  # 96 pixels tall
     assert all(torch.equal(a, b) for a, b in zip(exact.encode(tall, 2), exact.encode(tall), strict=True))
+    top = torch.randint(0, 32, exact.encode(tall)[0].shape)  # fixed top codes, with candidates
+    whole, banded = exact.encode(tall, None, 3, [top]), exact.encode(tall, 2, 3, [top])
+    assert torch.equal(whole[0], top) and len(whole) == 2 + 2 * 2
+    assert all(torch.equal(a, b) for a, b in zip(banded, whole, strict=True))
+    assert torch.equal(whole[4][:, 0], whole[1])  # the bottom's nearest candidate is its code
 
 
 _WORKER = textwrap.dedent(

@@ -27,6 +27,7 @@ from PIL import Image
 
 from vqcodec.errors import ModelFileError, ModelMismatchError, VQZError
 from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, MAX_QUALITY, MIN_QUALITY, describe_qualities
+from vqcodec.rdo import DEFAULT_EFFORT, EFFORTS
 from vqcodec.threads import limited
 
 EXIT_BAD_INPUT = 1
@@ -393,6 +394,16 @@ def _check_vqz_name(target: str) -> None:
 )
 @click.option("--strip", is_flag=True, help="Keep no metadata (the same as --metadata none).")
 @click.option(
+    "--effort",
+    "-e",
+    type=click.IntRange(min(EFFORTS), max(EFFORTS)),
+    default=DEFAULT_EFFORT,
+    show_default=True,
+    help="Rate-distortion code choice: at each position the encoder may take a codeword near the nearest"
+    " that the prior finds cheaper. 0: always the nearest (fastest); 1: for the bottom level; 2: for"
+    " every level (smallest files). Decoding takes the same time at any effort.",
+)
+@click.option(
     "--format",
     "out_format",
     type=click.Choice(["vqz"]),
@@ -417,6 +428,7 @@ def compress(
     tile: int,
     metadata: str,
     strip: bool,
+    effort: int,
     out_format: str | None,
     device: str | None,
     threads: int | None,
@@ -440,6 +452,7 @@ def compress(
       vqcodec compress --target-size 10000 photo.png at-most-10kB.vqz
       vqcodec compress *.png -o compressed/         # compressed/NAME.vqz for each
       vqcodec compress --strip --tile 0 photo.jpg photo.vqz
+      vqcodec compress --effort 0 photo.png fast.vqz    # nearest codewords: faster, larger
       vqcodec compress --model tiny.safetensors photo.jpg photo.vqz
       vqcodec compress - - < photo.png > photo.vqz
     """
@@ -480,12 +493,14 @@ def compress(
         reached = f"quality {quality:g}"
         if all(target is None for target in targets):
             with _progress("compressing", quiet) as progress, limited(threads):
-                data = codec.compress(image, progress, quality, tile or None, metadata=keep)
+                data = codec.compress(image, progress, quality, tile or None, metadata=keep, effort=effort)
         else:
             from vqcodec.rate import Target, compress_to_target
 
             with _progress("searching", quiet) as progress, limited(threads):
-                found = compress_to_target(codec, image, Target(*targets), tile or None, keep, progress)
+                found = compress_to_target(
+                    codec, image, Target(*targets), tile or None, keep, progress, effort
+                )
             data = found.data
             reached = f"quality {found.quality:.3f}, coded at {found.coded_size[0]}x{found.coded_size[1]}"
             reached += f", {found.psnr:.2f} dB" if found.psnr else ""

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import zoo
+from vqcodec import rdo, zoo
 from vqcodec.coding.container import MIN_TILE, ColourMode, Padding, VQZFile, code_checksum, model_id
 from vqcodec.coding.entropy import Decoder, Encoder, coded_bits
 from vqcodec.coding.exact import ExactPrior, ExactStepper, KnownCodes
@@ -159,14 +159,17 @@ class Codec:
         quality: float = DEFAULT_QUALITY,
         tile: int | None = DEFAULT_TILE,
         metadata: str | Iterable[str] = "all",
+        effort: int = rdo.DEFAULT_EFFORT,
     ) -> bytes:
         """The ``.vqz`` bytes of ``image`` at ``quality`` (0 = smallest file to 4 = best and default, any
         number in between: ``vqcodec.quality``), its codes cut into tiles of at most ``tile`` pixels a
         side (None: whole maps, the fewest bits and the slowest decoding), keeping the ``metadata``
-        kinds ("all", "none", or of "exif", "icc", "xmp": ``parse_metadata``)."""
+        kinds ("all", "none", or of "exif", "icc", "xmp": ``parse_metadata``), choosing the codes with
+        ``effort`` 0 (the nearest codewords, fastest) to 2 (``vqcodec.rdo``)."""
         self.check_tile(tile)
         scale(quality)  # a bad quality fails before the image is read
-        return self.encode(self.source(image, metadata), quality, tile, progress)[0]
+        rdo.levels(effort, len(self.exact_priors))
+        return self.encode(self.source(image, metadata), quality, tile, progress, effort=effort)[0]
 
     def source(self, image: ImageInput, metadata: str | Iterable[str] = "all") -> SourceImage:
         """``image`` read as the codec sees it, with the ``metadata`` kinds it keeps; lossy conversions
@@ -184,15 +187,53 @@ class Codec:
         tile: int | None = DEFAULT_TILE,
         progress: Progress | None = None,
         size: tuple[int, int] | None = None,
+        effort: int = rdo.DEFAULT_EFFORT,
     ) -> tuple[bytes, list[np.ndarray]]:
         """The ``.vqz`` bytes of ``source`` at ``quality``, and the code maps they hold (top first);
-        ``size``: the (width, height) to code it at instead of the quality's (at most the image's)."""
+        ``size``: the (width, height) to code it at instead of the quality's (at most the image's);
+        ``effort``: which levels' codes are chosen for rate as well as distortion (``vqcodec.rdo``)."""
+        chosen = rdo.levels(effort, len(self.exact_priors))
         size = size or coded_size(source.width, source.height, quality)
         if not (0 < size[0] <= source.width and 0 < size[1] <= source.height):
             raise ValueError(f"coded size {size} must lie within the image's {source.width}x{source.height}")
         rgb = source.rgb if size == (source.width, source.height) else resize(source.rgb, *size)
-        codes = self.image_codes(rgb)
-        return self.pack(source, codes, progress, size, self.tile_size(*codes[0].shape, tile)), codes
+        maps = self.image_codes(rgb, rdo.CANDIDATES if chosen else 0)
+        n = len(self.exact_priors)
+        codes, ranked = maps[:n], maps[n:]
+        tile_px = self.tile_size(*codes[0].shape, tile)
+        shapes = [level.shape for level in codes]
+        total = sum(self._n_steps(shapes, tile_px, [level]) for level in chosen) + self._n_steps(
+            shapes, tile_px
+        )
+        done = 0
+        for level in chosen:
+            if level and level - 1 in chosen:  # the codes above changed: encode the levels below anew
+                maps = self.image_codes(rgb, rdo.CANDIDATES, codes[:level])
+                codes[level:], ranked = maps[level:n], maps[n:]
+            report = None if progress is None else _shifted(progress, done, total)
+            self.choose_codes(codes, level, ranked[2 * level], ranked[2 * level + 1], tile_px, report)
+            done += self._n_steps(shapes, tile_px, [level])
+        report = None if progress is None else _shifted(progress, done, total)
+        return self.pack(source, codes, report, size, tile_px), codes
+
+    def choose_codes(
+        self,
+        codes: list[np.ndarray],
+        level: int,
+        candidates: np.ndarray,
+        distances: np.ndarray,
+        tile: tuple[int, int] | None,
+        progress: Progress | None = None,
+    ) -> None:
+        """The rate-distortion choice (``vqcodec.rdo``) of one level: replace its codes (in place) by the
+        best of their ``candidates`` [h, w, M] at ``distances`` [h, w, M] under the tables the current
+        codes give."""
+        weight = rdo.rate_weight(level == len(codes) - 1)
+
+        def choose(freqs: np.ndarray, image: int, _level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+            return rdo.choose(candidates[ys, xs], distances[ys, xs], freqs, weight)
+
+        self._walk([codes], choose, progress, tile, known=True, levels=[level])
 
     def check_tile(self, tile: int | None) -> None:
         """Raise ValueError unless ``tile`` is None or a multiple of the model's multiple, at least
@@ -215,14 +256,23 @@ class Codec:
         whole = sides == [top_width * self.multiple, top_height * self.multiple]
         return None if whole else (sides[0], sides[1])
 
-    def image_codes(self, rgb: np.ndarray) -> list[np.ndarray]:
+    def image_codes(
+        self, rgb: np.ndarray, candidates: int = 0, fixed: Sequence[np.ndarray] = ()
+    ) -> list[np.ndarray]:
         """The exact VQ-VAE's code maps of uint8 RGB pixels (padded to the model's multiple), top level first:
-        the same on every platform (exact.md §11)."""
+        the same on every platform (exact.md §11). ``fixed``: the codes of the first levels, taken as
+        they are. ``candidates`` M > 0 appends each level's M nearest codewords and their distances, each
+        [h, w, M] (``ExactVQVAE.encode``)."""
         padded = pad_to_multiple(rgb, self.multiple)
         pixels = torch.tensor(padded, device=self.device).permute(2, 0, 1)[None]
         band_rows = max(1, ENCODE_BAND_CODES * self.model.vqvae.config.bottom_stride // padded.shape[1])
-        codes = self.exact_vqvae.encode(pixels, band_rows)
-        return [level[0].cpu().numpy() for level in codes]
+        upper = [torch.from_numpy(level)[None] for level in fixed]
+        maps = [
+            level[0].cpu().numpy() for level in self.exact_vqvae.encode(pixels, band_rows, candidates, upper)
+        ]
+        n = len(self.exact_priors)
+        # [M, h, w] to [h, w, M]: a step's positions index them directly
+        return maps[:n] + [np.ascontiguousarray(np.moveaxis(ranked, 0, -1)) for ranked in maps[n:]]
 
     def pack(
         self,
@@ -344,6 +394,7 @@ class Codec:
         progress: Progress | None,
         tile: tuple[int, int] | None,
         known: bool = False,
+        levels: Sequence[int] | None = None,
     ) -> list[list[float]]:
         """Visit every level top first, wavefront by wavefront, as encoder and decoder both must, for
         one or more images whose code maps ``codes[image][level]`` have the same shapes and are cut
@@ -353,13 +404,14 @@ class Codec:
         the tables ``freqs`` (tile by tile, each tile's positions by increasing row) and returns its
         codes, which are stored in ``codes`` and fed back to the priors. ``known``: one image whose
         ``codes`` already hold every code (encoding), so the priors may compute the tables of a whole
-        level in one pass; they are the same integers either way. Returns the ideal bits of each
-        image's levels.
+        level in one pass; they are the same integers either way. ``levels``: visit only these (with
+        ``known``). Returns the ideal bits of each image's levels visited.
         """
         shapes = [level.shape for level in codes[0]]
-        total, done = self._n_steps(shapes, tile), 0
+        levels = range(len(shapes)) if levels is None else levels
+        total, done = self._n_steps(shapes, tile, levels), 0
         level_bits = [[] for _ in codes]
-        for level in range(len(shapes)):
+        for level in levels:
             bits = np.zeros(len(codes))
             for wave in self._waves(shapes, level, tile):
                 groups = self._tile_groups(codes, level, wave, known)
@@ -397,11 +449,16 @@ class Codec:
         size = tiles_per_wave(tile[1])
         return [rects[start : start + size] for start in range(0, len(rects), size)]
 
-    def _n_steps(self, shapes: Sequence[tuple[int, int]], tile: tuple[int, int] | None) -> int:
-        """The sequential steps of the walk of maps of these shapes: of each wave, its largest tile's."""
-        return sum(
-            _wave_steps(wave) for level in range(len(shapes)) for wave in self._waves(shapes, level, tile)
-        )
+    def _n_steps(
+        self,
+        shapes: Sequence[tuple[int, int]],
+        tile: tuple[int, int] | None,
+        levels: Sequence[int] | None = None,
+    ) -> int:
+        """The sequential steps of the walk of maps of these shapes (of ``levels``, default all): of each
+        wave, its largest tile's."""
+        levels = range(len(shapes)) if levels is None else levels
+        return sum(_wave_steps(wave) for level in levels for wave in self._waves(shapes, level, tile))
 
     def _crop(self, codes: np.ndarray, y: int, x: int, h: int, w: int, ratio: int = 1) -> torch.Tensor:
         """The codes of a level ``ratio`` times coarser under the h x w tile at (y, x), on the device."""
@@ -608,21 +665,22 @@ def compress(
     target_size: int | None = None,
     target_bpp: float | None = None,
     target_psnr: float | None = None,
+    effort: int = rdo.DEFAULT_EFFORT,
 ) -> bytes:
     """Compress ``image`` with ``model`` (default: the bundled default model) to ``.vqz`` bytes, at
     ``quality`` 0 (smallest file) to 4 (best, the default), in tiles of at most ``tile`` pixels a side
     (None: whole maps), keeping the ``metadata`` that ``Codec.compress`` names; ``threads``: the CPU
     threads torch may use for the call (None: torch's setting, the number of cores). One of
     ``target_size`` (bytes), ``target_bpp`` or ``target_psnr`` (dB) picks the quality instead
-    (``vqcodec.rate``)."""
+    (``vqcodec.rate``). ``effort`` 0 (default) to 2: the rate-distortion code choice (``vqcodec.rdo``)."""
     targets = (target_size, target_bpp, target_psnr)
     with limited(threads):
         codec = open_codec(model, device)
         if all(target is None for target in targets):
-            return codec.compress(image, progress, quality, tile, metadata=metadata)
+            return codec.compress(image, progress, quality, tile, metadata=metadata, effort=effort)
         from vqcodec.rate import Target, compress_to_target
 
-        return compress_to_target(codec, image, Target(*targets), tile, metadata, progress).data
+        return compress_to_target(codec, image, Target(*targets), tile, metadata, progress, effort).data
 
 
 def decompress(

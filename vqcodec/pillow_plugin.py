@@ -9,7 +9,7 @@ with the encoder options given as save parameters::
     image.save(fp, format="VQZ", quality=3, model="default", tile=256, threads=1, metadata="none")
 
 ``model`` (a bundled model's name, a model file or a ``vqcodec.load_model`` result), ``device``,
-``quality``, ``tile``, ``threads`` and ``metadata`` are those of ``vqcodec.compress``; other
+``quality``, ``tile``, ``threads``, ``metadata`` and ``effort`` are those of ``vqcodec.compress``; other
 parameters are ignored, as Pillow's own plugins do. Modes other than those the codec keeps or
 converts exactly (``SAVE_MODES``) are refused with an ``OSError``, as Pillow refuses a mode a format
 cannot hold: convert the image first. torch is imported only once pixels are decoded or encoded.
@@ -29,7 +29,7 @@ MIME = "image/x-vqz"
 
 SAVE_MODES = ("L", "LA", "RGB", "RGBA", "1", "La", "P", "PA", "RGBa", "RGBX")
 """The modes ``image.save`` writes: the four the codec keeps, and those it converts to them exactly."""
-SAVE_OPTIONS = ("model", "device", "quality", "tile", "threads", "metadata")
+SAVE_OPTIONS = ("model", "device", "quality", "tile", "threads", "metadata", "effort")
 """The save parameters passed on to ``vqcodec.compress``."""
 
 

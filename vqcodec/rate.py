@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vqcodec import rdo
 from vqcodec.bench.metrics import psnr
 from vqcodec.codec import Codec, Decoded, ImageInput
 from vqcodec.coding.container import VQZFile
@@ -64,14 +65,17 @@ def compress_to_target(
     tile: int | None = DEFAULT_TILE,
     metadata: str | Iterable[str] = "all",
     progress: Callable[[int, int], None] | None = None,
+    effort: int = rdo.DEFAULT_EFFORT,
 ) -> Reached:
     """The highest quality whose file is no larger than the size target, or the lowest whose decoded
-    image reaches the PSNR target; ``progress`` is called with (encodes done, encodes at most).
+    image reaches the PSNR target, every trial encoded at ``effort`` (``vqcodec.rdo``); ``progress`` is
+    called with (encodes done, encodes at most).
 
     A size target then tries one more column and one more row of codes: at low rates the next
     quality's map can be several per cent larger, and the file should come as close as it can.
     """
     codec.check_tile(tile)
+    rdo.levels(effort, len(codec.exact_priors))
     source = codec.source(image, metadata)
     source = dataclasses.replace(source, warnings=[])  # shown once, by codec.source
     limit = target.max_bytes
@@ -83,7 +87,7 @@ def compress_to_target(
     def trial(quality: float, size: tuple[int, int] | None = None) -> tuple[Reached, bool]:
         nonlocal encodes
         size = size or coded_size(source.width, source.height, quality)
-        data, codes = codec.encode(source, quality, tile, size=size)
+        data, codes = codec.encode(source, quality, tile, size=size, effort=effort)
         encodes += 1
         if progress is not None:
             progress(encodes, total)

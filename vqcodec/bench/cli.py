@@ -6,6 +6,7 @@ import click
 
 from vqcodec.bench.run import CODECS, DEFAULT_NLL_IMAGES
 from vqcodec.quality import MAX_QUALITY, MIN_QUALITY, SWEEP_QUALITIES
+from vqcodec.rdo import DEFAULT_EFFORT, EFFORTS
 
 
 def _codec_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -43,6 +44,13 @@ def _codec_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
     f" {', '.join(f'{quality:g}' for quality in SWEEP_QUALITIES)}]",
 )
 @click.option(
+    "--effort",
+    type=click.IntRange(min(EFFORTS), max(EFFORTS)),
+    default=DEFAULT_EFFORT,
+    show_default=True,
+    help="vqcodec's encoder effort (compress --effort): its rate-distortion code choice.",
+)
+@click.option(
     "--codecs",
     default=",".join(CODECS),
     callback=_codec_list,
@@ -72,6 +80,7 @@ def bench(
     limit: int | None,
     models: tuple[str, ...],
     qualities: tuple[float, ...],
+    effort: int,
     codecs: list[str],
     nll_images: int,
     train_data: str | None,
@@ -96,7 +105,7 @@ def bench(
         raise click.UsageError("no ../shared/data/kodak here: give the test images with --data")
     with errors():
         report = run_benchmark(
-            folder, out, limit, models, qualities, codecs, nll_images, train_data, val_data, progress=True
+            folder, out, limit, models, qualities, codecs, nll_images, train_data, val_data, True, effort
         )
     click.echo(format_markdown(report))
     click.echo("wrote " + ", ".join(str(path) for path in report.files), err=True)

@@ -199,19 +199,24 @@ class VQCodecAdapter(Adapter):
 
     key, name, setting_name = "vqcodec", "vqcodec", "operating point"
 
-    def __init__(self, models: Sequence[tuple[str, Any]], qualities: Sequence[float]) -> None:
-        """``models``: (label, ``vqcodec.load_model`` result) pairs, each run at every quality."""
+    def __init__(
+        self, models: Sequence[tuple[str, Any]], qualities: Sequence[float], effort: int = 0
+    ) -> None:
+        """``models``: (label, ``vqcodec.load_model`` result) pairs, each run at every quality; ``effort``:
+        the encoder's (``vqcodec.rdo``), named in the labels unless it is 0."""
         import vqcodec
 
+        tag = f" e{effort}" if effort else ""
+        self.effort = effort
         self.points = {
-            f"{label} q{quality:g}": (codec, quality) for label, codec in models for quality in qualities
+            f"{label}{tag} q{quality:g}": (codec, quality) for label, codec in models for quality in qualities
         }
         self.settings = list(self.points)
         self.description = f"vqcodec {vqcodec.__version__} (VQ-VAE-2 codes, PixelSNAIL priors, range coder)"
 
     def encode(self, rgb: np.ndarray, setting: str) -> bytes:
         codec, quality = self.points[setting]
-        return codec.compress(rgb, quality=quality)
+        return codec.compress(rgb, quality=quality, effort=self.effort)
 
     def decode(self, data: bytes, setting: str) -> Decoded:
         from vqcodec.models.config import level_names
@@ -263,15 +268,15 @@ def _pad(rgb: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def make_adapters(
-    keys: Sequence[str], models: Sequence[tuple[str, Any]], qualities: Sequence[float]
+    keys: Sequence[str], models: Sequence[tuple[str, Any]], qualities: Sequence[float], effort: int = 0
 ) -> tuple[list[Adapter], list[str]]:
     """The adapters for ``keys`` that can run here, and a note for each one that cannot; vqcodec runs
-    ``models`` at ``qualities``."""
+    ``models`` at ``qualities`` and ``effort``."""
     adapters: list[Adapter] = []
     notes: list[str] = []
     for key in keys:
         if key == "vqcodec":
-            adapters.append(VQCodecAdapter(models, qualities))
+            adapters.append(VQCodecAdapter(models, qualities, effort))
         elif key == "jpeg":
             library = f"libjpeg-turbo {features.version('libjpeg_turbo')}"
             options = {"subsampling": "4:2:0", "optimize": True}

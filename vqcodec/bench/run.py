@@ -125,11 +125,13 @@ def run_benchmark(
     train_data: str | os.PathLike[str] | None = None,
     val_data: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    effort: int = 0,
 ) -> Report:
     """Run the codecs on the images of ``data`` (the first ``limit``, sorted); write the outputs to ``out``.
 
     ``models``: vqcodec models (bundled names or files), none meaning every bundled model, each run at
-    every one of ``qualities`` (none: ``SWEEP_QUALITIES``), one operating point per pair. ``nll_images``
+    every one of ``qualities`` (none: ``SWEEP_QUALITIES``) and ``effort``, one operating point per pair.
+    ``nll_images``
     images of ``train_data`` and ``val_data`` (0: none) measure the priors' NLL. Writes ``KEY.json``
     per codec, ``results.md`` and ``rd.png``.
     """
@@ -142,7 +144,7 @@ def run_benchmark(
     paths = list_images(data)[:limit]
     images = [load_image(path).rgb for path in paths]
     loaded = _load_models(models) if "vqcodec" in codecs else []
-    adapters, notes = make_adapters(codecs, loaded, qualities or list(SWEEP_QUALITIES))
+    adapters, notes = make_adapters(codecs, loaded, qualities or list(SWEEP_QUALITIES), effort)
 
     total = sum(len(adapter.settings) for adapter in adapters) * len(images)
     curves = []

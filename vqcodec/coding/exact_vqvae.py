@@ -248,11 +248,32 @@ class ExactVQVAE:
         return _pixels(_run(self.decoder, torch.cat(levels, dim=2))).permute(2, 0, 1)
 
     @torch.inference_mode()
-    def encode(self, pixels: Tensor, band_rows: int | None = None) -> list[Tensor]:
-        """int64 codes [B, h_l, w_l] per level, top first, of uint8 pixels [B, 3, H, W] (exact.md §11)."""
+    def encode(
+        self,
+        pixels: Tensor,
+        band_rows: int | None = None,
+        candidates: int = 0,
+        fixed: list[Tensor] | None = None,
+    ) -> list[Tensor]:
+        """int64 codes [B, h_l, w_l] per level, top first, of uint8 pixels [B, 3, H, W] (exact.md §11).
 
-        def encode(images: Tensor) -> list[Tensor]:
-            per_image = [self.encode_image(image) for image in images]
+        ``fixed``: codes [B, h_l, w_l] to take for the first levels instead of the nearest codewords (the
+        levels below then see them). ``candidates`` M > 0 appends, for every level, its M nearest
+        codewords [B, M, h_l, w_l] (nearest first, ties to the smaller index) and their distances less
+        ``|z|^2`` (exact int64, same shape), for a rate-distortion choice among them (``vqcodec.rdo``).
+        """
+        fixed = fixed or []
+        factors = [2 ** (self.config.n_levels - 1 - level) for level in range(len(fixed))]
+
+        def encode(images: Tensor, rows: slice) -> list[Tensor]:
+            upper = [
+                level[:, rows.start // f : -(-rows.stop // f)]
+                for level, f in zip(fixed, factors, strict=True)
+            ]
+            per_image = [
+                self.encode_image(image, candidates, [level[i] for level in upper])
+                for i, image in enumerate(images)
+            ]
             return [torch.stack(level) for level in zip(*per_image, strict=True)]
 
         m = self.config.multiple
@@ -260,23 +281,35 @@ class ExactVQVAE:
             raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of {m}")
         return encode_in_bands(encode, pixels, self.config, self._encode_halo, band_rows)
 
-    def encode_image(self, pixels: Tensor) -> list[Tensor]:
-        """int64 code maps [h_l, w_l], top first, of one image's uint8 pixels [3, H, W]."""
+    def encode_image(
+        self, pixels: Tensor, candidates: int = 0, fixed: list[Tensor] | None = None
+    ) -> list[Tensor]:
+        """int64 code maps [h_l, w_l], top first, of one image's uint8 pixels [3, H, W], taking the
+        ``fixed`` codes for the first levels; with ``candidates`` then each level's nearest codewords and
+        distances [M, h_l, w_l] (``encode``)."""
+        fixed = fixed or []
         x = self.inputs[pixels.to(self.device).permute(1, 2, 0).long()]
         features = []
         for layers in reversed(self.encoders):
             x = _run(layers, x)
             features.append(x)
         features.reverse()
-        codes, context = [], features[0][..., :0]
+        codes, ranked, context = [], [], features[0][..., :0]
         for level, feature in enumerate(features):
             z = self.quant_convs[level](torch.cat([feature, context], dim=2))
             book = self.codebooks[level]
-            # |z|^2 - 2 z.e + |e|^2 without |z|^2: integers below 2**48, so exact; argmin takes the
-            # first of equal distances on every device
+            # |z|^2 - 2 z.e + |e|^2 without |z|^2: integers below 2**48, so exact; argmin and the stable
+            # sort take the first of equal distances on every device
             scores = torch.addmm(book.square().sum(1), z.flatten(0, 1), book.t(), alpha=-2.0)
-            level_codes = scores.argmin(1).view(z.shape[:2])
+            if level < len(fixed):
+                level_codes = fixed[level].to(self.device)
+            else:
+                level_codes = scores.argmin(1).view(z.shape[:2])
             codes.append(level_codes)
+            if candidates:
+                nearest, order = torch.sort(scores, dim=1, stable=True)
+                for kept in (order, nearest.long()):
+                    ranked.append(kept[:, :candidates].t().reshape(-1, *z.shape[:2]).contiguous())
             if level < len(self.context_decoders):
                 context = _run(self.context_decoders[level], torch.cat([book[level_codes], context], dim=2))
-        return codes
+        return codes + ranked

@@ -294,7 +294,7 @@ class VQVAE(nn.Module):
         ``band_rows`` bounds memory on large images (``encode_in_bands``).
         """
 
-        def encode(image: torch.Tensor) -> list[torch.Tensor]:
+        def encode(image: torch.Tensor, _rows: slice) -> list[torch.Tensor]:
             return [out.codes for out in self._quantize(image, update=False)]
 
         return encode_in_bands(encode, x, self.config, self.encode_halo(), band_rows)
@@ -347,29 +347,33 @@ class VQVAE(nn.Module):
 
 
 def encode_in_bands(
-    encode: Callable[[torch.Tensor], list[torch.Tensor]],
+    encode: Callable[[torch.Tensor, slice], list[torch.Tensor]],
     x: torch.Tensor,
     config: VQVAEConfig,
     halo: int,
     band_rows: int | None,
 ) -> list[torch.Tensor]:
-    """``encode(x)`` (images [B, C, H, W] to codes per level, top first), computed in bands of about
-    ``band_rows`` bottom-level code rows when that is given and the image is taller: each band from the
-    image rows under it and ``halo`` code rows above and below (``VQVAE.encode_halo``), beyond which a
-    pixel cannot change its codes, so the bands give the codes of the whole image."""
+    """``encode(x, rows)`` (images [B, C, H, W] whose bottom-level code rows are ``rows``, to codes per
+    level [B, h_l, w_l], top first, and possibly pairs of maps [B, ..., h_l, w_l] per level after them),
+    computed in bands of about ``band_rows`` bottom-level code rows when that is given and the image is
+    taller: each band from the image rows under it and ``halo`` code rows above and below
+    (``VQVAE.encode_halo``), beyond which a pixel cannot change its codes, so the bands give the maps
+    of the whole image."""
     stride, n = config.bottom_stride, config.n_levels
     height = x.shape[-2] // stride
     if band_rows is None or height <= band_rows + 2 * halo:
-        return encode(x)
+        return encode(x, slice(0, height))
     factors = [2 ** (n - 1 - level) for level in range(n)]  # bottom rows per row
     band = -(-band_rows // factors[0]) * factors[0]  # bands start on top-level rows
-    parts: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    parts: list[list[torch.Tensor]] = []
     for start in range(0, height, band):
         stop = min(height, start + band)
         lo, hi = max(0, start - halo), min(height, stop + halo)
-        codes = encode(x[..., lo * stride : hi * stride, :])
-        for part, level, f in zip(parts, codes, factors, strict=True):
-            part.append(level[..., (start - lo) // f : (stop - lo) // f, :])
+        maps = encode(x[..., lo * stride : hi * stride, :], slice(lo, hi))
+        parts = parts or [[] for _ in maps]
+        map_factors = factors + [factors[i // 2] for i in range(len(maps) - n)]
+        for part, level_map, f in zip(parts, maps, map_factors, strict=True):
+            part.append(level_map[..., (start - lo) // f : (stop - lo) // f, :])
     return [torch.cat(part, dim=-2) for part in parts]
 
 
