@@ -205,6 +205,15 @@ def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
             assert figure.format == "PNG" and figure.width > 500
 
 
+def test_bench_runs_vqcodec_at_an_effort(tmp_path: Path, tiny_model: Path) -> None:
+    data = write_images(tmp_path / "images", 1, seed=0)
+    out = tmp_path / "out"
+    args = ["bench", "--data", str(data), "--out", str(out), "--model", str(tiny_model), "-q", "4"]
+    result = CliRunner().invoke(main, [*args, "--codecs", "vqcodec", "--nll-images", "0", "--effort", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "vqcodec.json").read_text())["bench"]["settings"] == ["tiny e2 q4"]
+
+
 def test_bench_rejects_unknown_codecs(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["bench", "--data", str(tmp_path), "--out", str(tmp_path), "--codecs", "gif"]
