@@ -401,7 +401,8 @@ def _check_vqz_name(target: str) -> None:
     show_default=True,
     help="Rate-distortion code choice: at each position the encoder may take a codeword near the nearest"
     " that the prior finds cheaper. 0: always the nearest (fastest); 1: for the bottom level; 2: for"
-    " every level (smallest files). Decoding takes the same time at any effort.",
+    " every level (fewest bits at equal PSNR, though not at equal MS-SSIM). More effort encodes more"
+    " slowly; decoding takes the same time at any effort.",
 )
 @click.option(
     "--format",
@@ -452,7 +453,7 @@ def compress(
       vqcodec compress --target-size 10000 photo.png at-most-10kB.vqz
       vqcodec compress *.png -o compressed/         # compressed/NAME.vqz for each
       vqcodec compress --strip --tile 0 photo.jpg photo.vqz
-      vqcodec compress --effort 0 photo.png fast.vqz    # nearest codewords: faster, larger
+      vqcodec compress --effort 2 photo.png small.vqz   # fewer bits at equal PSNR, slower
       vqcodec compress --model tiny.safetensors photo.jpg photo.vqz
       vqcodec compress - - < photo.png > photo.vqz
     """
