@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqcodec.coding.exact import scaled_rows
-from vqcodec.coding.exact_vqvae import FP, ExactVQVAE, _Conv
+from vqcodec.coding.exact_vqvae import FP, ExactVQVAE, IntegerConv
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel, to_uint8
 
@@ -49,12 +49,12 @@ def _reference(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.T
 def test_each_convolution_is_the_one_it_mirrors(conv: nn.Module) -> None:
     torch.manual_seed(0)
     x = torch.randint(-(2**20) + 1, 2**20, (10, 14, 6)).double()
-    np.testing.assert_array_equal(_Conv.from_float(conv)(x).numpy(), _reference(conv, x).numpy())
+    np.testing.assert_array_equal(IntegerConv.from_float(conv)(x).numpy(), _reference(conv, x).numpy())
 
 
 def test_unsupported_convolutions_are_refused() -> None:
     with pytest.raises(ValueError, match="no exact form"):
-        _Conv.from_float(nn.Conv2d(3, 3, 2))
+        IntegerConv.from_float(nn.Conv2d(3, 3, 2))
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ row ``m + dy - 1`` (``dy`` an offset into the input padded by one row) with kern
 
 
 @dataclasses.dataclass
-class _Conv:
+class IntegerConv:
     """A quantised convolution (exact.md §10.1): ``kind`` "same" (k x k, stride 1, padding k // 2),
     "down" (4 x 4, stride 2, padding 1) or "up" (transposed 4 x 4, stride 2, padding 1)."""
 
@@ -92,7 +92,7 @@ class _Conv:
     bias_high: Tensor  # float64 [out]
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d | nn.ConvTranspose2d) -> _Conv:
+    def from_float(cls, conv: nn.Conv2d | nn.ConvTranspose2d) -> IntegerConv:
         weight = conv.weight.detach().cpu().double()
         k, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         if isinstance(conv, nn.ConvTranspose2d):
@@ -159,8 +159,8 @@ def _relu(x: Map) -> Map:
 class _Res:
     """``clamp(x + conv2(relu(conv1(relu(x)))))``: a VQ-VAE ResBlock."""
 
-    conv1: _Conv
-    conv2: _Conv
+    conv1: IntegerConv
+    conv2: IntegerConv
 
     def __call__(self, x: Map) -> Map:
         return (x + self.conv2(_relu(self.conv1(_relu(x))))).clamp_(-ACT_MAX, ACT_MAX)
@@ -176,9 +176,9 @@ def _layers(net: nn.Module) -> list[Layer]:
         if isinstance(module, nn.ReLU):
             layers.append(_relu)
         elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-            layers.append(_Conv.from_float(module))
+            layers.append(IntegerConv.from_float(module))
         elif isinstance(module, ResBlock):
-            layers.append(_Res(_Conv.from_float(module.net[1]), _Conv.from_float(module.net[3])))
+            layers.append(_Res(IntegerConv.from_float(module.net[1]), IntegerConv.from_float(module.net[3])))
         else:
             raise ValueError(f"no exact form for {type(module).__name__}")
     return layers
@@ -204,7 +204,7 @@ class ExactVQVAE:
             for q in vqvae.quantizers
         ]
         self.encoders = [_layers(encoder.net) for encoder in vqvae.encoders]
-        self.quant_convs = [_Conv.from_float(conv) for conv in vqvae.quant_convs]
+        self.quant_convs = [IntegerConv.from_float(conv) for conv in vqvae.quant_convs]
         self.context_decoders = [_layers(decoder.net) for decoder in vqvae.context_decoders]
         self.upsamplers = [_layers(upsampler) for upsampler in vqvae.upsamplers]
         self.decoder = _layers(vqvae.decoder.net)
