@@ -108,15 +108,18 @@ _WORKER = textwrap.dedent(
     rng = np.random.default_rng(1)
     y, x = np.mgrid[0:192, 0:256] / 24.0
     rgb = 127 + 80 * np.sin(x[..., None] * [1.0, 1.3, 0.7] + y[..., None]) + rng.normal(0, 12, (192, 256, 3))
-    data = vqcodec.compress(np.clip(rgb, 0, 255).astype(np.uint8), quality=4)
+    image = np.clip(rgb, 0, 255).astype(np.uint8)
+    data = vqcodec.compress(image, quality=4)
     pixels = np.asarray(vqcodec.decompress(data))
-    print(hashlib.sha256(data).hexdigest(), hashlib.sha256(pixels.tobytes()).hexdigest())
+    chosen = vqcodec.compress(image, quality=4, effort=2)  # the rate-distortion choice too
+    print(*(hashlib.sha256(b).hexdigest() for b in (data, pixels.tobytes(), chosen)))
     """
 )
 
 
 def test_bytes_and_pixels_do_not_depend_on_the_thread_count() -> None:
-    """The bundled model, in fresh processes with 1 and 2 OpenMP threads (torch reads them at start)."""
+    """The bundled model, in fresh processes with 1 and 2 OpenMP threads (torch reads them at start):
+    the bytes at effort 0 and 2 and the decoded pixels."""
     results = set()
     for threads in ("1", "2"):
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)

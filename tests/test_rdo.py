@@ -105,3 +105,17 @@ def test_the_cli_takes_an_effort(tmp_path: Path, model_file: Path) -> None:
         assert runner.invoke(main, args).exit_code == 0 and out.stat().st_size > 0
     bad = runner.invoke(main, ["compress", "--effort", "9", str(tmp_path / "a.png"), str(tmp_path / "b.vqz")])
     assert bad.exit_code == 2 and not (tmp_path / "b.vqz").exists()
+
+
+def test_the_api_and_pillow_take_an_effort(tmp_path: Path, model_file: Path) -> None:
+    import vqcodec
+
+    image = _image(7)
+    data = vqcodec.compress(image, model=str(model_file), effort=2)
+    assert (
+        data
+        == Codec.open(model_file).compress(image, effort=2)
+        != vqcodec.compress(image, model=str(model_file))
+    )
+    Image.fromarray(image).save(tmp_path / "a.vqz", model=str(model_file), effort=2)
+    assert (tmp_path / "a.vqz").read_bytes() == data

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from vqcodec import pillow_plugin, threads
 from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE
+from vqcodec.rdo import DEFAULT_EFFORT
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -59,6 +60,7 @@ def compress(
     target_size: int | None = None,
     target_bpp: float | None = None,
     target_psnr: float | None = None,
+    effort: int = DEFAULT_EFFORT,
 ) -> bytes:
     """Compress an image (path, bytes, binary file, PIL image or uint8 array) to ``.vqz`` bytes.
 
@@ -74,6 +76,8 @@ def compress(
     ``metadata``: the image metadata the file keeps: "all" (the default), "none", or some of "exif",
     "icc", "xmp" (a comma-separated string or an iterable; ``Codec.compress``). ``threads``: the CPU
     threads torch may use for the call (None: torch's setting, which is the number of cores).
+    ``effort``: 0 (the default) takes the nearest codewords; 1 and 2 choose the codes for rate too,
+    fewer bits at equal PSNR for a slower encode (``vqcodec.rdo``).
     """
     from vqcodec import codec
 
@@ -89,6 +93,7 @@ def compress(
         target_size=target_size,
         target_bpp=target_bpp,
         target_psnr=target_psnr,
+        effort=effort,
     )
 
 
