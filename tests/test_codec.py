@@ -17,6 +17,7 @@ from vqcodec import codec as codec_module
 from vqcodec import imageio, zoo
 from vqcodec.codec import Codec, ConversionWarning, check_device
 from vqcodec.coding.container import VQZFile
+from vqcodec.exact.encoder import logits_full
 from vqcodec.errors import CorruptDataError, ImageTooLargeError, ModelMismatchError, VQZError
 from vqcodec.imageio import load_image
 from vqcodec.models import order
@@ -222,7 +223,7 @@ def test_exact_tables_do_not_depend_on_threads(codec: Codec):
     for n in (1, 2):
         with threads(n):
             prior = codec.exact_priors[1]
-            logits.append(prior.logits_full(torch.from_numpy(bottom), [torch.from_numpy(top)]))
+            logits.append(logits_full(prior, torch.from_numpy(bottom), [torch.from_numpy(top)]))
     assert torch.equal(logits[0], logits[1])
 
 
@@ -334,13 +335,13 @@ def test_tall_images_are_encoded_in_bands(codec: Codec, monkeypatch: pytest.Monk
     rgb = smooth(24, 400, seed=7)
     whole = codec.image_codes(rgb)
     monkeypatch.setattr(codec_module, "ENCODE_BAND_CODES", 64)
-    passes, encode = [], codec.exact_vqvae.encode_image
+    passes, encode = [], codec.exact_encoder.encode_image
 
     def counted(pixels: torch.Tensor, *args: object) -> list:
         passes.append(pixels)
         return encode(pixels, *args)
 
-    monkeypatch.setattr(codec.exact_vqvae, "encode_image", counted)
+    monkeypatch.setattr(codec.exact_encoder, "encode_image", counted)
     banded = codec.image_codes(rgb)
     assert len(passes) == 10 and max(x.shape[1] for x in passes) < 400
     assert all(np.array_equal(a, b) for a, b in zip(banded, whole, strict=True))

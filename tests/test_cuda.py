@@ -11,7 +11,7 @@ from PIL import Image
 import vqcodec
 from vqcodec import codec as codec_module
 from vqcodec.codec import Codec
-from vqcodec.coding import exact
+from vqcodec.exact import encoder as exact
 from vqcodec.imageio import load_image
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

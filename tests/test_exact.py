@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from vqcodec.coding import entropy, exact
-from vqcodec.coding.exact import FA, FE, TABLE_SIZE, WEIGHT_MAX, ExactPrior, frequencies
+from vqcodec.coding import entropy
+from vqcodec.exact import arithmetic
+from vqcodec.exact.arithmetic import FA, FE, TABLE_SIZE, WEIGHT_MAX, frequencies
+from vqcodec.exact.cuda_stepper import ColumnStepper
+from vqcodec.exact.encoder import KnownCodes, encoder_stepper, logits_full
+from vqcodec.exact.prior import ExactPrior
 from vqcodec.models import order
 from vqcodec.models.config import ModelConfig, PriorConfig, three_level_config, tiny_config
 from vqcodec.models.pixelsnail import PixelSNAILPrior
@@ -70,7 +74,7 @@ def stepper_tables(prior: ExactPrior, codes: torch.Tensor, cond: list[torch.Tens
 
 def reference_frequencies(logits: list[int]) -> list[int]:
     """The frequency rule of exact.md in plain Python integers."""
-    table = exact.tables().exp
+    table = arithmetic.tables().exp
     top = max(logits)
     e = [int(table[min(top - v, TABLE_SIZE - 1)]) for v in logits]
     total = sum(e)
@@ -84,9 +88,9 @@ def exact_round(value: Decimal) -> int:
 
 
 def test_tables_are_reproducible_and_match_their_definition() -> None:
-    first = exact.tables()
-    exact.tables.cache_clear()
-    again = exact.tables()
+    first = arithmetic.tables()
+    arithmetic.tables.cache_clear()
+    again = arithmetic.tables()
     assert first is not again
     for a, b in zip(first, again, strict=True):
         assert a.dtype == np.int64 and np.array_equal(a, b)
@@ -118,9 +122,9 @@ def test_tables_are_reproducible_and_match_their_definition() -> None:
 
 def test_activation_tables_follow_the_definitions() -> None:
     """The lookups of every clamped activation give exact.md §5's ELU and sigmoid."""
-    elu, sigmoid, _ = (torch.from_numpy(table.copy()) for table in exact.tables())
-    x = torch.arange(-exact.ACT_MAX, exact.ACT_MAX + 1)
-    elu_full, sigmoid_full = exact._activation_tables_on(torch.device("cpu"))
+    elu, sigmoid, _ = (torch.from_numpy(table.copy()) for table in arithmetic.tables())
+    x = torch.arange(-arithmetic.ACT_MAX, arithmetic.ACT_MAX + 1)
+    elu_full, sigmoid_full = arithmetic.activation_tables(torch.device("cpu"))
     expected_elu = torch.where(x >= 0, x, elu[x.neg().clamp(0, TABLE_SIZE - 1)])
     expected_sigmoid = sigmoid[x.clamp(-TABLE_SIZE, TABLE_SIZE - 1) + TABLE_SIZE]
     assert torch.equal(elu_full, expected_elu.double())
@@ -159,7 +163,7 @@ def test_floor_division_is_exact_up_to_its_bound() -> None:
         for a in (n * b - 1, n * b, n * b + 1, n * b + b - 1):
             ok = (a >= 0) & (a + b <= 2**53)
             a_ok, b_ok = a[ok], b[ok]
-            assert torch.equal(exact._floor_div(a_ok.double(), b_ok.double()).long(), a_ok // b_ok)
+            assert torch.equal(arithmetic.floor_div(a_ok.double(), b_ok.double()).long(), a_ok // b_ok)
 
 
 def test_frequencies_rejects_bad_input() -> None:
@@ -193,7 +197,7 @@ def test_close_to_float_model(kind: str) -> None:
     cond = random_cond(prior, h, w)
     with torch.no_grad():
         reference = prior(codes[None], [c[None] for c in cond] or None)[0].permute(1, 2, 0)
-    error = (quantised.logits_full(codes, cond) / 2**FA - reference).abs().max().item()
+    error = (logits_full(quantised, codes, cond) / 2**FA - reference).abs().max().item()
     print(f"{kind}: max |exact - float| logit difference {error:.4f}")
     assert error < 0.01  # about 0.002 with rounding shifts (0.02 is the design goal)
 
@@ -216,7 +220,7 @@ def test_quantisation_costs_no_measurable_bits() -> None:
         float_bits = prior.nll_bits(codes, [above] if above is not None else None).item()
         bits = 0.0
         for i, image in enumerate(codes):
-            logits = quantised.logits_full(image, [above[i]] if above is not None else [])
+            logits = logits_full(quantised, image, [above[i]] if above is not None else [])
             tables = frequencies(logits.view(-1, prior.codebook_size)).numpy()
             bits += entropy.ideal_bits(image.reshape(-1).numpy(), tables)
         exact_bits = bits / codes.numel()
@@ -230,7 +234,7 @@ def test_stepper_matches_full_evaluation(kind: str, h: int, w: int) -> None:
     prior = EXACT[kind]
     codes = torch.randint(prior.codebook_size, (h, w), generator=torch.Generator().manual_seed(h * 10 + w))
     cond = random_cond(PRIORS[kind], h, w)
-    full = prior.logits_full(codes, cond)
+    full = logits_full(prior, codes, cond)
     tables = stepper_tables(prior, codes, cond)
     assert len(tables) == order.n_steps(h, w)
     for t, table in enumerate(tables):
@@ -239,18 +243,17 @@ def test_stepper_matches_full_evaluation(kind: str, h: int, w: int) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(PRIORS))
-def test_full_evaluation_in_bands_of_one_row(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_evaluation_in_bands_of_one_row(kind: str) -> None:
     """``logits_full`` evaluates bands of rows that read the rows above from its caches: bands of one
     row give the logits of one band (a prior with wider kernels reads the row below: one band)."""
     prior = EXACT[kind]
     codes = torch.randint(prior.codebook_size, (7, 6), generator=torch.Generator().manual_seed(3))
     cond = random_cond(PRIORS[kind], 7, 6)
-    whole = prior.logits_full(codes, cond)
-    monkeypatch.setattr(exact, "_CHUNK", 1)
-    assert torch.equal(prior.logits_full(codes, cond), whole)
+    whole, one_row = logits_full(prior, codes, cond), dataclasses.replace(prior, chunk=1)
+    assert torch.equal(logits_full(one_row, codes, cond), whole)
     # where a band would read the rows below it, the encoder walks the map step by step instead
-    encoder = prior.encoder_stepper([codes], [cond])
-    assert isinstance(encoder, exact.KnownCodes) == (prior.kernel_size == 3)
+    encoder = encoder_stepper(one_row, [codes], [cond])
+    assert isinstance(encoder, KnownCodes) == (prior.kernel_size == 3)
 
 
 @pytest.mark.parametrize("kind", sorted(PRIORS))
@@ -260,9 +263,9 @@ def test_windowed_caches_match_full_evaluation(kind: str, h: int, w: int) -> Non
     prior = EXACT[kind]
     codes = torch.randint(prior.codebook_size, (h, w), generator=torch.Generator().manual_seed(h + w))
     cond = random_cond(PRIORS[kind], h, w)
-    slots, n_steps = prior.stepper(h, w, cond)._slots, order.n_steps(h, w)
+    slots, n_steps = prior.stepper(h, w, cond).slots, order.n_steps(h, w)
     assert n_steps > 2 * slots if w > 3 else n_steps < slots
-    full = prior.logits_full(codes, cond)
+    full = logits_full(prior, codes, cond)
     for t, table in enumerate(stepper_tables(prior, codes, cond)):
         ys, xs = order.wavefront(t, h, w)
         assert np.array_equal(table, frequencies(full[ys, xs]).numpy()), t
@@ -275,8 +278,8 @@ def test_caches_slide_when_the_attention_reads_further_back_than_the_slide() -> 
     prior = ExactPrior.from_float(PixelSNAILPrior(config, 16).double().eval())
     codes = torch.randint(16, (14, 150), generator=torch.Generator().manual_seed(0))
     stepper = prior.stepper(14, 150, [])
-    assert stepper._slots >= 2 * stepper._lag and order.n_steps(14, 150) > 2 * stepper._slots
-    full = prior.logits_full(codes, [])
+    assert stepper.slots >= 2 * stepper.lag and order.n_steps(14, 150) > 2 * stepper.slots
+    full = logits_full(prior, codes, [])
     for t, table in enumerate(stepper_tables(prior, codes, [])):
         ys, xs = order.wavefront(t, 14, 150)
         assert np.array_equal(table, frequencies(full[ys, xs]).numpy()), t
@@ -285,7 +288,7 @@ def test_caches_slide_when_the_attention_reads_further_back_than_the_slide() -> 
 def test_cache_memory_does_not_grow_with_the_width() -> None:
     def cache_bytes(width: int) -> int:
         stepper = EXACT["top_k5"].stepper(4, width, [])
-        return stepper._memory.nbytes
+        return stepper.cache_bytes
 
     assert cache_bytes(3) == cache_bytes(3000) > 0
 
@@ -298,9 +301,9 @@ def test_same_tables_with_any_thread_count() -> None:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one, full_one = stepper_tables(prior, codes, []), prior.logits_full(codes, [])
+        one, full_one = stepper_tables(prior, codes, []), logits_full(prior, codes, [])
         torch.set_num_threads(2)
-        two, full_two = stepper_tables(prior, codes, []), prior.logits_full(codes, [])
+        two, full_two = stepper_tables(prior, codes, []), logits_full(prior, codes, [])
     finally:
         torch.set_num_threads(threads)
     assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))
@@ -379,8 +382,8 @@ def test_column_stepper_gives_the_wavefront_steppers_tables(kind: str, h: int, w
     prior, g = EXACT[kind], torch.Generator().manual_seed(h + w + batch)
     images = [torch.randint(prior.codebook_size, (h, w), generator=g) for _ in range(batch)]
     conds = [random_cond(PRIORS[kind], h, w, seed=i) for i in range(batch)]
-    column, wavefront = exact.ColumnStepper(prior, h, w, conds), prior.batch_stepper(h, w, conds)
-    assert column._slots == column._lag + 1
+    column, wavefront = ColumnStepper(prior, h, w, conds), prior.batch_stepper(h, w, conds)
+    assert column.slots == column.lag + 1
     for t in range(column.n_steps):
         ys, xs = column.positions(t)
         tables = column.freqs(t)
@@ -417,7 +420,7 @@ def test_moved_copy_and_refused_models() -> None:
         torch.randint(32, (4, 6), generator=torch.Generator().manual_seed(0)),
         random_cond(PRIORS["bottom"], 4, 6),
     )
-    assert torch.equal(moved.logits_full(codes, cond), EXACT["bottom"].logits_full(codes, cond))
+    assert torch.equal(logits_full(moved, codes, cond), logits_full(EXACT["bottom"], codes, cond))
     broken = make_priors()["top"]
     broken.blocks[0].conv1.mask[..., 1, 2] = 1.0  # reads offset (0, +1): not the decode order's mask
     with pytest.raises(ValueError):
@@ -428,15 +431,14 @@ def test_moved_copy_and_refused_models() -> None:
 
 
 @pytest.mark.parametrize(("kind", "limit"), [("top", 2**24), ("bottom", 2**24), ("bottom", 1)])
-def test_encoder_tables_equal_the_decoders(kind: str, limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_encoder_tables_equal_the_decoders(kind: str, limit: int) -> None:
     """The encoder's one-pass tables (or its stepper, for maps over the limit) are the decoder's, for
     two maps at once as for one."""
-    monkeypatch.setattr(exact, "WHOLE_MAP_VALUES", limit)
     prior, codes = EXACT[kind], torch.randint(32, (2, 5, 7), generator=torch.Generator().manual_seed(1))
     cond = [random_cond(PRIORS[kind], 5, 7, seed) for seed in (0, 1)]
     for maps, conds in ((codes, cond), (codes[:1], cond[:1])):
-        encoder, decoder = prior.encoder_stepper(list(maps), conds), prior.batch_stepper(5, 7, conds)
-        assert isinstance(encoder, exact.KnownCodes) == (limit > 1)
+        encoder, decoder = encoder_stepper(prior, list(maps), conds, limit), prior.batch_stepper(5, 7, conds)
+        assert isinstance(encoder, KnownCodes) == (limit > 1)
         for t in range(decoder.n_steps):
             ys, xs = decoder.positions(t)
             assert np.array_equal(encoder.freqs(t), decoder.freqs(t)), t
@@ -481,6 +483,6 @@ def test_cuda_gives_the_cpu_tables() -> None:
         cuda = cpu.to("cuda")
         assert cuda.device.type == "cuda"
         cond_cuda = [c.cuda() for c in cond]
-        assert torch.equal(cpu.logits_full(codes, cond), cuda.logits_full(codes.cuda(), cond_cuda).cpu())
+        assert torch.equal(logits_full(cpu, codes, cond), logits_full(cuda, codes.cuda(), cond_cuda).cpu())
         on_cpu, on_cuda = stepper_tables(cpu, codes, cond), stepper_tables(cuda, codes.cuda(), cond_cuda)
         assert all(np.array_equal(a, b) for a, b in zip(on_cpu, on_cuda, strict=True))

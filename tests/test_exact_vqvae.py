@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqcodec.coding.exact import scaled_rows
-from vqcodec.coding.exact_vqvae import FP, ExactVQVAE, IntegerConv
+from vqcodec.exact.encoder import ExactEncoder
+from vqcodec.exact.quantise import scaled_rows
+from vqcodec.exact.vqvae import FP, ExactDecoder, IntegerConv
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel, to_uint8
 
@@ -58,8 +59,9 @@ def test_unsupported_convolutions_are_refused() -> None:
 
 
 @pytest.fixture(scope="module")
-def models() -> tuple[CodecModel, ExactVQVAE, torch.Tensor]:
-    """A tiny model whose codebooks a training pass seeded, its exact VQ-VAE and 2 images [2, 3, 64, 96]."""
+def models() -> tuple[CodecModel, ExactDecoder, ExactEncoder, torch.Tensor]:
+    """A tiny model whose codebooks a training pass seeded, its exact decoder and encoder and 2 images
+    [2, 3, 64, 96]."""
     torch.manual_seed(0)
     model = CodecModel(tiny_config())
     y, x = torch.meshgrid(torch.arange(64.0), torch.arange(96.0), indexing="ij")
@@ -69,32 +71,32 @@ def models() -> tuple[CodecModel, ExactVQVAE, torch.Tensor]:
     with torch.no_grad():
         model.vqvae(images.float() / 255 - 0.5)
     model.eval()
-    return model, ExactVQVAE(model.vqvae), images
+    return model, ExactDecoder(model.vqvae), ExactEncoder(model.vqvae), images
 
 
 def test_the_exact_model_is_the_float_one_up_to_rounding(models: tuple) -> None:
-    model, exact, images = models
+    model, decoder, encoder, images = models
     with torch.no_grad():
         codes = model.vqvae.encode(images.float() / 255 - 0.5)
         floats = to_uint8(model.vqvae.decode_codes(codes))
-    pixels = exact.decode(codes)
+    pixels = decoder.decode(codes)
     assert pixels.dtype == torch.uint8 and pixels.shape == images.shape
     differ = (pixels.int() - floats.int()).abs()
     assert differ.max() <= 1 and (differ > 0).float().mean() < 0.01
-    same = [(a == b).float().mean() for a, b in zip(exact.encode(images), codes, strict=True)]
+    same = [(a == b).float().mean() for a, b in zip(encoder.encode(images), codes, strict=True)]
     assert min(same) > 0.97
 
 
 def test_bands_give_the_pixels_and_codes_of_the_whole(models: tuple) -> None:
-    _, exact, images = models
-    codes = exact.encode(images)
-    whole = exact.decode(codes)
+    _, decoder, encoder, images = models
+    codes = encoder.encode(images)
+    whole = decoder.decode(codes)
     for band_rows in (1, 2, 4):  # bottom-level code rows; the map has 16
-        assert torch.equal(exact.decode(codes, band_rows), whole)
+        assert torch.equal(decoder.decode(codes, band_rows), whole)
     tall = images.transpose(-1, -2).contiguous()  # 96 pixels tall
-    assert all(torch.equal(a, b) for a, b in zip(exact.encode(tall, 2), exact.encode(tall), strict=True))
-    top = torch.randint(0, 32, exact.encode(tall)[0].shape)  # fixed top codes, with candidates
-    whole, banded = exact.encode(tall, None, 3, [top]), exact.encode(tall, 2, 3, [top])
+    assert all(torch.equal(a, b) for a, b in zip(encoder.encode(tall, 2), encoder.encode(tall), strict=True))
+    top = torch.randint(0, 32, encoder.encode(tall)[0].shape)  # fixed top codes, with candidates
+    whole, banded = encoder.encode(tall, None, 3, [top]), encoder.encode(tall, 2, 3, [top])
     assert torch.equal(whole[0], top) and len(whole) == 2 + 2 * 2
     assert all(torch.equal(a, b) for a, b in zip(banded, whole, strict=True))
     assert torch.equal(whole[4][:, 0], whole[1])  # the bottom's nearest candidate is its code

@@ -40,8 +40,8 @@ from PIL import Image
 from vqcodec import rdo, zoo
 from vqcodec.coding.container import MIN_TILE, ColourMode, Padding, VQZFile, code_checksum, model_id
 from vqcodec.coding.entropy import Decoder, Encoder, coded_bits
-from vqcodec.coding.exact import ExactPrior, ExactStepper, KnownCodes
-from vqcodec.coding.exact_vqvae import ExactVQVAE
+from vqcodec.exact import ExactDecoder, ExactPrior, ExactStepper
+from vqcodec.exact.encoder import ExactEncoder, KnownCodes, encoder_stepper
 from vqcodec.errors import ModelMismatchError
 from vqcodec.fileinfo import VQZInput, describe, read_vqz
 from vqcodec.imageio import (
@@ -93,19 +93,27 @@ def check_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-_exact_models: weakref.WeakKeyDictionary[CodecModel, tuple[torch.device, list[ExactPrior], ExactVQVAE]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass(frozen=True)
+class ExactModel:
+    """A model's integer mirror (``vqcodec.exact``): what coding runs, on one device."""
+
+    device: torch.device
+    priors: list[ExactPrior]
+    decoder: ExactDecoder
+    encoder: ExactEncoder
 
 
-def _exact(model: CodecModel, device: torch.device) -> tuple[list[ExactPrior], ExactVQVAE]:
+_exact_models: weakref.WeakKeyDictionary[CodecModel, ExactModel] = weakref.WeakKeyDictionary()
+
+
+def _exact(model: CodecModel, device: torch.device) -> ExactModel:
     """The exact integer priors and VQ-VAE of ``model``, built once per model (quantizing is slow)."""
     cached = _exact_models.get(model)
-    if cached is None or cached[0] != device:
+    if cached is None or cached.device != device:
         priors = [ExactPrior.from_float(prior).to(device) for prior in model.priors]
-        cached = device, priors, ExactVQVAE(model.vqvae).to(device)
-        _exact_models[model] = cached
-    return cached[1], cached[2]
+        decoder, encoder = ExactDecoder(model.vqvae).to(device), ExactEncoder(model.vqvae).to(device)
+        cached = _exact_models[model] = ExactModel(device, priors, decoder, encoder)
+    return cached
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,8 @@ class Codec:
         self.name = name
         """The bundled model's name, or None for a model file outside the zoo."""
         self.device = next(model.parameters()).device
-        self.exact_priors, self.exact_vqvae = _exact(model, self.device)
+        exact = _exact(model, self.device)
+        self.exact_priors, self.exact_decoder, self.exact_encoder = exact.priors, exact.decoder, exact.encoder
 
     @classmethod
     def open(cls, name_or_path: str | os.PathLike[str] | None = None, device: Any = None) -> Codec:
@@ -262,13 +271,13 @@ class Codec:
         """The exact VQ-VAE's code maps of uint8 RGB pixels (padded to the model's multiple), top level first:
         the same on every platform (exact.md §11). ``fixed``: the codes of the first levels, taken as
         they are. ``candidates`` M > 0 appends each level's M nearest codewords and their distances, each
-        [h, w, M] (``ExactVQVAE.encode``)."""
+        [h, w, M] (``ExactEncoder.encode``)."""
         padded = pad_to_multiple(rgb, self.multiple)
         pixels = torch.tensor(padded, device=self.device).permute(2, 0, 1)[None]
         band_rows = max(1, ENCODE_BAND_CODES * self.model.vqvae.config.bottom_stride // padded.shape[1])
         upper = [torch.from_numpy(level)[None] for level in fixed]
         maps = [
-            level[0].cpu().numpy() for level in self.exact_vqvae.encode(pixels, band_rows, candidates, upper)
+            level[0].cpu().numpy() for level in self.exact_encoder.encode(pixels, band_rows, candidates, upper)
         ]
         n = len(self.exact_priors)
         # [M, h, w] to [h, w, M]: a step's positions index them directly
@@ -380,7 +389,7 @@ class Codec:
         file = decoded.file
         maps = [torch.from_numpy(level)[None] for level in decoded.codes]
         band_rows = max(1, RENDER_BAND_CODES // decoded.codes[-1].shape[1])
-        pixels = self.exact_vqvae.decode(maps, band_rows)[0].permute(1, 2, 0).cpu().numpy()
+        pixels = self.exact_decoder.decode(maps, band_rows)[0].permute(1, 2, 0).cpu().numpy()
         rgb = np.ascontiguousarray(crop(pixels, file.coded_height, file.coded_width))
         if file.coded_size is not None:
             rgb = resize(rgb, file.width, file.height)
@@ -489,7 +498,7 @@ class Codec:
             ]
             if known:
                 maps = [self._crop(codes[image][level], y, x, h, w) for image, _, y, x, _, _ in members]
-                stepper = prior.encoder_stepper(maps, upper)
+                stepper = encoder_stepper(prior, maps, upper)
             else:
                 stepper = prior.batch_stepper(h, w, upper, [tile[4:] for tile in members])
             groups.append(_TileGroup(stepper, *np.array(members, dtype=np.int64)[:, :4].T))

@@ -73,7 +73,7 @@ def bit_costs(freqs: np.ndarray) -> np.ndarray:
 def rate_weight(bottom: bool) -> int:
     """λ of the bottom level or of those above as an integer: distance units (``2**-2FP``) per cost unit
     (``2**-RATE_BITS`` bits)."""
-    from vqcodec.coding.exact_vqvae import FP  # torch: only where codes are chosen
+    from vqcodec.exact.vqvae import FP  # torch: only where codes are chosen
 
     return round((LAMBDA_BOTTOM if bottom else LAMBDA_ABOVE) * 2 ** (2 * FP - RATE_BITS))
 

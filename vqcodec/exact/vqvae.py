@@ -1,10 +1,7 @@
-"""Exact integer inference of the VQ-VAE: the same pixels, and the same codes, on every platform.
+"""The pixel decoder in integers (``exact.md`` §10): normative, so the decoded image is the same everywhere.
 
-The priors' tables were already exact (``exact.py``); the pixels were not: the float decoder gave
-pixels that moved by one level with the thread count, and the float encoder chose other codes (hence
-other bytes) near ties. This module is the integer mirror of ``models/vqvae.py`` that
-``bitstream_spec/exact.md`` §10 makes normative for the decoder (codes to pixels) and §11 describes for
-the encoder (pixels to codes), with the priors' arithmetic (§3, §5, §8) at ``FP`` fractional bits:
+The integer mirror of ``models/vqvae.py``'s decoder (codes to pixels), in the priors' arithmetic
+(§3, §5, §8) at ``FP`` fractional bits:
 
 * every activation is an integer at ``FP`` clamped to ``|x| <= ACT_MAX``; weights are the priors'
   15-bit integers with a power-of-two scale per output channel;
@@ -13,7 +10,9 @@ the encoder (pixels to codes), with the priors' arithmetic (§3, §5, §8) at ``
   or device. Strided and transposed convolutions become stride-1 taps (space-to-depth; one set of
   taps per output parity), so no im2col, FFT or Winograd path is ever taken;
 * ReLU, residual sums, clamps and the final rounding to 8-bit pixels are exact float64 operations on
-  integers below ``2**53``; the encoder's nearest codeword compares exact integer distances.
+  integers below ``2**53``.
+
+The encoder's half (pixels to codes, §11) is in ``encoder.py``: a decoder needs none of it.
 """
 
 from __future__ import annotations
@@ -27,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqcodec.coding.exact import ACT_MAX, scaled_rows
+from vqcodec.exact.arithmetic import ACT_MAX
+from vqcodec.exact.quantise import scaled_rows
 from vqcodec.models.config import VQVAEConfig
-from vqcodec.models.vqvae import VQVAE, ResBlock, decode_in_bands, encode_in_bands
+from vqcodec.models.vqvae import VQVAE, ResBlock, decode_in_bands
 
 FP = 14
 """Fractional bits of every VQ-VAE activation: the float model's activations stay below 16 on Kodak,
@@ -37,15 +37,6 @@ so ``ACT_MAX`` (2**20 - 1) leaves them a range of 64 with a resolution of 2**-14
 
 Map = Tensor
 """A channels-last map [H, W, C] of integer-valued float64 at FP."""
-
-
-def _input_table() -> Tensor:
-    """``rhe((p / 255 - 1/2) 2**FP)`` for p = 0..255 (no ties: 255 is odd), in exact integers."""
-    values = []
-    for p in range(256):
-        numerator = (2 * p - 255) * 2 ** (FP - 1)  # (p / 255 - 1/2) 2**FP = numerator / 255
-        values.append((2 * numerator + 255) // 510)
-    return torch.tensor(values, dtype=torch.float64)
 
 
 def _pixels(x: Map) -> Tensor:
@@ -169,7 +160,7 @@ class _Res:
 Layer = Callable[[Map], Map]
 
 
-def _layers(net: nn.Module) -> list[Layer]:
+def quantise_layers(net: nn.Module) -> list[Layer]:
     """The exact layers of an ``nn.Sequential`` of convolutions, ReLUs and ResBlocks, in order."""
     layers: list[Layer] = []
     for module in net:
@@ -184,132 +175,62 @@ def _layers(net: nn.Module) -> list[Layer]:
     return layers
 
 
-def _run(layers: list[Layer], x: Map) -> Map:
+def run_layers(layers: list[Layer], x: Map) -> Map:
     for layer in layers:
         x = layer(x)
     return x
 
 
-class ExactVQVAE:
-    """The integer VQ-VAE of one float ``VQVAE``: ``decode`` is normative (exact.md §10), ``encode``
-    the reference encoder (§11)."""
+def quantise_codebook(embedding: Tensor) -> Tensor:
+    """A quantizer's codebook at FP, clamped: integer-valued float64 [K, D]."""
+    table = np.rint(np.ldexp(embedding.detach().cpu().double().numpy(), FP))
+    return torch.from_numpy(table).clamp_(-ACT_MAX, ACT_MAX)
+
+
+def move_layers(obj: object, device: torch.device) -> object:
+    """``obj`` (a tensor, a list, or a dataclass, changed in place) with every tensor on ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, list):
+        return [move_layers(item, device) for item in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for field in dataclasses.fields(obj):
+            setattr(obj, field.name, move_layers(getattr(obj, field.name), device))
+    return obj
+
+
+class ExactDecoder:
+    """The integer pixel decoder of one float ``VQVAE`` (exact.md §10)."""
 
     def __init__(self, vqvae: VQVAE) -> None:
         self.config: VQVAEConfig = vqvae.config
-        self._encode_halo, self._decode_halo = vqvae.encode_halo(), vqvae.decode_halo()
-        self.codebooks = [
-            torch.from_numpy(np.rint(np.ldexp(q.embedding.detach().cpu().double().numpy(), FP))).clamp_(
-                -ACT_MAX, ACT_MAX
-            )
-            for q in vqvae.quantizers
-        ]
-        self.encoders = [_layers(encoder.net) for encoder in vqvae.encoders]
-        self.quant_convs = [IntegerConv.from_float(conv) for conv in vqvae.quant_convs]
-        self.context_decoders = [_layers(decoder.net) for decoder in vqvae.context_decoders]
-        self.upsamplers = [_layers(upsampler) for upsampler in vqvae.upsamplers]
-        self.decoder = _layers(vqvae.decoder.net)
-        self.inputs = _input_table()
+        self._halo = vqvae.decode_halo()
+        self.codebooks = [quantise_codebook(q.embedding) for q in vqvae.quantizers]
+        self.upsamplers = [quantise_layers(upsampler) for upsampler in vqvae.upsamplers]
+        self.decoder = quantise_layers(vqvae.decoder.net)
         self.device = torch.device("cpu")
 
-    def to(self, device: torch.device | str) -> ExactVQVAE:
-        """This model with every tensor on ``device`` (in place)."""
+    def to(self, device: torch.device | str) -> ExactDecoder:
+        """This decoder with every tensor on ``device`` (in place)."""
         self.device = torch.device(device)
-
-        def move(obj: object) -> object:
-            if isinstance(obj, Tensor):
-                return obj.to(self.device)
-            if isinstance(obj, list):
-                return [move(item) for item in obj]
-            if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-                for field in dataclasses.fields(obj):
-                    setattr(obj, field.name, move(getattr(obj, field.name)))
-            return obj
-
-        for name in ("codebooks", "encoders", "quant_convs", "context_decoders", "upsamplers", "decoder"):
-            setattr(self, name, move(getattr(self, name)))
-        self.inputs = self.inputs.to(self.device)
+        for name in ("codebooks", "upsamplers", "decoder"):
+            setattr(self, name, move_layers(getattr(self, name), self.device))
         return self
 
     @torch.inference_mode()
     def decode(self, codes: list[Tensor], band_rows: int | None = None) -> Tensor:
-        """uint8 pixels [B, 3, H, W] of int64 code maps [B, h_l, w_l], top first (exact.md §10)."""
+        """uint8 pixels [B, 3, H, W] of int64 code maps [B, h_l, w_l], top first, ``band_rows`` bottom
+        code rows at a time (plus the halo the layers read)."""
 
         def decode(maps: list[Tensor]) -> Tensor:
             return torch.stack([self.decode_maps([m[i] for m in maps]) for i in range(len(maps[0]))])
 
-        return decode_in_bands(decode, codes, self.config, self._decode_halo, band_rows)
+        return decode_in_bands(decode, codes, self.config, self._halo, band_rows)
 
     def decode_maps(self, codes: list[Tensor]) -> Tensor:
         """uint8 pixels [3, H, W] of one image's int64 code maps [h_l, w_l], top first."""
         levels = [
-            _run(up, book[c.to(self.device)])
+            run_layers(up, book[c.to(self.device)])
             for up, book, c in zip(self.upsamplers, self.codebooks, codes, strict=True)
         ]
-        return _pixels(_run(self.decoder, torch.cat(levels, dim=2))).permute(2, 0, 1)
-
-    @torch.inference_mode()
-    def encode(
-        self,
-        pixels: Tensor,
-        band_rows: int | None = None,
-        candidates: int = 0,
-        fixed: list[Tensor] | None = None,
-    ) -> list[Tensor]:
-        """int64 codes [B, h_l, w_l] per level, top first, of uint8 pixels [B, 3, H, W] (exact.md §11).
-
-        ``fixed``: codes [B, h_l, w_l] to take for the first levels instead of the nearest codewords (the
-        levels below then see them). ``candidates`` M > 0 appends, for every level, its M nearest
-        codewords [B, M, h_l, w_l] (nearest first, ties to the smaller index) and their distances less
-        ``|z|^2`` (exact int64, same shape), for a rate-distortion choice among them (``vqcodec.rdo``).
-        """
-        fixed = fixed or []
-        factors = [2 ** (self.config.n_levels - 1 - level) for level in range(len(fixed))]
-
-        def encode(images: Tensor, rows: slice) -> list[Tensor]:
-            upper = [
-                level[:, rows.start // f : -(-rows.stop // f)]
-                for level, f in zip(fixed, factors, strict=True)
-            ]
-            per_image = [
-                self.encode_image(image, candidates, [level[i] for level in upper])
-                for i, image in enumerate(images)
-            ]
-            return [torch.stack(level) for level in zip(*per_image, strict=True)]
-
-        m = self.config.multiple
-        if pixels.shape[-2] % m or pixels.shape[-1] % m:
-            raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of {m}")
-        return encode_in_bands(encode, pixels, self.config, self._encode_halo, band_rows)
-
-    def encode_image(
-        self, pixels: Tensor, candidates: int = 0, fixed: list[Tensor] | None = None
-    ) -> list[Tensor]:
-        """int64 code maps [h_l, w_l], top first, of one image's uint8 pixels [3, H, W], taking the
-        ``fixed`` codes for the first levels; with ``candidates`` then each level's nearest codewords and
-        distances [M, h_l, w_l] (``encode``)."""
-        fixed = fixed or []
-        x = self.inputs[pixels.to(self.device).permute(1, 2, 0).long()]
-        features = []
-        for layers in reversed(self.encoders):
-            x = _run(layers, x)
-            features.append(x)
-        features.reverse()
-        codes, ranked, context = [], [], features[0][..., :0]
-        for level, feature in enumerate(features):
-            z = self.quant_convs[level](torch.cat([feature, context], dim=2))
-            book = self.codebooks[level]
-            # |z|^2 - 2 z.e + |e|^2 without |z|^2: integers below 2**48, so exact; argmin and the stable
-            # sort take the first of equal distances on every device
-            scores = torch.addmm(book.square().sum(1), z.flatten(0, 1), book.t(), alpha=-2.0)
-            if level < len(fixed):
-                level_codes = fixed[level].to(self.device)
-            else:
-                level_codes = scores.argmin(1).view(z.shape[:2])
-            codes.append(level_codes)
-            if candidates:
-                nearest, order = torch.sort(scores, dim=1, stable=True)
-                for kept in (order, nearest.long()):
-                    ranked.append(kept[:, :candidates].t().reshape(-1, *z.shape[:2]).contiguous())
-            if level < len(self.context_decoders):
-                context = _run(self.context_decoders[level], torch.cat([book[level_codes], context], dim=2))
-        return codes + ranked
+        return _pixels(run_layers(self.decoder, torch.cat(levels, dim=2))).permute(2, 0, 1)

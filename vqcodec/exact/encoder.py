@@ -1,0 +1,209 @@
+"""The encoder's side of exact inference (``exact.md`` §11, informative): nothing a decoder needs.
+
+* **Pixels to codes.** ``ExactEncoder`` runs the VQ-VAE's encoder in the integers of ``vqvae.py`` and
+  picks each nearest codeword by exact integer distances (ties to the smallest index), so the same
+  image gives the same codes, hence the same bytes, whatever the threads or device.
+* **Tables of known codes.** The encoder has every code before it writes a bit, so it may evaluate
+  the prior over whole maps in one pass (``logits_full``: a few large GEMMs) instead of wavefront by
+  wavefront: the same integers, since every layer reads only positions before its own (§9).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vqcodec.exact.arithmetic import frequencies
+from vqcodec.exact.prior import ExactPrior
+from vqcodec.exact.stepper import ExactStepper, reach
+from vqcodec.exact.vqvae import (
+    FP,
+    IntegerConv,
+    move_layers,
+    quantise_codebook,
+    quantise_layers,
+    run_layers,
+)
+from vqcodec.models import order
+from vqcodec.models.vqvae import VQVAE, encode_in_bands
+
+WHOLE_MAP_VALUES = 2**24
+"""Largest positions x K of a map that the encoder evaluates in one pass (its logits then take at most
+128 MiB), and largest size of each of its caches (in values), by default."""
+
+
+def encoder_stepper(
+    prior: ExactPrior,
+    codes: list[Tensor],
+    cond_codes: list[list[Tensor]],
+    whole_map_values: int = WHOLE_MAP_VALUES,
+) -> ExactStepper | KnownCodes:
+    """Tables of maps of one size whose codes are all known, as the encoder has them (``codes`` [H, W]
+    and ``cond_codes``, the levels above, of each), in the order of ``ExactPrior.batch_stepper``: each
+    map in one parallel pass (``logits_full``) when its logits and caches hold at most
+    ``whole_map_values`` values, else step by step."""
+    height, width = codes[0].shape
+    logits = len(codes) * height * width * prior.codebook_size
+    too_large = max(logits, ExactStepper.whole_cache_values(prior, height, width)) > whole_map_values
+    if too_large or _band_rows(prior, height, width) < height and _reaches_below(prior):
+        return prior.batch_stepper(height, width, cond_codes)
+    known = torch.empty(
+        len(codes), height, width, prior.codebook_size, dtype=torch.int64, device=prior.device
+    )
+    for i, (image_codes, image_cond) in enumerate(zip(codes, cond_codes, strict=True)):
+        known[i] = logits_full(prior, image_codes, image_cond)
+    return KnownCodes(known)
+
+
+def logits_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> Tensor:
+    """int64 logits [H, W, K] at FA of one image's codes [H, W], every position at once.
+
+    Runs the stepper's evaluation on bands of whole rows instead of wavefronts (every layer reads
+    only rows above and its own, or, with kernels wider than 3, one band of all the rows), so it
+    equals what the stepper gives step by step (tested).
+    """
+    height, width = codes.shape
+    stepper = ExactStepper(prior, height, width, [cond_codes], whole=True)
+    stepper.write_all_codes(codes.to(prior.device, torch.int64))
+    band = height if _reaches_below(prior) else _band_rows(prior, height, width)
+    logits = torch.empty(height, width, prior.codebook_size, dtype=torch.int64, device=prior.device)
+    for y in range(0, height, band):
+        rows = stepper.evaluate_rows(y, min(y + band, height))
+        logits[y : y + band] = rows.view(-1, width, prior.codebook_size)
+    return logits
+
+
+def _band_rows(prior: ExactPrior, height: int, width: int) -> int:
+    """Rows of a band of ``logits_full`` whose arrays hold about ``prior.chunk`` values."""
+    widest = max(prior.codebook_size, prior.kernel_size * prior.channels)
+    return min(height, max(1, prior.chunk // (width * widest)))
+
+
+def _reaches_below(prior: ExactPrior) -> bool:
+    """Whether a mask's taps reach the row below (kernels wider than 3: (1, -2) is on the same
+    wavefront), so that a band of rows would read the next band's before it is evaluated."""
+    return reach(prior)[1] > 0
+
+
+class KnownCodes:
+    """The stepper interface over logits computed in advance (``ExactPrior.encoder_stepper``)."""
+
+    def __init__(self, logits: Tensor):
+        self._logits = logits  # int64 [B, H, W, K]
+        _, self.height, self.width, self._k = logits.shape
+        self.n_steps = order.n_steps(self.height, self.width)
+
+    def positions(self, t: int) -> tuple[Tensor, Tensor]:
+        return order.wavefront(t, self.height, self.width)
+
+    def freqs(self, t: int) -> np.ndarray:
+        """Position by position, image by image within each, as ``ExactStepper.freqs``."""
+        ys, xs = (index.to(self._logits.device) for index in self.positions(t))
+        logits = self._logits[:, ys, xs].transpose(0, 1).reshape(-1, self._k)
+        return frequencies(logits).cpu().numpy()
+
+    def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
+        """Nothing to do: the logits already saw every code."""
+
+    def on_map(self, t: int) -> None:
+        """Every position lies on its map (``ExactStepper.on_map``)."""
+
+
+def _input_table() -> Tensor:
+    """``rhe((p / 255 - 1/2) 2**FP)`` for p = 0..255 (no ties: 255 is odd), in exact integers."""
+    values = []
+    for p in range(256):
+        numerator = (2 * p - 255) * 2 ** (FP - 1)  # (p / 255 - 1/2) 2**FP = numerator / 255
+        values.append((2 * numerator + 255) // 510)
+    return torch.tensor(values, dtype=torch.float64)
+
+
+class ExactEncoder:
+    """The integer VQ-VAE encoder of one float ``VQVAE``: pixels to codes, the same on every platform."""
+
+    def __init__(self, vqvae: VQVAE) -> None:
+        self.config = vqvae.config
+        self._encode_halo = vqvae.encode_halo()
+        self.codebooks = [quantise_codebook(q.embedding) for q in vqvae.quantizers]
+        self.encoders = [quantise_layers(encoder.net) for encoder in vqvae.encoders]
+        self.quant_convs = [IntegerConv.from_float(conv) for conv in vqvae.quant_convs]
+        self.context_decoders = [quantise_layers(decoder.net) for decoder in vqvae.context_decoders]
+        self.inputs = _input_table()
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> ExactEncoder:
+        """This encoder with every tensor on ``device`` (in place)."""
+        self.device = torch.device(device)
+        for name in ("codebooks", "encoders", "quant_convs", "context_decoders", "inputs"):
+            setattr(self, name, move_layers(getattr(self, name), self.device))
+        return self
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        pixels: Tensor,
+        band_rows: int | None = None,
+        candidates: int = 0,
+        fixed: list[Tensor] | None = None,
+    ) -> list[Tensor]:
+        """int64 codes [B, h_l, w_l] per level, top first, of uint8 pixels [B, 3, H, W] .
+
+        ``fixed``: codes [B, h_l, w_l] to take for the first levels instead of the nearest codewords (the
+        levels below then see them). ``candidates`` M > 0 appends, for every level, its M nearest
+        codewords [B, M, h_l, w_l] (nearest first, ties to the smaller index) and their distances less
+        ``|z|^2`` (exact int64, same shape), for a rate-distortion choice among them (``vqcodec.rdo``).
+        """
+        fixed = fixed or []
+        factors = [2 ** (self.config.n_levels - 1 - level) for level in range(len(fixed))]
+
+        def encode(images: Tensor, rows: slice) -> list[Tensor]:
+            upper = [
+                level[:, rows.start // f : -(-rows.stop // f)]
+                for level, f in zip(fixed, factors, strict=True)
+            ]
+            per_image = [
+                self.encode_image(image, candidates, [level[i] for level in upper])
+                for i, image in enumerate(images)
+            ]
+            return [torch.stack(level) for level in zip(*per_image, strict=True)]
+
+        m = self.config.multiple
+        if pixels.shape[-2] % m or pixels.shape[-1] % m:
+            raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of {m}")
+        return encode_in_bands(encode, pixels, self.config, self._encode_halo, band_rows)
+
+    def encode_image(
+        self, pixels: Tensor, candidates: int = 0, fixed: list[Tensor] | None = None
+    ) -> list[Tensor]:
+        """int64 code maps [h_l, w_l], top first, of one image's uint8 pixels [3, H, W], taking the
+        ``fixed`` codes for the first levels; with ``candidates`` then each level's nearest codewords and
+        distances [M, h_l, w_l] (``encode``)."""
+        fixed = fixed or []
+        x = self.inputs[pixels.to(self.device).permute(1, 2, 0).long()]
+        features = []
+        for layers in reversed(self.encoders):
+            x = run_layers(layers, x)
+            features.append(x)
+        features.reverse()
+        codes, ranked, context = [], [], features[0][..., :0]
+        for level, feature in enumerate(features):
+            z = self.quant_convs[level](torch.cat([feature, context], dim=2))
+            book = self.codebooks[level]
+            # |z|^2 - 2 z.e + |e|^2 without |z|^2: integers below 2**48, so exact; argmin and the stable
+            # sort take the first of equal distances on every device
+            scores = torch.addmm(book.square().sum(1), z.flatten(0, 1), book.t(), alpha=-2.0)
+            if level < len(fixed):
+                level_codes = fixed[level].to(self.device)
+            else:
+                level_codes = scores.argmin(1).view(z.shape[:2])
+            codes.append(level_codes)
+            if candidates:
+                nearest, order = torch.sort(scores, dim=1, stable=True)
+                for kept in (order, nearest.long()):
+                    ranked.append(kept[:, :candidates].t().reshape(-1, *z.shape[:2]).contiguous())
+            if level < len(self.context_decoders):
+                context = run_layers(
+                    self.context_decoders[level], torch.cat([book[level_codes], context], dim=2)
+                )
+        return codes + ranked

@@ -1,0 +1,166 @@
+"""The integer prior (``exact.md`` §6): a PixelSNAIL prior's network in the arithmetic of §5.
+
+``ExactPrior.from_float`` quantises a float prior (§3); its layers are then evaluated by a stepper
+(``stepper.py``: one wavefront at a time, for encoder and decoder) or, by the encoder, over whole
+maps at once (``encoder.py``). The conditioning stack of the lower levels (§6.1) runs once per map,
+here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from vqcodec.coding.entropy import MAX_ALPHABET
+from vqcodec.exact.arithmetic import clamp, elu
+from vqcodec.exact.cuda_stepper import ColumnStepper
+from vqcodec.exact.gather import GEMM_CHUNK, gathered_linear, linear_rows, padded, tap_index, to_device
+from vqcodec.exact.quantise import (
+    Linear,
+    QuantAttention,
+    QuantGatedBlock,
+    QuantResBlock,
+    all_taps,
+    masked_taps,
+    quantise_attention,
+    quantise_embedding,
+    quantise_res_block,
+)
+from vqcodec.exact.stepper import ExactStepper
+from vqcodec.models import order
+from vqcodec.models.pixelsnail import PixelSNAILPrior, check_cond_codes
+
+COND_DTYPE = torch.float32
+"""Storage of the conditioning tables: clamped activations, exact in float32, at half the memory of
+float64 (they cover a quarter of a level's positions, which for a large image is many)."""
+
+
+@dataclasses.dataclass
+class ExactPrior:
+    """The integer mirror of a :class:`PixelSNAILPrior` (``bitstream_spec/exact.md``)."""
+
+    codebook_size: int
+    cond_codebook_sizes: tuple[int, ...]
+    channels: int
+    kernel_size: int
+    attention_every: int
+    attention_offsets: list[tuple[int, int]]
+    embed: Tensor  # float64 [K, C], integers at FA (written to the first layer's gather source)
+    input_conv: Linear
+    blocks: list[QuantGatedBlock]
+    attentions: list[QuantAttention]
+    out_blocks: list[QuantResBlock]
+    out_conv: Linear
+    cond_embeds: list[Tensor]  # float64 [K_i, D], integers at FA, per upper level, top first
+    cond_conv: Linear | None
+    cond_stack: list[QuantResBlock]
+    chunk: int = GEMM_CHUNK
+    """Values gathered for one GEMM at most: a memory budget, which changes no result."""
+
+    @classmethod
+    def from_float(cls, prior: PixelSNAILPrior) -> ExactPrior:
+        """Quantise ``prior`` (deterministic from its weights; dropout is the identity)."""
+        config = prior.config
+        if prior.attentions and config.attention_context != "window":
+            raise ValueError(f"{config.attention_context} attention cannot be decoded in wavefronts")
+        if prior.codebook_size > MAX_ALPHABET or any(k > MAX_ALPHABET for k in prior.cond_codebook_sizes):
+            raise ValueError(f"codebook sizes must be at most {MAX_ALPHABET}")
+        conditioned = len(prior.cond_codebook_sizes) > 0
+        return cls(
+            codebook_size=prior.codebook_size,
+            cond_codebook_sizes=prior.cond_codebook_sizes,
+            channels=config.channels,
+            kernel_size=config.kernel_size,
+            attention_every=config.attention_every,
+            attention_offsets=order.attention_offsets(config.attention_radius) if prior.attentions else [],
+            embed=quantise_embedding(prior.embed),
+            input_conv=Linear.from_conv(prior.input_conv, masked_taps(prior.input_conv, first_layer=True)),
+            blocks=[
+                QuantGatedBlock(
+                    Linear.from_conv(block.conv1, masked_taps(block.conv1, first_layer=False)),
+                    Linear.from_conv(block.conv2, masked_taps(block.conv2, first_layer=False)),
+                    Linear.from_conv(block.cond_proj, [(0, 0)]) if block.cond_proj is not None else None,
+                )
+                for block in prior.blocks
+            ],
+            attentions=[quantise_attention(attn, config.attention_radius) for attn in prior.attentions],
+            out_blocks=[quantise_res_block(block) for block in prior.out_blocks],
+            out_conv=Linear.from_conv(prior.out_conv, [(0, 0)]),
+            cond_embeds=[quantise_embedding(e) for e in prior.cond_embeds] if conditioned else [],
+            cond_conv=Linear.from_conv(prior.cond_conv, [(0, 0)]) if conditioned else None,
+            cond_stack=[quantise_res_block(block) for block in prior.cond_stack] if conditioned else [],
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def to(self, device: torch.device | str) -> ExactPrior:
+        """A copy with all integer weights on ``device`` (the results are the same on every device)."""
+        return to_device(self, torch.device(device))
+
+    def stepper(self, height: int, width: int, cond_codes: list[Tensor]) -> ExactStepper:
+        """Tables of one height x width map, step by step; ``cond_codes``: [h_i, w_i] per level above."""
+        return self.batch_stepper(height, width, [cond_codes])
+
+    def batch_stepper(
+        self,
+        height: int,
+        width: int,
+        cond_codes: list[list[Tensor]],
+        sizes: list[tuple[int, int]] | None = None,
+    ) -> ExactStepper:
+        """Tables of several height x width maps at once, one per image of ``cond_codes`` (the levels
+        above of each), or on the CPU of maps of the ``sizes`` within height x width: every step
+        evaluates all their positions together. On a GPU, each step is one CUDA graph
+        (:class:`ColumnStepper`), for maps of one size."""
+        if self.device.type != "cuda":
+            return ExactStepper(self, height, width, cond_codes, sizes=sizes)
+        if sizes is not None and set(sizes) != {(height, width)}:
+            raise ValueError("a GPU stepper takes maps of one size")
+        return ColumnStepper(self, height, width, cond_codes)
+
+    def condition(self, cond_codes: list[Tensor], height: int, width: int) -> list[Tensor] | None:
+        """Per gated block, ``cond_proj`` of the conditioning features at the level above's resolution.
+
+        Returns ``COND_DTYPE`` [ceil(H/2) * ceil(W/2), 2C] per block (None for the top prior): the
+        values are clamped activations, below 2^20 in magnitude, and float32 halves the largest table
+        a big image needs. The final nearest x2 upsampling of the float model commutes with the 1x1
+        ``cond_proj``, so the value at (y, x) is row (y // 2) * ceil(W/2) + x // 2: a quarter of the
+        work and memory.
+        """
+        n = len(self.cond_codebook_sizes)
+        check_cond_codes(n, cond_codes)
+        if n == 0:
+            return None
+        h2, w2 = -(-height // 2), -(-width // 2)
+        ys, xs = torch.arange(h2, device=self.device), torch.arange(w2, device=self.device)
+        embedded = []
+        for i, (codes, table) in enumerate(zip(cond_codes, self.cond_embeds, strict=True)):
+            f = 2 ** (n - i)
+            codes = torch.as_tensor(codes, device=self.device)
+            if tuple(codes.shape) != (-(-height // f), -(-width // f)):
+                raise ValueError(f"upper level {i} has shape {tuple(codes.shape)} for a {height}x{width} map")
+            if codes.numel() and (codes.min() < 0 or codes.max() >= self.cond_codebook_sizes[i]):
+                raise ValueError(f"upper level {i} has codes outside its codebook")
+            g = f // 2  # nearest upsampling by g to this level's half resolution
+            embedded.append(table[codes[ys // g][:, xs // g]])
+        features = torch.cat(embedded, dim=-1)  # [h2, w2, n * D]
+        c = self.cond_conv(features.view(h2 * w2, -1))
+        for block in self.cond_stack:
+            h = self._conv_full(block.conv1, elu(c).view(h2, w2, -1))
+            h = self._conv_full(block.conv2, elu(h).view(h2, w2, -1))
+            c = clamp(c + h)
+        return [linear_rows(block.cond_proj, c, COND_DTYPE, self.chunk) for block in self.blocks]
+
+    def _conv_full(self, layer: Linear, features: Tensor) -> Tensor:
+        """A zero-padded 3x3 ``layer`` at every position of float64 features [h, w, C] -> [h * w, out]."""
+        h, w, _ = features.shape
+        source = padded(features, 1)
+        ys = torch.arange(h, device=features.device).repeat_interleave(w)
+        xs = torch.arange(w, device=features.device).repeat(h)
+        base = (ys + 1) * (w + 2) + xs + 1
+        index = base[:, None] + tap_index(all_taps(3), w + 2, features.device)
+        return gathered_linear(layer, source, index, self.chunk)

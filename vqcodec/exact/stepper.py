@@ -1,0 +1,410 @@
+"""Execution of the integer prior, one wavefront step at a time (``exact.md`` §9): encoder and decoder.
+
+How the layers are scheduled (caches, slots, strided views, batching several images) decides only
+speed and memory: every product sum is exact in any order (§8), so any schedule that evaluates the
+layers of §6 at the positions of one wavefront gives the same tables.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vqcodec.exact.arithmetic import P_BITS, clamp, elu, float_frequencies, gated_residual, round_shift
+from vqcodec.exact.attention import attend, attention_weights
+from vqcodec.exact.quantise import Linear, QuantAttention, masked_offsets
+from vqcodec.models import order
+
+if TYPE_CHECKING:
+    from vqcodec.exact.prior import ExactPrior
+
+_SLIDE = 32
+"""Steps a stepper's caches hold beyond the ones a layer reads (more when a layer reads further back),
+before they slide back."""
+
+
+def reach(prior: ExactPrior) -> tuple[int, int, int]:
+    """Rows above and below, and steps back, that the prior's taps reach: (top, bottom, lag).
+
+    (Kernels wider than 3 reach the row below: (1, -2) is on the same wavefront.)
+    """
+    k = prior.kernel_size
+    offsets = masked_offsets(k, first_layer=True) + masked_offsets(k, first_layer=False)
+    offsets += prior.attention_offsets
+    dys = [dy for dy, _ in offsets]
+    return max(0, -min(dys)), max(0, max(dys)), max(-order.step_of(dy, dx) for dy, dx in offsets)
+
+
+class RowTaps(NamedTuple):
+    """The taps of a masked convolution in one kernel row: ``count`` neighbouring cache slots."""
+
+    shift: int  # cache cells from a position to its first tap: dy * slots + dx_first + 2 dy
+    width: int  # count * C input values, contiguous in the cache
+    rows: slice  # the rows of the layer's weight that multiply them
+
+
+class Sites(NamedTuple):
+    """Positions evaluated together, and how they lie in every cache.
+
+    A wavefront (``size`` (n B,)) or a band of whole rows (``size`` (h, W)): position i sits at cache
+    cell ``first + sum(i_k stride_k)``, in slot ``slot`` (one for a wavefront, one per position for a
+    band). ``mask``: 1 for the positions whose values the caches keep, 0 for those to be left as the
+    zero padding (a :class:`ColumnStepper`'s rows off the map, or positions off a smaller map of a
+    stepper of maps of several sizes); None keeps them all.
+    """
+
+    ys: Tensor  # [n] rows, flattened in ``size`` order
+    xs: Tensor  # [n] columns
+    images: Tensor  # [n] the image of each position
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    first: int
+    slot: int | Tensor
+    mask: Tensor | None = None
+    limits: Tensor | None = None
+    """[n, 2, 1] the height and width of the map each position's attention sees; None: the stepper's."""
+
+
+class ExactStepper:
+    """Frequency tables of one code map, one wavefront step at a time, for encoder and decoder alike.
+
+    Call ``freqs(t)`` and then ``set_codes(t, codes)`` for t = 0, 1, ..., n_steps - 1. Every layer whose
+    output is read at other positions (conv inputs after ELU, attention keys and values, code
+    embeddings) has a cache; step t evaluates each layer only at the wavefront's positions, reading its
+    taps from the previous layer's cache: mask "B" taps on the same wavefront are already written,
+    because each layer runs for the whole wavefront before the next one.
+
+    A cache is sheared by the decode order: ``[(top + H + bottom) B, slots, C]`` integers in float64
+    (float32 in a ``whole`` stepper), where position (y, x) of image b (of B evaluated together) lies
+    in row ``(top + y) B + b`` (zero rows above and below, for taps off the map) and slot
+    ``x + 2 y - origin``, its step. A wavefront of all B images is then consecutive rows of one
+    slot, and a kernel row's taps of it are neighbouring slots of the rows above or of its own: every
+    convolution reads its inputs as strided views (one GEMM per kernel row), with no gather. The
+    slots hold only the recent steps: taps reach at most ``lag`` steps back (3 for 3x3 kernels, 3r
+    for an attention radius r), so when step t runs past the last slot the caches keep steps
+    ``t - lag .. t - 1`` in their first slots and clear the rest. Cells outside the map are never
+    written and read as the zero padding. Memory grows with the map's height only.
+
+    With B images, the tables of step t are [n_t B, K] and its codes n_t B, position by position and
+    image by image within a position: the same integers as each image's own stepper gives.
+    """
+
+    def __init__(
+        self,
+        prior: ExactPrior,
+        height: int,
+        width: int,
+        cond_codes: list[list[Tensor]],
+        whole: bool = False,
+        sizes: list[tuple[int, int]] | None = None,
+    ):
+        """``cond_codes``: the levels above of each image; ``whole``: one image, a slot for every step
+        (the caches never slide), to evaluate bands of whole rows; ``sizes``: the (h, w) of each
+        image's map, at most height x width, when they differ (None: all height x width)."""
+        if height < 1 or width < 1:
+            raise ValueError(f"empty map {height}x{width}")
+        if not cond_codes or (whole and len(cond_codes) > 1):
+            raise ValueError(f"{len(cond_codes)} images for a {'whole' if whole else 'batch'} stepper")
+        if sizes is not None and (
+            len(sizes) != len(cond_codes) or not all(1 <= h <= height and 1 <= w <= width for h, w in sizes)
+        ):
+            raise ValueError(
+                f"sizes {sizes} must give each of {len(cond_codes)} maps, within {height}x{width}"
+            )
+        self.prior, self.height, self.width = prior, height, width
+        self.batch = batch = len(cond_codes)
+        self.n_steps = order.n_steps(height, width)
+        device, channels, k = prior.device, prior.channels, prior.kernel_size
+        taps_a, taps_b = masked_offsets(k, first_layer=True), masked_offsets(k, first_layer=False)
+        self._top, bottom, self._lag = reach(prior)
+        self._slots = self._slot_count(whole)
+        self._origin = -self._lag  # the step held in slot 0
+        # A band's taps are copied out anyway (they overlap), so a whole map's caches can hold its
+        # activations (integers below 2**20) as float32, at half the memory.
+        dtype = torch.float32 if whole else torch.float64
+        n_caches = 1 + 2 * len(prior.blocks) + 2 * len(prior.attentions)
+        rows = (self._top + height + bottom) * batch
+        self._memory = torch.zeros(n_caches, rows, self._slots, channels, dtype=dtype, device=device)
+        self._caches = list(self._memory)
+        self._embedded = self._caches[0]
+        pairs = list(zip(self._caches[1::2], self._caches[2::2], strict=True))
+        self._block_inputs, self._keys_values = pairs[: len(prior.blocks)], pairs[len(prior.blocks) :]
+        self._taps_a, self._taps_b = self._row_taps(taps_a), self._row_taps(taps_b)
+        self._offset_cells = torch.tensor(
+            [dy * batch * self._slots + order.step_of(dy, dx) for dy, dx in prior.attention_offsets],
+            device=device,
+        )
+        self._offsets = torch.tensor(prior.attention_offsets, dtype=torch.int64, device=device).view(-1, 2)
+        self._sizes = (
+            None if sizes is None or set(sizes) == {(height, width)} else torch.tensor(sizes, device=device)
+        )
+        shapes = [(height, width)] * batch if self._sizes is None else sizes
+        per_image = [prior.condition(codes, h, w) for codes, (h, w) in zip(cond_codes, shapes, strict=True)]
+        self._cond = (
+            None if per_image[0] is None else [torch.cat(tables) for tables in zip(*per_image, strict=True)]
+        )
+        self._cond_width = -(-width // 2)
+        self._cond_size = -(-height // 2) * self._cond_width
+        if self._sizes is not None:  # each image's conditioning table: its first row and its width
+            cond_widths = [-(-w // 2) for _, w in sizes]
+            cond_sizes = [
+                -(-h // 2) * cond_width for (h, _), cond_width in zip(sizes, cond_widths, strict=True)
+            ]
+            self._cond_firsts = torch.tensor([0, *itertools.accumulate(cond_sizes)][:-1], device=device)
+            self._cond_widths = torch.tensor(cond_widths, device=device)
+            self._cond_last = sum(cond_sizes) - 1
+
+        # All positions sorted by step, rows ascending within a step (the order of order.wavefront).
+        steps = order.step_map(height, width).flatten()
+        perm = torch.argsort(steps, stable=True)
+        self._ys = (perm // width).repeat_interleave(batch).to(device)
+        self._xs = (perm % width).repeat_interleave(batch).to(device)
+        self._images = torch.arange(batch, device=device).repeat(height * width)
+        self._on_map = self._limits = None  # when the sizes differ:
+        if self._sizes is not None:
+            sizes = self._sizes[self._images]
+            on_map = (self._ys < sizes[:, 0]) & (self._xs < sizes[:, 1])
+            self._on_map = on_map.to(torch.float64)[:, None]  # 1.0 where a position lies on its map
+            # the map each position's attention sees: its own, or for one off it, the largest
+            largest = torch.tensor([height, width], device=device)
+            self._limits = torch.where(on_map[:, None], sizes, largest)[:, :, None]
+        bounds = torch.cumsum(torch.bincount(steps, minlength=self.n_steps), 0).mul(batch).tolist()
+        self._bounds = [0, *bounds]
+        self._computed = 0  # steps whose tables were computed
+        self._known = 0  # steps whose codes were set
+
+    @property
+    def slots(self) -> int:
+        """The steps every cache holds at once."""
+        return self._slots
+
+    @property
+    def lag(self) -> int:
+        """How many steps back the prior's taps reach."""
+        return self._lag
+
+    @property
+    def cache_bytes(self) -> int:
+        """The memory of the caches."""
+        return self._memory.nbytes
+
+    def _slot_count(self, whole: bool) -> int:
+        """Slots of every cache: a slot for every step of a ``whole`` map; else the steps the taps
+        reach back and at least as many more, so that sliding copies the last ``lag`` slots to the
+        first without overlap."""
+        return self.n_steps + self._lag if whole else self._lag + max(_SLIDE, self._lag)
+
+    @classmethod
+    def whole_cache_values(cls, prior: ExactPrior, height: int, width: int) -> int:
+        """Values in one cache of a ``whole`` stepper of a height x width map."""
+        top, bottom, lag = reach(prior)
+        return (top + height + bottom) * (order.n_steps(height, width) + lag) * prior.channels
+
+    def _row_taps(self, taps: list[tuple[int, int]]) -> list[RowTaps]:
+        """Group a mask's taps (row-major) by kernel row; in each, the columns are consecutive."""
+        c, groups, start = self.prior.channels, [], 0
+        for dy in sorted({dy for dy, _ in taps}):
+            dxs = [dx for tap_dy, dx in taps if tap_dy == dy]
+            assert dxs == list(range(dxs[0], dxs[0] + len(dxs))), "a mask row's taps are contiguous"
+            shift = dy * self.batch * self._slots + order.step_of(dy, dxs[0])
+            groups.append(RowTaps(shift, len(dxs) * c, slice(start * c, (start + len(dxs)) * c)))
+            start += len(dxs)
+        return groups
+
+    def positions(self, t: int) -> tuple[Tensor, Tensor]:
+        """Rows and columns of the codes of step ``t`` (``order.wavefront``), on the CPU."""
+        return order.wavefront(t, self.height, self.width)
+
+    def _cell(self, y: int, x: int) -> int:
+        """The cache cell (row-major over [rows, slots]) of position (y, x) of the first image."""
+        return (self._top + y) * self.batch * self._slots + order.step_of(y, x) - self._origin
+
+    def _first_row(self, t: int) -> int:
+        """The first row with a position at step t (``order.wavefront``)."""
+        return max(0, -(-(t - self.width + 1) // order.SLOPE))
+
+    def _wavefront(self, t: int) -> Sites:
+        lo, hi = self._bounds[t], self._bounds[t + 1]
+        y_first = self._first_row(t)
+        first = self._cell(y_first, t - order.SLOPE * y_first)
+        where = slice(lo, hi)
+        sites = self._ys[where], self._xs[where], self._images[where]
+        mask = limits = None  # all on the map, unless the maps' sizes differ
+        if self._on_map is not None:
+            mask, limits = self._on_map[where], self._limits[where]
+        return Sites(*sites, (hi - lo,), (self._slots,), first, t - self._origin, mask, limits)
+
+    def on_map(self, t: int) -> np.ndarray | None:
+        """Which of the n_t B positions of step ``t`` lie on their image's map (None: all of them).
+        With maps of several sizes, the tables of the others are computed and ignored, their codes
+        may be anything, and what they write is kept as zeros, the padding off a map."""
+        if self._on_map is None:
+            return None
+        return self._on_map[self._bounds[t] : self._bounds[t + 1], 0].cpu().numpy() > 0
+
+    def _rows(self, y_start: int, y_stop: int) -> Sites:
+        """The positions of rows ``y_start .. y_stop - 1`` (a ``whole`` stepper's)."""
+        ys = torch.arange(y_start, y_stop, device=self.prior.device).repeat_interleave(self.width)
+        xs = torch.arange(self.width, device=self.prior.device).repeat(y_stop - y_start)
+        size, stride = (y_stop - y_start, self.width), (self._slots + order.SLOPE, 1)
+        slot = xs + order.SLOPE * ys - self._origin
+        return Sites(ys, xs, torch.zeros_like(ys), size, stride, self._cell(y_start, 0), slot)
+
+    def freqs(self, t: int) -> np.ndarray:
+        """int64 [n_t B, K] frequency tables of the codes of step ``t``, in ``positions(t)`` order (and
+        image by image within each position)."""
+        self._check_tables_step(t)
+        self._slide(t)
+        sites = self._wavefront(t)
+        self._computed += 1
+        if len(sites.ys) == 0:  # a step without codes (a map one column wide has them at odd steps)
+            return np.zeros((0, self.prior.codebook_size), dtype=np.int64)
+        return float_frequencies(self._evaluate(sites)).to(torch.int64).cpu().numpy()
+
+    def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
+        """Record the n_t B codes of step ``t`` (in the order of its tables), after its tables."""
+        self._check_codes_step(t)
+        sites = self._wavefront(t)
+        codes = torch.as_tensor(codes, device=self.prior.device).to(torch.int64).reshape(-1)
+        if len(codes) != len(sites.ys):
+            raise ValueError(f"step {t} has {len(sites.ys)} codes, got {len(codes)}")
+        self._write_codes(sites, codes)
+        self._known += 1
+
+    def _check_tables_step(self, t: int) -> None:
+        if not 0 <= t < self.n_steps:
+            raise ValueError(f"step {t} outside 0..{self.n_steps - 1}")
+        if t != self._computed or self._known < t:
+            raise ValueError(f"tables of step {t} asked after {self._computed} steps, {self._known} known")
+
+    def _check_codes_step(self, t: int) -> None:
+        if t != self._known or t >= self._computed:
+            raise ValueError(f"codes of step {t} given after {self._known} steps, {self._computed} computed")
+
+    def write_all_codes(self, codes: Tensor) -> None:
+        """Enter every code [H, W] at once (a ``whole`` stepper, before ``evaluate_rows``)."""
+        self._write_codes(self._rows(0, self.height), codes.reshape(-1))
+
+    def evaluate_rows(self, y_start: int, y_stop: int) -> Tensor:
+        """Logits [n, K] (integer-valued float64) of rows ``y_start .. y_stop - 1``, whose codes and
+        rows above were entered and evaluated (a ``whole`` stepper)."""
+        return self._evaluate(self._rows(y_start, y_stop))
+
+    def _check_code_range(self, codes: Tensor) -> None:
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
+            raise ValueError(f"codes must lie in 0..{self.prior.codebook_size - 1}")
+
+    def _write_codes(self, sites: Sites, codes: Tensor) -> None:
+        self._check_code_range(codes)
+        self._store(self._embedded, sites, self.prior.embed.index_select(0, codes))
+
+    def _slide(self, t: int) -> None:
+        """Before step t: if its slot is past the last, keep the steps its taps read and clear the rest."""
+        if t - self._origin < self._slots:
+            return
+        kept = slice(t - self._lag - self._origin, t - self._origin)
+        self._memory[:, :, : self._lag] = self._memory[:, :, kept]
+        self._memory[:, :, self._lag :] = 0
+        self._origin = t - self._lag
+
+    @staticmethod
+    def _cells(cache: Tensor, sites: Sites, shift: int, width: int) -> Tensor:
+        """[*size, width] strided view of the cache values from ``shift`` cells after each site."""
+        c = cache.shape[2]
+        strides = tuple(s * c for s in sites.stride) + (1,)
+        return cache.as_strided(
+            (*sites.size, width), strides, cache.storage_offset() + (sites.first + shift) * c
+        )
+
+    def _view(self, cache: Tensor, sites: Sites, shift: int, width: int) -> Tensor:
+        """float64 [n, width] of the cache values from ``shift`` cells after each site: a strided view for
+        a wavefront (float64 caches), one float64 copy for a band of rows (float32 caches, overlapping
+        windows)."""
+        taps = self._cells(cache, sites, shift, width)
+        return taps if len(sites.size) == 1 else taps.to(torch.float64).view(-1, width)
+
+    def _store(self, cache: Tensor, sites: Sites, values: Tensor) -> None:
+        if sites.mask is not None:
+            values = values * sites.mask
+        cells = self._cells(cache, sites, 0, cache.shape[2])
+        cells.copy_(values.view(cells.shape))
+
+    def _conv(self, layer: Linear, cache: Tensor, sites: Sites, taps: list[RowTaps]) -> Tensor:
+        """A masked convolution at the sites: one GEMM per kernel row, then the rounding of ``Linear``."""
+        out = None
+        for tap in taps:
+            inputs, weight = self._view(cache, sites, tap.shift, tap.width), layer.weight[tap.rows]
+            out = torch.addmm(layer.bias_low, inputs, weight) if out is None else out.addmm_(inputs, weight)
+        return layer.finish(out)
+
+    def _evaluate(self, sites: Sites) -> Tensor:
+        """Logits [n, K] (integer-valued float64) at the sites, all layers in order, writing the caches
+        there.
+
+        Every position that a tap reads must be final: it is one of the sites or was evaluated before.
+        """
+        prior, ys, xs = self.prior, sites.ys, sites.xs
+        x = self._conv(prior.input_conv, self._embedded, sites, self._taps_a)
+        if self._cond is not None and self._sizes is None:
+            cond_rows = sites.images * self._cond_size + (ys // 2) * self._cond_width + xs // 2
+        elif self._cond is not None:  # positions off their map read any row in range
+            cond_rows = (
+                self._cond_firsts[sites.images] + (ys // 2) * self._cond_widths[sites.images] + xs // 2
+            )
+            cond_rows = cond_rows.clamp_(max=self._cond_last)
+        if prior.attentions:
+            rows = (ys + self._top) * self.batch + sites.images
+            cells = rows * self._slots + sites.slot
+            oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
+            heights, widths = (self.height, self.width) if sites.limits is None else sites.limits.unbind(1)
+            valid = (oy >= 0) & (oy < heights) & (ox >= 0) & (ox < widths)  # [n, n_off]
+            index_attn = cells[:, None] + self._offset_cells if len(sites.size) == 1 else None
+        for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
+            self._store(inputs, sites, elu(x))
+            self._store(middles, sites, elu(self._conv(block.conv1, inputs, sites, self._taps_b)))
+            h = self._conv(block.conv2, middles, sites, self._taps_b)
+            if self._cond is not None:
+                h = clamp(h.add_(self._cond[i].index_select(0, cond_rows)))
+            x = gated_residual(x, h)
+            if prior.attention_every and (i + 1) % prior.attention_every == 0:
+                j = (i + 1) // prior.attention_every - 1
+                attn, (keys, values) = prior.attentions[j], self._keys_values[j]
+                self._store(keys, sites, attn.key(x))
+                self._store(values, sites, attn.value(x))
+                if len(sites.size) == 1:  # a wavefront
+                    keys, values = keys.view(-1, prior.channels), values.view(-1, prior.channels)
+                    x = attend(attn, keys, values, x, index_attn, valid, prior.chunk)
+                else:
+                    x = self._attend_band(attn, keys, values, x, sites, valid)
+        for block in prior.out_blocks:
+            x = clamp(x.add_(block.conv2(elu(block.conv1(elu(x))))))
+        return prior.out_conv(elu(x))
+
+    def _attend_band(
+        self, attn: QuantAttention, keys: Tensor, values: Tensor, x: Tensor, sites: Sites, valid: Tensor
+    ) -> Tensor:
+        """:func:`attend` at a band of whole rows, from the caches ``keys`` and ``values`` [rows, slots,
+        C] (a ``whole`` stepper's, float32).
+
+        The keys (and values) of one offset at all the band's positions are one strided view of a
+        cache, so each offset is a product and a sum over the band, with nothing gathered: gathered,
+        the windows of a band hold every cell once per offset, and copying them took half the top
+        prior's time. The sums are exact as :func:`attention_rows` says, in any order.
+        """
+        (h, w), c, heads = sites.size, x.shape[1], attn.n_heads
+        keys, values = keys.double(), values.double()  # the same layout, cast once
+        query = attn.query(x).view(h, w, heads, c // heads)
+        shifts = self._offset_cells.tolist()
+        raw = x.new_empty(len(shifts), h, w, heads)
+        for j, shift in enumerate(shifts):
+            torch.linalg.vecdot(query, self._cells(keys, sites, shift, c).view(query.shape), out=raw[j])
+        raw = raw.permute(1, 2, 3, 0).contiguous().view(h * w, heads, len(shifts))
+        weights = attention_weights(raw, valid).view(h, w, heads, len(shifts))
+        mixed = torch.zeros_like(query)
+        for j, shift in enumerate(shifts):
+            mixed.addcmul_(weights[..., j, None], self._cells(values, sites, shift, c).view(query.shape))
+        return clamp(x.add_(attn.proj(round_shift(mixed, P_BITS).view(h * w, c))))
