@@ -99,19 +99,6 @@ class ModelConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        vq = dict(data["vqvae"])
-        vq["levels"] = tuple(LevelConfig(**lvl) for lvl in vq["levels"])
-        return cls(
-            vqvae=VQVAEConfig(**vq),
-            priors=tuple(PriorConfig(**p) for p in data["priors"]),
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
-
 
 def three_level_config() -> ModelConfig:
     """The paper's 3-level layout (as for 1024 px FFHQ): bottom at 1/8, middle 1/16, top 1/32."""
