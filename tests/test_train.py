@@ -16,12 +16,16 @@ from processes import run_workers
 from safetensors import safe_open
 from synthetic_images import make_images
 
-from vqcodec.models.config import LevelConfig, PriorConfig, three_level_config
+from vqcodec.models.config import PRESETS, LevelConfig, PriorConfig, three_level_config
+from vqcodec.models.model import build_prior
 from vqcodec.train.checkpoint import checkpoint_path, read_state
 from vqcodec.train.data import ImageFolder, StreamSampler, list_images
+from vqcodec.train.dist import Dist
+from vqcodec.train.evaluate import nll_bits
 from vqcodec.train.export import export
+from vqcodec.train.extract import extract_codes, load_codes
 from vqcodec.train.stage1 import train_vqvae
-from vqcodec.train.stage2 import extract_codes, load_codes, resolve_level, train_prior
+from vqcodec.train.stage2 import resolve_level, train_prior
 from vqcodec.zoo.modelfile import load_model
 
 CROP = 32
@@ -183,6 +187,18 @@ def test_prior_resumes_exactly(run8: Path, tmp_path: Path, level: str) -> None:
     stage2(resumed, level, 3)
     stage2(resumed, level, 6)
     assert_identical(tensors(straight, f"prior-{level}"), tensors(resumed, f"prior-{level}"))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_nll_bits_leaves_the_prior_in_the_mode_it_found(training: bool) -> None:
+    config = PRESETS["tiny"]()
+    prior = build_prior(config, 0).train(training)
+    frozen = next(prior.children()).eval()  # a mixed mode is kept too, module by module
+    modes = [m.training for m in prior.modules()]
+    codes = [torch.randint(0, config.vqvae.levels[0].codebook_size, (4, 4, 4))]
+    bits = nll_bits(prior, codes, torch.arange(4), 2, Dist(0, 1, torch.device("cpu")), "fp32")
+    assert 0 < bits < 100
+    assert [m.training for m in prior.modules()] == modes and not frozen.training
 
 
 def test_levels_by_name_or_index() -> None:

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from vqcodec.models.config import ModelConfig, level_names
 from vqcodec.train import dist
-from vqcodec.train.checkpoint import load_checkpoint, save_checkpoint
 from vqcodec.zoo.modelfile import atomic_path, config_from_json
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -30,6 +29,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_workers(device: torch.device) -> int:
+    """Data-loading processes: a GPU outruns one CPU decoding images; on a CPU they would compete."""
+    return 4 if device.type == "cuda" else 0
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
@@ -86,62 +90,6 @@ def read_config(run: Path) -> ModelConfig:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: train stage 1 first (vqcodec train vqvae --out {run})")
     return config_from_json(path.read_text())
-
-
-def should_resume(checkpoint: Path, resume: bool | None) -> bool:
-    """Resume if asked to, or (``resume`` None) whenever a checkpoint exists; say which."""
-    if resume and not checkpoint.exists():
-        raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
-    resuming = checkpoint.exists() if resume is None else resume
-    if resuming:
-        say(f"Resuming from {checkpoint}" + ("" if resume else " (found it; --no-resume starts over)"))
-    elif checkpoint.exists():
-        say(f"Starting over: {checkpoint} will be overwritten")
-    else:
-        say(f"Starting a new run (no checkpoint at {checkpoint})")
-    return resuming
-
-
-def check_same_settings(saved: dict[str, Any], given: dict[str, Any]) -> None:
-    """A resumed run must continue with the settings that shaped it so far."""
-    diffs = [f"{k}={given[k]!r} (checkpoint: {saved.get(k)!r})" for k in given if saved.get(k) != given[k]]
-    if diffs:
-        raise ValueError(
-            "cannot resume with different settings: "
-            + ", ".join(diffs)
-            + "; use the checkpoint's values or start over (--no-resume)"
-        )
-
-
-def restore(
-    ckpt: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    settings: dict[str, Any],
-    resume: bool | None,
-) -> int:
-    """The step a stage starts at: 0, or when resuming the checkpoint's, with the model, optimizer and
-    scaler restored from it and its settings checked against ``settings``."""
-    if not should_resume(ckpt, resume):
-        return 0
-    state = load_checkpoint(ckpt, model, optimizer, scaler)
-    check_same_settings(state["meta"]["settings"], settings)
-    return state["step"]
-
-
-def save(
-    ckpt: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    step: int,
-    meta: dict[str, Any],
-) -> None:
-    """Write the checkpoint from the main process; every process waits until it is written."""
-    if dist.is_main():
-        save_checkpoint(ckpt, model, optimizer, scaler, step, meta)
-    dist.barrier()
 
 
 class MetricsLog:
