@@ -1,1 +1,1 @@
-"""Training of both stages, code extraction, distributed helpers and export."""
+"""Training: one loop (loop.py) for both stages (stage1.py, stage2.py), code extraction, evaluation."""

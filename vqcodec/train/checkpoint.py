@@ -9,9 +9,9 @@
   the optimizer's param groups (hyperparameters) and non-tensor per-parameter state, the gradient
   scaler's state and the stage's own ``meta`` (training arguments and the like).
 
-No RNG state is stored: the training loops reseed every step from (seed, step, rank), and the data
-stream is a function of (seed, step) (see ``data.StreamSampler``), so the step is all a resumed run
-needs to continue exactly like an uninterrupted one, on every rank.
+No RNG state is stored: the training loop (``loop.py``) reseeds every step from (seed, step, rank),
+and the data stream is a function of (seed, step) (see ``data.StreamSampler``), so the step is all a
+resumed run needs to continue exactly like an uninterrupted one, on every rank.
 """
 
 from __future__ import annotations
