@@ -1,13 +1,16 @@
-"""The codec commands: round trips, stdin/stdout, no clobbering, one-line errors with their exit codes."""
+"""The codec commands: round trips, stdin/stdout, no clobbering, one-line errors with their exit codes;
+and the one error policy that every command follows."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -16,7 +19,7 @@ from PIL import Image
 
 from vqcodec import zoo
 from vqcodec.cli import main
-from vqcodec.cli_codec import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OUTPUT_EXISTS, EXIT_USAGE
+from vqcodec.cli_errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OUTPUT_EXISTS, EXIT_USAGE, reports_errors
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
 from vqcodec.zoo.modelfile import save_model
@@ -344,17 +347,57 @@ def test_interrupt_exits_130(model: str, png: Path, tmp_path: Path, monkeypatch:
     assert files_in(tmp_path) == {"in.png"}
 
 
-def test_sample_takes_a_bundled_name_and_reports_model_errors(model: str, tmp_path: Path, empty_zoo: Path):
+def test_sample_takes_a_bundled_name(model: str, tmp_path: Path, empty_zoo: Path):
     (empty_zoo / "default.safetensors").write_bytes(Path(model).read_bytes())
     for name in ([], ["--model", "default"]):
         out = tmp_path / f"samples{len(name)}"
         result = run("sample", *name, "--n", "1", "--size", "16x16", "--out", out, "--device", "cpu")
         assert result.exit_code == 0, result.output
         assert files_in(out) == {"sample_0_000.png"}
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"11 bytes!!!")
-    for command in (
-        ["sample", "--out", tmp_path / "s"],
-        ["compress", tmp_path / "x.png", tmp_path / "x.vqz"],
-    ):
-        assert_error(run(*command, "--model", bad), EXIT_MODEL, "not a model file")
+
+
+def test_a_bad_model_file_is_the_same_error_under_every_command(model: str, png: Path, tmp_path: Path):
+    """Whichever command loads it, a bad model file is one ``vqcodec: error:`` line and status 3."""
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(np.random.default_rng(0).bytes(11))
+    vqz = tmp_path / "a.vqz"
+    assert run("compress", "-m", model, png, vqz).exit_code == 0
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(png, images)
+    commands = [
+        ["compress", png, tmp_path / "b.vqz"],
+        ["decompress", vqz, tmp_path / "b.png"],
+        ["info", "--bits", vqz],
+        ["sample", "--n", "1", "--size", "16x16", "--out", tmp_path / "samples", "--device", "cpu"],
+        ["bench", "rd", "--data", images, "--out", tmp_path / "bench", "--limit", "1", "--codecs", "vqcodec"],
+    ]
+    errors = set()
+    for command in commands:
+        result = run(*command, "--model", bad)
+        assert_error(result, EXIT_MODEL, "not a model file")
+        errors.add(result.stderr)
+    assert len(errors) == 1
+    assert not (tmp_path / "b.vqz").exists() and not (tmp_path / "b.png").exists()
+
+
+def commands_of(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    """Every command under ``group`` that does something (not a group), with its name as typed."""
+    found = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += commands_of(command, f"{prefix}{name} ")
+        else:
+            found.append((prefix + name, command))
+    return found
+
+
+def test_every_command_wears_the_error_decorator():
+    """A new command that forgets ``reports_errors`` would end in a traceback or click's ``Error:``."""
+    decorated = reports_errors(lambda: None).__code__
+    commands = commands_of(main)
+    assert {"compress", "decompress", "info", "models", "sample", "export", "bench rd", "train vqvae"} <= {
+        name for name, _ in commands
+    }
+    for name, command in commands:
+        assert command.callback is not None and command.callback.__code__ is decorated, name

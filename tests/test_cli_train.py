@@ -11,6 +11,7 @@ from PIL import Image
 from synthetic_images import make_images
 
 from vqcodec.cli import main
+from vqcodec.cli_errors import EXIT_OUTPUT_EXISTS, EXIT_USAGE
 
 
 def invoke(*args: str | Path) -> Result:
@@ -28,7 +29,7 @@ def fails(*args: str | Path, message: str) -> None:
     ``vqcodec: error:``, or click's ``Error:`` after the usage for a bad option (status 2)."""
     result = invoke(*args)
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
-    prefix = "Error:" if result.exit_code == 2 else "vqcodec: error:"
+    prefix = "Error:" if result.exit_code == EXIT_USAGE else "vqcodec: error:"
     errors = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
     assert len(errors) == 1 and message in errors[0], result.stderr
 
@@ -55,7 +56,7 @@ def test_train_export_sample(tmp_path: Path) -> None:
     sha = ok("export", "--run-dir", run, "--out", model).stdout.strip()
     assert sha == hashlib.sha256(model.read_bytes()).hexdigest()
     fails("export", "--run-dir", run, "--out", model, "--half", message=f"{model} exists (use --force")
-    assert invoke("export", "--run-dir", run, "--out", model).exit_code == 4  # as compress's
+    assert invoke("export", "--run-dir", run, "--out", model).exit_code == EXIT_OUTPUT_EXISTS  # as compress's
     assert hashlib.sha256(model.read_bytes()).hexdigest() == sha  # untouched
     half = ok("export", "--run", run, "--out", model, "--half", "--force").stdout.strip()
     assert half != sha and half == hashlib.sha256(model.read_bytes()).hexdigest()

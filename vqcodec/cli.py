@@ -1,52 +1,28 @@
 """The ``vqcodec`` command line: a thin click shell over the Python API (no logic lives here).
 
 Commands are grouped by what they work on: training a run folder (``train vqvae``, ``train
-prior``), and model files (``export``, ``sample``). Errors a user can cause end as one line on stderr
-and a non-zero exit status. Commands import their API module when they run, so that ``--help`` does not
-wait for torch.
+prior``), and model files (``export``, ``sample``); the codec's commands live in ``cli_codec`` and
+``cli_info``. Every command wears ``vqcodec.cli_errors.reports_errors``: an error ends as one line on
+stderr and the exit status of its kind. Commands import their API module when they run, so that
+``--help`` does not wait for torch.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from vqcodec import cli_codec
 from vqcodec.bench import cli as bench_cli
+from vqcodec.cli_codec import compress, decompress
+from vqcodec.cli_errors import EXIT_STATUS, Group, reports_errors
+from vqcodec.cli_info import info, models
 from vqcodec.models.config import PRESETS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEVICE_HELP = "cpu, cuda or cuda:N  [default: cuda if available, else cpu]"
-
-
-def user_errors(f: F) -> F:
-    """Report errors a user can cause as one ``vqcodec: error:`` line with the status of its kind, as
-    the codec's commands do (``vqcodec.cli_codec.EXIT_STATUS``)."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with cli_codec.errors():
-            return f(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-class Group(click.Group):
-    """Click's group, ending on Ctrl-C with status 130 instead of click's 'Aborted!' and 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            cli_codec.interrupted()
-        except click.Abort as abort:
-            if isinstance(abort.__context__, KeyboardInterrupt):
-                cli_codec.interrupted()
-            raise
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -58,7 +34,11 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     return width, height
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(
+    cls=Group,
+    epilog=EXIT_STATUS,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.version_option(package_name="vqcodec")
 def main() -> None:
     """vqcodec: a learned lossy image codec (hierarchical VQ-VAE codes + PixelSNAIL priors).
@@ -154,7 +134,7 @@ def common_training_options(f: F) -> F:
     "--val", "val_data", type=click.Path(exists=True, file_okay=False), help="Folder of validation images."
 )
 @common_training_options
-@user_errors
+@reports_errors
 def train_vqvae(data: str, run: str, preset: str | None, **options: Any) -> None:
     """Stage 1: train the VQ-VAE on random crops of the images under --data.
 
@@ -175,7 +155,7 @@ def train_vqvae(data: str, run: str, preset: str | None, **options: Any) -> None
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the packed copies.")
 @click.option("--short-side", type=click.IntRange(min=8), default=288, help="Downscale to this short side.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, help="WebP quality of the copies.")
-@user_errors
+@reports_errors
 def train_pack(data: str, out: str, short_side: int, quality: int) -> None:
     """Pack an image folder small enough to travel (e.g. to a GPU machine): downscaled WebP copies.
 
@@ -199,7 +179,7 @@ def train_pack(data: str, out: str, short_side: int, quality: int) -> None:
     metavar="LEVEL.KEY=VALUE",
     help="Change a prior's configuration, e.g. top.channels=64 (repeatable).",
 )
-@user_errors
+@reports_errors
 def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> None:
     """Start a run from a trained model's VQ-VAE, to train new priors for the same codes.
 
@@ -251,7 +231,7 @@ def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> 
     help="Crop side for the codes [default: the cached codes', else stage 1's].",
 )
 @common_training_options
-@user_errors
+@reports_errors
 def train_prior(run: str, level: str, **options: Any) -> None:
     """Stage 2: train the prior of one level on codes of the trained VQ-VAE.
 
@@ -288,7 +268,7 @@ def train_prior(run: str, level: str, **options: Any) -> None:
     "--allow-untrained-priors", is_flag=True, help="Export even if a level has no trained prior (testing)."
 )
 @click.option("--half", is_flag=True, help="Store the weights as float16 (half the size; bundled models).")
-@user_errors
+@reports_errors
 def export(run: str, out: str, force: bool, allow_untrained_priors: bool, half: bool) -> None:
     """Write a run's VQ-VAE and priors to one model file; prints its SHA-256.
 
@@ -322,7 +302,7 @@ def export(run: str, out: str, force: bool, allow_untrained_priors: bool, half: 
     "--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Softmax temperature."
 )
 @click.option("--seed", type=int, default=0, help="Seed of the draws.")
-@user_errors
+@reports_errors
 def sample(
     model: str | None,
     n: int,
@@ -346,7 +326,8 @@ def sample(
         click.echo(path)
 
 
-# --- codecs: compress, decompress, info, models (in vqcodec/cli_codec.py) -------------------------
+# --- codecs: compress, decompress (vqcodec/cli_codec.py), info, models (vqcodec/cli_info.py) ------
 
-cli_codec.register(main)
+for command in (compress, decompress, info, models):
+    main.add_command(command)
 bench_cli.register(main)

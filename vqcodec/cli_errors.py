@@ -1,0 +1,117 @@
+"""The command line's one error policy: the exit statuses, and the decorator every command wears.
+
+Whatever goes wrong in a command ends as one line ``vqcodec: error: ...`` on stderr and the exit status
+of its kind (``EXIT_STATUS``, shown by ``--help``), so that a script can tell a bad model from a bad
+image without reading the message. Usage errors are click's own: its ``Usage:`` and ``Error:`` lines
+and status 2. This module imports neither torch nor any command, so that every command (``bench``'s
+too) can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from typing import IO, Any, NoReturn, TypeVar
+
+import click
+
+from vqcodec.errors import ModelFileError, ModelMismatchError, VQZError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 1
+EXIT_USAGE = 2  # click's own status for usage errors
+EXIT_MODEL = 3
+EXIT_OUTPUT_EXISTS = 4
+EXIT_INTERNAL = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
+
+EXIT_STATUS = """\b
+Exit status:
+  0    success
+  1    bad input: not a readable image, a damaged or invalid .vqz file, an I/O error
+  2    usage error: bad option or argument, an OUT whose extension does not fit
+  3    model problem: unknown name, bad model file, no bundled default model, or
+       the file needs a model that is not available
+  4    the output exists (give --force), or is the input itself
+  5    internal error (a bug: please report it)
+  130  interrupted (Ctrl-C)
+With several inputs, every file is tried and the status is the first failure's."""
+
+
+class CommandError(click.ClickException):
+    """A failure reported as one ``vqcodec: error:`` line with its own exit status."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"vqcodec: error: {self.format_message()}", err=True)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line; an OSError as ``path: reason``, without Python's ``[Errno N]``."""
+    if isinstance(error, OSError) and error.strerror:
+        where = error.filename if error.filename is not None else ""
+        return f"{where}: {error.strerror}" if where else error.strerror
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """Turn an exception into a ``CommandError`` with the exit status of its kind; click's own exceptions
+    (usage errors, ``ctx.exit``) and interrupts pass through.
+
+    The decorator ``reports_errors`` applies it to a whole command; a command that works through several
+    files applies it to each file too, so that one bad file does not stop the others."""
+    try:
+        yield
+    except (click.ClickException, click.Abort, click.exceptions.Exit):
+        raise
+    except (ModelMismatchError, ModelFileError) as error:
+        raise CommandError(one_line(error), EXIT_MODEL) from error
+    except FileExistsError as error:  # an API refusing to replace a file (e.g. export without force)
+        raise CommandError(one_line(error), EXIT_OUTPUT_EXISTS) from error
+    except (VQZError, OSError, ValueError) as error:
+        raise CommandError(one_line(error), EXIT_BAD_INPUT) from error
+    except MemoryError as error:
+        raise CommandError("out of memory", EXIT_BAD_INPUT) from error
+    except Exception as error:
+        message = f"internal error: {type(error).__name__}: {one_line(error)}"
+        raise CommandError(message, EXIT_INTERNAL) from error
+
+
+def reports_errors(command: F) -> F:
+    """The decorator every command wears under its click decorators: its errors follow ``errors()``."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with errors():
+            return command(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def interrupted() -> NoReturn:
+    """End the process as Ctrl-C should: one line and status 130 (click's own says 'Aborted!', 1)."""
+    click.echo("\nvqcodec: interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+class Group(click.Group):
+    """Click's group, ending on Ctrl-C with status 130 wherever it comes: in a command, or while the
+    options are parsed (a ``--device`` check imports torch, which takes a while)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            interrupted()
+        except click.Abort as abort:
+            if isinstance(abort.__context__, KeyboardInterrupt):
+                interrupted()
+            raise

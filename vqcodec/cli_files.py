@@ -1,0 +1,180 @@
+"""Inputs and outputs of the codec's commands: which file becomes which, never writing over an input or
+an existing file unasked, atomic writes, stdin and stdout (``-``), progress and summaries.
+
+Nothing here knows of images or models: ``compress`` and ``decompress`` hand ``run_jobs`` the work of
+one file, and ``run_jobs`` reports each file's success or error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from vqcodec.cli_errors import EXIT_BAD_INPUT, EXIT_OUTPUT_EXISTS, CommandError, errors
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and the output it becomes."""
+
+    source: str
+    target: str
+
+
+def plan_jobs(paths: Sequence[str], out_dir: str | None, suffix: str) -> list[Job]:
+    """IN OUT, or with ``out_dir`` every path an input whose output is ``out_dir/<stem><suffix>``."""
+    if out_dir is None:
+        if len(paths) != 2:
+            got = "no IN" if not paths else "no OUT" if len(paths) == 1 else f"{len(paths)} paths"
+            raise click.UsageError(f"{got}: give IN and OUT, or several inputs and -o FOLDER")
+        return [Job(*paths)]
+    if not paths:
+        raise click.UsageError("no input files")
+    if "-" in paths:
+        raise click.UsageError("'-' (stdin) needs a single IN and OUT, not -o FOLDER")
+    jobs = [Job(path, str(Path(out_dir) / (Path(path).stem + suffix))) for path in paths]
+    targets: dict[str, str] = {}
+    for job in jobs:
+        if job.target in targets:
+            raise click.UsageError(
+                f"{targets[job.target]} and {job.source} would both be written to {job.target}"
+            )
+        targets[job.target] = job.source
+    return jobs
+
+
+def check_output(job: Job, force: bool) -> None:
+    """Refuse to overwrite an existing output without --force, and the input itself ever."""
+    if job.target == "-":
+        if sys.stdout.isatty():
+            raise click.UsageError("refusing to write binary data to a terminal; redirect stdout")
+        return
+    out, source = Path(job.target), Path(job.source)
+    if job.source != "-" and (out.resolve() == source.resolve() or _same_file(out, source)):
+        raise CommandError(f"{job.target} is the input file; refusing to overwrite it", EXIT_OUTPUT_EXISTS)
+    if out.exists() and not force:
+        raise CommandError(f"{job.target} exists (use --force to overwrite it)", EXIT_OUTPUT_EXISTS)
+    if not out.parent.is_dir():
+        raise CommandError(f"{out.parent}: no such folder for the output", EXIT_BAD_INPUT)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def read_input(source: str) -> bytes:
+    """The bytes of the file ``source``, or of stdin for ``-``."""
+    if source == "-":
+        return sys.stdin.buffer.read()
+    return Path(source).read_bytes()
+
+
+def write_output(target: str, data: bytes) -> None:
+    """Write ``data`` to stdout or, through a temporary file in the same folder, atomically to a file:
+    an error never leaves a partial output."""
+    if target == "-":
+        stream = sys.stdout.buffer
+        stream.write(data)
+        stream.flush()
+        return
+    out = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the output private
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar over wavefront steps on an interactive terminal; no output otherwise."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=description, unit="step", leave=False, dynamic_ncols=True) as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield update
+
+
+@contextlib.contextmanager
+def codec_warnings(quiet: bool = False) -> Iterator[None]:
+    """Show the codec's own warnings as ``vqcodec: warning:`` lines (unless quiet), and no others: torch's
+    and other libraries' warnings are not the user's business."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if not quiet and Path(warning.filename).resolve().is_relative_to(_PACKAGE_DIR):
+                    click.echo(f"vqcodec: warning: {warning.message}", err=True)
+
+
+@dataclass(frozen=True)
+class Output:
+    """How much a command says: ``quiet`` nothing but errors, ``verbose`` a summary even off a terminal."""
+
+    quiet: bool
+    verbose: bool
+
+    @property
+    def summaries(self) -> bool:
+        return not self.quiet and (self.verbose or sys.stderr.isatty())
+
+    def say(self, line: str) -> None:
+        if self.summaries:
+            click.echo(line, err=True)
+
+
+def run_jobs(jobs: list[Job], work: Callable[[Job], str], output: Output, verb: str) -> None:
+    """Do every job, each inside its own error report; with several, carry on past failures, sum up at
+    the end and exit with the first failure's status."""
+    if len(jobs) == 1:
+        with codec_warnings(output.quiet):
+            output.say(work(jobs[0]))
+        return
+    failed: list[int] = []
+    for job in jobs:
+        try:
+            with codec_warnings(output.quiet), errors():
+                output.say(work(job))
+        except CommandError as error:
+            message = error.format_message()
+            if not message.startswith(job.source):
+                error.message = f"{job.source}: {message}"
+            error.show()
+            failed.append(error.exit_code)
+    if not output.quiet:
+        done = len(jobs) - len(failed)
+        click.echo(f"vqcodec: {done} of {len(jobs)} files {verb}, {len(failed)} failed", err=True)
+    if failed:
+        sys.exit(failed[0])

@@ -1,0 +1,68 @@
+"""Options the codec's commands share (``compress``, ``decompress``, ``info``), spelled once so that they
+read the same in every ``--help``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse an unknown or absent device while parsing: a usage error, before any work."""
+    if value is None:
+        return None
+    from vqcodec.codec import check_device
+
+    try:
+        check_device(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+    return value
+
+
+def model_option(default_help: str) -> Callable[[F], F]:
+    """``--model``, whose default differs by command: compress's is fixed, decompress's is in the file."""
+    return click.option(
+        "--model",
+        "-m",
+        metavar="NAME|FILE",
+        default=None,
+        help=f"A bundled model's name (see `vqcodec models`) or a model file.  [default: {default_help}]",
+    )
+
+
+device_option = click.option(
+    "--device",
+    default=None,
+    metavar="cpu|cuda",
+    callback=_check_device,
+    help="cpu or cuda: a .vqz file decodes to the same codes on both.  [default: cpu]",
+)
+threads_option = click.option(
+    "--threads",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads; when several vqcodec processes run side by side, give each 1.  [default: one per"
+    " core, spinning only briefly when idle, so that a busy machine does not slow it down many times"
+    " over]",
+)
+force_option = click.option("--force", "-f", is_flag=True, help="Overwrite outputs that exist.")
+out_dir_option = click.option(
+    "--out-dir",
+    "-o",
+    metavar="FOLDER",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write one output per input into FOLDER (made if missing), named after the input: then every"
+    " path given is an input.",
+)
+quiet_option = click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+verbose_option = click.option(
+    "--verbose", "-v", is_flag=True, help="Print the summary of each file even when stderr is not a terminal."
+)
+paths_argument = click.argument("paths", metavar="IN... OUT", nargs=-1, type=click.Path(allow_dash=True))
