@@ -21,7 +21,6 @@ from vqcodec.errors import ModelFileError, ModelMismatchError, VQZError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2  # click's own status for usage errors
 EXIT_MODEL = 3
