@@ -13,17 +13,16 @@ import torch
 from PIL import Image, ImageCms
 
 import vqcodec
-from vqcodec import codec as codec_module
 from vqcodec import imageio, zoo
-from vqcodec.codec import Codec, ConversionWarning, check_device
+from vqcodec.codec import Budgets, Codec, ConversionWarning, check_device
+from vqcodec.coding import order
 from vqcodec.coding.container import VQZFile
-from vqcodec.exact.encoder import logits_full
+from vqcodec.coding.order import CodingOrder, n_steps
 from vqcodec.errors import CorruptDataError, ImageTooLargeError, ModelMismatchError, VQZError
+from vqcodec.exact.encoder import logits_full
 from vqcodec.imageio import load_image
-from vqcodec.models import order
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
-from vqcodec.models.order import n_steps
 from vqcodec.threads import limited as threads
 from vqcodec.zoo.modelfile import save_model
 
@@ -129,18 +128,19 @@ def walk_tables(
         return codes[level][ys, xs]
 
     maps = [level.copy() if known else np.zeros_like(level) for level in codes]
-    codec._walk([maps], record, None, tile, known=known)
+    codec.walk([maps], record, tile, known=known)
     return steps
 
 
 @pytest.mark.parametrize("known", [True, False])
-def test_tiles_are_coded_as_independent_images(codec: Codec, monkeypatch: pytest.MonkeyPatch, known: bool):
+def test_tiles_are_coded_as_independent_images(codec: Codec, known: bool):
     """Every tile's tables are those of the tile coded as an image of its own, for the encoder and the
     decoder; the tiles are walked in waves, and a step of a wave codes its tiles in raster order, each
     tile's positions by increasing row."""
-    monkeypatch.setattr(codec_module, "TILE_WAVE", 256)  # waves of 4 tiles 56 pixels tall
+    # waves of 4 tiles 56 pixels tall
+    codec = Codec(codec.model, codec.sha256, coding_order=CodingOrder(8, tile_wave=256))
     codes = codec.image_codes(smooth(224, 152, seed=5))  # maps 19 x 28 and 38 x 56
-    tile = codec.tile_size(19, 28, 64)
+    tile = codec.order.tile_size(19, 28, 64)
     assert tile == (56, 56)  # 4 x 3 tiles of 7 x 7 top-level codes, those of the last row 5 tall
     alone = {}  # per tile (level, rank): its steps alone, positions moved to the tile's place
     for rank, (y, x, h, w) in enumerate(order.tiles(19, 28, 7, 7)):
@@ -162,7 +162,7 @@ def test_tiles_are_coded_as_independent_images(codec: Codec, monkeypatch: pytest
                     [p for rank in ranks if t < len(alone[level, rank]) for p in alone[level, rank][t]]
                 )
     tiled = walk_tables(codec, codes, tile, known)
-    assert len(tiled) == len(expected) == codec._n_steps([c.shape for c in codes], tile)
+    assert len(tiled) == len(expected) == codec.order.n_steps([c.shape for c in codes], tile)
     for t, (mine, theirs) in enumerate(zip(tiled, expected, strict=True)):
         assert mine == theirs, t
 
@@ -180,9 +180,9 @@ def test_tiled_round_trip_is_exact(codec: Codec, tile: int | None, size: tuple[i
         assert data == codec.compress(image, tile=None)
 
 
-def test_tiled_files_decode_together(codec: Codec, monkeypatch: pytest.MonkeyPatch):
+def test_tiled_files_decode_together(codec: Codec):
     """Files of one size with tiles of one size share every step; other tilings walk on their own."""
-    monkeypatch.setattr(codec_module, "TILE_WAVE", 128)
+    codec = Codec(codec.model, codec.sha256, coding_order=CodingOrder(8, tile_wave=128))
     images = [(0, 64), (1, None), (2, 64), (3, 128)]
     datas = [codec.compress(smooth(200, 72, seed), tile=tile) for seed, tile in images]
     calls: list[tuple[int, int]] = []
@@ -303,13 +303,11 @@ def test_progress_counts_every_wavefront(codec: Codec):
 
 
 @pytest.mark.parametrize("one_at_a_time", [False, True])
-def test_decoding_many_files_together_gives_each_its_own_image(
-    codec: Codec, monkeypatch: pytest.MonkeyPatch, one_at_a_time: bool
-):
+def test_decoding_many_files_together_gives_each_its_own_image(codec: Codec, one_at_a_time: bool):
     """Files of two sizes: those of one size share every wavefront step, or with waves of at most
     16 pixel rows a batch, walk one after the other; results come back in order."""
     if one_at_a_time:
-        monkeypatch.setattr(codec_module, "BATCH_ROWS", (16, 16))
+        codec = codec.with_budgets(Budgets(batch_rows=(16, 16)))
     datas = [codec.compress(smooth(w, h, seed)) for seed, (w, h) in enumerate([(24, 16), (16, 24), (24, 16)])]
     alone = [codec.decode_codes(data) for data in datas]
     calls: list[tuple[int, int]] = []
@@ -334,7 +332,7 @@ def test_tall_images_are_encoded_in_bands(codec: Codec, monkeypatch: pytest.Monk
     """Bands of 64 bottom-level codes, 10 rows of this 24 pixel wide image, give the same codes."""
     rgb = smooth(24, 400, seed=7)
     whole = codec.image_codes(rgb)
-    monkeypatch.setattr(codec_module, "ENCODE_BAND_CODES", 64)
+    codec = codec.with_budgets(Budgets(encode_band_codes=64))
     passes, encode = [], codec.exact_encoder.encode_image
 
     def counted(pixels: torch.Tensor, *args: object) -> list:
@@ -455,7 +453,7 @@ def test_api_does_not_import_torch_until_needed():
 def test_module_api_matches_codec(codec: Codec, model_file: Path):
     pixels = smooth(9, 9)
     assert vqcodec.compress(pixels, model=str(model_file)) == codec.compress(pixels)
-    assert codec_module.compress(pixels, model=codec) == codec.compress(pixels)
+    assert vqcodec.compress(pixels, model=codec) == codec.compress(pixels)
 
 
 def test_decoder_refuses_an_image_beyond_the_limits(codec: Codec, monkeypatch: pytest.MonkeyPatch) -> None:

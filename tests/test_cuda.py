@@ -9,9 +9,7 @@ import torch
 from PIL import Image
 
 import vqcodec
-from vqcodec import codec as codec_module
-from vqcodec.codec import Codec
-from vqcodec.exact import encoder as exact
+from vqcodec.codec import Budgets, Codec
 from vqcodec.imageio import load_image
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -40,13 +38,11 @@ def test_cpu_files_decode_on_the_gpu_one_by_one_and_in_mixed_batches(codecs: tup
 
 
 @pytest.mark.parametrize("whole", [True, False])
-def test_the_same_codes_pack_to_the_same_bytes(
-    codecs: tuple[Codec, Codec], whole: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_same_codes_pack_to_the_same_bytes(codecs: tuple[Codec, Codec], whole: bool) -> None:
     """The encoder's tables in one pass, or (as for maps too large for that) step by step."""
     cpu, gpu = codecs
     if not whole:
-        monkeypatch.setattr(exact, "WHOLE_MAP_VALUES", 0)
+        cpu, gpu = (codec.with_budgets(Budgets(whole_map_values=0)) for codec in (cpu, gpu))
     rng = np.random.default_rng(1)
     source = load_image(Image.fromarray(rng.integers(0, 256, (96, 136, 3), dtype=np.uint8)))
     codes = gpu.image_codes(source.rgb)
@@ -61,22 +57,20 @@ def test_tiled_files_cross_devices(codecs: tuple[Codec, Codec]) -> None:
     rng = np.random.default_rng(2)
     source = load_image(Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)))
     codes = cpu.image_codes(source.rgb)
-    tile = cpu.tile_size(*codes[0].shape, 128)  # 3 x 2 tiles of 104 x 104, the last row and column smaller
+    tile = cpu.order.tile_size(*codes[0].shape, 128)  # 3 x 2 tiles of 104 x 104, the last ones smaller
     data = cpu.pack(source, codes, tile=tile)
     assert data == gpu.pack(source, codes, tile=tile)
     assert same(gpu.decode_codes(data).codes, codes)
 
 
-def test_bands_encode_like_the_whole_image_on_the_gpu(
-    codecs: tuple[Codec, Codec], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bands_encode_like_the_whole_image_on_the_gpu(codecs: tuple[Codec, Codec]) -> None:
     """With cuDNN's default TF32 convolutions a band gave other codes than the whole image; not any more."""
     _, gpu = codecs
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (400, 120, 3), dtype=np.uint8)
     whole = gpu.image_codes(rgb)
-    monkeypatch.setattr(codec_module, "ENCODE_BAND_CODES", 30 * 8)  # bands of 8 bottom rows
-    assert same(gpu.image_codes(rgb), whole)
+    banded = gpu.with_budgets(Budgets(encode_band_codes=30 * 8))  # bands of 8 bottom rows
+    assert same(banded.image_codes(rgb), whole)
 
 
 def test_an_image_gives_the_same_bytes_and_pixels_on_both_devices(codecs: tuple[Codec, Codec]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vqcodec.coding.entropy import MAX_ALPHABET, PRECISION, Decoder, Encoder, ideal_bits
+from vqcodec.coding.entropy import MAX_ALPHABET, PRECISION, RangeDecoder, RangeEncoder, ideal_bits
 from vqcodec.errors import CorruptDataError
 
 TOTAL = 2**PRECISION
@@ -100,11 +100,11 @@ def spec_decode(words: list[int], freqs: np.ndarray) -> list[int]:
 
 
 def round_trip(batches: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
-    encoder = Encoder()
+    encoder = RangeEncoder()
     for symbols, freqs in batches:
         encoder.encode(symbols, freqs)
     payload = encoder.finish()
-    decoder = Decoder(payload)
+    decoder = RangeDecoder(payload)
     for symbols, freqs in batches:
         np.testing.assert_array_equal(decoder.decode(freqs), symbols)
     decoder.check_exhausted()
@@ -129,7 +129,7 @@ def test_coder_uses_the_integers_unchanged(k: int, n: int, spread: float) -> Non
     rng = np.random.default_rng(n + k)
     freqs = random_tables(rng, n, k, spread)
     symbols = symbols_with_ones(rng, freqs)
-    encoder = Encoder()
+    encoder = RangeEncoder()
     encoder.encode(symbols, freqs)
     payload = encoder.finish()
     words = np.frombuffer(payload, "<u4").tolist()
@@ -150,8 +150,8 @@ def test_extreme_tables(k: int) -> None:
 
 
 def test_empty_stream() -> None:
-    assert Encoder().finish() == b""
-    decoder = Decoder(b"")
+    assert RangeEncoder().finish() == b""
+    decoder = RangeDecoder(b"")
     decoder.check_exhausted()
 
 
@@ -171,18 +171,18 @@ def test_empty_stream() -> None:
 )
 def test_invalid_tables_are_rejected(freqs: np.ndarray, symbols: list[int]) -> None:
     with pytest.raises(ValueError):
-        Encoder().encode(np.array(symbols), freqs)
+        RangeEncoder().encode(np.array(symbols), freqs)
 
 
 def test_garbage_payload_raises_cleanly() -> None:
     rng = np.random.default_rng(7)
     freqs = random_tables(rng, 200, 64, spread=3.0)
     with pytest.raises(CorruptDataError):
-        Decoder(b"\x00" * 7)
+        RangeDecoder(b"\x00" * 7)
     with pytest.raises(CorruptDataError):  # point - lower beyond the range: q >= 2**24
-        Decoder(b"\xff" * 40).decode(freqs)
+        RangeDecoder(b"\xff" * 40).decode(freqs)
     for trial in range(200):
-        decoder = Decoder(rng.integers(0, 256, 4 * int(rng.integers(0, 12)), dtype=np.uint8).tobytes())
+        decoder = RangeDecoder(rng.integers(0, 256, 4 * int(rng.integers(0, 12)), dtype=np.uint8).tobytes())
         try:
             codes = decoder.decode(freqs)
             decoder.check_exhausted()
@@ -195,9 +195,9 @@ def test_trailing_words_are_detected() -> None:
     rng = np.random.default_rng(8)
     freqs = random_tables(rng, 100, 16, spread=2.0)
     symbols = sample(rng, freqs)
-    encoder = Encoder()
+    encoder = RangeEncoder()
     encoder.encode(symbols, freqs)
-    decoder = Decoder(encoder.finish() + b"\x12\x34\x56\x78" * 3)
+    decoder = RangeDecoder(encoder.finish() + b"\x12\x34\x56\x78" * 3)
     np.testing.assert_array_equal(decoder.decode(freqs), symbols)
     with pytest.raises(CorruptDataError):
         decoder.check_exhausted()
@@ -211,7 +211,7 @@ def test_ideal_bits() -> None:
 def test_overhead_over_ideal_is_small() -> None:
     """30k codes, K = 512, peaked tables: within 0.5 % plus a few bytes of the information content."""
     rng = np.random.default_rng(9)
-    encoder, ideal = Encoder(), 0.0
+    encoder, ideal = RangeEncoder(), 0.0
     for _ in range(30):
         freqs = random_tables(rng, 1000, 512, spread=4.0)
         symbols = sample(rng, freqs)

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from vqcodec.coding import entropy
+from vqcodec.coding import entropy, order
 from vqcodec.exact import arithmetic
 from vqcodec.exact.arithmetic import FA, FE, TABLE_SIZE, WEIGHT_MAX, frequencies
 from vqcodec.exact.cuda_stepper import ColumnStepper
 from vqcodec.exact.encoder import KnownCodes, encoder_stepper, logits_full
 from vqcodec.exact.prior import ExactPrior
-from vqcodec.models import order
 from vqcodec.models.config import ModelConfig, PriorConfig, three_level_config, tiny_config
 from vqcodec.models.pixelsnail import PixelSNAILPrior
 from vqcodec.models.sampling import sample_codes
@@ -363,7 +362,7 @@ def test_batch_stepper_of_maps_of_several_sizes(kind: str) -> None:
         assert np.array_equal(tables[on_map], np.array(expected).reshape(-1, prior.codebook_size)), t
         codes = torch.stack(
             [
-                codes[ys.clamp(max=h - 1), xs.clamp(max=w - 1)]
+                codes[ys.clip(max=h - 1), xs.clip(max=w - 1)]
                 for codes, (h, w) in zip(images, sizes, strict=True)
             ],
             dim=1,
@@ -450,14 +449,14 @@ def test_round_trip_through_the_range_coder() -> None:
     prior, h, w = EXACT["bottom"], 9, 13
     codes = torch.randint(32, (h, w), generator=torch.Generator().manual_seed(4))
     cond = random_cond(PRIORS["bottom"], h, w)
-    encoder, stepper = entropy.Encoder(), prior.stepper(h, w, cond)
+    encoder, stepper = entropy.RangeEncoder(), prior.stepper(h, w, cond)
     for t in range(stepper.n_steps):
         ys, xs = stepper.positions(t)
         encoder.encode(codes[ys, xs].numpy(), stepper.freqs(t))
         stepper.set_codes(t, codes[ys, xs])
     payload = encoder.finish()
 
-    decoder, stepper = entropy.Decoder(payload), prior.stepper(h, w, cond)
+    decoder, stepper = entropy.RangeDecoder(payload), prior.stepper(h, w, cond)
     decoded = torch.full((h, w), -1, dtype=torch.int64)
     for t in range(stepper.n_steps):
         ys, xs = stepper.positions(t)

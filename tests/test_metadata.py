@@ -12,7 +12,7 @@ import pytest
 from PIL import ExifTags, Image, ImageCms
 from PIL.PngImagePlugin import PngInfo
 
-from vqcodec import codec as codec_module
+import vqcodec
 from vqcodec.codec import Codec
 from vqcodec.coding.container import VQZFile
 from vqcodec.imageio import METADATA_KINDS, load_image, parse_metadata, save_image, to_pil
@@ -78,16 +78,16 @@ def check_upright_metadata(image: Image.Image) -> None:
 
 def test_jpeg_metadata_round_trips(codec: Codec) -> None:
     jpeg = encode("JPEG", quality=95)
-    data = codec_module.compress(jpeg, model=codec)
+    data = vqcodec.compress(jpeg, model=codec)
     file = VQZFile.from_bytes(data)
     assert data[3] == 0x13 and file.exif[:4] in (b"II*\x00", b"MM\x00*")
     source_exif = Image.open(io.BytesIO(jpeg)).info["exif"][6:]
     changed = [i for i, (a, b) in enumerate(zip(file.exif, source_exif, strict=True)) if a != b]
     assert len(changed) == 1  # the Orientation value's low byte, changed in place: nothing else moved
-    report = codec_module.describe(data)
+    report = vqcodec.info(data)
     assert (report["exif_bytes"], report["xmp_bytes"]) == (len(file.exif), len(file.xmp))
 
-    image = codec_module.decompress(data, model=codec)
+    image = vqcodec.decompress(data, model=codec)
     assert image.size == (16, 24)  # turned once, by the encoder; the tag now says upright
     check_upright_metadata(image)
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from vqcodec.models import order
+from vqcodec.coding import order
 from vqcodec.models.config import PriorConfig, three_level_config, tiny_config
 from vqcodec.models.pixelsnail import CausalAttention, PixelSNAILPrior
 from vqcodec.models.sampling import sample_codes
@@ -43,7 +43,7 @@ def assert_causal(prior: PixelSNAILPrior, h: int, w: int, cond: list[torch.Tenso
     with torch.no_grad():
         logits = prior(batch, cond)
     change = (logits[1:] - logits[:1]).abs().amax(dim=1)  # [h * w, h, w]
-    steps = order.step_map(h, w)
+    steps = torch.from_numpy(order.step_map(h, w))
     last = int(steps.max())
     for y in range(h):
         for x in range(w):

@@ -41,7 +41,8 @@ from vqcodec.cli_options import (
     threads_option,
     verbose_option,
 )
-from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, MAX_QUALITY, MIN_QUALITY, describe_qualities
+from vqcodec.coding.order import DEFAULT_TILE
+from vqcodec.quality import DEFAULT_QUALITY, MAX_QUALITY, MIN_QUALITY, describe_qualities
 from vqcodec.rdo import DEFAULT_EFFORT, EFFORTS
 from vqcodec.threads import limited
 
@@ -228,7 +229,7 @@ def _open_codec(model: str | None, device: str | None, tile: int | None) -> Code
 
     codec = open_codec(model, device)
     try:
-        codec.check_tile(tile)
+        codec.order.check_tile(tile)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--tile") from error
     return codec

@@ -23,13 +23,11 @@ and resized back after decoding (as cjxl's ``--resampling``), for 1/4 to 2/3 of 
 
 from __future__ import annotations
 
-import functools
-import itertools
-import operator
+import dataclasses
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -38,11 +36,12 @@ import torch
 from PIL import Image
 
 from vqcodec import rdo, zoo
-from vqcodec.coding.container import MIN_TILE, ColourMode, Padding, VQZFile, code_checksum, model_id
-from vqcodec.coding.entropy import Decoder, Encoder, coded_bits
-from vqcodec.exact import ExactDecoder, ExactPrior, ExactStepper
-from vqcodec.exact.encoder import ExactEncoder, KnownCodes, encoder_stepper
-from vqcodec.errors import ModelMismatchError
+from vqcodec.coding.container import ColourMode, Padding, VQZFile, code_checksum, model_id
+from vqcodec.coding.entropy import RangeDecoder, RangeEncoder
+from vqcodec.coding.order import DEFAULT_TILE, TILE_WAVE, CodingOrder
+from vqcodec.exact import ExactDecoder, ExactPrior
+from vqcodec.exact.encoder import WHOLE_MAP_VALUES, ExactEncoder
+from vqcodec.exact.gather import GEMM_CHUNK
 from vqcodec.fileinfo import VQZInput, describe, read_vqz
 from vqcodec.imageio import (
     SourceImage,
@@ -54,26 +53,31 @@ from vqcodec.imageio import (
     resize,
     to_pil,
 )
-from vqcodec.models import order
 from vqcodec.models.model import CodecModel
-from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE, coded_size, scale
-from vqcodec.threads import check_threads, limited
+from vqcodec.quality import DEFAULT_QUALITY, coded_size, scale
+from vqcodec.walk import CodeStep, Progress, shifted, walk
 
 ImageInput = str | os.PathLike[str] | bytes | BinaryIO | Image.Image | np.ndarray
 """What ``compress`` takes: a path, encoded bytes, a binary file, a Pillow image or a uint8 array."""
 
-Progress = Callable[[int, int], None]
-"""Called after every wavefront step with (steps done, steps in all)."""
 
+@dataclass(frozen=True)
+class Budgets:
+    """How much the codec computes at once: memory against speed. No budget changes a byte or a pixel."""
 
-ENCODE_BAND_CODES = 2**16
-"""Bottom-level codes the VQ-VAE encoder computes at once (plus its halo, ``VQVAE.encode_halo``): bounds
-the memory of encoding a large image (a 3840x2160 one in 8 bands) instead of growing with its area. The
-exact encoder's float64 maps take twice the float32 ones' memory; larger bands were not faster."""
-
-RENDER_BAND_CODES = 2**16
-"""Bottom-level codes the VQ-VAE decoder turns into pixels at once (plus its halo): bounds the memory
-of decoding a large image (a few hundred MB) instead of growing with its area."""
+    encode_band_codes: int = 2**16
+    """Bottom-level codes the VQ-VAE encoder computes at once (plus its halo): bounds the memory of
+    encoding a large image instead of growing with its area."""
+    render_band_codes: int = 2**16
+    """Bottom-level codes the VQ-VAE decoder turns into pixels at once (plus its halo)."""
+    batch_rows: tuple[int, int] = (3 * TILE_WAVE, 32 * TILE_WAVE)
+    """On the CPU and on a GPU, the pixel rows of the waves of the files that ``decode_many`` decodes
+    together (``Codec.files_per_batch``): on 2 CPU cores more gain nothing; a GPU's throughput grows
+    with them (``benchmarks/results/speed``)."""
+    whole_map_values: int = WHOLE_MAP_VALUES
+    """Largest tile (positions x codebook size) whose tables the encoder computes in one pass."""
+    gemm_chunk: int = GEMM_CHUNK
+    """Values the priors gather for one GEMM at most."""
 
 
 class ConversionWarning(UserWarning):
@@ -128,23 +132,47 @@ class Decoded:
 
 
 class Codec:
-    """A model ready to code: the CodecModel, the SHA-256 of its file, its exact priors and VQ-VAE."""
+    """A model ready to code: the CodecModel, the SHA-256 of its file, its exact priors and VQ-VAE, the
+    coding order and the memory budgets."""
 
-    def __init__(self, model: CodecModel, sha256: str, name: str | None = None) -> None:
+    def __init__(
+        self,
+        model: CodecModel,
+        sha256: str,
+        name: str | None = None,
+        *,
+        budgets: Budgets | None = None,
+        coding_order: CodingOrder | None = None,
+    ) -> None:
         self.model = model.eval()
         self.sha256 = sha256
         self.name = name
         """The bundled model's name, or None for a model file outside the zoo."""
+        self.budgets = budgets or Budgets()
+        self.order = coding_order or CodingOrder(model.config.vqvae.multiple)
         self.device = next(model.parameters()).device
         exact = _exact(model, self.device)
-        self.exact_priors, self.exact_decoder, self.exact_encoder = exact.priors, exact.decoder, exact.encoder
+        chunk = self.budgets.gemm_chunk
+        self.exact_priors = exact.priors  # shared by the codecs of one model, unless the budget differs
+        if any(prior.chunk != chunk for prior in exact.priors):
+            self.exact_priors = [dataclasses.replace(prior, chunk=chunk) for prior in exact.priors]
+        self.exact_decoder, self.exact_encoder = exact.decoder, exact.encoder
 
     @classmethod
-    def open(cls, name_or_path: str | os.PathLike[str] | None = None, device: Any = None) -> Codec:
+    def open(
+        cls,
+        name_or_path: str | os.PathLike[str] | None = None,
+        device: Any = None,
+        budgets: Budgets | None = None,
+    ) -> Codec:
         """The codec of a bundled model (by name; None for the default) or of a model file."""
         path = zoo.resolve_model(name_or_path)
         model, sha256 = zoo.load_cached(path, check_device(device))
-        return cls(model, sha256, zoo.model_name(path))
+        return cls(model, sha256, zoo.model_name(path), budgets=budgets)
+
+    def with_budgets(self, budgets: Budgets) -> Codec:
+        """This codec with other memory budgets (the same model and integers)."""
+        return Codec(self.model, self.sha256, self.name, budgets=budgets, coding_order=self.order)
 
     @property
     def model_id(self) -> bytes:
@@ -175,7 +203,7 @@ class Codec:
         side (None: whole maps, the fewest bits and the slowest decoding), keeping the ``metadata``
         kinds ("all", "none", or of "exif", "icc", "xmp": ``parse_metadata``), choosing the codes with
         ``effort`` 0 (the nearest codewords, fastest) to 2 (``vqcodec.rdo``)."""
-        self.check_tile(tile)
+        self.order.check_tile(tile)
         scale(quality)  # a bad quality fails before the image is read
         rdo.levels(effort, len(self.exact_priors))
         return self.encode(self.source(image, metadata), quality, tile, progress, effort=effort)[0]
@@ -184,7 +212,7 @@ class Codec:
         """``image`` read as the codec sees it, with the ``metadata`` kinds it keeps; lossy conversions
         of the input are ``ConversionWarning``s."""
         kinds = parse_metadata(metadata)  # a bad value fails before the image is read
-        source = _source(image).with_metadata(kinds)
+        source = _read_image(image).with_metadata(kinds)
         for message in source.warnings:
             warnings.warn(message, ConversionWarning, stacklevel=3)
         return source
@@ -209,9 +237,9 @@ class Codec:
         maps = self.image_codes(rgb, rdo.CANDIDATES if chosen else 0)
         n = len(self.exact_priors)
         codes, ranked = maps[:n], maps[n:]
-        tile_px = self.tile_size(*codes[0].shape, tile)
+        tile_px = self.order.tile_size(*codes[0].shape, tile)
         shapes = [level.shape for level in codes]
-        total = sum(self._n_steps(shapes, tile_px, [level]) for level in chosen) + self._n_steps(
+        total = sum(self.order.n_steps(shapes, tile_px, [level]) for level in chosen) + self.order.n_steps(
             shapes, tile_px
         )
         done = 0
@@ -219,10 +247,10 @@ class Codec:
             if level and level - 1 in chosen:  # the codes above changed: encode the levels below anew
                 maps = self.image_codes(rgb, rdo.CANDIDATES, codes[:level])
                 codes[level:], ranked = maps[level:n], maps[n:]
-            report = None if progress is None else _shifted(progress, done, total)
+            report = None if progress is None else shifted(progress, done, total)
             self.choose_codes(codes, level, ranked[2 * level], ranked[2 * level + 1], tile_px, report)
-            done += self._n_steps(shapes, tile_px, [level])
-        report = None if progress is None else _shifted(progress, done, total)
+            done += self.order.n_steps(shapes, tile_px, [level])
+        report = None if progress is None else shifted(progress, done, total)
         return self.pack(source, codes, report, size, tile_px), codes
 
     def choose_codes(
@@ -242,28 +270,7 @@ class Codec:
         def choose(freqs: np.ndarray, image: int, _level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
             return rdo.choose(candidates[ys, xs], distances[ys, xs], freqs, weight)
 
-        self._walk([codes], choose, progress, tile, known=True, levels=[level])
-
-    def check_tile(self, tile: int | None) -> None:
-        """Raise ValueError unless ``tile`` is None or a multiple of the model's multiple, at least
-        ``2 * MIN_TILE``."""
-        if tile is not None and (tile < 2 * MIN_TILE or tile % self.multiple):
-            raise ValueError(
-                f"tile side must be a multiple of {self.multiple} pixels, at least {2 * MIN_TILE}, got {tile}"
-            )
-
-    def tile_size(self, top_height: int, top_width: int, tile: int | None) -> tuple[int, int] | None:
-        """The (width, height) of the tiles that cut an image of this top-level map as evenly as
-        possible into as few tiles as tiles of ``tile`` pixels a side would; None: one tile."""
-        if tile is None:
-            return None
-        sides = []
-        for codes in (top_width, top_height):
-            cells = tile // self.multiple  # a tile's side in top-level codes, at most
-            count = -(-codes // cells)
-            sides.append(-(-codes // count) * self.multiple)  # at least tile / 2 when count > 1
-        whole = sides == [top_width * self.multiple, top_height * self.multiple]
-        return None if whole else (sides[0], sides[1])
+        self.walk([codes], choose, tile, known=True, levels=[level], progress=progress)
 
     def image_codes(
         self, rgb: np.ndarray, candidates: int = 0, fixed: Sequence[np.ndarray] = ()
@@ -274,10 +281,13 @@ class Codec:
         [h, w, M] (``ExactEncoder.encode``)."""
         padded = pad_to_multiple(rgb, self.multiple)
         pixels = torch.tensor(padded, device=self.device).permute(2, 0, 1)[None]
-        band_rows = max(1, ENCODE_BAND_CODES * self.model.vqvae.config.bottom_stride // padded.shape[1])
+        band_rows = max(
+            1, self.budgets.encode_band_codes * self.model.vqvae.config.bottom_stride // padded.shape[1]
+        )
         upper = [torch.from_numpy(level)[None] for level in fixed]
         maps = [
-            level[0].cpu().numpy() for level in self.exact_encoder.encode(pixels, band_rows, candidates, upper)
+            level[0].cpu().numpy()
+            for level in self.exact_encoder.encode(pixels, band_rows, candidates, upper)
         ]
         n = len(self.exact_priors)
         # [M, h, w] to [h, w, M]: a step's positions index them directly
@@ -294,14 +304,14 @@ class Codec:
         """Range-code ``codes`` and wrap them with the metadata of ``source``; ``resampled`` is the
         (width, height) the codes describe when the image was resized before coding, ``tile`` the
         (width, height) in pixels of the tiles coded as independent images (``tile_size``)."""
-        encoder = Encoder()
+        encoder = RangeEncoder()
 
         def encode(freqs: np.ndarray, image: int, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
             symbols = codes[level][ys, xs]
             encoder.encode(symbols, freqs)
             return symbols
 
-        self._walk([codes], encode, progress, tile, known=True)
+        self.walk([codes], encode, tile, known=True, progress=progress)
         alpha = None if source.alpha is None else np.ascontiguousarray(source.alpha, dtype=np.uint8).tobytes()
         return VQZFile(
             model_id=self.model_id,
@@ -353,31 +363,33 @@ class Codec:
             groups.setdefault((file.level_shapes, file.tile), []).append(i)
         batches = []
         for key, members in groups.items():
-            size, steps = self.files_per_batch(*key), self._n_steps(*key)
+            size, steps = self.files_per_batch(*key), self.order.n_steps(*key)
             batches += [(members[start : start + size], steps) for start in range(0, len(members), size)]
         total, done, decoded = sum(steps for _, steps in batches), 0, {}
         for members, steps in batches:
-            report = None if progress is None else _shifted(progress, done, total)
+            report = None if progress is None else shifted(progress, done, total)
             decoded.update(zip(members, self._decode_group([files[i] for i in members], report), strict=True))
             done += steps
         return [decoded[i] for i in range(len(files))]
 
     def files_per_batch(self, shapes: Sequence[tuple[int, int]], tile: tuple[int, int] | None) -> int:
         """How many files with code maps of these shapes and tiles ``decode_many`` decodes together: as
-        many as make waves of at most ``BATCH_ROWS`` pixel rows (their tiles' heights added up, the
+        many as make waves of at most ``Budgets.batch_rows`` pixel rows (their tiles' heights added up, the
         steppers' caches growing with them), or one."""
-        rows = self.multiple * max(sum(rect[2] for _, rect in wave) for wave in self._waves(shapes, 0, tile))
-        return max(1, BATCH_ROWS[self.device.type == "cuda"] // rows)
+        rows = self.multiple * max(
+            sum(rect[2] for _, rect in wave) for wave in self.order.waves(shapes, 0, tile)
+        )
+        return max(1, self.budgets.batch_rows[self.device.type == "cuda"] // rows)
 
     def _decode_group(self, files: list[VQZFile], progress: Progress | None) -> list[Decoded]:
         """Decode checked files whose code maps have the same shapes and tiles, together."""
-        decoders = [Decoder(file.payload) for file in files]
+        decoders = [RangeDecoder(file.payload) for file in files]
         codes = [[np.zeros(shape, dtype=np.int64) for shape in file.level_shapes] for file in files]
 
         def decode(freqs: np.ndarray, image: int, *where: Any) -> np.ndarray:
             return decoders[image].decode(freqs)
 
-        level_bits = self._walk(codes, decode, progress, files[0].tile)
+        level_bits = self.walk(codes, decode, files[0].tile, progress=progress)
         for file, decoder, maps in zip(files, decoders, codes, strict=True):
             decoder.check_exhausted()
             file.check_codes(maps)
@@ -388,7 +400,7 @@ class Codec:
         alpha, ICC profile, EXIF and XMP."""
         file = decoded.file
         maps = [torch.from_numpy(level)[None] for level in decoded.codes]
-        band_rows = max(1, RENDER_BAND_CODES // decoded.codes[-1].shape[1])
+        band_rows = max(1, self.budgets.render_band_codes // decoded.codes[-1].shape[1])
         pixels = self.exact_decoder.decode(maps, band_rows)[0].permute(1, 2, 0).cpu().numpy()
         rgb = np.ascontiguousarray(crop(pixels, file.coded_height, file.coded_width))
         if file.coded_size is not None:
@@ -396,113 +408,28 @@ class Codec:
         alpha = None if file.alpha is None else np.frombuffer(file.alpha, np.uint8).reshape(rgb.shape[:2])
         return to_pil(rgb, file.colour.name, alpha, file.icc, file.exif, file.xmp)
 
-    def _walk(
+    def walk(
         self,
         codes: list[list[np.ndarray]],
-        code_step: Callable[[np.ndarray, int, int, np.ndarray, np.ndarray], np.ndarray],
-        progress: Progress | None,
+        code_step: CodeStep,
         tile: tuple[int, int] | None,
+        *,
         known: bool = False,
         levels: Sequence[int] | None = None,
+        progress: Progress | None = None,
     ) -> list[list[float]]:
-        """Visit every level top first, wavefront by wavefront, as encoder and decoder both must, for
-        one or more images whose code maps ``codes[image][level]`` have the same shapes and are cut
-        into tiles of ``tile`` (width, height) pixels (None: whole maps).
-
-        ``code_step(freqs, image, level, ys, xs)`` codes one image's step at positions (ys, xs) with
-        the tables ``freqs`` (tile by tile, each tile's positions by increasing row) and returns its
-        codes, which are stored in ``codes`` and fed back to the priors. ``known``: one image whose
-        ``codes`` already hold every code (encoding), so the priors may compute the tables of a whole
-        level in one pass; they are the same integers either way. ``levels``: visit only these (with
-        ``known``). Returns the ideal bits of each image's levels visited.
-        """
-        shapes = [level.shape for level in codes[0]]
-        levels = range(len(shapes)) if levels is None else levels
-        total, done = self._n_steps(shapes, tile, levels), 0
-        level_bits = [[] for _ in codes]
-        for level in levels:
-            bits = np.zeros(len(codes))
-            for wave in self._waves(shapes, level, tile):
-                groups = self._tile_groups(codes, level, wave, known)
-                for t in range(_wave_steps(wave)):
-                    step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
-                    step_codes = np.empty(len(step.images), dtype=np.int64)
-                    coded = []
-                    for image, where in enumerate(step.by_image):
-                        ys, xs, tables = step.ys[where], step.xs[where], step.freqs[where]
-                        symbols = code_step(tables, image, level, ys, xs)
-                        step_codes[where] = symbols
-                        coded.append((ys, xs, tables, symbols))
-                    step.set_codes(step_codes)  # a GPU starts on the next step: store and count meanwhile
-                    for image, (ys, xs, tables, symbols) in enumerate(coded):
-                        codes[image][level][ys, xs] = symbols
-                        bits[image] += coded_bits(symbols, tables)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-            for image_bits, level_total in zip(level_bits, bits.tolist(), strict=True):
-                image_bits.append(level_total)
-        return level_bits
-
-    def _waves(
-        self, shapes: Sequence[tuple[int, int]], level: int, tile: tuple[int, int] | None
-    ) -> list[list[_Rect]]:
-        """A level's tiles (rank, (y, x, h, w)) in raster order, in the waves that are walked one after
-        the other (one wave of the whole map without tiles)."""
-        height, width = shapes[level]
-        if tile is None:
-            return [[(0, (0, 0, height, width))]]
-        scale = height // shapes[0][0]  # this level's codes per top-level code, a side
-        tile_width, tile_height = (side // self.multiple * scale for side in tile)
-        rects = list(enumerate(order.tiles(height, width, tile_height, tile_width)))
-        size = tiles_per_wave(tile[1])
-        return [rects[start : start + size] for start in range(0, len(rects), size)]
-
-    def _n_steps(
-        self,
-        shapes: Sequence[tuple[int, int]],
-        tile: tuple[int, int] | None,
-        levels: Sequence[int] | None = None,
-    ) -> int:
-        """The sequential steps of the walk of maps of these shapes (of ``levels``, default all): of each
-        wave, its largest tile's."""
-        levels = range(len(shapes)) if levels is None else levels
-        return sum(_wave_steps(wave) for level in levels for wave in self._waves(shapes, level, tile))
-
-    def _crop(self, codes: np.ndarray, y: int, x: int, h: int, w: int, ratio: int = 1) -> torch.Tensor:
-        """The codes of a level ``ratio`` times coarser under the h x w tile at (y, x), on the device."""
-        rows, cols = slice(y // ratio, -(-(y + h) // ratio)), slice(x // ratio, -(-(x + w) // ratio))
-        return torch.from_numpy(codes[rows, cols]).to(self.device)
-
-    def _tile_groups(
-        self, codes: list[list[np.ndarray]], level: int, wave: list[_Rect], known: bool
-    ) -> list[_TileGroup]:
-        """A wave of a level's tiles of every image, evaluated together: by one stepper on the CPU,
-        the smaller tiles inside the largest one's map; else one stepper (or one pass of the known
-        codes) for all those of a size."""
-        prior, height = self.exact_priors[level], codes[0][level].shape[0]
-        tiles = [(image, rank, *rect) for image in range(len(codes)) for rank, rect in wave]
-        one_size = known or self.device.type == "cuda"
-        sizes: dict[tuple[int, int], list[tuple[int, ...]]] = {}
-        for tile in tiles:
-            sizes.setdefault(tile[4:] if one_size else (0, 0), []).append(tile)
-        groups = []
-        for members in sizes.values():
-            h, w = (max(tile[i] for tile in members) for i in (4, 5))
-            upper = [
-                [
-                    self._crop(codes[image][k], y, x, th, tw, height // codes[image][k].shape[0])
-                    for k in range(level)
-                ]
-                for image, _, y, x, th, tw in members
-            ]
-            if known:
-                maps = [self._crop(codes[image][level], y, x, h, w) for image, _, y, x, _, _ in members]
-                stepper = encoder_stepper(prior, maps, upper)
-            else:
-                stepper = prior.batch_stepper(h, w, upper, [tile[4:] for tile in members])
-            groups.append(_TileGroup(stepper, *np.array(members, dtype=np.int64)[:, :4].T))
-        return groups
+        """``vqcodec.walk.walk`` with this codec's priors, coding order and budgets."""
+        return walk(
+            self.exact_priors,
+            self.order,
+            codes,
+            code_step,
+            tile,
+            known=known,
+            levels=levels,
+            progress=progress,
+            whole_map_values=self.budgets.whole_map_values,
+        )
 
     # --- inspection --------------------------------------------------------------------------------
 
@@ -522,113 +449,8 @@ class Codec:
         return report
 
 
-_Rect = tuple[int, tuple[int, int, int, int]]
-"""A tile: its rank in raster order, and its top-left code's row and column and its height and width."""
-
-TILE_WAVE = 4096
-"""The tiles of a level are walked in waves of ``TILE_WAVE // H`` tiles H pixels tall, one wave after
-the other (``bitstream_spec/vqz.md`` §7): the wave's tiles together are at most as tall as a
-4096-pixel image, which bounds the memory of the decoder's caches."""
-
-
-BATCH_ROWS = (3 * TILE_WAVE, 32 * TILE_WAVE)
-"""On the CPU and on a GPU, the pixel rows of the waves of the files that ``decode_many`` decodes
-together (``Codec.files_per_batch``): 8 Kodak files on the CPU (0.15 GB each; 2 cores gain nothing
-from more), 85 on a GPU (smaller caches; throughput grows up to about 32)."""
-
-
-def tiles_per_wave(tile_height: int) -> int:
-    """How many tiles ``tile_height`` pixels tall a wave holds."""
-    return max(1, TILE_WAVE // tile_height)
-
-
-def _wave_steps(wave: list[_Rect]) -> int:
-    """The steps of a wave of tiles: up to the last of its largest tile's."""
-    return max(order.n_steps(h, w) for _, (_, _, h, w) in wave)
-
-
-@dataclass(frozen=True)
-class _TileGroup:
-    """Tiles of a level's wave, of every image walked, evaluated together by one stepper: those of
-    one size, or on the CPU all of them (``Codec._tile_groups``)."""
-
-    stepper: ExactStepper | KnownCodes
-    images: np.ndarray
-    """The image of each tile (the stepper's images, in order)."""
-    ranks: np.ndarray
-    """Each tile's place in its image's tiles (raster order)."""
-    ys: np.ndarray
-    """The map row and column of each tile's top-left code."""
-    xs: np.ndarray
-
-
-class _Step:
-    """One wavefront step of a level's tile groups: their tables, and where each lies in the coding
-    order (by image, then tile, then row) and in the maps."""
-
-    def __init__(self, groups: list[_TileGroup], t: int, batch: int) -> None:
-        self._groups, self._t, self._counts, self._on_map = groups, t, [], []
-        freqs, images, ranks, rows, ys, xs = [], [], [], [], [], []
-        for group in groups:
-            local_ys, local_xs = _positions(t, group.stepper.height, group.stepper.width)
-            n, tiles = len(local_ys), len(group.images)
-            tile_rows = np.repeat(local_ys, tiles)
-            parts = [
-                group.stepper.freqs(t),  # position by position, tile by tile within each
-                np.tile(group.images, n),
-                np.tile(group.ranks, n),
-                tile_rows,
-                tile_rows + np.tile(group.ys, n),
-                np.repeat(local_xs, tiles) + np.tile(group.xs, n),
-            ]
-            on_map = group.stepper.on_map(t)
-            if on_map is not None:  # a smaller tile's positions outside it
-                parts = [part[on_map] for part in parts]
-            self._counts.append(n * tiles)
-            self._on_map.append(on_map)
-            for part, into in zip(parts, (freqs, images, ranks, rows, ys, xs), strict=True):
-                into.append(part)
-        join = np.concatenate if len(groups) > 1 else operator.itemgetter(0)  # spares copying the tables
-        self.freqs, self.images, self.ys, self.xs = join(freqs), join(images), join(ys), join(xs)
-        coding_order = np.lexsort((join(rows), join(ranks), self.images))
-        bounds = np.searchsorted(self.images[coding_order], np.arange(batch + 1))
-        self.by_image = [coding_order[lo:hi] for lo, hi in itertools.pairwise(bounds)]
-        """Per image, the indices of its tables and positions in coding order."""
-
-    def set_codes(self, codes: np.ndarray) -> None:
-        """Enter the step's codes, in the order of its tables, into the groups' steppers."""
-        start = 0
-        for group, count, on_map in zip(self._groups, self._counts, self._on_map, strict=True):
-            if on_map is None:
-                group.stepper.set_codes(self._t, codes[start : start + count])
-                start += count
-            else:  # the positions outside their tile get code 0, which the stepper keeps as padding
-                coded = int(on_map.sum())
-                step_codes = np.zeros(count, dtype=np.int64)
-                step_codes[on_map] = codes[start : start + coded]
-                group.stepper.set_codes(self._t, step_codes)
-                start += coded
-
-
-@functools.lru_cache(maxsize=4096)
-def _positions(t: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``order.wavefront`` as (read-only) NumPy arrays, computed once for the many steps of the many
-    tiles of one size that a decode walks."""
-    ys, xs = (index.numpy() for index in order.wavefront(t, height, width))
-    ys.flags.writeable = xs.flags.writeable = False
-    return ys, xs
-
-
-def _shifted(progress: Progress, done: int, total: int) -> Progress:
-    """A part's progress reported as the progress of the whole: ``done`` steps before it, ``total`` in all."""
-    return lambda step, _part_total: progress(done + step, total)
-
-
-ModelArg = Codec | str | os.PathLike[str] | None
-"""What ``model=`` takes: a Codec, a bundled model's name, a model file's path, or None (the default)."""
-
-
-def _source(image: ImageInput) -> SourceImage:
+def _read_image(image: ImageInput) -> SourceImage:
+    """``image`` as the codec reads it; a uint8 array must be [H, W], [H, W, 3] or [H, W, 4]."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
             raise ValueError(
@@ -636,114 +458,3 @@ def _source(image: ImageInput) -> SourceImage:
             )
         image = Image.fromarray(np.ascontiguousarray(image))
     return load_image(image)
-
-
-def _vqz_file(data: VQZInput | VQZFile) -> VQZFile:
-    return data if isinstance(data, VQZFile) else VQZFile.from_bytes(read_vqz(data))
-
-
-def open_codec(model: ModelArg = None, device: Any = None) -> Codec:
-    """A Codec for ``model=`` arguments: a Codec as is, else a bundled model's name or a model file."""
-    if isinstance(model, Codec):
-        return model
-    return Codec.open(model, device)
-
-
-def codec_for(file: VQZFile, model: ModelArg = None, device: Any = None) -> Codec:
-    """The codec to decode ``file``: ``model`` if given, else the bundled model whose id it carries."""
-    if model is not None:
-        return open_codec(model, device)
-    bundled = zoo.find_by_id(file.model_id)
-    if bundled is None:
-        raise ModelMismatchError(
-            f"file needs model {file.model_id.hex()}, which is not bundled; give its model file explicitly"
-        )
-    return Codec.open(bundled.path, device)
-
-
-def compress(
-    image: ImageInput,
-    model: ModelArg = None,
-    device: Any = None,
-    progress: Progress | None = None,
-    quality: float = DEFAULT_QUALITY,
-    tile: int | None = DEFAULT_TILE,
-    *,
-    metadata: str | Iterable[str] = "all",
-    threads: int | None = None,
-    target_size: int | None = None,
-    target_bpp: float | None = None,
-    target_psnr: float | None = None,
-    effort: int = rdo.DEFAULT_EFFORT,
-) -> bytes:
-    """Compress ``image`` with ``model`` (default: the bundled default model) to ``.vqz`` bytes, at
-    ``quality`` 0 (smallest file) to 4 (best, the default), in tiles of at most ``tile`` pixels a side
-    (None: whole maps), keeping the ``metadata`` that ``Codec.compress`` names; ``threads``: the CPU
-    threads torch may use for the call (None: torch's setting, the number of cores). One of
-    ``target_size`` (bytes), ``target_bpp`` or ``target_psnr`` (dB) picks the quality instead
-    (``vqcodec.rate``). ``effort`` 0 (default) to 2: the rate-distortion code choice (``vqcodec.rdo``)."""
-    targets = (target_size, target_bpp, target_psnr)
-    with limited(threads):
-        codec = open_codec(model, device)
-        if all(target is None for target in targets):
-            return codec.compress(image, progress, quality, tile, metadata=metadata, effort=effort)
-        from vqcodec.rate import Target, compress_to_target
-
-        return compress_to_target(codec, image, Target(*targets), tile, metadata, progress, effort).data
-
-
-def decompress(
-    data: VQZInput | VQZFile,
-    model: ModelArg = None,
-    device: Any = None,
-    progress: Progress | None = None,
-    *,
-    threads: int | None = None,
-) -> Image.Image:
-    """Decode a ``.vqz`` file (a path, its bytes, a binary file or a parsed ``VQZFile``); without
-    ``model``, with the bundled model whose id the file carries; ``threads`` as for ``compress``."""
-    with limited(threads):
-        file = _vqz_file(data)
-        return codec_for(file, model, device).decompress(file, progress)
-
-
-def decompress_many(
-    datas: Sequence[VQZInput | VQZFile],
-    model: ModelArg = None,
-    device: Any = None,
-    progress: Progress | None = None,
-    *,
-    threads: int | None = None,
-) -> list[Image.Image]:
-    """Decode several ``.vqz`` files of one model (each one as ``decompress`` takes it), those of one
-    size together (``Codec.decode_many``); without ``model``, with the bundled model that the first
-    file names; ``threads`` as for ``compress``."""
-    if isinstance(datas, (str, os.PathLike, bytes, bytearray, memoryview, VQZFile)):
-        raise TypeError("decompress_many takes a sequence of files; decompress takes one")
-    with limited(threads):
-        files = [_vqz_file(data) for data in datas]
-        if not files:
-            return []
-        return codec_for(files[0], model, device).decompress_many(files, progress)
-
-
-def info(
-    data: VQZInput,
-    model: ModelArg = None,
-    device: Any = None,
-    progress: Progress | None = None,
-    *,
-    bits: bool = False,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """A file's geometry, mode, model, levels and sizes (``describe``), from its header: no model, no
-    decoding. With ``bits`` and the file's model available (given, or bundled), the codes are decoded
-    (no pixels) to add the ideal bits of every level and the range coder's overhead over them; they
-    stay None without. ``model``, ``device``, ``progress`` and ``threads`` only matter with ``bits``."""
-    check_threads(threads)
-    data = read_vqz(data)
-    file = VQZFile.from_bytes(data)
-    if not bits or (model is None and zoo.find_by_id(file.model_id) is None):
-        return describe(data, file)
-    with limited(threads):
-        return codec_for(file, model, device).info(data, progress)

@@ -50,7 +50,7 @@ class VQZImageFile(ImageFile.ImageFile):
 
     def load(self) -> Image.core.PixelAccess | None:
         if self._vqz is not None:
-            from vqcodec.codec import decompress  # torch is only needed once pixels are wanted
+            from vqcodec.api import decompress  # torch is only needed once pixels are wanted
 
             self.im = decompress(self._vqz).im
             self._vqz = None
@@ -62,7 +62,7 @@ def _save(image: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         raise OSError(
             f"cannot write mode {image.mode} as {FORMAT}; convert the image to RGB, RGBA, L or LA first"
         )
-    from vqcodec.codec import compress  # torch is only needed once pixels are coded
+    from vqcodec.api import compress  # torch is only needed once pixels are coded
 
     given = image.encoderinfo
     options: dict[str, Any] = {key: given[key] for key in SAVE_OPTIONS if key in given}

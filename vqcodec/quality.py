@@ -6,9 +6,6 @@ codes cost about the same per code whatever the image size, so coding 1/2 of eac
 continuous: between the whole qualities, which name fixed scales (``QUALITY_SCALES``), the scale's
 logarithm is interpolated linearly, so that the bits grow steadily with the quality. Kept free of
 torch so that the command line can describe the qualities without loading it.
-
-The tile side is the other encoder setting: a file's code maps are cut into tiles coded as
-independent images, whose wavefronts the decoder runs side by side (``bitstream_spec/vqz.md`` §5.2).
 """
 
 from __future__ import annotations
@@ -21,11 +18,6 @@ MIN_QUALITY, MAX_QUALITY = min(QUALITY_SCALES), max(QUALITY_SCALES)
 DEFAULT_QUALITY = MAX_QUALITY
 SWEEP_QUALITIES = (0, 0.5, 1, 1.5, 2, 2.5, 3, 3.25, 3.5, 3.75, 4)
 """The qualities ``vqcodec bench`` runs by default: a curve from the lowest rate to the highest."""
-
-DEFAULT_TILE = 256
-"""Largest side in pixels of the tiles coded as independent images: the side of the crops the priors
-are trained on, so that a tile's context is the one they learned from. A Kodak image is then cut into
-6 tiles of 256 x 256 and takes 284 sequential steps instead of 668, for 0.9 % more bits."""
 
 
 def scale(quality: float) -> float:

@@ -20,8 +20,9 @@ from vqcodec import rdo
 from vqcodec.bench.metrics import psnr
 from vqcodec.codec import Codec, Decoded, ImageInput
 from vqcodec.coding.container import VQZFile
+from vqcodec.coding.order import DEFAULT_TILE
 from vqcodec.imageio import SourceImage
-from vqcodec.quality import DEFAULT_TILE, MAX_QUALITY, MIN_QUALITY, coded_size
+from vqcodec.quality import MAX_QUALITY, MIN_QUALITY, coded_size
 
 SEARCH_STEPS = 8
 """Encodes after the two ends of the scale: the quality is then known to 4 / 2**8 of the scale."""
@@ -74,7 +75,7 @@ def compress_to_target(
     A size target then tries one more column and one more row of codes: at low rates the next
     quality's map can be several per cent larger, and the file should come as close as it can.
     """
-    codec.check_tile(tile)
+    codec.order.check_tile(tile)
     rdo.levels(effort, len(codec.exact_priors))
     source = codec.source(image, metadata)
     source = dataclasses.replace(source, warnings=[])  # shown once, by codec.source

@@ -25,10 +25,11 @@ from PIL import ExifTags, Image, ImageCms
 
 from vqcodec.codec import Codec, Decoded
 from vqcodec.coding.container import VQZFile, varint
+from vqcodec.coding.order import DEFAULT_TILE
 from vqcodec.errors import VQZError
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
-from vqcodec.quality import DEFAULT_QUALITY, DEFAULT_TILE
+from vqcodec.quality import DEFAULT_QUALITY
 from vqcodec.zoo.modelfile import save_model
 
 HERE = Path(__file__).resolve().parent

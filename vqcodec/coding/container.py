@@ -25,6 +25,7 @@ from enum import IntEnum
 import numpy as np
 
 from vqcodec.coding.entropy import PRECISION
+from vqcodec.coding.order import MIN_TILE
 from vqcodec.errors import (
     CorruptDataError,
     FormatError,
@@ -40,10 +41,6 @@ MODEL_ID_LEN = 16
 MAX_SIDE = 16384
 MAX_PIXELS = 2**27
 MAX_LEVELS = 8
-MIN_TILE = 32
-"""Smallest tile width and height in pixels (TILES chunk): smaller tiles cost many bits, and the
-decoder's memory per tile (the tile and the rows its priors read above and below it) would be mostly
-border."""
 CODER_RANGE = 1
 """Coder id of the range coder of ``entropy.py`` (32-bit words, 64-bit state)."""
 ANCILLARY = 0x80

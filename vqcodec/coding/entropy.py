@@ -65,7 +65,7 @@ def _check_symbols(symbols: np.ndarray, freqs: np.ndarray) -> np.ndarray:
     return symbols.astype(np.int32)
 
 
-class Encoder:
+class RangeEncoder:
     """Codes batches of symbols (one wavefront per call) into one range-coder payload."""
 
     def __init__(self) -> None:
@@ -83,8 +83,8 @@ class Encoder:
         return self._coder.get_compressed().astype("<u4").tobytes()
 
 
-class Decoder:
-    """Decodes a payload written by :class:`Encoder`, given the same tables in the same order."""
+class RangeDecoder:
+    """Decodes a payload written by :class:`RangeEncoder`, given the same tables in the same order."""
 
     def __init__(self, data: bytes) -> None:
         if len(data) % 4:
@@ -115,7 +115,7 @@ def ideal_bits(symbols: np.ndarray, freqs: np.ndarray) -> float:
 
 
 def coded_bits(symbols: np.ndarray, freqs: np.ndarray) -> float:
-    """:func:`ideal_bits` of symbols and tables that an :class:`Encoder` or :class:`Decoder` has just
+    """:func:`ideal_bits` of symbols and tables that a :class:`RangeEncoder` or :class:`RangeDecoder` has just
     coded, without checking them again."""
     chosen = freqs[np.arange(len(symbols)), symbols]
     return float(-np.log2(chosen / _TOTAL).sum())

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqcodec.coding import order
 from vqcodec.exact.arithmetic import float_frequencies
 from vqcodec.exact.stepper import ExactStepper, Sites
-from vqcodec.models import order
 
 if TYPE_CHECKING:
     from vqcodec.exact.prior import ExactPrior

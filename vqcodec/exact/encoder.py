@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqcodec.coding import order
 from vqcodec.exact.arithmetic import frequencies
 from vqcodec.exact.prior import ExactPrior
 from vqcodec.exact.stepper import ExactStepper, reach
@@ -25,7 +26,6 @@ from vqcodec.exact.vqvae import (
     quantise_layers,
     run_layers,
 )
-from vqcodec.models import order
 from vqcodec.models.vqvae import VQVAE, encode_in_bands
 
 WHOLE_MAP_VALUES = 2**24
@@ -94,12 +94,12 @@ class KnownCodes:
         _, self.height, self.width, self._k = logits.shape
         self.n_steps = order.n_steps(self.height, self.width)
 
-    def positions(self, t: int) -> tuple[Tensor, Tensor]:
+    def positions(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         return order.wavefront(t, self.height, self.width)
 
     def freqs(self, t: int) -> np.ndarray:
         """Position by position, image by image within each, as ``ExactStepper.freqs``."""
-        ys, xs = (index.to(self._logits.device) for index in self.positions(t))
+        ys, xs = (torch.from_numpy(index).to(self._logits.device) for index in self.positions(t))
         logits = self._logits[:, ys, xs].transpose(0, 1).reshape(-1, self._k)
         return frequencies(logits).cpu().numpy()
 

@@ -13,6 +13,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from vqcodec.coding import order
 from vqcodec.coding.entropy import MAX_ALPHABET
 from vqcodec.exact.arithmetic import clamp, elu
 from vqcodec.exact.cuda_stepper import ColumnStepper
@@ -29,7 +30,6 @@ from vqcodec.exact.quantise import (
     quantise_res_block,
 )
 from vqcodec.exact.stepper import ExactStepper
-from vqcodec.models import order
 from vqcodec.models.pixelsnail import PixelSNAILPrior, check_cond_codes
 
 COND_DTYPE = torch.float32

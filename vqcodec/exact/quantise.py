@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vqcodec.coding import order
 from vqcodec.exact.arithmetic import (
     ACT_MAX,
     FA,
@@ -26,7 +27,6 @@ from vqcodec.exact.arithmetic import (
     WEIGHT_MAX,
     clamp,
 )
-from vqcodec.models import order
 from vqcodec.models.pixelsnail import CausalAttention, MaskedConv2d, ResBlock
 
 
@@ -163,7 +163,9 @@ def masked_offsets(kernel_size: int, first_layer: bool) -> list[tuple[int, int]]
 def masked_taps(conv: MaskedConv2d, first_layer: bool) -> list[tuple[int, int]]:
     """The taps of a masked convolution, checking that it uses the decode order's mask."""
     k = conv.kernel_size[0]
-    if not torch.equal(conv.mask.detach().cpu().reshape(k, k), order.conv_mask(k, first_layer)):
+    if not torch.equal(
+        conv.mask.detach().cpu().reshape(k, k), torch.from_numpy(order.conv_mask(k, first_layer))
+    ):
         raise ValueError("a masked convolution does not use the decode order's mask")
     return masked_offsets(k, first_layer)
 

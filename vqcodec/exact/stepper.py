@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqcodec.coding import order
 from vqcodec.exact.arithmetic import P_BITS, clamp, elu, float_frequencies, gated_residual, round_shift
 from vqcodec.exact.attention import attend, attention_weights
 from vqcodec.exact.quantise import Linear, QuantAttention, masked_offsets
-from vqcodec.models import order
 
 if TYPE_CHECKING:
     from vqcodec.exact.prior import ExactPrior
@@ -159,7 +159,7 @@ class ExactStepper:
             self._cond_last = sum(cond_sizes) - 1
 
         # All positions sorted by step, rows ascending within a step (the order of order.wavefront).
-        steps = order.step_map(height, width).flatten()
+        steps = torch.from_numpy(order.step_map(height, width)).flatten()
         perm = torch.argsort(steps, stable=True)
         self._ys = (perm // width).repeat_interleave(batch).to(device)
         self._xs = (perm % width).repeat_interleave(batch).to(device)
@@ -215,8 +215,8 @@ class ExactStepper:
             start += len(dxs)
         return groups
 
-    def positions(self, t: int) -> tuple[Tensor, Tensor]:
-        """Rows and columns of the codes of step ``t`` (``order.wavefront``), on the CPU."""
+    def positions(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns of the codes of step ``t`` (``order.wavefront``)."""
         return order.wavefront(t, self.height, self.width)
 
     def _cell(self, y: int, x: int) -> int:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqcodec.models import order
+from vqcodec.coding import order
 from vqcodec.models.config import PriorConfig
 
 
@@ -55,7 +55,9 @@ class MaskedConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, first_layer: bool):
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         # The mask follows from order.py, so it is not saved with the weights.
-        self.register_buffer("mask", order.conv_mask(kernel_size, first_layer)[None, None], persistent=False)
+        self.register_buffer(
+            "mask", torch.from_numpy(order.conv_mask(kernel_size, first_layer))[None, None], persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)

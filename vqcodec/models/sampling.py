@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from vqcodec.models import order
+from vqcodec.coding import order
 from vqcodec.models.pixelsnail import PixelSNAILPrior
 
 
@@ -40,7 +40,7 @@ def sample_codes(
             cond = prior.condition(levels, size=(height, width))
             for t in range(order.n_steps(height, width)):
                 ys, xs = order.wavefront(t, height, width)
-                ys, xs = ys.to(device), xs.to(device)
+                ys, xs = torch.from_numpy(ys).to(device), torch.from_numpy(xs).to(device)
                 logits = prior(codes, cond_features=cond)[:, :, ys, xs]  # [n, K, m]
                 probs = torch.softmax(logits.permute(0, 2, 1) / temperature, dim=-1)
                 draws = torch.multinomial(probs.reshape(-1, prior.codebook_size), 1, generator=generator)
