@@ -1,4 +1,5 @@
-"""The benchmark: MS-SSIM and PSNR, BD-rate on synthetic curves, the comparisons, and a whole small run."""
+"""The benchmarks: MS-SSIM and PSNR, BD-rate on synthetic curves, the comparisons, the report writer, and
+small runs of every ``vqcodec bench`` subcommand."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vqcodec.bench import metrics
-from vqcodec.bench.run import Curve, Point, compare
+from vqcodec.bench.rd import Curve, Point, compare
+from vqcodec.bench.report import number, table
 from vqcodec.cli import main
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
@@ -137,11 +139,11 @@ def test_compare_at_every_operating_point_and_by_bd_rate() -> None:
 # --- a whole run ------------------------------------------------------------------------------------------
 
 
-def write_images(folder: Path, n: int, seed: int) -> Path:
+def write_images(folder: Path, n: int, seed: int, height: int = 48, width: int = 64) -> Path:
     folder.mkdir(parents=True)
     for i in range(n):
         shift = np.random.default_rng(seed + i).integers(0, 50)
-        Image.fromarray(np.roll(pattern(48, 64), shift, axis=1)).save(folder / f"img{i}.png")
+        Image.fromarray(np.roll(pattern(height, width), shift, axis=1)).save(folder / f"img{i}.png")
     return folder
 
 
@@ -153,23 +155,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
+def test_report_tables_and_numbers() -> None:
+    rows = [["a", number(1.23456, 2)], ["b", number(None, 2)]]
+    assert table(["", "value"], "lr", rows) == ["| | value |", "|---|---:|", "| a | 1.23 |", "| b |  |"]
+    assert number(4.2, 1, " %", sign=True) == "+4.2 %"
+    assert number(math.inf, 1) == "inf"
+
+
+def test_bench_without_a_subcommand_lists_them() -> None:
+    result = CliRunner().invoke(main, ["bench"])
+    assert result.exit_code == 2  # as vqcodec without a command: click's help, and its usage status
+    assert all(name in result.output for name in ("rd", "speed", "bpd"))
+
+
+def test_bench_rd_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
     data = write_images(tmp_path / "images", 3, seed=0)
-    train = write_images(tmp_path / "train", 2, seed=10)
-    val = write_images(tmp_path / "val", 2, seed=20)
     out = tmp_path / "out"
-    args = ["bench", "--data", str(data), "--out", str(out), "--limit", "2", "--model", str(tiny_model)]
-    args += [
-        *("-q", "1", "-q", "2.5", "-q", "4"),
-        "--codecs",
-        "vqcodec,jpeg,webp",
-        "--nll-images",
-        "2",
-        "--train-data",
-        str(train),
-        "--val-data",
-        str(val),
-    ]
+    args = ["bench", "rd", "--data", str(data), "--out", str(out), "--limit", "2", "--model", str(tiny_model)]
+    args += [*("-q", "1", "-q", "2.5", "-q", "4"), "--codecs", "vqcodec,jpeg,webp"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
 
@@ -190,12 +193,10 @@ def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
     comparison = vq["comparison"]
     assert sorted(p["setting"] for p in comparison["at_rate"]) == sorted(vq["settings"])
     assert [row["codec"] for row in comparison["bd_rate"]] == ["jpeg", "webp"]
-    assert [(row["model"], row["level"]) for row in vq["priors_nll"]] == [("tiny", "top"), ("tiny", "bottom")]
-    assert all(row["train"] > 0 and row["val"] > 0 for row in vq["priors_nll"])
 
     markdown = (out / "results.md").read_text()
-    headings = ("## vqcodec", "at each operating point's rate", "Bjøntegaard", "## Priors: NLL", "### JPEG")
-    for heading in (*headings, "### WebP", "cores"):
+    headings = ("## vqcodec", "at each operating point's rate", "Bjøntegaard", "### JPEG", "### WebP")
+    for heading in (*headings, "cores"):
         assert heading in markdown
     assert markdown in result.output
     if importlib.util.find_spec("matplotlib") is None:  # matplotlib comes with the bench extra, not dev
@@ -205,18 +206,50 @@ def test_bench_writes_the_results(tmp_path: Path, tiny_model: Path) -> None:
             assert figure.format == "PNG" and figure.width > 500
 
 
-def test_bench_runs_vqcodec_at_an_effort(tmp_path: Path, tiny_model: Path) -> None:
+def test_bench_rd_runs_vqcodec_at_an_effort(tmp_path: Path, tiny_model: Path) -> None:
     data = write_images(tmp_path / "images", 1, seed=0)
     out = tmp_path / "out"
-    args = ["bench", "--data", str(data), "--out", str(out), "--model", str(tiny_model), "-q", "4"]
-    result = CliRunner().invoke(main, [*args, "--codecs", "vqcodec", "--nll-images", "0", "--effort", "2"])
+    args = ["bench", "rd", "--data", str(data), "--out", str(out), "--model", str(tiny_model), "-q", "4"]
+    result = CliRunner().invoke(main, [*args, "--codecs", "vqcodec", "--effort", "2"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "vqcodec.json").read_text())["bench"]["settings"] == ["tiny e2 q4"]
 
 
-def test_bench_rejects_unknown_codecs(tmp_path: Path) -> None:
+def test_bench_rd_rejects_unknown_codecs(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        main, ["bench", "--data", str(tmp_path), "--out", str(tmp_path), "--codecs", "gif"]
+        main, ["bench", "rd", "--data", str(tmp_path), "--out", str(tmp_path), "--codecs", "gif"]
     )
     assert result.exit_code == 2
     assert "choose from" in result.output
+
+
+def test_bench_bpd_measures_every_prior_on_train_and_val(tmp_path: Path, tiny_model: Path) -> None:
+    train = write_images(tmp_path / "train", 2, seed=10)
+    val = write_images(tmp_path / "val", 2, seed=20)
+    out = tmp_path / "out"
+    args = ["bench", "bpd", "--out", str(out), "--model", str(tiny_model), "--images", "2"]
+    result = CliRunner().invoke(main, [*args, "--train-data", str(train), "--val-data", str(val)])
+    assert result.exit_code == 0, result.output
+
+    report = json.loads((out / "bpd.json").read_text())
+    assert [(row["model"], row["level"]) for row in report["rows"]] == [("tiny", "top"), ("tiny", "bottom")]
+    assert all(row["train"] > 0 and row["val"] > 0 for row in report["rows"])
+    markdown = (out / "results.md").read_text()
+    assert "| tiny | top |" in markdown and markdown in result.output
+
+
+def test_bench_speed_times_the_codec_in_fresh_processes(tmp_path: Path, tiny_model: Path) -> None:
+    data = write_images(tmp_path / "kodak", 2, seed=0, height=64, width=128)
+    out = tmp_path / "out"
+    args = ["bench", "speed", "--data", str(data), "--out", str(out), "--model", str(tiny_model)]
+    result = CliRunner().invoke(main, [*args, "--no-4k", "--load", "0", "--tile", "64", "--batch", "2"])
+    assert result.exit_code == 0, result.output
+
+    report = json.loads((out / "speed.json").read_text())
+    (row,) = report["rows"]
+    assert row["image"].startswith("Kodak (2 images") and len(row["decode_seconds"]) == 2
+    assert sum(row["bytes"]) > 0 and sum(row["whole_bytes"]) > 0  # in 64-pixel tiles, and whole
+    assert report["batch_decode"]["files_per_batch"] == 2 and report["compute_floor"]["kodak_gmac"] > 0
+    markdown = (out / "results.md").read_text()
+    assert "`vqcodec bench speed`" in markdown and "tiles of 64 pixels" in markdown
+    assert not (out / "threads.md").exists()  # --load 0: no threads' test

@@ -1,6 +1,8 @@
-"""Rate-distortion benchmarks of vqcodec against classical codecs (``vqcodec bench``).
+"""The recurring measurements behind ``vqcodec bench`` (``cli``), one module each, one report writer.
 
-``run.run_benchmark`` runs every codec of ``codecs`` over a folder of images and writes one JSON
-file per codec (CompressAI's results format), ``results.md`` and ``rd.png``; ``metrics`` has PSNR,
-MS-SSIM and the Bjøntegaard delta rate. Needs the ``bench`` extra (matplotlib, imagecodecs).
+``rd``: rate-distortion against classical codecs (``codecs``: the adapters; ``metrics``: PSNR,
+MS-SSIM, BD-rate; ``plot``: rd.png). ``speed``: time and memory, each timing in a fresh process
+(``child``), against CompressAI and the compute floor (``baselines``). ``bpd``: the priors' bits per
+dimension. ``report``: the machine, markdown tables and the JSON and markdown files they all write.
+Needs the ``bench`` extra (matplotlib, imagecodecs) for the plot and JPEG XL.
 """

@@ -24,8 +24,8 @@ CODECS = ("vqcodec", "jpeg", "webp", "avif", "jxl", "compressai")
 """Every adapter's key, in the order of the outputs (``--codecs`` takes any of them)."""
 
 AVIF_SPEED = 6
-"""libavif's default speed: about 0.5 s per Kodak image on one core; speed 4 takes five times as long
-for about 0.3 dB more PSNR."""
+"""libavif's default speed: slower ones cost several times the encode time for a fraction of a dB
+(``benchmarks/README.md``, the codecs' table)."""
 
 JXL_EFFORT = 7
 """libjxl's default effort."""
@@ -260,6 +260,26 @@ class VQCodecAdapter(Adapter):
             "prior_bits_of_raw_percent": 100.0 * ideal / raw_bits,
             "file_overhead_percent": 100.0 * (file_bits / ideal - 1.0),
         }
+
+
+def load_models(names: Sequence[str]) -> list[tuple[str, Any]]:
+    """(label, codec) for each vqcodec model, bundled name or file; every bundled model when none is named.
+
+    A file's label is its stem, the name the tables show, unless two models would share it.
+    """
+    import vqcodec
+    from vqcodec.zoo import list_models
+
+    names = list(names) or [info.name for info in list_models()]
+    if not names:
+        raise ValueError("no bundled vqcodec models: name a model file with --model")
+    loaded: list[tuple[str, Any]] = []
+    for name in names:
+        label = Path(name).stem if name.endswith(".safetensors") else name
+        if any(label == other for other, _ in loaded):
+            label = name
+        loaded.append((label, vqcodec.load_model(name)))
+    return loaded
 
 
 def _pad(rgb: np.ndarray, multiple: int) -> np.ndarray:

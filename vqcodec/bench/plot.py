@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vqcodec.bench.run import Curve
+    from vqcodec.bench.rd import Curve
 
 
 def plot_rd(curves: list[Curve], path: Path, title: str) -> None:

@@ -1,0 +1,157 @@
+"""What vqcodec's times are measured against: CompressAI's codecs on the same machine, and the floor
+that the priors' float64 arithmetic sets whatever the implementation.
+
+Every comparison is a ratio taken in one run on one machine, so it holds where absolute times do not.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+
+def compressai_times(paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Median encode and decode seconds of CompressAI's non-autoregressive bmshj2018-factorized and
+    autoregressive mbt2018 (random weights: the time is the architecture's); {} if it is not installed."""
+    try:
+        import compressai
+        from compressai.zoo import bmshj2018_factorized, mbt2018
+    except ImportError:
+        return {}
+    times = {}
+    for name, build in (("bmshj2018-factorized", bmshj2018_factorized), ("mbt2018", mbt2018)):
+        net = build(quality=1, pretrained=False).eval()
+        net.update(force=True)
+        encode, decode = [], []
+        for path in paths:
+            x = _tensor(path)
+            with torch.no_grad():
+                tick = time.perf_counter()
+                out = net.compress(x)
+                encode.append(time.perf_counter() - tick)
+                tick = time.perf_counter()
+                net.decompress(out["strings"], out["shape"])
+                decode.append(time.perf_counter() - tick)
+        times[name] = {
+            "encode_s": statistics.median(encode),
+            "decode_s": statistics.median(decode),
+            "version": compressai.__version__,
+        }
+    return times
+
+
+class GDN(nn.Module):
+    """Ballé's generalised divisive normalisation, y = x / sqrt(beta + gamma x^2); inverse: x * sqrt(...)."""
+
+    def __init__(self, channels: int, inverse: bool) -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.norm = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.sqrt(self.norm(x * x).abs() + 1e-6)
+        return x * norm if self.inverse else x / norm
+
+
+def factorized_transforms(n: int = 128, m: int = 192) -> tuple[nn.Module, nn.Module]:
+    """bmshj2018-factorized's analysis and synthesis transforms (N=128, M=192: CompressAI's qualities 1-5)."""
+
+    def down(i: int, o: int) -> nn.Module:
+        return nn.Conv2d(i, o, 5, stride=2, padding=2)
+
+    def up(i: int, o: int) -> nn.Module:
+        return nn.ConvTranspose2d(i, o, 5, stride=2, padding=2, output_padding=1)
+
+    analysis = nn.Sequential(
+        down(3, n), GDN(n, False), down(n, n), GDN(n, False), down(n, n), GDN(n, False), down(n, m)
+    )
+    synthesis = nn.Sequential(
+        up(m, n), GDN(n, True), up(n, n), GDN(n, True), up(n, n), GDN(n, True), up(n, 3)
+    )
+    return analysis, synthesis
+
+
+def factorized_transforms_times(paths: list[Path]) -> dict[str, float]:
+    """Median seconds of bmshj2018-factorized's transforms rebuilt in torch (random weights): a lower
+    bound on that codec's encode and decode times (its entropy coder is left out), for a ratio on a
+    machine without CompressAI (it cannot be installed beside every torch)."""
+    analysis, synthesis = factorized_transforms()
+    encode, decode = [], []
+    with torch.inference_mode():
+        for path in paths:
+            x = _tensor(path)
+            analysis(x[..., :64, :64])  # warm-up
+            tick = time.perf_counter()
+            y = analysis(x).round()
+            encode.append(time.perf_counter() - tick)
+            tick = time.perf_counter()
+            synthesis(y)
+            decode.append(time.perf_counter() - tick)
+    return {"encode_s": statistics.median(encode), "decode_s": statistics.median(decode)}
+
+
+def _tensor(path: Path) -> torch.Tensor:
+    rgb = np.array(Image.open(path).convert("RGB"))
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+
+
+def prior_multiply_adds(model: str | None, width: int, height: int) -> int:
+    """Multiply-adds of the priors' float64 matrix products for one image of this size: every layer
+    once per position (the conditioning stack and its projections at a quarter of them), the attention
+    products counted without the heads' block-diagonal padding. The same on every machine."""
+    import vqcodec
+
+    codec = vqcodec.load_model(model, device="cpu")
+    total = 0
+    shapes = codec.model.code_shapes(*codec.padded_size(height, width))
+    for prior, (h, w) in zip(codec.exact_priors, shapes, strict=True):
+        full, quarter = h * w, -(-h // 2) * -(-w // 2)
+
+        def work(layer: Any, positions: int) -> int:
+            fan_in, out = layer.weight.shape
+            return positions * fan_in * out
+
+        total += work(prior.input_conv, full) + work(prior.out_conv, full)
+        for block in prior.blocks:
+            total += work(block.conv1, full) + work(block.conv2, full)
+            total += work(block.cond_proj, quarter) if block.cond_proj is not None else 0
+        for attn in prior.attentions:
+            total += sum(work(layer, full) for layer in (attn.query, attn.key, attn.value, attn.proj))
+            total += 2 * full * prior.channels * len(prior.attention_offsets)
+        for block in prior.out_blocks:
+            total += work(block.conv1, full) + work(block.conv2, full)
+        if prior.cond_conv is not None:
+            total += work(prior.cond_conv, quarter)
+        for block in prior.cond_stack:
+            total += work(block.conv1, quarter) + work(block.conv2, quarter)
+    return total
+
+
+def float64_gemm_rate(device: str) -> float:
+    """GFLOP/s of a large float64 matrix product here (the priors' products are float64)."""
+    a = torch.randn(8192, 320, dtype=torch.float64, device=device)
+    b = torch.randn(320, 128, dtype=torch.float64, device=device)
+    for _ in range(3):
+        a @ b
+    repeats = 20
+    if device != "cpu":
+        torch.cuda.synchronize()
+    tick = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return repeats * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - tick) / 1e9
+
+
+def compute_floor(model: str | None, device: str) -> dict[str, float]:
+    """The least time the priors' products need for a Kodak image (768x512) on ``device``."""
+    macs, rate = prior_multiply_adds(model, 768, 512), float64_gemm_rate(device)
+    return {"kodak_gmac": macs / 1e9, "gemm_gflops": rate, "kodak_floor_s": 2 * macs / 1e9 / rate}

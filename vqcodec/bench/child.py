@@ -1,0 +1,115 @@
+"""One timed operation in a fresh process, so that its peak memory is its own and its threads start cold.
+
+``vqcodec.bench.speed`` starts it with ``run_child``; the child prints one JSON line: the seconds of
+every call, the files' sizes, the peak resident memory (``ru_maxrss``: model and Python included) and,
+on a GPU, the peak of the memory torch allocated there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WARM_UP_SIDE = 64
+OPERATIONS = ("encode", "decode", "decode-batch")
+
+START = "import torch; from vqcodec.bench.child import main; main()"
+"""torch first: OpenMP reads its wait variables when torch loads, and importing vqcodec first would set
+them (``vqcodec.threads.spin_briefly``); the child must run with exactly the ones ``run_child`` gives."""
+
+
+@dataclass
+class Settings:
+    """What every child of one speed run shares."""
+
+    quality: int
+    model: str | None
+    device: str
+    batch: int
+    """Files per ``decompress_many`` call in "decode-batch"."""
+    tile: int
+    """Tile side in pixels; 0: whole code maps."""
+
+
+def run_child(
+    operation: str,
+    paths: list[Path],
+    settings: Settings,
+    waits: dict[str, str],
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run ``operation`` on ``paths`` in a fresh process with ``threads`` CPU threads (None: torch's
+    default) and ``waits``, the OpenMP variables (none: OpenMP's defaults); its JSON result."""
+    from vqcodec.threads import SPIN_COUNT, WAIT_POLICY
+
+    job = {
+        "operation": operation,
+        "paths": [str(path) for path in paths],
+        "threads": threads,
+        **asdict(settings),
+    }
+    env = {key: value for key, value in os.environ.items() if key not in (WAIT_POLICY, SPIN_COUNT)}
+    source = str(Path(__file__).resolve().parents[2])  # the child imports this vqcodec, wherever it runs
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+    env.update(waits)
+    result = subprocess.run(
+        [sys.executable, "-c", START, json.dumps(job)], capture_output=True, text=True, env=env
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"the {operation} process failed: {last}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """The child's side: read the job from argv, time it, print the result."""
+    job = json.loads(sys.argv[1])
+    threads, operation = job.pop("threads"), job.pop("operation")
+    paths = [Path(path) for path in job.pop("paths")]
+    print(json.dumps(timed(operation, paths, Settings(**job), threads)))
+
+
+def timed(operation: str, paths: list[Path], settings: Settings, threads: int | None) -> dict[str, Any]:
+    """Time ``operation`` on every path, after an untimed warm-up: "encode" (PNG → .vqz beside it, with the
+    files' sizes), "decode" (.vqz → pixels) or "decode-batch" (``settings.batch`` files a call)."""
+    import torch
+    from PIL import Image
+
+    import vqcodec
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    codec = vqcodec.load_model(settings.model, device=settings.device)
+    codec.decompress(codec.compress(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)))
+    seconds, sizes = [], []
+    suffix = f".q{settings.quality}.t{settings.tile}.vqz"
+    if operation == "encode":
+        for path in paths:
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            tick = time.perf_counter()
+            data = codec.compress(rgb, quality=settings.quality, tile=settings.tile or None)
+            seconds.append(time.perf_counter() - tick)
+            sizes.append(len(data))
+            path.with_suffix(suffix).write_bytes(data)
+    else:
+        datas = [path.with_suffix(suffix).read_bytes() for path in paths]
+        per_call = settings.batch if operation == "decode-batch" else 1
+        for start in range(0, len(datas), per_call):
+            tick = time.perf_counter()
+            if operation == "decode-batch":
+                codec.decompress_many(datas[start : start + per_call])
+            else:
+                codec.decompress(datas[start])
+            seconds.append(time.perf_counter() - tick)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if settings.device.startswith("cuda") else None
+    return {"seconds": seconds, "bytes": sizes, "peak_mb": peak_mb, "gpu_peak_mb": gpu_mb}
