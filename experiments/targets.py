@@ -1,6 +1,6 @@
 """Rate control on Kodak: how close ``--target-bpp`` comes to its target, and the lowest rate.
 
-    python benchmarks/targets.py [--data DIR] [--limit N] [--bpp 0.05,0.1,0.25] [--out DIR]
+    python experiments/targets.py [--data DIR] [--limit N] [--bpp 0.05,0.1,0.25] [--out DIR]
 
 For every image and every target, ``vqcodec.rate.compress_to_target`` with a bpp target: the bpp it
 reached (never above the target; the closer below, the better), the quality it settled on, the encodes
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vqcodec.bench.run import machine_info
-from vqcodec.codec import Codec
+import vqcodec
+from vqcodec.bench.report import machine_info, run_line, save, table
 from vqcodec.quality import MIN_QUALITY
 from vqcodec.rate import Target, compress_to_target
 
@@ -37,7 +37,7 @@ def main() -> None:
     paths = sorted(args.data.glob("*.png"))[: args.limit]
     if not paths:
         raise SystemExit(f"no PNG images in {args.data}")
-    codec = Codec.open(args.model)
+    codec = vqcodec.load_model(args.model)
     rows = []
     for path in paths:
         rgb = np.asarray(Image.open(path).convert("RGB"))
@@ -66,38 +66,45 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     report = {"machine": machine_info(), "model": args.model, "targets": targets, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "targets.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    (args.out / "targets.md").write_text(text)
+    save(args.out, {"targets.json": report, "targets.md": text})
     print(text)
 
 
+def summary(target: float, rows: list[dict]) -> list[object]:
+    """One target's row: how many images met it, how close they came, and what the search took."""
+    met = [row[str(target)] for row in rows if row[str(target)] is not None]
+    if not met:
+        return [target, f"0 of {len(rows)}", *[""] * 6]
+    ratios = [entry["bpp"] / target for entry in met]
+    return [
+        target,
+        f"{len(met)} of {len(rows)}",
+        f"{statistics.mean(ratios):.3f}",
+        f"{min(ratios):.3f}",
+        f"{max(ratios):.3f}",
+        f"{statistics.mean(entry['quality'] for entry in met):.2f}",
+        f"{statistics.mean(entry['encodes'] for entry in met):.1f}",
+        f"{statistics.mean(entry['seconds'] for entry in met):.1f}",
+    ]
+
+
 def markdown(report: dict) -> str:
-    machine, rows = report["machine"], report["rows"]
+    rows = report["rows"]
+    header = ["target bpp", "images met", "reached / target: mean", "worst", "best", "quality (mean)"]
     lines = [
         "# Rate control: bpp targets",
         "",
-        f"Run {machine['date']} on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']};"
-        f" `python benchmarks/targets.py`, model {report['model'] or 'default'}, {len(rows)} Kodak images."
-        " Reached: the file's bpp over the target (at most 1: a target is never exceeded).",
+        f"{run_line(report['machine'])}; `python experiments/targets.py`, model"
+        f" {report['model'] or 'default'}, {len(rows)} Kodak images. Reached: the file's bpp over the target"
+        " (at most 1: a target is never exceeded).",
         "",
-        "| target bpp | images met | reached / target: mean | worst | best | quality (mean) | encodes"
-        " (mean) | seconds (mean) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *table(
+            header + ["encodes (mean)", "seconds (mean)"],
+            "rrrrrrrr",
+            (summary(target, rows) for target in report["targets"]),
+        ),
     ]
-    for target in report["targets"]:
-        met = [row[str(target)] for row in rows if row[str(target)] is not None]
-        if not met:
-            lines.append(f"| {target} | 0 of {len(rows)} | | | | | | |")
-            continue
-        ratios = [entry["bpp"] / target for entry in met]
-        lines.append(
-            f"| {target} | {len(met)} of {len(rows)} | {statistics.mean(ratios):.3f} | {min(ratios):.3f}"
-            f" | {max(ratios):.3f} | {statistics.mean(entry['quality'] for entry in met):.2f}"
-            f" | {statistics.mean(entry['encodes'] for entry in met):.1f}"
-            f" | {statistics.mean(entry['seconds'] for entry in met):.1f} |"
-        )
     q0 = [row["q0_bpp"] for row in rows]
     lines += [
         "",

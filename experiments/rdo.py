@@ -1,6 +1,6 @@
 """What the rate-distortion code choice (``--effort``) buys on Kodak: BD-rate and encode time per effort.
 
-    python benchmarks/rdo.py [--data DIR] [--step 2] [--qualities 1,2,3,3.5,4] [--out DIR]
+    python experiments/rdo.py [--data DIR] [--step 2] [--qualities 1,2,3,3.5,4] [--out DIR]
 
 Every ``--step``-th Kodak image is compressed at every quality with every effort (the efforts in turn,
 image by image, so that a drifting machine affects them alike) and decoded. Per effort: mean bpp, PSNR
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import vqcodec
 from vqcodec import rdo
 from vqcodec.bench.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
-from vqcodec.bench.run import machine_info
-from vqcodec.codec import Codec
+from vqcodec.bench.report import machine_info, run_line, save, table
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     paths = sorted(args.data.glob("*.png"))[:: args.step]
     if not paths:
         raise SystemExit(f"no PNG images in {args.data}")
-    codec = Codec.open()
+    codec = vqcodec.load_model()
     codec.compress(np.zeros((64, 64, 3), np.uint8))  # untimed warm-up
     rows = []
     for path in paths:
@@ -60,10 +60,8 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     report = {"machine": machine_info(), "images": len(paths), "qualities": qualities, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rdo.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    (args.out / "rdo.md").write_text(text)
+    save(args.out, {"rdo.json": report, "rdo.md": text})
     print(text)
 
 
@@ -83,40 +81,41 @@ def markdown(report: dict) -> str:
             r["encode_s"] / base[r["image"], r["quality"]] for r in rows if r["effort"] == effort
         )
 
-    lines = [
-        "# Rate-distortion code choice (`--effort`)",
-        "",
-        f"Run {machine['date']} on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']};"
-        f" `python benchmarks/rdo.py`, the default model, {report['images']} Kodak images (every second),"
-        f" λ {rdo.LAMBDA_BOTTOM} (bottom) and {rdo.LAMBDA_ABOVE} (above), {rdo.CANDIDATES} candidates."
-        " BD-rate against effort 0 over the qualities below (negative: fewer bits at equal quality);"
-        " encode time: the median over images and qualities of the ratio to effort 0's, measured"
-        " alternately.",
-        "",
-        "| effort | BD-rate, PSNR | BD-rate, MS-SSIM | encode time vs effort 0 |",
-        "|---:|---:|---:|---:|",
-    ]
-    for effort in rdo.EFFORTS:
-        if effort == 0:
-            lines.append("| 0 | — | — | 1.00 |")
-            continue
+    summary = []
+    for effort in rdo.EFFORTS[1:]:
         rates = [
             bd_rate(curve(0, "bpp"), curve(0, key), curve(effort, "bpp"), curve(effort, key))
             for key in ("psnr", "ms_ssim")
         ]
-        lines.append(f"| {effort} | {rates[0]:+.2f} % | {rates[1]:+.2f} % | {time_ratio(effort):.2f} |")
-    lines += [
-        "",
-        "| quality | effort | bpp | PSNR (dB) | MS-SSIM | encode (s) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        summary.append([effort, f"{rates[0]:+.2f} %", f"{rates[1]:+.2f} %", f"{time_ratio(effort):.2f}"])
+    means = [
+        [
+            f"{quality:g}",
+            effort,
+            f"{mean(effort, quality, 'bpp'):.4f}",
+            f"{mean(effort, quality, 'psnr'):.3f}",
+        ]
+        + [f"{mean(effort, quality, 'ms_ssim'):.5f}", f"{mean(effort, quality, 'encode_s'):.2f}"]
+        for quality in qualities
+        for effort in rdo.EFFORTS
     ]
-    for quality in qualities:
-        for effort in rdo.EFFORTS:
-            lines.append(
-                f"| {quality:g} | {effort} | {mean(effort, quality, 'bpp'):.4f}"
-                f" | {mean(effort, quality, 'psnr'):.3f} | {mean(effort, quality, 'ms_ssim'):.5f}"
-                f" | {mean(effort, quality, 'encode_s'):.2f} |"
-            )
+    lines = [
+        "# Rate-distortion code choice (`--effort`)",
+        "",
+        f"{run_line(machine)}; `python experiments/rdo.py`, the default model, {report['images']} Kodak"
+        f" images (every second), λ {rdo.LAMBDA_BOTTOM} (bottom) and {rdo.LAMBDA_ABOVE} (above),"
+        f" {rdo.CANDIDATES} candidates. BD-rate against effort 0 over the qualities below (negative: fewer"
+        " bits at equal quality); encode time: the median over images and qualities of the ratio to effort"
+        " 0's, measured alternately.",
+        "",
+        *table(
+            ["effort", "BD-rate, PSNR", "BD-rate, MS-SSIM", "encode time vs effort 0"],
+            "rrrr",
+            [[0, "—", "—", "1.00"], *summary],
+        ),
+        "",
+        *table(["quality", "effort", "bpp", "PSNR (dB)", "MS-SSIM", "encode (s)"], "rrrrrr", means),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,6 @@
 """Side-by-side crops: the original, vqcodec at each quality, and JPEG at the same file size.
 
-    python benchmarks/reconstructions.py [--data DIR] [--out DIR]
+    python experiments/reconstructions.py [--data DIR] [--out DIR]
 
 For every listed image and quality, the whole image is compressed with the bundled default model;
 JPEG (Pillow, 4:2:0, optimised) gets the largest quality whose file is no larger than vqcodec's (its

@@ -1,6 +1,6 @@
 """What smaller tiles for the bottom level would cost in bits, and what they would save in steps.
 
-    python benchmarks/tile_cost.py [--model FILE] [--data DIR] [--images 24] [--repeats 5] [--out DIR]
+    python experiments/tile_cost.py [--model FILE] [--data DIR] [--images 24] [--repeats 5] [--out DIR]
 
 A decode takes as many sequential wavefront steps as its largest tile has (``order.n_steps``): 94 for
 a 256-pixel tile's 32 x 32 top codes, 190 for its 64 x 64 bottom codes. The bottom level's tiles
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vqcodec.codec import Codec
-from vqcodec.models import order
+from vqcodec.coding import order
 from vqcodec.models.pixelsnail import PixelSNAILPrior
 
 TOP_TILE = 32
@@ -168,8 +168,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     text = (
         "# Smaller bottom-level tiles: bits, steps and time\n\n"
-        f"`python benchmarks/tile_cost.py` on {len(paths)} Kodak images (quality 4, float priors, ideal bits;"
-        " the top level in tiles of 256 pixels except for whole maps; the steps of a 768 x 512 image;"
+        f"`python experiments/tile_cost.py` on {len(paths)} Kodak images (quality 4, float priors, ideal"
+        " bits; the top level in tiles of 256 pixels except for whole maps; the steps of a 768 x 512 image;"
         f" the exact bottom prior's walk over {path.stem}'s tiles on the CPU, {threads} threads, the"
         f" median of {args.repeats}).\n\n"
         "| layout | bits | against whole maps | against the format's tiles | sequential steps"

@@ -1,6 +1,6 @@
 """What the wavefront's causal attention window costs in bits, against the full raster context.
 
-    python benchmarks/context_cost.py WINDOW.safetensors REFERENCE.safetensors [--data DIR] [--out DIR]
+    python experiments/context_cost.py WINDOW.safetensors REFERENCE.safetensors [--data DIR] [--out DIR]
 
 Wavefront decoding restricts only the top prior's attention: its 3x3 masked convolutions already
 see exactly what a raster-order PixelCNN's do (mask "A" and "B" take the same offsets), but its
@@ -31,7 +31,7 @@ from PIL import Image
 
 from vqcodec.imageio import pad_to_multiple
 from vqcodec.models.model import CodecModel
-from vqcodec.zoo.modelfile import load_model
+from vqcodec.zoo.modelfile import read_model
 
 
 def level_bits(model: CodecModel, codes: list[torch.Tensor]) -> list[float]:
@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/context"), help="results folder")
     args = parser.parse_args()
 
-    window, _ = load_model(args.window)
-    reference, _ = load_model(args.reference)
+    window, _ = read_model(args.window)
+    reference, _ = read_model(args.reference)
     contexts = [m.config.priors[0].attention_context for m in (window, reference)]
     if contexts != ["window", "raster"]:
         raise SystemExit(f"expected top priors with window and raster attention, got {contexts}")
@@ -89,7 +89,7 @@ def main() -> None:
     (args.out / "context_cost.json").write_text(json.dumps(report, indent=2) + "\n")
     text = (
         "# The cost of the wavefront context\n\n"
-        f"`python benchmarks/context_cost.py {args.window.name} {args.reference.name}` on {len(rows)} Kodak"
+        f"`python experiments/context_cost.py {args.window.name} {args.reference.name}` on {len(rows)} Kodak"
         " images (quality 4, float priors, ideal bits).\n\n"
         "| top prior | top-level bits | all bits |\n|---|---:|---:|\n"
         f"| raster context (reference) | {top_r:,.0f} | {total_r:,.0f} |\n"
