@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqcodec import imageio
 from vqcodec.errors import FormatError, ImageTooLargeError
 from vqcodec.imageio import (
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
+    MODES,
     SourceImage,
+    check_size,
     crop,
     load_image,
     pad_to_multiple,
@@ -182,7 +185,7 @@ def test_cmyk_with_an_unusable_profile_falls_back_to_plain_conversion() -> None:
 @pytest.mark.parametrize("mode", ["1", "I", "F", "La", "PA", "RGBa", "RGBX", "YCbCr", "LAB", "HSV", "CMYK"])
 def test_every_pillow_mode_gives_a_codec_image(mode: str) -> None:
     source = load_image(Image.new(mode, (5, 3)))
-    assert source.mode in imageio.MODES
+    assert source.mode in MODES
     assert source.rgb.shape == (3, 5, 3) and source.rgb.dtype == np.uint8
     assert (source.alpha is not None) == (source.mode in ("RGBA", "LA"))
     to_pil(source.rgb, source.mode, source.alpha, source.icc_profile)
@@ -320,12 +323,22 @@ def test_size_is_checked_before_decoding() -> None:
         load_image(png_bytes(20_000, 1))
 
 
-def test_pixel_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(imageio, "MAX_PIXELS", 12 * 17)
-    assert load_image(encode(Image.fromarray(RGB))).rgb.shape == (12, 17, 3)
-    monkeypatch.setattr(imageio, "MAX_PIXELS", 12 * 17 - 1)
+def test_pixel_limit() -> None:
+    assert load_image(encode(Image.fromarray(RGB)), max_pixels=12 * 17).rgb.shape == (12, 17, 3)
+    with pytest.raises(ImageTooLargeError, match=f"{12 * 17 - 1} px in all"):
+        load_image(encode(Image.fromarray(RGB)), max_pixels=12 * 17 - 1)
     with pytest.raises(ImageTooLargeError):
-        load_image(encode(Image.fromarray(RGB)))
+        load_image(Image.fromarray(RGB), max_pixels=12 * 17 - 1)
+
+
+def test_size_limits_and_a_larger_pixel_budget() -> None:
+    side, rows = MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS // MAX_IMAGE_SIDE
+    check_size(side, rows, "image")
+    with pytest.raises(ImageTooLargeError, match="too large"):
+        check_size(side, rows + 1, "image")
+    check_size(side, rows + 1, "image", max_pixels=2 * MAX_IMAGE_PIXELS)
+    with pytest.raises(ImageTooLargeError, match="too large"):  # the side's limit is not the budget's
+        check_size(side + 1, 1, "image", max_pixels=2 * MAX_IMAGE_PIXELS)
 
 
 def test_empty_image_is_rejected() -> None:

@@ -15,7 +15,8 @@ from PIL.PngImagePlugin import PngInfo
 import vqcodec
 from vqcodec.codec import Codec
 from vqcodec.coding.container import VQZFile
-from vqcodec.imageio import METADATA_KINDS, load_image, parse_metadata, save_image, to_pil
+from vqcodec.imageio import load_image, save_image, to_pil
+from vqcodec.metadata import METADATA_KINDS, parse_metadata
 
 VECTORS = Path(__file__).resolve().parents[1] / "bitstream_spec/vectors"
 TAGS = {"Make": "vqcodec camera", "DateTime": "2024:05:06 07:08:09", "Copyright": "(c) Test"}

@@ -215,7 +215,7 @@ def _check_vqz_name(target: str) -> None:
 
 def _parse_metadata(value: str) -> frozenset[str]:
     """The metadata kinds to keep; an unknown kind is a usage error of --metadata."""
-    from vqcodec.imageio import parse_metadata
+    from vqcodec.metadata import parse_metadata
 
     try:
         return parse_metadata(value)

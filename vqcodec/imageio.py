@@ -21,18 +21,16 @@ Conventions, chosen so that every input has one documented meaning:
   formula; other colour spaces (YCbCr, LAB, HSV, ...) with Pillow's plain conversion.
 * An ICC profile is kept only when it describes the pixels handed to the codec (an RGB profile for
   colour, a gray one for grayscale).
-* EXIF and XMP are kept as the file carries them (``info["exif"]`` and ``info["xmp"]``: JPEG, PNG,
-  WebP, AVIF; XMP of TIFF too), EXIF as a TIFF stream without JPEG's ``Exif\\0\\0`` prefix. Once the
-  orientation is applied to the pixels, their orientation tags are set to 1 (not removed: a value that
-  says "upright" cannot be misread), in place: re-serialising EXIF would break maker notes' offsets.
-  A TIFF file's own tags are not EXIF and are not kept.
+* EXIF and XMP, and the orientation they carry, follow ``vqcodec.metadata``: the orientation is
+  applied to the pixels and the tags then say "upright".
+* Images over ``MAX_IMAGE_SIDE`` a side or ``max_pixels`` in all (``MAX_IMAGE_PIXELS`` unless the
+  caller gives another) are refused from their header, before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import re
 import struct
 import warnings as pywarnings
 from collections.abc import Iterable, Iterator
@@ -41,24 +39,25 @@ from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from PIL.PngImagePlugin import PngInfo
+from PIL import Image, UnidentifiedImageError
 
-from vqcodec.coding.container import MIN_EXIF, TIFF_HEADERS
+from vqcodec.coding.container import MAX_SIDE
 from vqcodec.errors import FormatError, ImageTooLargeError, VQZError
+from vqcodec.metadata import metadata_options, parse_metadata, pil_info, read_metadata, upright
 
 MODES = ("RGB", "L", "RGBA", "LA")
 """The modes a SourceImage can have, i.e. that the decoder restores."""
 
-MAX_SIDE = 16384
-"""Longest accepted side in pixels; a multiple of every model's ``multiple``, so padding stays in bounds."""
+MAX_IMAGE_SIDE = MAX_SIDE
+"""Longest side this implementation codes: all that the format allows. A multiple of every model's
+``multiple``, so padding stays in bounds."""
 
-MAX_PIXELS = 2**26
-"""Largest area the codec encodes (67 Mpx: a 61-Mpx camera's 9504 x 6336 fits). Memory grows with
-the area, about linearly: ``benchmarks/results/speed/large.md`` has the peaks for a 61-Mpx image. It lies
-below Pillow's own decompression-bomb threshold (~89 Mpx), so every accepted image opens without
-Pillow's warning."""
-
+MAX_IMAGE_PIXELS = 2**26
+"""Largest area this implementation codes unless told otherwise (``max_pixels``): half of what the
+format allows (67 Mpx: a 61-Mpx camera's 9504 x 6336 fits). Memory grows with the area, about
+linearly: ``benchmarks/results/speed/large.md`` has the peaks for a 61-Mpx image. It lies below
+Pillow's own decompression-bomb threshold (``PIL.Image.MAX_IMAGE_PIXELS``, ~89 Mpx), so every accepted
+image opens without Pillow's warning; a larger ``max_pixels`` is still bounded by that threshold."""
 
 # What Pillow raises on bad input: its decoders let struct and EOF errors through as well.
 _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
@@ -75,25 +74,6 @@ _ICC_SPACES = {"RGB": b"RGB ", "L": b"GRAY", "RGBA": b"RGB ", "LA": b"GRAY"}
 _FORMATS_WITHOUT_ALPHA = ("JPEG",)
 
 _SAVE_OPTIONS: dict[str, dict[str, int]] = {"JPEG": {"quality": 95}}
-
-METADATA_KINDS = ("exif", "icc", "xmp")
-"""The metadata the codec can keep (``Codec.compress(metadata=...)``, as cwebp's ``-metadata``)."""
-
-_EXIF_PREFIX = b"Exif\x00\x00"
-"""What JPEG's APP1 segment and Pillow's ``info["exif"]`` put before the TIFF stream."""
-
-_XMP_ORIENTATION = re.compile(rb"""(tiff:Orientation\s*=\s*["']\s*|<tiff:Orientation>\s*)[0-9]""")
-"""XMP's orientation, as an attribute or an element (Pillow applies it when EXIF has none)."""
-
-_EXIF_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF")
-_XMP_FORMATS = ("JPEG", "WEBP", "AVIF")
-"""Formats whose Pillow writer takes ``exif=`` and ``xmp=``; PNG's XMP goes into an iTXt chunk."""
-
-_JPEG_SEGMENT = 65533
-"""Most bytes of an APP1 segment's data: JPEG keeps EXIF (with its prefix) and XMP (after its
-namespace) in one segment each."""
-
-_XMP_NAMESPACE = b"http://ns.adobe.com/xap/1.0/\x00"
 
 
 @dataclass
@@ -134,23 +114,26 @@ class SourceImage:
         )
 
 
-def load_image(source: str | os.PathLike[str] | bytes | BinaryIO | Image.Image) -> SourceImage:
+def load_image(
+    source: str | os.PathLike[str] | bytes | BinaryIO | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS
+) -> SourceImage:
     """Read an image file, bytes, binary stream or Pillow image; see the module docstring.
 
     Raises FormatError for anything that is not a readable, non-empty image and ImageTooLargeError
-    for images over the limits, checked from the header before any pixel is decoded. A missing or
-    unreadable path raises the usual OSError. The input is only ever read.
+    for images over ``MAX_IMAGE_SIDE`` a side or ``max_pixels`` in all, checked from the header before
+    any pixel is decoded. A missing or unreadable path raises the usual OSError. The input is only
+    ever read.
     """
     if isinstance(source, Image.Image):
-        with _reading("image"):
-            return _from_pil(source, "image")
+        with _reading("image", max_pixels):
+            return _from_pil(source, "image", max_pixels)
     if isinstance(source, (str, os.PathLike)):
         name = os.fsdecode(source)
         with open(source, "rb") as fp:
-            return _open(fp, name)
+            return _open(fp, name, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _open(io.BytesIO(source), "image data")
-    return _open(source, str(getattr(source, "name", "image stream")))
+        return _open(io.BytesIO(source), "image data", max_pixels)
+    return _open(source, str(getattr(source, "name", "image stream")), max_pixels)
 
 
 def to_pil(
@@ -187,19 +170,6 @@ def to_pil(
     return image
 
 
-def pil_info(icc_profile: bytes | None, exif: bytes | None, xmp: bytes | None) -> dict[str, bytes]:
-    """The ``Image.info`` entries for a file's ICC profile, EXIF and XMP, as Pillow's writers take them."""
-    info = {}
-    if icc_profile:
-        info["icc_profile"] = icc_profile
-    if exif:
-        exif = bytes(exif).removeprefix(_EXIF_PREFIX)
-        info["exif"] = _EXIF_PREFIX + (_upright_exif(exif) or exif)
-    if xmp:
-        info["xmp"] = _upright_xmp(bytes(xmp))
-    return info
-
-
 def save_image(
     image: Image.Image,
     path_or_file: str | os.PathLike[str] | BinaryIO,
@@ -225,36 +195,8 @@ def save_image(
         )
     if icc_profile := image.info.get("icc_profile"):
         options["icc_profile"] = icc_profile
-    options.update(_metadata_options(image, fmt))
+    options.update(metadata_options(image, fmt))
     image.save(path_or_file, format=fmt, **options)
-
-
-def _metadata_options(image: Image.Image, fmt: str) -> dict[str, object]:
-    """The save options that write the EXIF and XMP of ``image.info`` where ``fmt`` can hold them: PNG's
-    XMP in the iTXt chunk XMP readers look for; in JPEG, more than a segment holds is dropped, with a
-    Python warning (Pillow would refuse to write the image)."""
-    exif, xmp = _info_metadata(image)
-    if exif:  # with the prefix, which JPEG needs and the other writers strip
-        exif = _EXIF_PREFIX + exif
-    if fmt == "JPEG":
-        exif = _fits_jpeg("EXIF", exif, _JPEG_SEGMENT)
-        xmp = _fits_jpeg("XMP", xmp, _JPEG_SEGMENT - len(_XMP_NAMESPACE))
-    options: dict[str, object] = {}
-    if exif and fmt in _EXIF_FORMATS:
-        options["exif"] = exif
-    if xmp and fmt in _XMP_FORMATS:
-        options["xmp"] = xmp
-    elif xmp and fmt == "PNG":
-        options["pnginfo"] = info = PngInfo()
-        info.add_itxt("XML:com.adobe.xmp", xmp)
-    return options
-
-
-def _fits_jpeg(name: str, data: bytes | None, room: int) -> bytes | None:
-    if data and len(data) > room:
-        pywarnings.warn(f"{name} of {len(data)} bytes exceeds a JPEG segment ({room}); dropped", stacklevel=4)
-        return None
-    return data
 
 
 def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
@@ -290,39 +232,20 @@ def crop(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return rgb[:height, :width]
 
 
-def parse_metadata(value: str | Iterable[str]) -> frozenset[str]:
-    """The metadata kinds that ``value`` names: "all", "none", a comma-separated list ("exif,icc") or an
-    iterable of kinds, each of ``METADATA_KINDS``. ValueError names an unknown kind and the valid ones."""
-    if isinstance(value, str):
-        value = value.strip().lower()
-        if value in ("all", "none"):
-            return frozenset(METADATA_KINDS if value == "all" else ())
-        value = [part.strip() for part in value.split(",")]
-    kinds = []
-    for kind in value:
-        if not isinstance(kind, str) or kind.lower() not in METADATA_KINDS:
-            raise ValueError(
-                f"unknown metadata kind {kind!r}: use all, none, or one or more of"
-                f" {', '.join(METADATA_KINDS)} separated by commas"
-            )
-        kinds.append(kind.lower())
-    return frozenset(kinds)
-
-
-def _open(fp: BinaryIO, name: str) -> SourceImage:
-    with _reading(name), Image.open(fp) as image:
-        return _from_pil(image, name)
+def _open(fp: BinaryIO, name: str, max_pixels: int) -> SourceImage:
+    with _reading(name, max_pixels), Image.open(fp) as image:
+        return _from_pil(image, name, max_pixels)
 
 
 @contextmanager
-def _reading(name: str) -> Iterator[None]:
+def _reading(name: str, max_pixels: int) -> Iterator[None]:
     """Turn whatever Pillow raises on bad input into one of this module's one-line errors."""
     try:
         yield
     except VQZError:  # already one of ours (an OSError too, like Pillow's errors)
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{name}: too large ({_one_line(exc)}; {_limits()})") from exc
+        raise ImageTooLargeError(f"{name}: too large ({_one_line(exc)}; {_limits(max_pixels)})") from exc
     except UnidentifiedImageError as exc:
         raise FormatError(f"{name}: not an image, or a format Pillow cannot read") from exc
     except _PILLOW_ERRORS as exc:
@@ -333,20 +256,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def check_size(width: int, height: int, name: str) -> None:
-    """Refuse (before anything is allocated) an image outside the limits this implementation codes."""
+def check_size(width: int, height: int, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse (before anything is allocated) an image outside the limits this implementation codes:
+    ``MAX_IMAGE_SIDE`` a side, ``max_pixels`` in all."""
     if width <= 0 or height <= 0:
         raise FormatError(f"{name}: empty image ({width}x{height})")
-    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
-        raise ImageTooLargeError(f"{name}: {width}x{height} is too large ({_limits()})")
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > max_pixels:
+        raise ImageTooLargeError(f"{name}: {width}x{height} is too large ({_limits(max_pixels)})")
 
 
-def _limits() -> str:
-    return f"limits: {MAX_SIDE} px a side, {MAX_PIXELS} px in all"
+def _limits(max_pixels: int) -> str:
+    return f"limits: {MAX_IMAGE_SIDE} px a side, {max_pixels} px in all"
 
 
-def _from_pil(image: Image.Image, name: str) -> SourceImage:
-    check_size(image.width, image.height, name)
+def _from_pil(image: Image.Image, name: str, max_pixels: int) -> SourceImage:
+    check_size(image.width, image.height, name, max_pixels)
     warnings: list[str] = []
     if getattr(image, "is_animated", False):
         warnings.append("image has several frames; only the first is coded")
@@ -354,11 +278,11 @@ def _from_pil(image: Image.Image, name: str) -> SourceImage:
         warnings.append("16-bit image reduced to 8 bits")
     image.load()
     icc_profile = image.info.get("icc_profile") or None
-    exif, xmp = _metadata(image, warnings)  # before _upright, which re-serialises the EXIF
-    image = _upright(image, warnings)
+    exif, xmp = read_metadata(image, warnings)  # before upright, which re-serialises the EXIF
+    image = upright(image, warnings)
     gray_or_rgb, mode, icc_profile = _standard_planes(image, icc_profile, warnings)
     # A few formats (e.g. ICO, EPS) only settle their size as they decode; the codec relies on the limits.
-    check_size(gray_or_rgb.shape[1], gray_or_rgb.shape[0], name)
+    check_size(gray_or_rgb.shape[1], gray_or_rgb.shape[0], name, max_pixels)
 
     alpha = None
     if mode in ("RGBA", "LA"):
@@ -401,68 +325,6 @@ def _decoded_from_16_bits(image: Image.Image) -> bool:
         if any(isinstance(arg, str) and ";16" in arg for arg in args):
             return True
     return False
-
-
-def _upright(image: Image.Image, warnings: list[str]) -> Image.Image:
-    """Apply the EXIF orientation, so that the decoded image looks as the original is displayed."""
-    try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # EXIF parsing fails in many ways; a bad tag must not make the image unusable
-        warnings.append("unreadable EXIF data; orientation not applied")
-        return image
-    if orientation in range(2, 9):
-        return ImageOps.exif_transpose(image)
-    return image
-
-
-def _metadata(image: Image.Image, warnings: list[str]) -> tuple[bytes | None, bytes | None]:
-    """The EXIF (a TIFF stream) and XMP of ``image``, their orientation set to 1 for the upright pixels."""
-    exif, xmp = _info_metadata(image)
-    if exif:
-        exif = _upright_exif(exif)
-        if exif is None:
-            warnings.append("unreadable EXIF data; not kept")
-    return exif or None, _upright_xmp(xmp) if xmp else None
-
-
-def _info_metadata(image: Image.Image) -> tuple[bytes | None, bytes | None]:
-    """``image.info``'s EXIF (a TIFF stream, without the ``Exif\\0\\0`` prefix) and XMP, as bytes,
-    whichever types Pillow's readers left them in."""
-    exif, xmp = image.info.get("exif"), image.info.get("xmp")
-    if isinstance(exif, Image.Exif):
-        exif = exif.tobytes()
-    if isinstance(xmp, str):
-        xmp = xmp.encode("utf-8")
-    return bytes(exif).removeprefix(_EXIF_PREFIX) if exif else None, bytes(xmp) if xmp else None
-
-
-def _upright_exif(exif: bytes) -> bytes | None:
-    """``exif`` (a TIFF stream) with IFD0's Orientation tag, if any, set to 1; None if it is no TIFF
-    stream or the tag is malformed. Only the value's bytes change: re-serialising (Pillow's
-    ``Exif.tobytes``) would move the data that maker notes address by offset."""
-    if len(exif) < MIN_EXIF or exif[:4] not in TIFF_HEADERS:
-        return None
-    order = "<" if exif[:2] == b"II" else ">"
-    ifd = struct.unpack_from(order + "I", exif, 4)[0]
-    if ifd + 2 > len(exif):
-        return None
-    entries = struct.unpack_from(order + "H", exif, ifd)[0]
-    if ifd + 2 + 12 * entries > len(exif):
-        return None
-    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
-        tag, kind, count = struct.unpack_from(order + "HHI", exif, entry)
-        if tag == ExifTags.Base.Orientation:
-            if count != 1 or kind not in (3, 4):  # SHORT, as the standard has it, or LONG
-                return None
-            patched = bytearray(exif)
-            struct.pack_into(order + ("H" if kind == 3 else "I"), patched, entry + 8, 1)
-            return bytes(patched)
-    return exif
-
-
-def _upright_xmp(xmp: bytes) -> bytes:
-    """``xmp`` with its ``tiff:Orientation`` property, if any, set to 1."""
-    return _XMP_ORIENTATION.sub(rb"\g<1>1", xmp)
 
 
 def _standard_planes(

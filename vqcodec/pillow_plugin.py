@@ -22,7 +22,7 @@ from typing import IO, Any
 from PIL import Image, ImageFile
 
 from vqcodec.coding.container import SIGNATURE, VQZFile
-from vqcodec.imageio import pil_info
+from vqcodec.metadata import pil_info
 
 FORMAT = "VQZ"
 MIME = "image/x-vqz"
