@@ -1,15 +1,21 @@
-"""Synthetic photographs for training tests: smooth colour gradients with a few solid shapes."""
+"""Synthetic pictures and tiny models for the tests: nothing here needs a dataset or a trained model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
+
+from vqcodec.models.config import tiny_config
+from vqcodec.models.model import CodecModel
+from vqcodec.zoo.modelfile import save_model
 
 
 def make_images(folder: Path, n: int = 8, width: int = 128, height: int = 96, seed: int = 0) -> Path:
-    """Write ``n`` images to ``folder`` (PNG and JPEG with an upper-case suffix, one in a subfolder)."""
+    """Write ``n`` photograph-like images (gradients with a few solid shapes) to ``folder``: PNG and JPEG
+    with an upper-case suffix, one in a subfolder."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
     for i in range(n):
@@ -26,3 +32,25 @@ def make_images(folder: Path, n: int = 8, width: int = 128, height: int = 96, se
         sub.mkdir(parents=True, exist_ok=True)
         image.save(sub / (f"img{i}.png" if i % 2 else f"img{i}.JPG"), quality=95)
     return folder
+
+
+def smooth(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Smooth synthetic uint8 [H, W, 3] content: gradients and gentle waves."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / 32.0
+    a, b, c = rng.uniform(0.2, 1.0, (3, 3, 1, 1))
+    planes = 0.5 + 0.3 * np.sin(a * x + b * y + 6.0 * c) + 0.15 * np.cos(x * y / 8.0)
+    return (np.clip(planes, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+
+
+def seeded_model_file(path: Path, seed: int) -> Path:
+    """A random tiny model whose codebooks one training-mode pass seeded from images, so that its codes
+    vary (an untrained codebook maps most pictures to a few codewords)."""
+    torch.manual_seed(seed)
+    model = CodecModel(tiny_config())
+    images = torch.stack([torch.from_numpy(smooth(64, 64, seed + i)).permute(2, 0, 1) for i in range(4)])
+    model.vqvae.train()
+    with torch.no_grad():
+        model.vqvae(images.float() / 255.0 - 0.5)
+    save_model(model.eval(), path)
+    return path

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -18,9 +17,6 @@ from vqcodec.bench import metrics
 from vqcodec.bench.rd import Curve, Point, compare
 from vqcodec.bench.report import number, table
 from vqcodec.cli import main
-from vqcodec.models.config import tiny_config
-from vqcodec.models.model import CodecModel
-from vqcodec.zoo.modelfile import save_model
 
 
 def pattern(height: int = 192, width: int = 208) -> np.ndarray:
@@ -148,11 +144,8 @@ def write_images(folder: Path, n: int, seed: int, height: int = 48, width: int =
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(CodecModel(tiny_config()).eval(), path)
-    return path
+def tiny_model(untrained_model_file: Path) -> Path:
+    return untrained_model_file
 
 
 def test_report_tables_and_numbers() -> None:
@@ -238,6 +231,7 @@ def test_bench_bpd_measures_every_prior_on_train_and_val(tmp_path: Path, tiny_mo
     assert "| tiny | top |" in markdown and markdown in result.output
 
 
+@pytest.mark.slow
 def test_bench_speed_times_the_codec_in_fresh_processes(tmp_path: Path, tiny_model: Path) -> None:
     data = write_images(tmp_path / "kodak", 2, seed=0, height=64, width=128)
     out = tmp_path / "out"

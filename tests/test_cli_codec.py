@@ -20,17 +20,11 @@ from PIL import Image
 from vqcodec import zoo
 from vqcodec.cli import main
 from vqcodec.cli_errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OUTPUT_EXISTS, EXIT_USAGE, reports_errors
-from vqcodec.models.config import tiny_config
-from vqcodec.models.model import CodecModel
-from vqcodec.zoo.modelfile import save_model
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(CodecModel(tiny_config()), path)
-    return str(path)
+def model(untrained_model_file: Path) -> str:
+    return str(untrained_model_file)
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageCms
+from synthetic_images import seeded_model_file, smooth
 
 import vqcodec
-from vqcodec import imageio, zoo
+from vqcodec import zoo
 from vqcodec.codec import Budgets, Codec, ConversionWarning, check_device
 from vqcodec.coding import order
 from vqcodec.coding.container import VQZFile
@@ -21,43 +22,9 @@ from vqcodec.coding.order import CodingOrder, n_steps
 from vqcodec.errors import CorruptDataError, ImageTooLargeError, ModelMismatchError, VQZError
 from vqcodec.exact.encoder import logits_full
 from vqcodec.imageio import load_image
-from vqcodec.models.config import tiny_config
-from vqcodec.models.model import CodecModel
 from vqcodec.threads import limited as threads
-from vqcodec.zoo.modelfile import save_model
 
 KODAK = Path(__file__).resolve().parents[2] / "shared/data/kodak"
-
-
-def smooth(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """Smooth synthetic uint8 [H, W, 3] content: gradients and gentle waves."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / 32.0
-    a, b, c = rng.uniform(0.2, 1.0, (3, 3, 1, 1))
-    planes = 0.5 + 0.3 * np.sin(a * x + b * y + 6.0 * c) + 0.15 * np.cos(x * y / 8.0)
-    return (np.clip(planes, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-
-
-def make_model_file(path: Path, seed: int) -> Path:
-    """A random tiny model whose codebooks one training-mode pass seeded from images (varied codes)."""
-    torch.manual_seed(seed)
-    model = CodecModel(tiny_config())
-    images = torch.stack([torch.from_numpy(smooth(64, 64, seed + i)).permute(2, 0, 1) for i in range(4)])
-    model.vqvae.train()
-    with torch.no_grad():
-        model.vqvae(images.float() / 255.0 - 0.5)
-    save_model(model.eval(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_model_file(tmp_path_factory.mktemp("models") / "tiny.safetensors", seed=0)
-
-
-@pytest.fixture(scope="module")
-def codec(model_file: Path) -> Codec:
-    return Codec.open(model_file)
 
 
 def round_trip_codes(codec: Codec, image: object, encode_threads: int, decode_threads: int) -> bytes:
@@ -210,6 +177,7 @@ def test_tile_must_be_a_multiple_of_the_model(codec: Codec, tile: int):
         codec.compress(smooth(8, 8), tile=tile)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (KODAK / "kodim01.png").exists(), reason="Kodak images not available")
 def test_kodak_round_trip(codec: Codec):
     round_trip_codes(codec, KODAK / "kodim01.png", encode_threads=1, decode_threads=2)
@@ -374,7 +342,7 @@ def test_wrong_codes_never_become_an_image(codec: Codec):
 
 
 def test_another_model_is_refused(codec: Codec, tmp_path: Path):
-    other = Codec.open(make_model_file(tmp_path / "other.safetensors", seed=1))
+    other = Codec.open(seeded_model_file(tmp_path / "other.safetensors", seed=1))
     data = codec.compress(smooth(8, 8))
     with pytest.raises(ModelMismatchError, match=codec.model_id.hex()):
         other.decompress(data)
@@ -456,11 +424,14 @@ def test_module_api_matches_codec(codec: Codec, model_file: Path):
     assert vqcodec.compress(pixels, model=codec) == codec.compress(pixels)
 
 
-def test_decoder_refuses_an_image_beyond_the_limits(codec: Codec, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = codec.compress(np.zeros((16, 24, 3), np.uint8))
-    monkeypatch.setattr(imageio, "MAX_PIXELS", 16 * 24 - 1)
+def test_the_codec_refuses_an_image_beyond_its_pixel_limit(codec: Codec) -> None:
+    image = np.zeros((16, 24, 3), np.uint8)
+    data = codec.compress(image)
+    limited = codec.with_budgets(Budgets(max_pixels=16 * 24 - 1))
     with pytest.raises(ImageTooLargeError):
-        codec.decompress(data)
+        limited.decompress(data)
+    with pytest.raises(ImageTooLargeError):
+        limited.compress(image)
 
 
 def test_coding_never_runs_the_float_vqvae(codec: Codec, monkeypatch: pytest.MonkeyPatch):

@@ -119,6 +119,7 @@ _WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_bytes_and_pixels_do_not_depend_on_the_thread_count() -> None:
     """The bundled model, in fresh processes with 1 and 2 OpenMP threads (torch reads them at start):
     the bytes at effort 0 and 2 and the decoded pixels."""

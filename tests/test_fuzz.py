@@ -93,6 +93,7 @@ def _on_alarm(signum: int, frame: object) -> None:
     raise Hang
 
 
+@pytest.mark.slow
 def test_fuzz_decoder(codec: Codec):
     files = valid_files(codec)
     rng = np.random.default_rng(SEED)

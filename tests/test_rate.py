@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_codec import make_model_file, smooth
+from synthetic_images import smooth
 
 from vqcodec.bench.metrics import psnr
 from vqcodec.cli import main
@@ -16,17 +16,6 @@ from vqcodec.codec import Codec
 from vqcodec.coding.container import VQZFile
 from vqcodec.quality import SWEEP_QUALITIES, coded_size, scale
 from vqcodec.rate import Target, compress_to_target
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_model_file(tmp_path_factory.mktemp("models") / "tiny.safetensors", seed=0)
-
-
-@pytest.fixture(scope="module")
-def codec(model_file: Path) -> Codec:
-    return Codec.open(model_file)
-
 
 IMAGE = smooth(96, 64, seed=5)
 KODAK = Path(__file__).resolve().parents[2] / "shared/data/kodak"
@@ -45,6 +34,7 @@ def test_a_fractional_quality_codes_an_image_between(codec: Codec):
     assert codec.decompress(fractional.to_bytes()).size == (96, 64)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not KODAK.is_dir(), reason="Kodak images not available (../shared/data/kodak)")
 @pytest.mark.parametrize("name", ["kodim01", "kodim15", "kodim23"])
 def test_bits_grow_with_the_quality_on_photographs(name: str):

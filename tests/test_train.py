@@ -26,7 +26,7 @@ from vqcodec.train.export import export
 from vqcodec.train.extract import extract_codes, load_codes
 from vqcodec.train.stage1 import train_vqvae
 from vqcodec.train.stage2 import resolve_level, train_prior
-from vqcodec.zoo.modelfile import load_model
+from vqcodec.zoo.modelfile import read_model
 
 CROP = 32
 
@@ -227,7 +227,7 @@ def test_three_level_model_trains_and_exports(images: Path, tmp_path: Path) -> N
     with pytest.raises(FileNotFoundError, match="prior-top"):
         export(tmp_path, tmp_path / "model.safetensors")
     export(tmp_path, tmp_path / "model.safetensors", allow_untrained=True)
-    model, _ = load_model(tmp_path / "model.safetensors")
+    model, _ = read_model(tmp_path / "model.safetensors")
     assert model.config == config
 
 
@@ -286,6 +286,7 @@ def _ddp_worker(rank: int, port: int, images: str, run: str) -> None:
     stage2(Path(run), "bottom", 2)
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu(images: Path, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -312,8 +313,8 @@ def test_new_priors_for_a_trained_models_codes(images: Path, tmp_path: Path) -> 
     for level in ("top", "bottom"):
         stage2(run, level, 2, crop=CROP, data=images)
     export(run, tmp_path / "new.safetensors")
-    new, _ = load_model(tmp_path / "new.safetensors")
-    old, _ = load_model(TINY_MODEL)
+    new, _ = read_model(tmp_path / "new.safetensors")
+    old, _ = read_model(TINY_MODEL)
     assert new.config.priors[0].channels == 8
     assert_identical(new.vqvae.state_dict(), old.vqvae.state_dict())  # the same codes
     with pytest.raises(FileExistsError):

@@ -100,7 +100,7 @@ def test_encode_halo_covers_every_codes_receptive_field(name: str) -> None:
     height = 4 * halo + 2 ** (n - 1)  # bottom-level code rows
     x = torch.rand(1, 3, height * stride, width, requires_grad=True)
     reach = 0
-    for level, out in enumerate(model._quantize(x, update=False)):
+    for level, out in enumerate(model.quantize(x, update=False)):
         f = 2 ** (n - 1 - level)  # bottom rows per row
         row = out.quantized.shape[2] // 2
         (grad,) = torch.autograd.grad(out.quantized[:, :, row].sum(), x, retain_graph=True)
@@ -239,5 +239,6 @@ def _distributed_worker(rank: int, init_file: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_ranks_keep_the_same_codebook(tmp_path: Path) -> None:
     run_workers(_distributed_worker, (str(tmp_path / "init"),))

@@ -1,24 +1,20 @@
-"""The pipeline: image ⇄ code maps ⇄ ``.vqz`` bytes.
+"""The pipeline: image ⇄ code maps ⇄ ``.vqz`` bytes, one ``Codec`` per model.
 
-Encoding::
+Encoding (``Codec.compress``)::
 
-    image ─load_image─▶ RGB ─resize (quality < 4)─▶ pad (edge) ─▶ VQ-VAE encoder ─▶ code maps, top first
-    for each level, top first, for each wavefront step t, for each tile:
-        f = exact prior's integer tables for the step's positions (given earlier steps, upper levels)
-        range-code the step's codes with f
+    image ─read─▶ RGB ─resize (quality < 4)─▶ pad (edge) ─▶ exact VQ-VAE encoder ─▶ code maps, top first
+          ─(effort > 0: rate-distortion choice of the codes, ``vqcodec.rdo``)─▶
+          ─walk (``vqcodec.walk``): the exact priors' tables, step by step ─▶ range coder ─▶ payload
     header (model id, geometry, shapes, code checksum) + chunks (alpha, resample, tiles, ICC, EXIF, XMP)
-        + payload ─▶ bytes
+        + payload ─▶ bytes (``vqcodec.coding.container``)
 
-Decoding runs the same walk with the range decoder in place of the encoder; the exact priors give
-the decoder bit-identical tables, so it recovers the same codes. The code checksum is checked
-before the VQ-VAE decoder runs: wrong codes never become an image. Only the code maps have to be
-bit-exact; the pixels come from the float VQ-VAE decoder.
-
-The code maps are cut into tiles (``DEFAULT_TILE`` pixels, the crops the priors are trained on),
-coded as independent images: their wavefronts run side by side.
+Decoding (``Codec.decompress``) runs the same walk with the range decoder in place of the encoder;
+the exact priors give the decoder bit-identical tables, so it recovers the same codes. The code
+checksum is checked before the pixel decoder runs: wrong codes never become an image. The pixels come
+from the exact VQ-VAE decoder (``bitstream_spec/exact.md`` §10), the same on every platform.
 
 The quality picks the operating point: below the top quality the image is coded at a smaller size
-and resized back after decoding (as cjxl's ``--resampling``), for 1/4 to 2/3 of the bits.
+and resized back after decoding (as cjxl's ``--resampling``; ``vqcodec.quality``).
 """
 
 from __future__ import annotations
@@ -44,15 +40,16 @@ from vqcodec.exact.encoder import WHOLE_MAP_VALUES, ExactEncoder
 from vqcodec.exact.gather import GEMM_CHUNK
 from vqcodec.fileinfo import VQZInput, describe, read_vqz
 from vqcodec.imageio import (
+    MAX_IMAGE_PIXELS,
     SourceImage,
     check_size,
     crop,
     load_image,
     pad_to_multiple,
-    parse_metadata,
     resize,
     to_pil,
 )
+from vqcodec.metadata import parse_metadata
 from vqcodec.models.model import CodecModel
 from vqcodec.quality import DEFAULT_QUALITY, coded_size, scale
 from vqcodec.walk import CodeStep, Progress, shifted, walk
@@ -63,7 +60,8 @@ ImageInput = str | os.PathLike[str] | bytes | BinaryIO | Image.Image | np.ndarra
 
 @dataclass(frozen=True)
 class Budgets:
-    """How much the codec computes at once: memory against speed. No budget changes a byte or a pixel."""
+    """How much the codec computes at once (memory against speed), and the largest image it takes. No
+    budget changes a byte or a pixel."""
 
     encode_band_codes: int = 2**16
     """Bottom-level codes the VQ-VAE encoder computes at once (plus its halo): bounds the memory of
@@ -78,6 +76,8 @@ class Budgets:
     """Largest tile (positions x codebook size) whose tables the encoder computes in one pass."""
     gemm_chunk: int = GEMM_CHUNK
     """Values the priors gather for one GEMM at most."""
+    max_pixels: int = MAX_IMAGE_PIXELS
+    """The largest image, in pixels, that the codec reads or decodes (``imageio.check_size``)."""
 
 
 class ConversionWarning(UserWarning):
@@ -212,7 +212,7 @@ class Codec:
         """``image`` read as the codec sees it, with the ``metadata`` kinds it keeps; lossy conversions
         of the input are ``ConversionWarning``s."""
         kinds = parse_metadata(metadata)  # a bad value fails before the image is read
-        source = _read_image(image).with_metadata(kinds)
+        source = _read_image(image, self.budgets.max_pixels).with_metadata(kinds)
         for message in source.warnings:
             warnings.warn(message, ConversionWarning, stacklevel=3)
         return source
@@ -359,7 +359,7 @@ class Codec:
             file.check_model(bytes.fromhex(self.sha256))
             file.check_levels(self.model.code_shapes(*self.padded_size(file.coded_height, file.coded_width)))
             file.check_tile(self.multiple)
-            check_size(file.width, file.height, "the .vqz file's image")
+            check_size(file.width, file.height, "the .vqz file's image", self.budgets.max_pixels)
             groups.setdefault((file.level_shapes, file.tile), []).append(i)
         batches = []
         for key, members in groups.items():
@@ -449,7 +449,7 @@ class Codec:
         return report
 
 
-def _read_image(image: ImageInput) -> SourceImage:
+def _read_image(image: ImageInput, max_pixels: int) -> SourceImage:
     """``image`` as the codec reads it; a uint8 array must be [H, W], [H, W, 3] or [H, W, 4]."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
@@ -457,4 +457,4 @@ def _read_image(image: ImageInput) -> SourceImage:
                 f"expected a uint8 [H, W], [H, W, 3] or [H, W, 4] array, got {image.dtype} {image.shape}"
             )
         image = Image.fromarray(np.ascontiguousarray(image))
-    return load_image(image)
+    return load_image(image, max_pixels)

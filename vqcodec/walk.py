@@ -134,14 +134,17 @@ def _tile_groups(
     for members in sizes.values():
         h, w = (max(tile[i] for tile in members) for i in (4, 5))
         upper = [
-            [_crop(codes[image][k], rect, height // codes[image][k].shape[0], device) for k in range(level)]
-            for image, _, *rect in members
+            [
+                _crop(codes[image][k], (y, x, th, tw), height // codes[image][k].shape[0], device)
+                for k in range(level)
+            ]
+            for image, _, y, x, th, tw in members
         ]
         if known:
             maps = [_crop(codes[image][level], (y, x, h, w), 1, device) for image, _, y, x, _, _ in members]
             stepper = encoder_stepper(prior, maps, upper, whole_map_values)
         else:
-            stepper = prior.batch_stepper(h, w, upper, [tile[4:] for tile in members])
+            stepper = prior.batch_stepper(h, w, upper, [(th, tw) for *_, th, tw in members])
         groups.append(_TileGroup(stepper, *np.array(members, dtype=np.int64)[:, :4].T))
     return groups
 
@@ -167,7 +170,8 @@ class _Step:
 
     def __init__(self, groups: list[_TileGroup], t: int, batch: int) -> None:
         self._groups, self._t, self._counts, self._on_map = groups, t, [], []
-        freqs, images, ranks, rows, ys, xs = [], [], [], [], [], []
+        columns: tuple[list[np.ndarray], ...] = ([], [], [], [], [], [])
+        freqs, images, ranks, rows, ys, xs = columns
         for group in groups:
             local_ys, local_xs = _positions(t, group.stepper.height, group.stepper.width)
             n, tiles = len(local_ys), len(group.images)

@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -251,86 +252,10 @@ class VQZFile:
     def from_bytes(cls, data: bytes) -> VQZFile:
         """Parse and check a whole file; raises a ``VQZError`` subclass on any defect."""
         reader = _Reader(bytes(data))
-        if reader.take(len(SIGNATURE)) != SIGNATURE:
-            raise FormatError("not a .vqz file (bad signature)")
-        version = reader.u8()
-        if version >> 4 > VERSION_MAJOR:
-            raise UnsupportedVersionError(
-                f"file has format version {version >> 4}.{version & 15}; this decoder reads {VERSION_MAJOR}.x"
-            )
-        if version >> 4 < VERSION_MAJOR:
-            raise FormatError(f"invalid format version {version >> 4}.{version & 15}")
-        model_id = reader.take(MODEL_ID_LEN)
-        width = reader.varint() + 1
-        height = reader.varint() + 1
-        image = reader.u8()
-        level_shapes = tuple((reader.varint() + 1, reader.varint() + 1) for _ in range(reader.u8()))
-        coder, precision = reader.u8(), reader.u8()
-        code_crc = reader.u32()
-        n_chunks = reader.varint()
-        payload_len = reader.varint()
-        if zlib.crc32(reader.data[: reader.pos]) != reader.u32():
-            raise FormatError("header CRC mismatch")
-        _check_geometry(width, height)
-        if image >> 4:
-            raise FormatError(f"reserved bits of the image byte are set (0x{image:02x})")
-        colour = _enum(ColourMode, image & 3, "colour mode")
-        padding = _enum(Padding, image >> 2 & 3, "padding mode")
-
-        body_start = reader.pos
-        if n_chunks > reader.remaining:
-            raise FormatError(f"{n_chunks} chunks cannot fit in the remaining {reader.remaining} bytes")
-        chunks = []
-        for _ in range(n_chunks):
-            chunk_type = reader.u8()
-            chunks.append(Chunk(chunk_type, reader.take(reader.varint())))
-        payload = reader.take(payload_len)
-        body_end = reader.pos
-        if zlib.crc32(reader.data[body_start:body_end]) != reader.u32():
-            raise FormatError("body CRC mismatch (chunks or payload damaged)")
-        if reader.remaining:
-            raise FormatError(f"{reader.remaining} bytes of trailing data after the body CRC")
-
-        alpha = icc = coded_size = tile = exif = xmp = None
-        extra_chunks = []
-        for chunk in chunks:
-            if chunk.type == ChunkType.ALPHA and alpha is None:
-                alpha = _inflate(chunk.data, width * height)
-            elif chunk.type == ChunkType.RESAMPLE and coded_size is None:
-                coded_size = _size(chunk)
-            elif chunk.type == ChunkType.TILES and tile is None:
-                tile = _size(chunk)
-            elif chunk.type == ChunkType.ICC and icc is None:
-                icc = chunk.data
-            elif chunk.type == ChunkType.EXIF and exif is None:
-                exif = chunk.data
-            elif chunk.type == ChunkType.XMP and xmp is None:
-                xmp = chunk.data
-            elif chunk.type in _KNOWN_CHUNKS:
-                raise FormatError(f"duplicate {ChunkType(chunk.type).name} chunk")
-            elif chunk.critical:
-                raise UnsupportedVersionError(f"unknown critical chunk type 0x{chunk.type:02x}")
-            else:
-                extra_chunks.append(chunk)
-        return cls(
-            model_id=model_id,
-            width=width,
-            height=height,
-            colour=colour,
-            padding=padding,
-            level_shapes=level_shapes,
-            code_crc=code_crc,
-            payload=payload,
-            coder=coder,
-            precision=precision,
-            icc=icc,
-            alpha=alpha,
-            coded_size=coded_size,
-            tile=tile,
-            exif=exif,
-            xmp=xmp,
-            extra_chunks=tuple(extra_chunks),
-        )
+        header, n_chunks, payload_len = _read_header(reader)
+        chunks, payload = _read_body(reader, n_chunks, payload_len)
+        fields = _chunk_fields(chunks, header["width"] * header["height"])
+        return cls(**header, payload=payload, **fields)
 
     def check_model(self, sha256_digest: bytes) -> None:
         """Raise ``ModelMismatchError`` unless the file was written with the model of this digest."""
@@ -391,7 +316,101 @@ def _check_geometry(width: int, height: int, what: str = "image") -> None:
         )
 
 
-def _enum(kind: type[IntEnum], value: int, what: str) -> IntEnum:
+def _read_header(reader: _Reader) -> tuple[dict[str, Any], int, int]:
+    """The header's fields (checked, and its CRC), the number of chunks and the payload's length."""
+    if reader.take(len(SIGNATURE)) != SIGNATURE:
+        raise FormatError("not a .vqz file (bad signature)")
+    version = reader.u8()
+    if version >> 4 > VERSION_MAJOR:
+        raise UnsupportedVersionError(
+            f"file has format version {version >> 4}.{version & 15}; this decoder reads {VERSION_MAJOR}.x"
+        )
+    if version >> 4 < VERSION_MAJOR:
+        raise FormatError(f"invalid format version {version >> 4}.{version & 15}")
+    model_id = reader.take(MODEL_ID_LEN)
+    width = reader.varint() + 1
+    height = reader.varint() + 1
+    image = reader.u8()
+    level_shapes = tuple((reader.varint() + 1, reader.varint() + 1) for _ in range(reader.u8()))
+    coder, precision = reader.u8(), reader.u8()
+    code_crc = reader.u32()
+    n_chunks = reader.varint()
+    payload_len = reader.varint()
+    if zlib.crc32(reader.data[: reader.pos]) != reader.u32():
+        raise FormatError("header CRC mismatch")
+    _check_geometry(width, height)
+    if image >> 4:
+        raise FormatError(f"reserved bits of the image byte are set (0x{image:02x})")
+    header = {
+        "model_id": model_id,
+        "width": width,
+        "height": height,
+        "colour": _enum(ColourMode, image & 3, "colour mode"),
+        "padding": _enum(Padding, image >> 2 & 3, "padding mode"),
+        "level_shapes": level_shapes,
+        "code_crc": code_crc,
+        "coder": coder,
+        "precision": precision,
+    }
+    return header, n_chunks, payload_len
+
+
+def _read_body(reader: _Reader, n_chunks: int, payload_len: int) -> tuple[list[Chunk], bytes]:
+    """The chunks and the payload, after checking the body's CRC and that nothing follows it."""
+    body_start = reader.pos
+    if n_chunks > reader.remaining:
+        raise FormatError(f"{n_chunks} chunks cannot fit in the remaining {reader.remaining} bytes")
+    chunks = []
+    for _ in range(n_chunks):
+        chunk_type = reader.u8()
+        chunks.append(Chunk(chunk_type, reader.take(reader.varint())))
+    payload = reader.take(payload_len)
+    body_end = reader.pos
+    if zlib.crc32(reader.data[body_start:body_end]) != reader.u32():
+        raise FormatError("body CRC mismatch (chunks or payload damaged)")
+    if reader.remaining:
+        raise FormatError(f"{reader.remaining} bytes of trailing data after the body CRC")
+    return chunks, payload
+
+
+_CHUNK_FIELDS = {
+    ChunkType.ALPHA: "alpha",
+    ChunkType.RESAMPLE: "coded_size",
+    ChunkType.TILES: "tile",
+    ChunkType.ICC: "icc",
+    ChunkType.EXIF: "exif",
+    ChunkType.XMP: "xmp",
+}
+"""The ``VQZFile`` field of each known chunk type."""
+
+
+def _chunk_fields(chunks: list[Chunk], pixels: int) -> dict[str, Any]:
+    """The known chunks' ``VQZFile`` fields (at most one chunk of each type) and the unknown ancillary
+    ones, kept as they are; an unknown critical chunk is refused."""
+    fields: dict[str, Any] = {}
+    extra_chunks = []
+    for chunk in chunks:
+        name = _CHUNK_FIELDS.get(ChunkType(chunk.type)) if chunk.type in _KNOWN_CHUNKS else None
+        if name is not None and name in fields:
+            raise FormatError(f"duplicate {ChunkType(chunk.type).name} chunk")
+        if name == "alpha":
+            fields[name] = _inflate(chunk.data, pixels)
+        elif name in ("coded_size", "tile"):
+            fields[name] = _size(chunk)
+        elif name is not None:
+            fields[name] = chunk.data
+        elif chunk.critical:
+            raise UnsupportedVersionError(f"unknown critical chunk type 0x{chunk.type:02x}")
+        else:
+            extra_chunks.append(chunk)
+    fields["extra_chunks"] = tuple(extra_chunks)
+    return fields
+
+
+_Enum = TypeVar("_Enum", bound=IntEnum)
+
+
+def _enum(kind: type[_Enum], value: int, what: str) -> _Enum:
     try:
         return kind(value)
     except ValueError:
