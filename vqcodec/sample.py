@@ -8,7 +8,7 @@ from PIL import Image
 
 from vqcodec.models.model import sample_images
 from vqcodec.zoo import resolve_model
-from vqcodec.zoo.modelfile import load_model
+from vqcodec.zoo.modelfile import read_model
 
 
 def sample_to_folder(
@@ -25,7 +25,7 @@ def sample_to_folder(
 
     ``model_file``: a bundled model's name or a model file; None for the bundled default.
     """
-    model, _ = load_model(resolve_model(model_file), device)
+    model, _ = read_model(resolve_model(model_file), device)
     images = sample_images(model, n, height, width, temperature, seed).cpu()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

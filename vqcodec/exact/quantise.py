@@ -27,7 +27,7 @@ from vqcodec.exact.arithmetic import (
     WEIGHT_MAX,
     clamp,
 )
-from vqcodec.models.pixelsnail import CausalAttention, MaskedConv2d, ResBlock
+from vqcodec.models.pixelsnail import CausalAttention, ELUResBlock, MaskedConv2d
 
 
 def _scale_exponent(row_max: float) -> int:
@@ -178,7 +178,7 @@ def quantise_embedding(embedding: nn.Embedding) -> Tensor:
     return torch.from_numpy(np.clip(np.rint(np.ldexp(table, FA)), -ACT_MAX, ACT_MAX))
 
 
-def quantise_res_block(block: ResBlock) -> QuantResBlock:
+def quantise_res_block(block: ELUResBlock) -> QuantResBlock:
     taps = all_taps(block.conv1.kernel_size[0])
     return QuantResBlock(Linear.from_conv(block.conv1, taps), Linear.from_conv(block.conv2, taps))
 

@@ -142,14 +142,25 @@ class ExactStepper:
         self._sizes = (
             None if sizes is None or set(sizes) == {(height, width)} else torch.tensor(sizes, device=device)
         )
-        shapes = [(height, width)] * batch if self._sizes is None else sizes
-        per_image = [prior.condition(codes, h, w) for codes, (h, w) in zip(cond_codes, shapes, strict=True)]
+        self._condition(cond_codes, sizes)
+        self._order_positions()
+        self._computed = 0  # steps whose tables were computed
+        self._known = 0  # steps whose codes were set
+
+    def _condition(self, cond_codes: list[list[Tensor]], sizes: list[tuple[int, int]] | None) -> None:
+        """The conditioning tables of every image (``ExactPrior.condition``), one after the other, and
+        where each image's table starts and how wide it is."""
+        height, width, device = self.height, self.width, self.prior.device
+        shapes = [(height, width)] * self.batch if sizes is None or self._sizes is None else sizes
+        per_image = [
+            self.prior.condition(codes, h, w) for codes, (h, w) in zip(cond_codes, shapes, strict=True)
+        ]
         self._cond = (
             None if per_image[0] is None else [torch.cat(tables) for tables in zip(*per_image, strict=True)]
         )
         self._cond_width = -(-width // 2)
         self._cond_size = -(-height // 2) * self._cond_width
-        if self._sizes is not None:  # each image's conditioning table: its first row and its width
+        if sizes is not None and self._sizes is not None:  # each image's table: its first row, its width
             cond_widths = [-(-w // 2) for _, w in sizes]
             cond_sizes = [
                 -(-h // 2) * cond_width for (h, _), cond_width in zip(sizes, cond_widths, strict=True)
@@ -158,7 +169,11 @@ class ExactStepper:
             self._cond_widths = torch.tensor(cond_widths, device=device)
             self._cond_last = sum(cond_sizes) - 1
 
-        # All positions sorted by step, rows ascending within a step (the order of order.wavefront).
+    def _order_positions(self) -> None:
+        """All positions of the B maps sorted by step, rows ascending within a step (the order of
+        ``order.wavefront``), image by image within a position; with maps of several sizes, which lie
+        on their map and which map each one's attention sees."""
+        height, width, batch, device = self.height, self.width, self.batch, self.prior.device
         steps = torch.from_numpy(order.step_map(height, width)).flatten()
         perm = torch.argsort(steps, stable=True)
         self._ys = (perm // width).repeat_interleave(batch).to(device)
@@ -174,8 +189,6 @@ class ExactStepper:
             self._limits = torch.where(on_map[:, None], sizes, largest)[:, :, None]
         bounds = torch.cumsum(torch.bincount(steps, minlength=self.n_steps), 0).mul(batch).tolist()
         self._bounds = [0, *bounds]
-        self._computed = 0  # steps whose tables were computed
-        self._known = 0  # steps whose codes were set
 
     @property
     def slots(self) -> int:

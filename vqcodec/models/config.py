@@ -61,7 +61,7 @@ class PriorConfig:
     ``attention_context`` is "window" (the causal window of ``attention_radius`` that wavefront
     decoding allows) or "raster" (every earlier position in raster order, the PixelSNAIL paper's
     full context): a raster model cannot be decoded in wavefronts, it is the reference that
-    ``benchmarks/context_cost.py`` measures the window against.
+    ``experiments/context_cost.py`` measures the window against.
     """
 
     channels: int = 128

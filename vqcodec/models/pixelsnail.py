@@ -82,7 +82,7 @@ class GatedResBlock(nn.Module):
         return x + a * torch.sigmoid(b)
 
 
-class ResBlock(nn.Module):
+class ELUResBlock(nn.Module):
     """Plain (non-causal) residual block x + conv(elu(conv(elu(x)))), for conditioning and output."""
 
     def __init__(self, channels: int, kernel_size: int):
@@ -185,7 +185,7 @@ class PixelSNAILPrior(nn.Module):
         if conditioned:
             self.cond_embeds = nn.ModuleList(nn.Embedding(n, D) for n in self.cond_codebook_sizes)
             self.cond_conv = nn.Conv2d(len(self.cond_codebook_sizes) * D, D, 1)
-            self.cond_stack = nn.ModuleList(ResBlock(D, 3) for _ in range(config.n_cond_blocks))
+            self.cond_stack = nn.ModuleList(ELUResBlock(D, 3) for _ in range(config.n_cond_blocks))
         self.blocks = nn.ModuleList(
             GatedResBlock(C, k, config.dropout, D if conditioned else None) for _ in range(config.n_blocks)
         )
@@ -195,7 +195,7 @@ class PixelSNAILPrior(nn.Module):
             CausalAttention(C, config.n_heads, config.attention_radius, config.dropout, raster)
             for _ in range(n_attn)
         )
-        self.out_blocks = nn.ModuleList(ResBlock(C, 1) for _ in range(config.n_out_blocks))
+        self.out_blocks = nn.ModuleList(ELUResBlock(C, 1) for _ in range(config.n_out_blocks))
         self.out_conv = nn.Conv2d(C, codebook_size, 1)
 
     def condition(

@@ -249,7 +249,7 @@ class VQVAE(nn.Module):
         self.upsamplers = nn.ModuleList(_upsampler(dims[level], n - 1 - level) for level in range(n))
         self.decoder = Decoder(sum(dims), c.in_channels, c.channels, c.res_channels, c.n_res_blocks, stride)
 
-    def _quantize(self, x: torch.Tensor, update: bool) -> list[QuantizerOutput]:
+    def quantize(self, x: torch.Tensor, update: bool) -> list[QuantizerOutput]:
         """Encode bottom-up, then quantize top-down, each level conditioned on the decoded levels above."""
         m = self.config.multiple
         if x.shape[-2] % m or x.shape[-1] % m:
@@ -275,7 +275,7 @@ class VQVAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         """Reconstruct ``x`` [B, C, H, W]; in training mode this also steps the EMA codebooks."""
-        outputs = self._quantize(x, update=self.training)
+        outputs = self.quantize(x, update=self.training)
         recon = self._decode([out.quantized for out in outputs])
         n = len(outputs)
         stats = torch.stack([out.perplexity for out in outputs] + [out.usage for out in outputs]).tolist()
@@ -295,7 +295,7 @@ class VQVAE(nn.Module):
         """
 
         def encode(image: torch.Tensor, _rows: slice) -> list[torch.Tensor]:
-            return [out.codes for out in self._quantize(image, update=False)]
+            return [out.codes for out in self.quantize(image, update=False)]
 
         return encode_in_bands(encode, x, self.config, self.encode_halo(), band_rows)
 

@@ -128,19 +128,19 @@ def model_name(path: str | os.PathLike[str]) -> str | None:
 
 
 def load_cached(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[CodecModel, str]:
-    """``modelfile.load_model`` with a small per-process cache: (model in eval mode, SHA-256 hex).
+    """``modelfile.read_model`` with a small per-process cache: (model in eval mode, SHA-256 hex).
 
     Callers share the returned model and must not modify it.
     """
     import torch
 
-    from vqcodec.zoo.modelfile import load_model
+    from vqcodec.zoo.modelfile import read_model
 
     key = (_version(Path(path)), str(torch.device(device)))
     if key in _models:
         _models.move_to_end(key)
         return _models[key]
-    loaded = load_model(path, device, bundled=model_name(path) is not None)
+    loaded = read_model(path, device, bundled=model_name(path) is not None)
     _models[key] = loaded
     _digests[key[0]] = loaded[1]
     while len(_models) > _MODEL_CACHE_SIZE:

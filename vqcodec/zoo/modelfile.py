@@ -148,7 +148,7 @@ def config_from_json(text: str | bytes) -> ModelConfig:
     return config_from_dict(data)
 
 
-def _expected_tensors(config: ModelConfig) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """Name -> (dtype, shape) of every tensor a model of ``config`` saves, without allocating it.
 
     (Random initialisation on the meta device first imports parts of torch that take 1-2 s.)
@@ -207,7 +207,7 @@ def _check_tensors(header: dict[str, Any], expected: dict[str, tuple[torch.dtype
             raise ModelFileError(f"tensor {name}: expected shape {list(shape)}, got {entry.get('shape')}")
 
 
-def load_model(
+def read_model(
     path_or_bytes: str | os.PathLike[str] | bytes, device: str | torch.device = "cpu", bundled: bool = False
 ) -> tuple[CodecModel, str]:
     """A CodecModel (eval mode, on ``device``) and the SHA-256 (hex) of the file's bytes.
@@ -240,7 +240,7 @@ def load_model(
         raise ModelFileError(f"unsupported model file version {meta['version']!r:.20} (this reads {VERSION})")
     config = config_from_json(meta["config"])
     if not bundled:
-        _check_tensors(header, _expected_tensors(config))
+        _check_tensors(header, expected_tensors(config))
 
     try:
         tensors = safetensors.torch.load(data)
