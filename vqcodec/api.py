@@ -51,7 +51,7 @@ def compress(
     (``vqcodec.rate``; ValueError if no quality meets it).
     ``tile``: the largest side in pixels of the tiles coded as independent images, at least 64 and
     a multiple of the model's multiple (8 for the default), the image cut into as few tiles as evenly
-    as it can be; None codes whole code maps: about 1 % fewer bits, decoding in more sequential steps.
+    as it can be; None codes whole code maps: a few fewer bits, decoding in more sequential steps.
     ``metadata``: the image metadata the file keeps: "all" (the default), "none", or some of "exif",
     "icc", "xmp" (a comma-separated string or an iterable; ``Codec.compress``). ``threads``: the CPU
     threads torch may use for the call (None: torch's setting, which is the number of cores).
@@ -99,7 +99,7 @@ def decompress_many(
     """Decode several ``.vqz`` files of one model (each a path, bytes or a binary file, as for
     ``decompress``) to PIL images, in order. Files of the same size are decoded together, every
     wavefront step running the priors for all of them at once: the same images as one by one, in less
-    time per image (and more memory: on the CPU, up to 8 Kodak files at a time, 1.6 GB).
+    time per image, and more memory (``Budgets.batch_rows`` bounds how many go together).
     """
     from vqcodec.coding.container import VQZFile
 

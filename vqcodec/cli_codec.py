@@ -100,8 +100,8 @@ Targets = tuple[int | None, float | None, float | None]
     show_default=True,
     help="Largest side in pixels of the tiles coded as independent images (at least 64, a multiple of the"
     " model's stride: 8 for the default model); the image is cut into as few tiles as evenly as it can,"
-    " and their codes decode side by side, in fewer sequential steps. 0 codes the image whole: about"
-    " 1 % smaller, decoding more slowly.",
+    " and their codes decode side by side, in fewer sequential steps. 0 codes the image whole: a little"
+    " smaller, decoding more slowly.",
 )
 @click.option(
     "--metadata",
@@ -161,9 +161,9 @@ def compress(
 
     IN may be any image Pillow reads (PNG, JPEG, WebP, TIFF, ...). Grayscale, alpha, ICC
     profiles, EXIF and XMP are kept; palette images become RGB. "-" reads stdin or writes stdout.
-    On Kodak the qualities 0 to 4 give about 0.03, 0.11, 0.18, 0.26 and 0.39 bits per pixel
-    (benchmarks/results/kodak); any quality in between, or a target size, bpp or PSNR, picks a
-    point between those. On a terminal each file ends with a line: bytes, bits per pixel, time.
+    The qualities run from 0 (the smallest file) to 4 (the best); their bits per pixel on Kodak
+    are in benchmarks/results/kodak/results.md. Any quality in between, or a target size, bpp or
+    PSNR, picks a point between those. On a terminal each file ends with a line: bytes, bits per pixel, time.
 
     \b
     Examples:

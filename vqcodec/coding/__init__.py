@@ -1,1 +1,2 @@
-"""Bits: the .vqz container, the range coder and the exact inference of the priors."""
+"""Bits, without torch: the coding order (``order.py``), the range coder (``entropy.py``) and the
+``.vqz`` container (``container.py``), each the code form of a part of ``bitstream_spec/vqz.md``."""

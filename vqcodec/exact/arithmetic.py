@@ -83,7 +83,7 @@ def _round_checked(value: int) -> int:
 
 @functools.cache
 def tables() -> Tables:
-    """Build the tables once per process (about 0.04 s), exactly, in Python integers.
+    """Build the tables once per process, exactly, in Python integers.
 
     Fixed point with ``_FIXED`` = 192 fractional bits (errors below in units of 2**-192):
     ``exp(-1 / 2^FA)`` from its Taylor series, each term floored (error below 2**6), and
