@@ -3,9 +3,9 @@
 A file's size grows with the quality (the image is coded at a larger size), so the best quality
 under a size, or the smallest file over a PSNR, is found by bisection over the continuous quality
 scale (``vqcodec.quality``): each step encodes the image once, and a PSNR target also runs the VQ-VAE
-decoder on the codes (no range decoding). A size target then tries a column and a row of codes
-more. The result never breaks the target: when even the smallest (or the best) quality cannot meet
-it, a ValueError says what it reached.
+decoder on the codes (no range decoding). A size target then grows the coded image by a column
+and a row of codes at a time while the file still fits. The result never breaks the target: when
+even the smallest (or the best) quality cannot meet it, a ValueError says what it reached.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from vqcodec.quality import MAX_QUALITY, MIN_QUALITY, coded_size
 
 SEARCH_STEPS = 8
 """Encodes after the two ends of the scale: the quality is then known to 4 / 2**8 of the scale."""
-REFINE_STEPS = 3
-"""Encodes after the search for a size target, each one more column and/or row of codes."""
+REFINE_ROUNDS = 2
+"""Rounds after the search for a size target, each up to three encodes of one more column and/or row
+of codes."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Reached:
 
     data: bytes
     quality: float
-    """The quality found; a size target then adds up to a column and a row of codes (``coded_size``)."""
+    """The quality found; a size target may then have grown the coded image (``coded_size``)."""
     coded_size: tuple[int, int]
     """The (width, height) the image was coded at."""
     psnr: float | None
@@ -72,7 +73,7 @@ def compress_to_target(
     image reaches the PSNR target, every trial encoded at ``effort`` (``vqcodec.rdo``); ``progress`` is
     called with (encodes done, encodes at most).
 
-    A size target then tries one more column and one more row of codes: at low rates the next
+    A size target then tries one more column and one more row of codes, twice: at low rates the next
     quality's map can be several per cent larger, and the file should come as close as it can.
     """
     codec.order.check_tile(tile)
@@ -82,7 +83,7 @@ def compress_to_target(
     limit = target.max_bytes
     if target.max_bpp is not None:
         limit = int(target.max_bpp * source.width * source.height / 8)
-    total = SEARCH_STEPS + 2 + (REFINE_STEPS if limit is not None else 0)
+    total = SEARCH_STEPS + 2 + (3 * REFINE_ROUNDS if limit is not None else 0)
     encodes = 0
 
     def trial(quality: float, size: tuple[int, int] | None = None) -> tuple[Reached, bool]:
@@ -127,16 +128,32 @@ def _refine(
     trial: Callable[[float, tuple[int, int]], tuple[Reached, bool]],
 ) -> Reached:
     """The largest file under the size target among ``best`` and ``best`` coded one column of codes
-    wider, one row taller, or both (at most the image's own size)."""
-    width, height = (-(-side // multiple) * multiple for side in best.coded_size)  # its padded maps
-    sizes = [(width + multiple, height + multiple), (width + multiple, height), (width, height + multiple)]
-    for size in sizes:
-        size = (min(size[0], source.width), min(size[1], source.height))
-        if size[0] * size[1] <= best.coded_size[0] * best.coded_size[1]:
-            continue
-        reached, ok = trial(best.quality, size)
-        if ok:
-            return reached  # the sizes are in decreasing order: the first that fits is the largest
+    wider, one row taller, or both (at most the image's own size), grown again from a size that fits.
+
+    A column of codes is ``multiple`` pixels of the coded image, whatever its padding: the image is
+    widened, not its padded map, so that the padding stays as small as the search left it.
+    """
+    for _ in range(REFINE_ROUNDS):
+        width, height = best.coded_size
+        sizes = [
+            (min(w, source.width), min(h, source.height))
+            for w, h in (
+                (width + multiple, height + multiple),
+                (width + multiple, height),
+                (width, height + multiple),
+            )
+        ]
+        grown = None
+        for size in dict.fromkeys(sizes):  # in order, each once (the image's edge may merge two)
+            if size[0] * size[1] <= width * height:
+                continue
+            reached, ok = trial(best.quality, size)
+            if ok:  # the sizes are in decreasing order: the first that fits is the largest
+                grown = reached
+                break
+        if grown is None:
+            return best
+        best = grown
     return best
 
 
