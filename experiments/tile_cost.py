@@ -144,6 +144,12 @@ def main() -> None:
             for tile, times in walks.items():
                 times.append(bottom_walk_seconds(codec, top, bottom, tile))
         seconds = {tile: statistics.median(times) for tile, times in walks.items()}
+    rows = table_rows(totals, seconds)
+    write_results(args.out, rows, len(paths), paths[-1].stem, args.repeats)
+
+
+def table_rows(totals: dict[str, float], seconds: dict[tuple[int, int], float]) -> list[dict]:
+    """One row per layout: its bits against whole maps and the format's tiles, steps and walk time."""
     whole, format_tiles = totals["whole maps"], totals["256-pixel tiles (the format)"]
     rows = []
     for name, (tile, _) in LAYOUTS.items():
@@ -161,17 +167,20 @@ def main() -> None:
                 "bottom_walk_seconds": None if tile is None else seconds[tile],
             }
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tile_cost.json").write_text(
-        json.dumps({"images": len(paths), "rows": rows}, indent=2) + "\n"
-    )
+    return rows
+
+
+def write_results(out: Path, rows: list[dict], images: int, timed: str, repeats: int) -> None:
+    """tile_cost.json and tile_cost.md in ``out``; ``timed`` names the image whose walks were timed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tile_cost.json").write_text(json.dumps({"images": images, "rows": rows}, indent=2) + "\n")
     threads = torch.get_num_threads()
     text = (
         "# Smaller bottom-level tiles: bits, steps and time\n\n"
-        f"`python experiments/tile_cost.py` on {len(paths)} Kodak images (quality 4, float priors, ideal"
+        f"`python experiments/tile_cost.py` on {images} Kodak images (quality 4, float priors, ideal"
         " bits; the top level in tiles of 256 pixels except for whole maps; the steps of a 768 x 512 image;"
-        f" the exact bottom prior's walk over {path.stem}'s tiles on the CPU, {threads} threads, the"
-        f" median of {args.repeats}).\n\n"
+        f" the exact bottom prior's walk over {timed}'s tiles on the CPU, {threads} threads, the"
+        f" median of {repeats}).\n\n"
         "| layout | bits | against whole maps | against the format's tiles | sequential steps"
         " | bottom walk (s) |\n|---|---:|---:|---:|---:|---:|\n"
         + "".join(
@@ -181,7 +190,7 @@ def main() -> None:
             for r in rows
         )
     )
-    (args.out / "tile_cost.md").write_text(text)
+    (out / "tile_cost.md").write_text(text)
     print(text)
 
 

@@ -195,42 +195,37 @@ def huge_header(valid: bytes) -> bytes:
     return header + struct.pack("<I", zlib.crc32(header)) + valid[end:]
 
 
-def main(keep_model: bool) -> None:
-    if keep_model:
-        sha256 = hashlib.sha256((HERE / MODEL).read_bytes()).hexdigest()
-    else:
-        sha256 = save_model(tiny_model(), HERE / MODEL)
-    codec = Codec.open(HERE / MODEL)
-    vectors = []
-    for stem, image in valid_images().items():
-        data = codec.compress(
-            image, quality=QUALITY.get(stem, DEFAULT_QUALITY), tile=TILE.get(stem, DEFAULT_TILE)
-        )
-        decoded: Decoded = codec.decode_codes(data)
-        pixels = codec.render(decoded)
-        (HERE / f"{stem}.vqz").write_bytes(data)
-        if decoded.file.exif is not None:
-            tags = pixels.getexif()
-            metadata = {"exif_tags": {name: tags[ExifTags.Base[name]] for name in EXIF_TAGS}}
-        else:
-            metadata = {}
-        vectors.append(
-            {
-                "file": f"{stem}.vqz",
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "width": pixels.width,
-                "height": pixels.height,
-                "coded_size": [decoded.file.coded_width, decoded.file.coded_height],
-                "mode": pixels.mode,
-                "icc_bytes": len(decoded.file.icc or b""),
-                "exif_bytes": len(decoded.file.exif or b""),
-                "xmp_bytes": len(decoded.file.xmp or b""),
-                "code_shapes": [list(level.shape) for level in decoded.codes],
-                "codes_sha256": code_digest(decoded.codes),
-                "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
-                **metadata,
-            }
-        )
+def valid_vector(codec: Codec, stem: str, image: Image.Image) -> dict:
+    """Code ``image`` into ``{stem}.vqz`` and describe what a decoder must get back from it."""
+    data = codec.compress(
+        image, quality=QUALITY.get(stem, DEFAULT_QUALITY), tile=TILE.get(stem, DEFAULT_TILE)
+    )
+    decoded: Decoded = codec.decode_codes(data)
+    pixels = codec.render(decoded)
+    (HERE / f"{stem}.vqz").write_bytes(data)
+    metadata = {}
+    if decoded.file.exif is not None:
+        tags = pixels.getexif()
+        metadata = {"exif_tags": {name: tags[ExifTags.Base[name]] for name in EXIF_TAGS}}
+    return {
+        "file": f"{stem}.vqz",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "width": pixels.width,
+        "height": pixels.height,
+        "coded_size": [decoded.file.coded_width, decoded.file.coded_height],
+        "mode": pixels.mode,
+        "icc_bytes": len(decoded.file.icc or b""),
+        "exif_bytes": len(decoded.file.exif or b""),
+        "xmp_bytes": len(decoded.file.xmp or b""),
+        "code_shapes": [list(level.shape) for level in decoded.codes],
+        "codes_sha256": code_digest(decoded.codes),
+        "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+        **metadata,
+    }
+
+
+def invalid_vectors(codec: Codec) -> list[dict]:
+    """Write the invalid files (derived from the valid ones) after checking that each fails as noted."""
     valid = (HERE / "rgb_33x17.vqz").read_bytes()
     invalid = invalid_files(valid)
     invalid["bad_resample"] = (
@@ -243,6 +238,7 @@ def main(keep_model: bool) -> None:
         "ModelMismatchError",
         "a TILES chunk of tiles 68 pixels wide, not a multiple of the model's 8",
     )
+    vectors = []
     for stem, (data, error, note) in invalid.items():
         try:
             codec.decompress(data)
@@ -255,6 +251,17 @@ def main(keep_model: bool) -> None:
         vectors.append(
             {"file": f"{stem}.vqz", "sha256": hashlib.sha256(data).hexdigest(), "error": error, "note": note}
         )
+    return vectors
+
+
+def main(keep_model: bool) -> None:
+    if keep_model:
+        sha256 = hashlib.sha256((HERE / MODEL).read_bytes()).hexdigest()
+    else:
+        sha256 = save_model(tiny_model(), HERE / MODEL)
+    codec = Codec.open(HERE / MODEL)
+    vectors = [valid_vector(codec, stem, image) for stem, image in valid_images().items()]
+    vectors += invalid_vectors(codec)
     manifest = {
         "format": "vqz 1.3",
         "model": {"file": MODEL, "sha256": sha256, "config": "tiny_config(), random weights, seed 0"},
