@@ -19,7 +19,7 @@ import click
 from click.core import ParameterSource
 from PIL import Image
 
-from vqcodec.cli_errors import EXIT_STATUS, EXIT_USAGE, CommandError, reports_errors
+from vqcodec.cli_errors import EXIT_STATUS, BadUsage, reports_errors
 from vqcodec.cli_files import (
     Job,
     Output,
@@ -206,10 +206,9 @@ def _check_targets(targets: Targets) -> None:
 def _check_vqz_name(target: str) -> None:
     """Refuse an OUT that does not say .vqz: ``compress -f *.png`` must not write over an image."""
     if target != "-" and Path(target).suffix.lower() != ".vqz":
-        raise CommandError(
+        raise BadUsage(
             f"{target}: OUT must end in .vqz (to compress several images use -o FOLDER; to write .vqz"
-            " data under another name, --format vqz)",
-            EXIT_USAGE,
+            " data under another name, --format vqz)"
         )
 
 

@@ -42,14 +42,30 @@ With several inputs, every file is tried and the status is the first failure's."
 
 
 class CommandError(click.ClickException):
-    """A failure reported as one ``vqcodec: error:`` line with its own exit status."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    """A failure reported as one ``vqcodec: error:`` line; each subclass carries its exit status."""
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"vqcodec: error: {self.format_message()}", err=True)
+
+
+class BadInput(CommandError):
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadUsage(CommandError):
+    exit_code = EXIT_USAGE
+
+
+class ModelProblem(CommandError):
+    exit_code = EXIT_MODEL
+
+
+class OutputExists(CommandError):
+    exit_code = EXIT_OUTPUT_EXISTS
+
+
+class InternalError(CommandError):
+    exit_code = EXIT_INTERNAL
 
 
 def one_line(error: BaseException) -> str:
@@ -72,16 +88,16 @@ def errors() -> Iterator[None]:
     except (click.ClickException, click.Abort, click.exceptions.Exit):
         raise
     except (ModelMismatchError, ModelFileError) as error:
-        raise CommandError(one_line(error), EXIT_MODEL) from error
+        raise ModelProblem(one_line(error)) from error
     except FileExistsError as error:  # an API refusing to replace a file (e.g. export without force)
-        raise CommandError(one_line(error), EXIT_OUTPUT_EXISTS) from error
+        raise OutputExists(one_line(error)) from error
     except (VQZError, OSError, ValueError) as error:
-        raise CommandError(one_line(error), EXIT_BAD_INPUT) from error
+        raise BadInput(one_line(error)) from error
     except MemoryError as error:
-        raise CommandError("out of memory", EXIT_BAD_INPUT) from error
+        raise BadInput("out of memory") from error
     except Exception as error:
         message = f"internal error: {type(error).__name__}: {one_line(error)}"
-        raise CommandError(message, EXIT_INTERNAL) from error
+        raise InternalError(message) from error
 
 
 def reports_errors(command: F) -> F:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from vqcodec.cli_errors import EXIT_BAD_INPUT, EXIT_OUTPUT_EXISTS, CommandError, errors
+from vqcodec.cli_errors import BadInput, CommandError, OutputExists, errors
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -61,11 +61,11 @@ def check_output(job: Job, force: bool) -> None:
         return
     out, source = Path(job.target), Path(job.source)
     if job.source != "-" and (out.resolve() == source.resolve() or _same_file(out, source)):
-        raise CommandError(f"{job.target} is the input file; refusing to overwrite it", EXIT_OUTPUT_EXISTS)
+        raise OutputExists(f"{job.target} is the input file; refusing to overwrite it")
     if out.exists() and not force:
-        raise CommandError(f"{job.target} exists (use --force to overwrite it)", EXIT_OUTPUT_EXISTS)
+        raise OutputExists(f"{job.target} exists (use --force to overwrite it)")
     if not out.parent.is_dir():
-        raise CommandError(f"{out.parent}: no such folder for the output", EXIT_BAD_INPUT)
+        raise BadInput(f"{out.parent}: no such folder for the output")
 
 
 def _same_file(a: Path, b: Path) -> bool:
