@@ -2,7 +2,7 @@
 
 Each query attends to the causal window of ``order.attention_offsets`` around it; the logits are
 rounded products, the weights an integer softmax through the exp table, and the averages exact
-float64 GEMMs on integers (the bounds are in ``attention_rows``).
+float64 GEMMs on integers (the bounds are in ``attention_rows``), one per row of the window.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from vqcodec.exact.arithmetic import FA, P_BITS, TABLE_SIZE, clamp, exp_table, floor_div, lookup, round_shift
-from vqcodec.exact.gather import GEMM_CHUNK, gather
 from vqcodec.exact.quantise import QuantAttention
 
 _NEG = -(2.0**62)
@@ -19,27 +18,16 @@ _NEG = -(2.0**62)
 
 
 def attend(
-    attn: QuantAttention,
-    keys: Tensor,
-    values: Tensor,
-    x: Tensor,
-    index: Tensor,
-    valid: Tensor,
-    chunk: int = GEMM_CHUNK,
+    attn: QuantAttention, key_rows: list[Tensor], value_rows: list[Tensor], x: Tensor, valid: Tensor
 ) -> Tensor:
     """x + proj(attention) of the positions x [n, C] (exact.md §6.3), whose keys and values are written.
 
-    ``index`` [n, n_off] are the cells of the offsets in the flat float64 caches ``keys`` and ``values``
-    [cells, C], ``valid`` whether they lie inside the map (the others may hold any integers: their
+    ``key_rows`` and ``value_rows`` hold, per row of the window (``order.attention_offsets`` by dy),
+    [n, w, C] views of the caches at that row's w offsets, in the order of the offsets; ``valid``
+    [n, n_off] says whether each offset lies inside the map (the others may hold any integers: their
     weights are zero).
     """
-    query = attn.query(x)
-    rows = max(1, chunk // (index.shape[1] * x.shape[1]))
-    parts = [
-        attention_rows(q, gather(keys, i), gather(values, i), ok, attn.n_heads)
-        for q, i, ok in zip(query.split(rows), index.split(rows), valid.split(rows), strict=True)
-    ]
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    out = attention_rows(attn.query(x), key_rows, value_rows, valid, attn.n_heads)
     return clamp(x.add_(attn.proj(out)))
 
 
@@ -54,20 +42,36 @@ def attention_weights(raw: Tensor, valid: Tensor) -> Tensor:
     return floor_div(e * 2.0**P_BITS, e.sum(dim=2, keepdim=True))
 
 
-def attention_rows(query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, heads: int) -> Tensor:
-    """Attention averages [m, C] from queries [m, C], keys and values [m, n_off, C], all float64 at FA.
+def attention_rows(
+    query: Tensor, key_rows: list[Tensor], value_rows: list[Tensor], valid: Tensor, heads: int
+) -> Tensor:
+    """Attention averages [m, C] from queries [m, C] and the keys and values of the window's rows (each
+    [m, w, C]; together [m, n_off, C]), all float64 at FA.
 
     ``logit = rshr(q . k, FA)`` per head; offsets outside the map (``valid`` false) are excluded;
-    ``p = floor(exp[max - logit] 2^P_BITS / sum)``; ``out = rshr(sum p v, P_BITS)``. Both GEMMs
-    are exact: ``|q . k| <= d 2^40 <= 2^50`` and ``|sum p v| <= 2^P_BITS 2^20 = 2^36``, and so is every
-    other step in float64 (all values are integers, or halves before a floor, below 2^51). The heads are
-    handled by block-diagonal operands, so the gathered keys and values are used as they lie.
+    ``p = floor(exp[max - logit] 2^P_BITS / sum)``; ``out = rshr(sum p v, P_BITS)``. Both products
+    are exact: ``|q . k| <= d 2^40 <= 2^50`` and ``|sum p v| <= 2^P_BITS 2^20 = 2^36`` (so is every
+    partial sum over some rows), and so is every other step in float64 (all values are integers, or
+    halves before a floor, below 2^51). The heads are handled by block-diagonal operands, and each row
+    of the window is a product of its own, so the keys and values are used as they lie in the caches:
+    nothing is gathered.
     """
-    m, n_off, c = keys.shape
+    m, c = query.shape
     d = c // heads
     blocks = query.new_zeros(m, heads, heads, d)  # [m, head, head', d]: head's query where head == head'
     blocks.diagonal(dim1=1, dim2=2).copy_(query.view(m, heads, d).transpose(1, 2))
-    raw = torch.bmm(blocks.view(m, heads, c), keys.transpose(1, 2))  # [m, heads, n_off]
-    mixed = torch.bmm(attention_weights(raw, valid), values).view(m, heads, heads, d)  # [m, head, head', d]
-    out = mixed.diagonal(dim1=1, dim2=2).transpose(1, 2)  # [m, heads, d]: each head's own channels
+    blocks = blocks.view(m, heads, c)
+    raw = torch.cat(
+        [torch.bmm(blocks, keys.transpose(1, 2)) for keys in key_rows], dim=2
+    )  # [m, heads, n_off]
+    weights = attention_weights(raw, valid)
+    mixed, start = None, 0
+    for values in value_rows:
+        part = weights[:, :, start : start + values.shape[1]]
+        mixed = torch.bmm(part, values) if mixed is None else mixed.baddbmm_(part, values)
+        start += values.shape[1]
+    assert mixed is not None, "a window has rows"
+    out = (
+        mixed.view(m, heads, heads, d).diagonal(dim1=1, dim2=2).transpose(1, 2)
+    )  # [m, heads, d]: own channels
     return round_shift(out, P_BITS).reshape(m, c)

@@ -134,6 +134,7 @@ class ExactStepper:
         pairs = list(zip(self._caches[1::2], self._caches[2::2], strict=True))
         self._block_inputs, self._keys_values = pairs[: len(prior.blocks)], pairs[len(prior.blocks) :]
         self._taps_a, self._taps_b = self._row_taps(taps_a), self._row_taps(taps_b)
+        self._window_rows = self._row_taps(prior.attention_offsets)
         self._offset_cells = torch.tensor(
             [dy * batch * self._slots + order.step_of(dy, dx) for dy, dx in prior.attention_offsets],
             device=device,
@@ -370,12 +371,9 @@ class ExactStepper:
             )
             cond_rows = cond_rows.clamp_(max=self._cond_last)
         if prior.attentions:
-            rows = (ys + self._top) * self.batch + sites.images
-            cells = rows * self._slots + sites.slot
             oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
             heights, widths = (self.height, self.width) if sites.limits is None else sites.limits.unbind(1)
             valid = (oy >= 0) & (oy < heights) & (ox >= 0) & (ox < widths)  # [n, n_off]
-            index_attn = cells[:, None] + self._offset_cells if len(sites.size) == 1 else None
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
             self._store(inputs, sites, elu(x))
             self._store(middles, sites, elu(self._conv(block.conv1, inputs, sites, self._taps_b)))
@@ -389,13 +387,18 @@ class ExactStepper:
                 self._store(keys, sites, attn.key(x))
                 self._store(values, sites, attn.value(x))
                 if len(sites.size) == 1:  # a wavefront
-                    keys, values = keys.view(-1, prior.channels), values.view(-1, prior.channels)
-                    x = attend(attn, keys, values, x, index_attn, valid, prior.chunk)
+                    x = attend(attn, self._window(keys, sites), self._window(values, sites), x, valid)
                 else:
                     x = self._attend_band(attn, keys, values, x, sites, valid)
         for block in prior.out_blocks:
             x = clamp(x.add_(block.conv2(elu(block.conv1(elu(x))))))
         return prior.out_conv(elu(x))
+
+    def _window(self, cache: Tensor, sites: Sites) -> list[Tensor]:
+        """Per row of the attention window, [n, w, C] strided views of ``cache`` at a wavefront's sites:
+        a row's offsets are neighbouring slots, as a kernel row's taps are."""
+        n, c = sites.size[0], cache.shape[2]
+        return [self._cells(cache, sites, row.shift, row.width).view(n, -1, c) for row in self._window_rows]
 
     def _attend_band(
         self, attn: QuantAttention, keys: Tensor, values: Tensor, x: Tensor, sites: Sites, valid: Tensor
