@@ -300,7 +300,7 @@ def test_tall_images_are_encoded_in_bands(codec: Codec, monkeypatch: pytest.Monk
     """Bands of 64 bottom-level codes, 10 rows of this 24 pixel wide image, give the same codes."""
     rgb = smooth(24, 400, seed=7)
     whole = codec.image_codes(rgb)
-    codec = codec.with_budgets(Budgets(encode_band_codes=64))
+    codec = codec.with_budgets(Budgets(encode_part_codes=64))
     passes, encode = [], codec.exact_encoder.encode_image
 
     def counted(pixels: torch.Tensor, *args: object) -> list:

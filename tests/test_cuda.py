@@ -69,7 +69,7 @@ def test_bands_encode_like_the_whole_image_on_the_gpu(codecs: tuple[Codec, Codec
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (400, 120, 3), dtype=np.uint8)
     whole = gpu.image_codes(rgb)
-    banded = gpu.with_budgets(Budgets(encode_band_codes=30 * 8))  # bands of 8 bottom rows
+    banded = gpu.with_budgets(Budgets(encode_part_codes=30 * 8))  # bands of 8 bottom rows
     assert same(banded.image_codes(rgb), whole)
 
 

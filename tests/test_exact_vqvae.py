@@ -19,6 +19,7 @@ from vqcodec.exact.quantise import scaled_rows
 from vqcodec.exact.vqvae import FP, ExactDecoder, IntegerConv
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel, to_uint8
+from vqcodec.models.vqvae import part_shape
 
 
 def _reference(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
@@ -87,19 +88,31 @@ def test_the_exact_model_is_the_float_one_up_to_rounding(models: tuple) -> None:
     assert min(same) > 0.97
 
 
-def test_bands_give_the_pixels_and_codes_of_the_whole(models: tuple) -> None:
+def test_parts_give_the_pixels_and_codes_of_the_whole(models: tuple) -> None:
+    """Bands of rows and blocks, with the halo around them, give the integers of the whole image."""
     _, decoder, encoder, images = models
     codes = encoder.encode(images)
     whole = decoder.decode(codes)
-    for band_rows in (1, 2, 4):  # bottom-level code rows; the map has 16
-        assert torch.equal(decoder.decode(codes, band_rows), whole)
-    tall = images.transpose(-1, -2).contiguous()  # 96 pixels tall
-    assert all(torch.equal(a, b) for a, b in zip(encoder.encode(tall, 2), encoder.encode(tall), strict=True))
-    top = torch.randint(0, 32, encoder.encode(tall)[0].shape)  # fixed top codes, with candidates
-    whole, banded = encoder.encode(tall, None, 3, [top]), encoder.encode(tall, 2, 3, [top])
+    for part in ((1, 24), (2, 4), (16, 2), (4, 8)):  # bottom-level codes; the map has 16 x 24 (halo 6)
+        assert torch.equal(decoder.decode(codes, part), whole), part
+    wide = torch.cat([images, images.flip(-1)], dim=-1)  # the encoder's halo is 14 codes: 32 x 48
+    wide = torch.cat([wide, wide.flip(-2)], dim=-2)
+    whole = encoder.encode(wide)
+    for part in ((2, 48), (32, 2), (2, 4), (6, 10)):
+        assert all(torch.equal(a, b) for a, b in zip(encoder.encode(wide, part), whole, strict=True)), part
+    top = torch.randint(0, 32, whole[0].shape)  # fixed top codes, with candidates
+    whole, parted = encoder.encode(wide, None, 3, [top]), encoder.encode(wide, (2, 4), 3, [top])
     assert torch.equal(whole[0], top) and len(whole) == 2 + 2 * 2
-    assert all(torch.equal(a, b) for a, b in zip(banded, whole, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(parted, whole, strict=True))
     assert torch.equal(whole[4][:, 0], whole[1])  # the bottom's nearest candidate is its code
+
+
+def test_a_wide_map_is_cut_into_blocks_and_a_narrow_one_into_bands() -> None:
+    """Whichever computes fewer halo codes: a band 27 rows tall with a halo of 20 does 2.5 times its work."""
+    assert part_shape(1600, 2400, 2**16, 20, 2) == (256, 256)
+    assert part_shape(540, 960, 2**16, 20, 2) == (256, 256)
+    assert part_shape(128, 192, 2**16, 20, 2) == (342, 192)  # one part: the map is smaller
+    assert part_shape(4000, 400, 2**16, 20, 2) == (164, 400)  # bands of 164 rows beat blocks of 256
 
 
 _WORKER = textwrap.dedent(

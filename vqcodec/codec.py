@@ -51,6 +51,7 @@ from vqcodec.imageio import (
 )
 from vqcodec.metadata import parse_metadata
 from vqcodec.models.model import CodecModel
+from vqcodec.models.vqvae import part_shape
 from vqcodec.quality import DEFAULT_QUALITY, coded_size, scale
 from vqcodec.walk import CodeStep, Progress, shifted, walk
 
@@ -63,11 +64,13 @@ class Budgets:
     """How much the codec computes at once (memory against speed), and the largest image it takes. No
     budget changes a byte or a pixel."""
 
-    encode_band_codes: int = 2**16
-    """Bottom-level codes the VQ-VAE encoder computes at once (plus its halo): bounds the memory of
-    encoding a large image instead of growing with its area."""
-    render_band_codes: int = 2**16
-    """Bottom-level codes the VQ-VAE decoder turns into pixels at once (plus its halo)."""
+    encode_part_codes: int = 2**16
+    """Bottom-level codes the VQ-VAE encoder computes at once (plus its halo), in bands of rows or
+    square blocks (``part_shape``): bounds the memory of encoding a large image instead of growing with
+    its area."""
+    render_part_codes: int = 2**14
+    """Bottom-level codes the VQ-VAE decoder turns into pixels at once (plus its halo): smaller parts
+    than the encoder's, whose halo is wider, since the decoder's pixel-sized maps outgrow the caches."""
     batch_rows: tuple[int, int] = (3 * TILE_WAVE, 32 * TILE_WAVE)
     """On the CPU and on a GPU, the pixel rows of the waves of the files that ``decode_many`` decodes
     together (``Codec.files_per_batch``): on 2 CPU cores more gain nothing; a GPU's throughput grows
@@ -281,13 +284,18 @@ class Codec:
         [h, w, M] (``ExactEncoder.encode``)."""
         padded = pad_to_multiple(rgb, self.multiple)
         pixels = torch.tensor(padded, device=self.device).permute(2, 0, 1)[None]
-        band_rows = max(
-            1, self.budgets.encode_band_codes * self.model.vqvae.config.bottom_stride // padded.shape[1]
+        vqvae = self.model.vqvae
+        stride = vqvae.config.bottom_stride
+        part = part_shape(
+            padded.shape[0] // stride,
+            padded.shape[1] // stride,
+            self.budgets.encode_part_codes,
+            vqvae.encode_halo(),
+            self.multiple // stride,
         )
         upper = [torch.from_numpy(level)[None] for level in fixed]
         maps = [
-            level[0].cpu().numpy()
-            for level in self.exact_encoder.encode(pixels, band_rows, candidates, upper)
+            level[0].cpu().numpy() for level in self.exact_encoder.encode(pixels, part, candidates, upper)
         ]
         n = len(self.exact_priors)
         # [M, h, w] to [h, w, M]: a step's positions index them directly
@@ -400,8 +408,14 @@ class Codec:
         alpha, ICC profile, EXIF and XMP."""
         file = decoded.file
         maps = [torch.from_numpy(level)[None] for level in decoded.codes]
-        band_rows = max(1, self.budgets.render_band_codes // decoded.codes[-1].shape[1])
-        pixels = self.exact_decoder.decode(maps, band_rows)[0].permute(1, 2, 0).cpu().numpy()
+        vqvae = self.model.vqvae
+        part = part_shape(
+            *decoded.codes[-1].shape,
+            self.budgets.render_part_codes,
+            vqvae.decode_halo(),
+            self.multiple // vqvae.config.bottom_stride,
+        )
+        pixels = self.exact_decoder.decode(maps, part)[0].permute(1, 2, 0).cpu().numpy()
         rgb = np.ascontiguousarray(crop(pixels, file.coded_height, file.coded_width))
         if file.coded_size is not None:
             rgb = resize(rgb, file.width, file.height)

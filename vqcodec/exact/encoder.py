@@ -26,7 +26,7 @@ from vqcodec.exact.vqvae import (
     quantise_layers,
     run_layers,
 )
-from vqcodec.models.vqvae import VQVAE, encode_in_bands
+from vqcodec.models.vqvae import VQVAE, Part, encode_in_parts
 
 WHOLE_MAP_VALUES = 2**24
 """Largest positions x K of a map that the encoder evaluates in one pass (its logits then take at most
@@ -143,7 +143,7 @@ class ExactEncoder:
     def encode(
         self,
         pixels: Tensor,
-        band_rows: int | None = None,
+        part: Part | None = None,
         candidates: int = 0,
         fixed: list[Tensor] | None = None,
     ) -> list[Tensor]:
@@ -157,9 +157,9 @@ class ExactEncoder:
         fixed = fixed or []
         factors = [2 ** (self.config.n_levels - 1 - level) for level in range(len(fixed))]
 
-        def encode(images: Tensor, rows: slice) -> list[Tensor]:
+        def encode(images: Tensor, rows: slice, cols: slice) -> list[Tensor]:
             upper = [
-                level[:, rows.start // f : -(-rows.stop // f)]
+                level[:, rows.start // f : -(-rows.stop // f), cols.start // f : -(-cols.stop // f)]
                 for level, f in zip(fixed, factors, strict=True)
             ]
             per_image = [
@@ -171,7 +171,7 @@ class ExactEncoder:
         m = self.config.multiple
         if pixels.shape[-2] % m or pixels.shape[-1] % m:
             raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of {m}")
-        return encode_in_bands(encode, pixels, self.config, self._encode_halo, band_rows)
+        return encode_in_parts(encode, pixels, self.config, self._encode_halo, part)
 
     def encode_image(
         self, pixels: Tensor, candidates: int = 0, fixed: list[Tensor] | None = None

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from vqcodec.exact.arithmetic import ACT_MAX
 from vqcodec.exact.quantise import scaled_rows
 from vqcodec.models.config import VQVAEConfig
-from vqcodec.models.vqvae import VQVAE, ResBlock, decode_in_bands
+from vqcodec.models.vqvae import VQVAE, Part, ResBlock, decode_in_parts
 
 FP = 14
 """Fractional bits of every VQ-VAE activation: the float model's activations stay below 16 on Kodak,
@@ -218,14 +218,14 @@ class ExactDecoder:
         return self
 
     @torch.inference_mode()
-    def decode(self, codes: list[Tensor], band_rows: int | None = None) -> Tensor:
-        """uint8 pixels [B, 3, H, W] of int64 code maps [B, h_l, w_l], top first, ``band_rows`` bottom
-        code rows at a time (plus the halo the layers read)."""
+    def decode(self, codes: list[Tensor], part: Part | None = None) -> Tensor:
+        """uint8 pixels [B, 3, H, W] of int64 code maps [B, h_l, w_l], top first, in parts of ``part``
+        bottom-level codes (plus the halo the layers read; None: the whole map at once)."""
 
         def decode(maps: list[Tensor]) -> Tensor:
             return torch.stack([self.decode_maps([m[i] for m in maps]) for i in range(len(maps[0]))])
 
-        return decode_in_bands(decode, codes, self.config, self._halo, band_rows)
+        return decode_in_parts(decode, codes, self.config, self._halo, part)
 
     def decode_maps(self, codes: list[Tensor]) -> Tensor:
         """uint8 pixels [3, H, W] of one image's int64 code maps [h_l, w_l], top first."""

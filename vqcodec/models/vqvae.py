@@ -9,6 +9,7 @@ Levels are listed top first everywhere, as in the config.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
@@ -288,19 +289,20 @@ class VQVAE(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, band_rows: int | None = None) -> list[torch.Tensor]:
+    def encode(self, x: torch.Tensor, part: Part | None = None) -> list[torch.Tensor]:
         """Int64 codes [B, h_l, w_l] per level, top first. Never updates the codebooks.
 
-        ``band_rows`` bounds memory on large images (``encode_in_bands``).
+        ``part`` bounds memory on large images (``encode_in_parts``).
         """
 
-        def encode(image: torch.Tensor, _rows: slice) -> list[torch.Tensor]:
+        def encode(image: torch.Tensor, _rows: slice, _cols: slice) -> list[torch.Tensor]:
             return [out.codes for out in self.quantize(image, update=False)]
 
-        return encode_in_bands(encode, x, self.config, self.encode_halo(), band_rows)
+        return encode_in_parts(encode, x, self.config, self.encode_halo(), part)
 
     def encode_halo(self) -> int:
-        """Bottom-level code rows beyond which a pixel cannot change a code, in whole top-level rows.
+        """Bottom-level code rows beyond which a pixel cannot change a code, in whole top-level rows (and
+        as many columns: every kernel is square).
 
         In pixels: a level's features reach ``1 + n_res_blocks`` rows of its own resolution (3x3 conv,
         res blocks), each 4x4 stride-2 conv below turning a reach of r rows into 2r + 1; a level's
@@ -326,79 +328,125 @@ class VQVAE(nn.Module):
         unit = 2**bottom
         return -(-codes // (c.bottom_stride * unit)) * unit
 
-    def decode_codes(self, codes: list[torch.Tensor], band_rows: int | None = None) -> torch.Tensor:
+    def decode_codes(self, codes: list[torch.Tensor], part: Part | None = None) -> torch.Tensor:
         """The image (input convention, not clamped) for codes per level, top first.
 
-        ``band_rows`` bounds memory on large images (``decode_in_bands``).
+        ``part`` bounds memory on large images (``decode_in_parts``).
         """
 
         def decode(maps: list[torch.Tensor]) -> torch.Tensor:
             return self._decode([q.embed(c) for q, c in zip(self.quantizers, maps, strict=True)])
 
-        return decode_in_bands(decode, codes, self.config, self.decode_halo(), band_rows)
+        return decode_in_parts(decode, codes, self.config, self.decode_halo(), part)
 
     def decode_halo(self) -> int:
-        """Bottom-level code rows beyond which a code cannot change a decoded pixel, rounded up to whole
-        top-level rows: 3x3 convs and res blocks add one row each, each transposed conv one row of its
-        input (at most one in all at the bottom level and above, 2^(L-1) for the upsampled top level)."""
+        """Bottom-level code rows (and columns) beyond which a code cannot change a decoded pixel,
+        rounded up to whole top-level rows: 3x3 convs and res blocks add one row each, each transposed
+        conv one row of its input (at most one in all at the bottom level and above, 2^(L-1) for the
+        upsampled top level)."""
         unit = 2 ** (self.config.n_levels - 1)
         radius = self.config.n_res_blocks + 3 + unit
         return -(-radius // unit) * unit
 
 
-def encode_in_bands(
-    encode: Callable[[torch.Tensor, slice], list[torch.Tensor]],
+Part = tuple[int, int]
+"""Bottom-level code rows and columns that the VQ-VAE computes at once, besides the halo around them."""
+
+
+def part_shape(height: int, width: int, codes: int, halo: int, unit: int) -> Part:
+    """The part of about ``codes`` codes of a height x width bottom-level map that wastes the least
+    work on its halo: whole-width bands of rows, or, on a map so wide that a band would be thin beside
+    its halo, square blocks. Parts start on top-level codes (``unit`` bottom codes)."""
+    rows = -(-max(1, codes // width) // unit) * unit
+    side = max(unit, math.isqrt(codes) // unit * unit)
+    band_work, block_work = (rows + 2 * halo) / rows, ((side + 2 * halo) / side) ** 2
+    if width > side + 2 * halo and block_work < band_work:
+        return side, side
+    return rows, width
+
+
+def _spans(size: int, part: int, halo: int, unit: int) -> list[tuple[int, int, int, int]]:
+    """Along one side of ``size`` codes: (start, stop) of each part's codes and (lo, hi) of the codes it
+    is computed from, its halo included; a side that one part and its halo cover is not cut."""
+    part = -(-part // unit) * unit  # parts start on top-level codes
+    if size <= part + 2 * halo:
+        return [(0, size, 0, size)]
+    return [
+        (start, min(size, start + part), max(0, start - halo), min(size, start + part + halo))
+        for start in range(0, size, part)
+    ]
+
+
+def encode_in_parts(
+    encode: Callable[[torch.Tensor, slice, slice], list[torch.Tensor]],
     x: torch.Tensor,
     config: VQVAEConfig,
     halo: int,
-    band_rows: int | None,
+    part: Part | None,
 ) -> list[torch.Tensor]:
-    """``encode(x, rows)`` (images [B, C, H, W] whose bottom-level code rows are ``rows``, to codes per
-    level [B, h_l, w_l], top first, and possibly pairs of maps [B, ..., h_l, w_l] per level after them),
-    computed in bands of about ``band_rows`` bottom-level code rows when that is given and the image is
-    taller: each band from the image rows under it and ``halo`` code rows above and below
-    (``VQVAE.encode_halo``), beyond which a pixel cannot change its codes, so the bands give the maps
-    of the whole image."""
+    """``encode(x, rows, cols)`` (images [B, C, H, W] whose bottom-level codes are ``rows`` x ``cols``,
+    to codes per level [B, h_l, w_l], top first, and possibly pairs of maps [B, ..., h_l, w_l] per
+    level after them), computed in parts of ``part`` bottom-level codes (None: the whole image): each
+    part from the pixels under it and ``halo`` codes around it (``VQVAE.encode_halo``), beyond which a
+    pixel cannot change its codes, so the parts give the maps of the whole image."""
     stride, n = config.bottom_stride, config.n_levels
-    height = x.shape[-2] // stride
-    if band_rows is None or height <= band_rows + 2 * halo:
-        return encode(x, slice(0, height))
-    factors = [2 ** (n - 1 - level) for level in range(n)]  # bottom rows per row
-    band = -(-band_rows // factors[0]) * factors[0]  # bands start on top-level rows
-    parts: list[list[torch.Tensor]] = []
-    for start in range(0, height, band):
-        stop = min(height, start + band)
-        lo, hi = max(0, start - halo), min(height, stop + halo)
-        maps = encode(x[..., lo * stride : hi * stride, :], slice(lo, hi))
-        parts = parts or [[] for _ in maps]
-        map_factors = factors + [factors[i // 2] for i in range(len(maps) - n)]
-        for part, level_map, f in zip(parts, maps, map_factors, strict=True):
-            part.append(level_map[..., (start - lo) // f : (stop - lo) // f, :])
-    return [torch.cat(part, dim=-2) for part in parts]
+    height, width = x.shape[-2] // stride, x.shape[-1] // stride
+    if part is None:
+        return encode(x, slice(0, height), slice(0, width))
+    factors = [2 ** (n - 1 - level) for level in range(n)]  # bottom codes per code
+    rows_of_parts: list[list[list[torch.Tensor]]] = []
+    for start, stop, lo, hi in _spans(height, part[0], halo, factors[0]):
+        row: list[list[torch.Tensor]] = []
+        for left, right, c_lo, c_hi in _spans(width, part[1], halo, factors[0]):
+            maps = encode(
+                x[..., lo * stride : hi * stride, c_lo * stride : c_hi * stride],
+                slice(lo, hi),
+                slice(c_lo, c_hi),
+            )
+            map_factors = factors + [factors[i // 2] for i in range(len(maps) - n)]
+            row.append(
+                [
+                    level_map[
+                        ..., (start - lo) // f : (stop - lo) // f, (left - c_lo) // f : (right - c_lo) // f
+                    ]
+                    for level_map, f in zip(maps, map_factors, strict=True)
+                ]
+            )
+        rows_of_parts.append([torch.cat(level, dim=-1) for level in zip(*row, strict=True)])
+    return [torch.cat(level, dim=-2) for level in zip(*rows_of_parts, strict=True)]
 
 
-def decode_in_bands(
+def decode_in_parts(
     decode: Callable[[list[torch.Tensor]], torch.Tensor],
     codes: list[torch.Tensor],
     config: VQVAEConfig,
     halo: int,
-    band_rows: int | None,
+    part: Part | None,
 ) -> torch.Tensor:
-    """``decode(codes)`` (codes per level, top first, to images [B, C, H, W]), computed in bands of about
-    ``band_rows`` bottom-level code rows when that is given and the map is taller: each band with
-    ``halo`` rows of context above and below that the decoder's receptive field needs
-    (``VQVAE.decode_halo``), so the bands join without seams."""
+    """``decode(codes)`` (codes per level, top first, to images [B, C, H, W]), computed in parts of
+    ``part`` bottom-level codes (None: the whole map): each with ``halo`` codes of context around it
+    that the decoder's receptive field needs (``VQVAE.decode_halo``), so the parts join without seams."""
     if len(codes) != config.n_levels:
         raise ValueError(f"{len(codes)} code maps for {config.n_levels} levels")
-    height = codes[-1].shape[-2]
-    if band_rows is None or height <= band_rows + 2 * halo:
+    if part is None:
         return decode(codes)
-    factors = [2 ** (len(codes) - 1 - level) for level in range(len(codes))]  # bottom rows per row
-    band = -(-band_rows // factors[0]) * factors[0]  # bands start on top-level rows
-    parts = []
-    for start in range(0, height, band):
-        stop = min(height, start + band)
-        lo, hi = max(0, start - halo), min(height, stop + halo)
-        image = decode([c[..., lo // f : -(-hi // f), :] for c, f in zip(codes, factors, strict=True)])
-        parts.append(image[..., (start - lo) * config.bottom_stride : (stop - lo) * config.bottom_stride, :])
-    return torch.cat(parts, dim=-2)
+    height, width, stride = codes[-1].shape[-2], codes[-1].shape[-1], config.bottom_stride
+    factors = [2 ** (len(codes) - 1 - level) for level in range(len(codes))]  # bottom codes per code
+    rows = []
+    for start, stop, lo, hi in _spans(height, part[0], halo, factors[0]):
+        row = []
+        for left, right, c_lo, c_hi in _spans(width, part[1], halo, factors[0]):
+            maps = [
+                c[..., lo // f : -(-hi // f), c_lo // f : -(-c_hi // f)]
+                for c, f in zip(codes, factors, strict=True)
+            ]
+            image = decode(maps)
+            row.append(
+                image[
+                    ...,
+                    (start - lo) * stride : (stop - lo) * stride,
+                    (left - c_lo) * stride : (right - c_lo) * stride,
+                ]
+            )
+        rows.append(torch.cat(row, dim=-1))
+    return torch.cat(rows, dim=-2)
