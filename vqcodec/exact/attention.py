@@ -61,17 +61,14 @@ def attention_rows(
     blocks = query.new_zeros(m, heads, heads, d)  # [m, head, head', d]: head's query where head == head'
     blocks.diagonal(dim1=1, dim2=2).copy_(query.view(m, heads, d).transpose(1, 2))
     blocks = blocks.view(m, heads, c)
-    raw = torch.cat(
-        [torch.bmm(blocks, keys.transpose(1, 2)) for keys in key_rows], dim=2
-    )  # [m, heads, n_off]
-    weights = attention_weights(raw, valid)
+    raw = torch.cat([torch.bmm(blocks, keys.transpose(1, 2)) for keys in key_rows], dim=2)
+    weights = attention_weights(raw, valid)  # [m, heads, n_off]
     mixed, start = None, 0
     for values in value_rows:
         part = weights[:, :, start : start + values.shape[1]]
         mixed = torch.bmm(part, values) if mixed is None else mixed.baddbmm_(part, values)
         start += values.shape[1]
     assert mixed is not None, "a window has rows"
-    out = (
-        mixed.view(m, heads, heads, d).diagonal(dim1=1, dim2=2).transpose(1, 2)
-    )  # [m, heads, d]: own channels
+    # [m, head, head', d] to [m, heads, d]: each head's own channels
+    out = mixed.view(m, heads, heads, d).diagonal(dim1=1, dim2=2).transpose(1, 2)
     return round_shift(out, P_BITS).reshape(m, c)
