@@ -41,6 +41,7 @@ the frequency tables ``freqs`` [n, K] (tile by tile, each tile's positions by in
 returns the n codes."""
 
 
+@torch.inference_mode()  # integers need no autograd, whose bookkeeping every one of many small ops pays
 def walk(
     priors: Sequence[ExactPrior],
     coding_order: CodingOrder,
