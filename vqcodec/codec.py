@@ -51,7 +51,7 @@ from vqcodec.imageio import (
 )
 from vqcodec.metadata import parse_metadata
 from vqcodec.models.model import CodecModel
-from vqcodec.models.vqvae import part_shape
+from vqcodec.models.vqvae import Part, part_shape
 from vqcodec.quality import DEFAULT_QUALITY, coded_size, scale
 from vqcodec.walk import CodeStep, Progress, shifted, walk
 
@@ -284,15 +284,9 @@ class Codec:
         [h, w, M] (``ExactEncoder.encode``)."""
         padded = pad_to_multiple(rgb, self.multiple)
         pixels = torch.tensor(padded, device=self.device).permute(2, 0, 1)[None]
-        vqvae = self.model.vqvae
-        stride = vqvae.config.bottom_stride
-        part = part_shape(
-            padded.shape[0] // stride,
-            padded.shape[1] // stride,
-            self.budgets.encode_part_codes,
-            vqvae.encode_halo(),
-            self.multiple // stride,
-        )
+        stride = self.model.vqvae.config.bottom_stride
+        map_size = (padded.shape[0] // stride, padded.shape[1] // stride)
+        part = self._part(map_size, self.budgets.encode_part_codes, self.model.vqvae.encode_halo())
         upper = [torch.from_numpy(level)[None] for level in fixed]
         maps = [
             level[0].cpu().numpy() for level in self.exact_encoder.encode(pixels, part, candidates, upper)
@@ -403,17 +397,17 @@ class Codec:
             file.check_codes(maps)
         return [Decoded(*fields) for fields in zip(files, codes, level_bits, strict=True)]
 
+    def _part(self, map_size: tuple[int, int], codes: int, halo: int) -> Part:
+        """The VQ-VAE's part of a bottom-level map of ``map_size`` (``part_shape``)."""
+        return part_shape(*map_size, codes, halo, self.multiple // self.model.vqvae.config.bottom_stride)
+
     def render(self, decoded: Decoded) -> Image.Image:
         """Run the exact VQ-VAE decoder (exact.md §10) on checked codes and restore the image's size, mode,
         alpha, ICC profile, EXIF and XMP."""
         file = decoded.file
         maps = [torch.from_numpy(level)[None] for level in decoded.codes]
-        vqvae = self.model.vqvae
-        part = part_shape(
-            *decoded.codes[-1].shape,
-            self.budgets.render_part_codes,
-            vqvae.decode_halo(),
-            self.multiple // vqvae.config.bottom_stride,
+        part = self._part(
+            decoded.codes[-1].shape, self.budgets.render_part_codes, self.model.vqvae.decode_halo()
         )
         pixels = self.exact_decoder.decode(maps, part)[0].permute(1, 2, 0).cpu().numpy()
         rgb = np.ascontiguousarray(crop(pixels, file.coded_height, file.coded_width))
