@@ -77,6 +77,17 @@ def test_train_export_sample(tmp_path: Path) -> None:
     fails("sample", "--model", images / "img1.png", "--out", out, message="not a model file")
 
 
+def test_refine_a_models_decoder(tmp_path: Path) -> None:
+    images = make_images(tmp_path / "images")
+    run, model = tmp_path / "run", tmp_path / "refined.safetensors"
+    tiny = Path(__file__).resolve().parents[1] / "bitstream_spec" / "vectors" / "tiny.safetensors"
+    assert "vqcodec train decoder" in ok("train", "from-model", "--model", tiny, "--out", run).stdout
+    decoder = ["train", "decoder", "--run-dir", run, "--data", images, "--device", "cpu", "--crop", "32"]
+    fails(*decoder, "--steps", "2", "--crop", "30", message="multiple of 8")
+    assert "Stage 1b (decoder) done" in ok(*decoder, "--steps", "2").stderr
+    assert "decoder" in ok("export", "--run-dir", run, "--out", model).stderr
+
+
 def test_user_errors_are_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -150,7 +161,8 @@ def test_training_options_pass_through_torchrun() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["train"], ["train", "vqvae"], ["train", "prior"], ["export"], ["sample"]]
+    "command",
+    [[], ["train"], ["train", "vqvae"], ["train", "prior"], ["train", "decoder"], ["export"], ["sample"]],
 )
 def test_help_teaches_with_examples(command: list[str]) -> None:
     result = ok(*command, "--help")

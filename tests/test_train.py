@@ -322,3 +322,49 @@ def test_new_priors_for_a_trained_models_codes(images: Path, tmp_path: Path) -> 
     for bad, message in (("top.channels", "LEVEL.KEY=VALUE"), ("middle.channels=8", "unknown level")):
         with pytest.raises(ValueError, match=message):
             run_from_model(TINY_MODEL, tmp_path / "other", [bad])
+
+
+# --- a refined decoder for a trained model's codes -------------------------------------------------
+
+
+def test_refined_decoder_keeps_codes_and_priors(images: Path, val_images: Path, tmp_path: Path) -> None:
+    from vqcodec.train.checkpoint import save_checkpoint
+    from vqcodec.train.decoder import DECODER_PARTS, train_decoder
+    from vqcodec.train.from_model import run_from_model
+
+    run = tmp_path / "run"
+    run_from_model(TINY_MODEL, run, [])
+    export(run, tmp_path / "same.safetensors")  # the model's own priors come along
+    same, _ = read_model(tmp_path / "same.safetensors")
+    old, _ = read_model(TINY_MODEL)
+    assert_identical(same.state_dict(), old.state_dict())
+
+    train_decoder(
+        run, images, 6, batch_size=4, crop=CROP, device="cpu", lr=1e-3, val_data=val_images, log_every=1
+    )
+    lrs = [r["lr"] for r in metrics(run, "decoder") if "lr" in r]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < lrs[0] / 10  # the cosine's decay
+    assert "val_psnr" in metrics(run, "decoder")[-1]
+    export(run, tmp_path / "refined.safetensors")
+    new, _ = read_model(tmp_path / "refined.safetensors")
+    assert_identical(new.priors.state_dict(), old.priors.state_dict())
+    new_vqvae, old_vqvae = new.vqvae.state_dict(), old.vqvae.state_dict()
+    changed = {key for key in old_vqvae if not torch.equal(new_vqvae[key], old_vqvae[key])}
+    assert changed and all(key.startswith(DECODER_PARTS) for key in changed)  # the same codes
+
+    # a stage-1 checkpoint that changed since: the refined decoder belongs to another VQ-VAE
+    vqvae = old.vqvae
+    with torch.no_grad():
+        vqvae.encoders[0].net[0].weight.add_(0.01)
+    scaler = torch.amp.GradScaler("cpu", False)
+    save_checkpoint(checkpoint_path(run, "vqvae"), vqvae, torch.optim.Adam(vqvae.parameters()), scaler, 1, {})
+    with pytest.raises(ValueError, match="another VQ-VAE"):
+        export(run, tmp_path / "stale.safetensors")
+
+
+def test_new_priors_keep_the_unchanged_levels_prior(tmp_path: Path) -> None:
+    from vqcodec.train.from_model import run_from_model
+
+    run_from_model(TINY_MODEL, tmp_path, ["top.channels=8"])
+    assert not checkpoint_path(tmp_path, "prior-top").exists()
+    assert checkpoint_path(tmp_path, "prior-bottom").exists()

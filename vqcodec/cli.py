@@ -63,6 +63,8 @@ def main() -> None:
 def train() -> None:
     """Train a model: stage 1 (the VQ-VAE), then stage 2 (one prior per level, top first).
 
+    Stage 1b (train decoder) refines the decoder of a trained VQ-VAE, at any time after stage 1.
+
     \b
     Several GPUs: launch the same command with torchrun, e.g.
       torchrun --nproc-per-node 8 -m vqcodec train vqvae --data photos/ --out runs/a --steps 7000
@@ -74,13 +76,13 @@ def train() -> None:
     """
 
 
-def common_training_options(f: F) -> F:
-    """Options both training stages share."""
+def common_training_options(lr: float = 3e-4) -> Callable[[F], F]:
+    """The options every training stage shares; ``lr`` is the stage's default learning rate."""
     options = [
         click.option("--steps", type=click.IntRange(min=1), required=True, help="Total steps of the run."),
         click.option("--device", default=None, help=DEVICE_HELP, show_default=False),
         click.option(
-            "--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, help="Adam learning rate."
+            "--lr", type=click.FloatRange(min=0, min_open=True), default=lr, help="Adam learning rate."
         ),
         click.option("--seed", type=int, default=0, help="Seeds initialisation, data stream and dropout."),
         click.option("--val-every", type=click.IntRange(min=1), default=1000, help="Validate every N steps."),
@@ -108,9 +110,13 @@ def common_training_options(f: F) -> F:
             help="Resume from the checkpoint [default: when one exists].",
         ),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
 
 
 @train.command("vqvae")
@@ -133,7 +139,7 @@ def common_training_options(f: F) -> F:
 @click.option(
     "--val", "val_data", type=click.Path(exists=True, file_okay=False), help="Folder of validation images."
 )
-@common_training_options
+@common_training_options()
 @reports_errors
 def train_vqvae(data: str, run: str, preset: str | None, **options: Any) -> None:
     """Stage 1: train the VQ-VAE on random crops of the images under --data.
@@ -181,7 +187,7 @@ def train_pack(data: str, out: str, short_side: int, quality: int) -> None:
 )
 @reports_errors
 def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> None:
-    """Start a run from a trained model's VQ-VAE, to train new priors for the same codes.
+    """Start a run from a trained model: new priors, or a refined decoder, for the same codes.
 
     \b
     The priors decide how fast files decode; their size can change without retraining the VQ-VAE:
@@ -189,11 +195,19 @@ def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> 
       vqcodec train prior --run-dir runs/small --level top --data photos/ --val val/ --steps 3750
       vqcodec train prior --run-dir runs/small --level bottom --steps 13000
       vqcodec export --run-dir runs/small --out small.safetensors --half
+    The priors whose configuration no --set changes are the model's own; with no --set, refine
+    the decoder (the codes, and so the bits, stay the same):
+      vqcodec train from-model --out runs/refined
+      vqcodec train decoder --run-dir runs/refined --data photos/ --val val/ --steps 10000
+      vqcodec export --run-dir runs/refined --out refined.safetensors --half
     """
     from vqcodec.train.from_model import run_from_model
 
     run_from_model(model, out, list(settings))
-    click.echo(f"{out} is ready: next, vqcodec train prior --run-dir {out} --level top --data IMAGES")
+    if settings:
+        click.echo(f"{out} is ready: next, vqcodec train prior --run-dir {out} --level top --data IMAGES")
+    else:
+        click.echo(f"{out} is ready: next, vqcodec train decoder --run-dir {out} --data IMAGES")
 
 
 @train.command("prior")
@@ -230,7 +244,7 @@ def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> 
     default=None,
     help="Crop side for the codes [default: the cached codes', else stage 1's].",
 )
-@common_training_options
+@common_training_options()
 @reports_errors
 def train_prior(run: str, level: str, **options: Any) -> None:
     """Stage 2: train the prior of one level on codes of the trained VQ-VAE.
@@ -246,6 +260,44 @@ def train_prior(run: str, level: str, **options: Any) -> None:
     from vqcodec.train.stage2 import train_prior as api
 
     api(run, level, **options)
+
+
+@train.command("decoder")
+@click.option(
+    "--run-dir",
+    "--run",
+    "run",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Run folder (after stage 1). --run is an alias that torchrun rejects (its own --run-path).",
+)
+@click.option(
+    "--data", type=click.Path(exists=True, file_okay=False), required=True, help="Folder of training images."
+)
+@click.option(
+    "--val", "val_data", type=click.Path(exists=True, file_okay=False), help="Folder of validation images."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Images per step (global).")
+@click.option(
+    "--crop", type=click.IntRange(min=1), default=128, help="Side of the square training crops (px)."
+)
+@common_training_options(lr=1e-4)
+@reports_errors
+def train_decoder(run: str, data: str, **options: Any) -> None:
+    """Stage 1b: refine the VQ-VAE's decoder for its frozen codes (PSNR up, bits unchanged).
+
+    The encoder and the codebooks stay as they are, so every code and every prior stays valid; the
+    learning rate (--lr) decays to zero along a cosine over --steps. Small enough
+    for a CPU. Writes RUN/decoder/checkpoint.safetensors, which export then uses:
+
+    \b
+      vqcodec train from-model --out runs/refined
+      vqcodec train decoder --run-dir runs/refined --data photos/ --val val/ --steps 10000 --device cpu
+      vqcodec export --run-dir runs/refined --out refined.safetensors --half
+    """
+    from vqcodec.train.decoder import train_decoder as api
+
+    api(run, data, **options)
 
 
 # --- model files -----------------------------------------------------------------------------------

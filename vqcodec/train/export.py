@@ -15,13 +15,15 @@ import torch
 from vqcodec.models.config import level_names
 from vqcodec.models.model import CodecModel
 from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
+from vqcodec.train.decoder import STAGE as DECODER_STAGE
+from vqcodec.train.decoder import refined_decoder
 from vqcodec.train.run import prior_stage, read_config, say
 from vqcodec.zoo.modelfile import save_model
 
 
 def _run_files(run: Path, n_levels: int) -> list[Path]:
     """The files and folders a run owns, which an export must never overwrite."""
-    stages = ["vqvae", "codes", *(prior_stage(n_levels, level) for level in range(n_levels))]
+    stages = ["vqvae", DECODER_STAGE, "codes", *(prior_stage(n_levels, level) for level in range(n_levels))]
     return [run / "config.json", run / "metrics.jsonl", *(run / stage for stage in stages)]
 
 
@@ -66,7 +68,8 @@ def export(
 ) -> str:
     """Write the model of ``run`` to the model file ``out``; return the file's SHA-256 (hex).
 
-    ``half`` stores the parameters as float16, as the bundled models do.
+    ``half`` stores the parameters as float16, as the bundled models do. A refined decoder
+    (``decoder.train_decoder``) replaces stage 1's.
 
     Every level needs a trained prior; with ``allow_untrained`` a missing one keeps its (seeded,
     so reproducible) random initialisation, which is only useful for testing the plumbing. A
@@ -105,6 +108,10 @@ def export(
         torch.manual_seed(0)
         model = CodecModel(config)
     model.vqvae.load_state_dict(read_model_state(vqvae))
+    decoder = refined_decoder(run, vqvae_sha256)
+    if decoder is not None:
+        say(f"The decoder is {checkpoint_path(run, DECODER_STAGE)}'s (vqcodec train decoder)")
+        model.vqvae.load_state_dict({**model.vqvae.state_dict(), **decoder})
     for level, path in trained.items():
         model.priors[level].load_state_dict(read_model_state(path))
     out.parent.mkdir(parents=True, exist_ok=True)

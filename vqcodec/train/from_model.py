@@ -1,10 +1,13 @@
-"""A run folder whose stage 1 is a trained model's VQ-VAE: new priors for the same codes.
+"""A run folder whose stage 1 is a trained model's VQ-VAE: new priors or a refined decoder for the
+same codes.
 
 The priors are what decoding spends its time in, so their size is worth changing without training
-the VQ-VAE again (which would change every code). ``run_from_model`` writes ``RUN/config.json``
-(the model's configuration with the given prior settings changed) and a stage-1 checkpoint holding
-the model's VQ-VAE; ``vqcodec train prior --run RUN --data ... --val ...`` then trains the priors
-and ``vqcodec export`` writes the new model.
+the VQ-VAE again (which would change every code); the decoder can be refined for the codes as they
+are (``decoder.py``). ``run_from_model`` writes ``RUN/config.json`` (the model's configuration with
+the given prior settings changed), a stage-1 checkpoint holding the model's VQ-VAE and, for every
+level whose prior keeps its configuration, a checkpoint of the model's prior; ``vqcodec train prior``
+then trains the new priors, ``vqcodec train decoder`` refines the decoder, and ``vqcodec export``
+writes the new model.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import torch
 
 from vqcodec import zoo
 from vqcodec.models.config import ModelConfig, level_names
-from vqcodec.train.checkpoint import checkpoint_path, save_checkpoint
-from vqcodec.train.run import write_config
+from vqcodec.train.checkpoint import checkpoint_path, file_sha256, save_checkpoint
+from vqcodec.train.run import prior_stage, write_config
 from vqcodec.zoo.modelfile import config_from_dict
 
 
@@ -44,16 +47,24 @@ def run_from_model(model: str | Path | None, out: str | Path, settings: list[str
     loaded, sha256 = zoo.load_cached(path, torch.device("cpu"))
     data = json.loads(loaded.config.to_json())  # plain lists and dicts, as a config file has them
     names = level_names(loaded.config.vqvae.n_levels)
+    changed = set()
     for level, key, value in map(parse_setting, settings):
         if level not in names:
             raise ValueError(f"unknown level {level!r}: this model has {', '.join(names)}")
         data["priors"][names.index(level)][key] = value
+        changed.add(names.index(level))
     config = config_from_dict(data)
     write_config(out, config)
+    scaler = torch.amp.GradScaler("cpu", False)
     vqvae = loaded.vqvae  # float32 (model files load as float32), and only read here
     meta = {"settings": {"crop": 256}, "data": None, "val_data": None, "model_sha256": sha256}
-    optimizer = torch.optim.Adam(vqvae.parameters())
-    save_checkpoint(
-        checkpoint_path(out, "vqvae"), vqvae, optimizer, torch.amp.GradScaler("cpu", False), 0, meta
-    )
+    vqvae_path = checkpoint_path(out, "vqvae")
+    save_checkpoint(vqvae_path, vqvae, torch.optim.Adam(vqvae.parameters()), scaler, 0, meta)
+    # the model's own priors are trained on exactly this VQ-VAE's codes
+    codes_source = {"vqvae_sha256": file_sha256(vqvae_path), "vqvae_step": 0, "model_sha256": sha256}
+    for level, prior in enumerate(loaded.priors):
+        if level not in changed:
+            path = checkpoint_path(out, prior_stage(len(names), level))
+            prior_meta = {"settings": {}, "level": level, "codes_source": codes_source}
+            save_checkpoint(path, prior, torch.optim.Adam(prior.parameters()), scaler, 0, prior_meta)
     return config

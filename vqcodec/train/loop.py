@@ -87,6 +87,11 @@ class Stage(ABC):
     def progress(self, record: dict[str, Any]) -> str:
         """The progress bar's short summary of a log record."""
 
+    def lr_factor(self, step: int, steps: int) -> float:
+        """The learning rate of ``step`` (of ``steps``) as a fraction of the run's: 1 unless a stage
+        decays it (a function of the step alone, so that a resumed run continues it exactly)."""
+        return 1.0
+
     def validate(self, model: nn.Module) -> Validation | None:
         """Held-out measurements of ``model`` (all ranks take part), or None when there is nothing to
         measure on."""
@@ -125,7 +130,7 @@ def train_stage(
     if start >= schedule.steps:
         say(f"{ckpt} is already at step {start} >= {schedule.steps}: nothing to do")
         return {"step": start}
-    loop = _Loop(stage, schedule, model, optimizer, scaler, log, ckpt)
+    loop = _Loop(stage, schedule, model, optimizer, scaler, log, ckpt, lr)
     record = loop.run(start)
     say(f"{stage.title} done: {ckpt} at step {schedule.steps}")
     return {"step": schedule.steps, **record}
@@ -143,8 +148,10 @@ class _Loop:
         scaler: torch.amp.GradScaler,
         log: MetricsLog,
         ckpt: Path,
+        lr: float,
     ) -> None:
         self.stage, self.schedule, self.env = stage, schedule, stage.env
+        self.lr = lr
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.net = DistributedDataParallel(model) if self.env.world_size > 1 else model
         self.log, self.ckpt = log, ckpt
@@ -164,6 +171,8 @@ class _Loop:
         self.model.train()
         for step, batch in enumerate(stage.batches(start, schedule.steps), start):
             torch.manual_seed(derive_seed(*stage.seed_parts, "step", step, self.env.rank))
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * stage.lr_factor(step, schedule.steps)
             stats = self._optimize(batch)
             totals = stats if totals is None else totals + stats
             count += 1

@@ -1,0 +1,171 @@
+"""Stage 1b: refine the VQ-VAE's decoder for the codes its frozen encoder already gives.
+
+Stage 1 trains encoder, codebooks and decoder together, so its decoder learnt to draw images from
+codes that kept moving. With the encoder and the codebooks frozen, every code stays as it was and
+the priors stay valid (they are trained on those codes), but the decoder (upsamplers and decoder)
+can be trained further on the final codes alone: PSNR rises at no cost in bits. The decoder is
+small, so this stage also runs on a CPU. ``export`` takes the refined decoder from
+``RUN/decoder/checkpoint.safetensors`` when it exists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqcodec.models.vqvae import VQVAE
+from vqcodec.train import dist
+from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
+from vqcodec.train.data import ImageFolder
+from vqcodec.train.evaluate import psnr
+from vqcodec.train.loop import Schedule, Validation, train_stage
+from vqcodec.train.run import default_device, default_workers, read_config, resolve_precision
+from vqcodec.train.stage1 import VQVAEStage
+
+STAGE = "decoder"
+DECODER_PARTS = ("upsamplers", "decoder")
+"""The VQ-VAE's modules that turn codewords into pixels: all this stage trains."""
+
+
+class DecoderHalf(nn.Module):
+    """The VQ-VAE's upsamplers and decoder, shared with it (state-dict names as in ``VQVAE``)."""
+
+    def __init__(self, vqvae: VQVAE) -> None:
+        super().__init__()
+        self.upsamplers = vqvae.upsamplers
+        self.decoder = vqvae.decoder
+
+    def forward(self, quantized: list[torch.Tensor]) -> torch.Tensor:
+        upsampled = [up(q) for up, q in zip(self.upsamplers, quantized, strict=True)]
+        return self.decoder(torch.cat(upsampled, 1))
+
+
+@dataclass
+class DecoderStage(VQVAEStage):
+    """Stage 1b as the training loop sees it: stage 1's data, a frozen encoder, MSE of the decoder."""
+
+    vqvae: VQVAE
+
+    @property
+    def name(self) -> str:
+        return STAGE
+
+    @property
+    def title(self) -> str:
+        return "Stage 1b (decoder)"
+
+    @property
+    def seed_parts(self) -> tuple[int | str, ...]:
+        return (self.seed, STAGE)
+
+    def build(self) -> nn.Module:
+        return DecoderHalf(self.vqvae)
+
+    def lr_factor(self, step: int, steps: int) -> float:
+        # a cosine decay to zero: a refinement should end at rest, not at its learning rate's noise
+        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+
+    def forward(self, net: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            quantized = [out.quantized for out in self.vqvae.quantize(batch, update=False)]
+        return net(quantized)
+
+    def loss(self, output: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mse = F.mse_loss(output.float(), batch)
+        return mse, mse.detach().reshape(1)
+
+    def summarize(self, totals: torch.Tensor, count: int) -> dict[str, Any]:
+        mse = totals.item() / count
+        return {"mse": mse, "psnr": psnr(mse)}
+
+    def progress(self, record: dict[str, Any]) -> str:
+        return f"psnr {record['psnr']:.2f}"
+
+    def validate(self, model: nn.Module) -> Validation | None:
+        return super().validate(self.vqvae)
+
+
+def train_decoder(
+    run: str | Path,
+    data: str | Path,
+    steps: int,
+    batch_size: int = 8,
+    crop: int = 128,
+    device: str | None = None,
+    lr: float = 1e-4,
+    val_data: str | Path | None = None,
+    val_every: int = 1000,
+    ckpt_every: int = 1000,
+    log_every: int = 10,
+    seed: int = 0,
+    workers: int | None = None,
+    precision: str | None = None,
+    resume: bool | None = None,
+) -> dict[str, Any]:
+    """Refine the decoder of the run in ``run`` (after stage 1) for ``steps`` steps in total.
+
+    The learning rate decays from ``lr`` to zero along a cosine. The other arguments are as for
+    ``stage1.train_vqvae``. Returns the last logged metrics.
+    """
+    run, data = Path(run), Path(data)
+    config = read_config(run).vqvae
+    if crop % config.multiple:
+        raise ValueError(f"crop {crop} must be a multiple of {config.multiple} for this model")
+    source = checkpoint_path(run, "vqvae")
+    if not source.exists():
+        raise FileNotFoundError(f"no stage-1 checkpoint at {source}: train the VQ-VAE first")
+    env = dist.setup(device or default_device())
+    precision = resolve_precision(precision, env.device)
+    vqvae = VQVAE(config)
+    vqvae.load_state_dict(read_model_state(source))
+    vqvae.requires_grad_(False).eval().to(env.device)
+    DecoderHalf(vqvae).requires_grad_(True)
+    vqvae_sha256 = file_sha256(source)
+    stage = DecoderStage(
+        env=env,
+        precision=precision,
+        settings={
+            "batch_size": batch_size,
+            "crop": crop,
+            "lr": lr,
+            "steps": steps,  # the cosine's length
+            "seed": seed,
+            "precision": precision,
+            "vqvae_sha256": vqvae_sha256,
+        },
+        meta={
+            "vqvae_sha256": vqvae_sha256,
+            "vqvae_step": read_state(source)["step"],
+            "data": str(data.resolve()),
+            "val_data": str(Path(val_data).resolve()) if val_data is not None else None,
+        },
+        config=config,
+        data=ImageFolder(data, crop),
+        val_data=ImageFolder(val_data, crop, train=False) if val_data is not None else None,
+        batch_size=batch_size,
+        seed=seed,
+        workers=default_workers(env.device) if workers is None else workers,
+        vqvae=vqvae,
+    )
+    return train_stage(stage, run, Schedule(steps, log_every, val_every, ckpt_every), lr, resume)
+
+
+def refined_decoder(run: Path, vqvae_sha256: str) -> dict[str, torch.Tensor] | None:
+    """The refined decoder's weights of ``run`` (None: the stage never ran), checked to refine the
+    run's current VQ-VAE checkpoint, whose SHA-256 is ``vqvae_sha256``."""
+    path = checkpoint_path(run, STAGE)
+    if not path.exists():
+        return None
+    refines = read_state(path)["meta"].get("vqvae_sha256")
+    if refines != vqvae_sha256:
+        raise ValueError(
+            f"{path} refines the decoder of another VQ-VAE than the run's current"
+            f" {checkpoint_path(run, 'vqvae')}: refine it again (vqcodec train decoder --no-resume)"
+        )
+    return read_model_state(path)
