@@ -125,7 +125,8 @@ def train_decoder(
     vqvae = VQVAE(config)
     vqvae.load_state_dict(read_model_state(source))
     vqvae.requires_grad_(False).eval().to(env.device)
-    DecoderHalf(vqvae).requires_grad_(True)
+    for name in DECODER_PARTS:
+        getattr(vqvae, name).requires_grad_(True)
     vqvae_sha256 = file_sha256(source)
     stage = DecoderStage(
         env=env,
