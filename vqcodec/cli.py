@@ -287,8 +287,8 @@ def train_decoder(run: str, data: str, **options: Any) -> None:
     """Stage 1b: refine the VQ-VAE's decoder for its frozen codes (PSNR up, bits unchanged).
 
     The encoder and the codebooks stay as they are, so every code and every prior stays valid; the
-    learning rate (--lr) decays to zero along a cosine over --steps. Small enough
-    for a CPU. Writes RUN/decoder/checkpoint.safetensors, which export then uses:
+    learning rate (--lr) decays to zero along a cosine over --steps. Small enough for a CPU. Writes
+    RUN/decoder/checkpoint.safetensors, which export then uses:
 
     \b
       vqcodec train from-model --out runs/refined
