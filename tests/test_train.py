@@ -368,3 +368,30 @@ def test_new_priors_keep_the_unchanged_levels_prior(tmp_path: Path) -> None:
     run_from_model(TINY_MODEL, tmp_path, ["top.channels=8"])
     assert not checkpoint_path(tmp_path, "prior-top").exists()
     assert checkpoint_path(tmp_path, "prior-bottom").exists()
+
+
+def test_refined_decoder_resumes_exactly(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vqcodec.train.decoder import train_decoder
+    from vqcodec.train.from_model import run_from_model
+
+    options = dict(batch_size=4, crop=CROP, device="cpu", ckpt_every=3)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for run in (straight, resumed):
+        run_from_model(TINY_MODEL, run, [])
+    train_decoder(straight, images, 6, **options)
+
+    batch = StreamSampler.batch
+
+    def crash_at_step_4(self: StreamSampler, step: int) -> list[tuple[int, int]]:
+        if step == 4:
+            raise KeyboardInterrupt
+        return batch(self, step)
+
+    monkeypatch.setattr(StreamSampler, "batch", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_decoder(resumed, images, 6, **options)
+    monkeypatch.setattr(StreamSampler, "batch", batch)
+    train_decoder(resumed, images, 6, **options)
+    assert_identical(tensors(resumed, "decoder"), tensors(straight, "decoder"))
