@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,6 +68,22 @@ def metrics(run: Path, stage: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["stage"] == stage]
 
 
+@contextlib.contextmanager
+def interrupted_at_step(step: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The training run inside is interrupted (KeyboardInterrupt) as its data stream reaches ``step``."""
+    batch = StreamSampler.batch
+
+    def crash(self: StreamSampler, at: int) -> list[tuple[int, int]]:
+        if at == step:
+            raise KeyboardInterrupt
+        return batch(self, at)
+
+    monkeypatch.setattr(StreamSampler, "batch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(StreamSampler, "batch", batch)
+
+
 @pytest.fixture(scope="module")
 def run8(tmp_path_factory: pytest.TempPathFactory, images: Path, val_images: Path) -> Path:
     """A stage-1 run of 8 uninterrupted steps, with validation at the end."""
@@ -117,18 +135,9 @@ def test_vqvae_loss_drops(images: Path, tmp_path: Path) -> None:
 def test_interrupted_vqvae_run_resumes_exactly(
     images: Path, val_images: Path, run8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    batch = StreamSampler.batch
-
-    def crash_at_step_6(self: StreamSampler, step: int) -> list[tuple[int, int]]:
-        if step == 6:
-            raise KeyboardInterrupt
-        return batch(self, step)
-
-    monkeypatch.setattr(StreamSampler, "batch", crash_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_step(6, monkeypatch):
         stage1(images, tmp_path, 8, ckpt_every=4, val_data=val_images, val_every=4)
     assert read_state(checkpoint_path(tmp_path, "vqvae"))["step"] == 4
-    monkeypatch.setattr(StreamSampler, "batch", batch)
 
     stage1(images, tmp_path, 8, ckpt_every=4, val_data=val_images, val_every=4)
     assert_identical(tensors(tmp_path, "vqvae"), tensors(run8, "vqvae"))
@@ -382,16 +391,7 @@ def test_refined_decoder_resumes_exactly(
         run_from_model(TINY_MODEL, run, [])
     train_decoder(straight, images, 6, **options)
 
-    batch = StreamSampler.batch
-
-    def crash_at_step_4(self: StreamSampler, step: int) -> list[tuple[int, int]]:
-        if step == 4:
-            raise KeyboardInterrupt
-        return batch(self, step)
-
-    monkeypatch.setattr(StreamSampler, "batch", crash_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_step(4, monkeypatch):
         train_decoder(resumed, images, 6, **options)
-    monkeypatch.setattr(StreamSampler, "batch", batch)
     train_decoder(resumed, images, 6, **options)
     assert_identical(tensors(resumed, "decoder"), tensors(straight, "decoder"))

@@ -119,10 +119,25 @@ def common_training_options(lr: float = 3e-4) -> Callable[[F], F]:
     return decorate
 
 
-@train.command("vqvae")
-@click.option(
+# options that several training commands share
+run_dir_option = click.option(
+    "--run-dir",
+    "--run",
+    "run",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Run folder (after stage 1). --run is an alias that torchrun rejects (its own --run-path).",
+)
+training_images_option = click.option(
     "--data", type=click.Path(exists=True, file_okay=False), required=True, help="Folder of training images."
 )
+validation_images_option = click.option(
+    "--val", "val_data", type=click.Path(exists=True, file_okay=False), help="Folder of validation images."
+)
+
+
+@train.command("vqvae")
+@training_images_option
 @click.option(
     "--out", "run", type=click.Path(file_okay=False), required=True, help="Run folder to create or resume."
 )
@@ -136,9 +151,7 @@ def common_training_options(lr: float = 3e-4) -> Callable[[F], F]:
     default=None,
     help="Model configuration [default: the run's own when resuming, else default].",
 )
-@click.option(
-    "--val", "val_data", type=click.Path(exists=True, file_okay=False), help="Folder of validation images."
-)
+@validation_images_option
 @common_training_options()
 @reports_errors
 def train_vqvae(data: str, run: str, preset: str | None, **options: Any) -> None:
@@ -211,14 +224,7 @@ def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> 
 
 
 @train.command("prior")
-@click.option(
-    "--run-dir",
-    "--run",
-    "run",
-    type=click.Path(exists=True, file_okay=False),
-    required=True,
-    help="Run folder (after stage 1). --run is an alias that torchrun rejects (its own --run-path).",
-)
+@run_dir_option
 @click.option("--level", required=True, help="top, middle, bottom, or a level index (0 = top).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Code maps per step (global).")
 @click.option(
@@ -263,20 +269,9 @@ def train_prior(run: str, level: str, **options: Any) -> None:
 
 
 @train.command("decoder")
-@click.option(
-    "--run-dir",
-    "--run",
-    "run",
-    type=click.Path(exists=True, file_okay=False),
-    required=True,
-    help="Run folder (after stage 1). --run is an alias that torchrun rejects (its own --run-path).",
-)
-@click.option(
-    "--data", type=click.Path(exists=True, file_okay=False), required=True, help="Folder of training images."
-)
-@click.option(
-    "--val", "val_data", type=click.Path(exists=True, file_okay=False), help="Folder of validation images."
-)
+@run_dir_option
+@training_images_option
+@validation_images_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Images per step (global).")
 @click.option(
     "--crop", type=click.IntRange(min=1), default=128, help="Side of the square training crops (px)."

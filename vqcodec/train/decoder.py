@@ -22,11 +22,10 @@ from torch import nn
 from vqcodec.models.vqvae import VQVAE
 from vqcodec.train import dist
 from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
-from vqcodec.train.data import ImageFolder
 from vqcodec.train.evaluate import psnr
 from vqcodec.train.loop import Schedule, Validation, train_stage
 from vqcodec.train.run import default_device, default_workers, read_config, resolve_precision
-from vqcodec.train.stage1 import VQVAEStage
+from vqcodec.train.stage1 import VQVAEStage, image_folders
 
 STAGE = "decoder"
 DECODER_PARTS = ("upsamplers", "decoder")
@@ -113,10 +112,9 @@ def train_decoder(
     The learning rate decays from ``lr`` to zero along a cosine. The other arguments are as for
     ``stage1.train_vqvae``. Returns the last logged metrics.
     """
-    run, data = Path(run), Path(data)
+    run = Path(run)
     config = read_config(run).vqvae
-    if crop % config.multiple:
-        raise ValueError(f"crop {crop} must be a multiple of {config.multiple} for this model")
+    dataset, val_set, sources = image_folders(data, val_data, crop, config.multiple)
     source = checkpoint_path(run, "vqvae")
     if not source.exists():
         raise FileNotFoundError(f"no stage-1 checkpoint at {source}: train the VQ-VAE first")
@@ -143,12 +141,11 @@ def train_decoder(
         meta={
             "vqvae_sha256": vqvae_sha256,
             "vqvae_step": read_state(source)["step"],
-            "data": str(data.resolve()),
-            "val_data": str(Path(val_data).resolve()) if val_data is not None else None,
+            **sources,
         },
         config=config,
-        data=ImageFolder(data, crop),
-        val_data=ImageFolder(val_data, crop, train=False) if val_data is not None else None,
+        data=dataset,
+        val_data=val_set,
         batch_size=batch_size,
         seed=seed,
         workers=default_workers(env.device) if workers is None else workers,

@@ -131,12 +131,9 @@ def train_vqvae(
     ``precision`` is fp32, bf16 or fp16 (default: bf16 autocast on CUDA, fp32 on CPU). ``workers``
     are data-loading processes (default: 4 on CUDA, 0 on CPU). Returns the last logged metrics.
     """
-    run, data = Path(out), Path(data)
+    run = Path(out)
     config = resolve_config(run, config)
-    if crop % config.vqvae.multiple:
-        raise ValueError(f"crop {crop} must be a multiple of {config.vqvae.multiple} for this model")
-    dataset = ImageFolder(data, crop)
-    val_set = ImageFolder(val_data, crop, train=False) if val_data is not None else None
+    dataset, val_set, sources = image_folders(data, val_data, crop, config.vqvae.multiple)
 
     env = dist.setup(device or default_device())
     precision = resolve_precision(precision, env.device)
@@ -147,10 +144,7 @@ def train_vqvae(
         env=env,
         precision=precision,
         settings={"batch_size": batch_size, "crop": crop, "lr": lr, "seed": seed, "precision": precision},
-        meta={
-            "data": str(data.resolve()),
-            "val_data": str(Path(val_data).resolve()) if val_data is not None else None,
-        },
+        meta=sources,
         config=config.vqvae,
         data=dataset,
         val_data=val_set,
@@ -159,6 +153,22 @@ def train_vqvae(
         workers=default_workers(env.device) if workers is None else workers,
     )
     return train_stage(stage, run, Schedule(steps, log_every, val_every, ckpt_every), lr, resume)
+
+
+def image_folders(
+    data: str | Path, val_data: str | Path | None, crop: int, multiple: int
+) -> tuple[ImageFolder, ImageFolder | None, dict[str, str | None]]:
+    """The random training crops and the validation centre crops of a stage that learns from images,
+    and the folders as its checkpoint records them. ``crop`` must be a multiple of the model's
+    ``multiple``."""
+    if crop % multiple:
+        raise ValueError(f"crop {crop} must be a multiple of {multiple} for this model")
+    val_set = ImageFolder(val_data, crop, train=False) if val_data is not None else None
+    sources = {
+        "data": str(Path(data).resolve()),
+        "val_data": str(Path(val_data).resolve()) if val_data is not None else None,
+    }
+    return ImageFolder(data, crop), val_set, sources
 
 
 def resolve_config(run: Path, config: ModelConfig | str | None) -> ModelConfig:
