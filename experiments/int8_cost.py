@@ -12,7 +12,10 @@ and no retraining (post-training quantisation, simulated in float):
 * the encoder's codes, bits and PSNR with the same quantisation (the encoder is not normative);
 * the time of each decoder convolution on a Kodak-sized map: format 1's exact float64 taps against one
   int8 GEMM (``torch._int_mm``) of the im2col matrix, what an 8-bit layer would take, and against the
-  six limb products a 16-bit activation and a 16-bit weight would need.
+  six limb products a 16-bit activation and a 16-bit weight would need;
+* a working W8 A8 decoder in integers only (``Int8Decoder``): its PSNR, and its time against format 1's
+  exact decoder and the whole ``decompress``;
+* the priors' GEMMs of a decode, shape by shape, in float64 and as int8.
 
     python experiments/int8_cost.py               # 24 Kodak images; writes benchmarks/results/int8/
 """
@@ -246,91 +249,121 @@ def time_conv(conv: IntegerConv, x: torch.Tensor, repeats: int) -> dict[str, obj
     }
 
 
-class Int8Conv:
-    """One convolution of an 8-bit decoder in integers: its input (a wide integer map at ``FP``) rounded
-    to 8 bits with the layer's calibrated scale, one ``torch._int_mm`` of the im2col matrix (int8 x int8
-    -> int32, exact), and the int32 sums scaled back to a wide integer at ``FP`` (a per-channel multiply
-    and floor, as a fixed-point multiply and shift would)."""
+def fixed_point(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive reals as ``m 2**-s`` with a 15-bit multiplier ``m`` in [2**14, 2**15) (int64 each)."""
+    mantissa, exponent = torch.frexp(value.double())  # value = mantissa 2**exponent, 0.5 <= mantissa < 1
+    multiplier = torch.round(mantissa * 2**15).to(torch.int64)
+    shift = (15 - exponent).to(torch.int64)
+    carry = multiplier == 2**15  # rounded up to the next power of two
+    return torch.where(carry, multiplier // 2, multiplier), torch.where(carry, shift - 1, shift)
 
-    def __init__(self, conv: nn.Module, scale: tuple[float, int, int]) -> None:
+
+def round_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x 2**-shift`` rounded half up, in integers (int64)."""
+    return torch.bitwise_right_shift(x + torch.bitwise_left_shift(torch.ones_like(shift), shift - 1), shift)
+
+
+class Int8Conv:
+    """One convolution of an 8-bit decoder in integers only: its input (a wide integer map at ``FP_BITS``)
+    rounded to 8 bits by a fixed-point multiply and shift (the layer's calibrated scale), one
+    ``torch._int_mm`` of the im2col matrix (int8 x int8 -> int32, exact), and the sums taken back to
+    wide integers at ``FP_BITS`` by a fixed-point multiply and shift per output channel, plus the bias."""
+
+    def __init__(
+        self, conv: nn.Module, scale: tuple[float, int, int], next_scale: tuple[float, int, int] | None = None
+    ) -> None:
+        """``scale``: (scale, lowest, highest) of the 8-bit input; ``next_scale``, when the output feeds
+        only a ReLU and the next convolution: that one's input scale, to round the sums to it directly
+        (the ReLU is its clamp at 0) instead of to a wide activation."""
         self.up = isinstance(conv, nn.ConvTranspose2d)
-        self.k, self.stride = conv.kernel_size[0], conv.stride[0]
+        self.k = conv.kernel_size[0]
         weight = conv.weight.detach().double()
-        if self.up:  # [in, out, 4, 4] -> per output parity (py, px) a 2x2 kernel [out, in, 2, 2]
+        if self.up:  # [in, out, 4, 4] -> like a convolution's [out, in, 4, 4]
             weight = weight.permute(1, 0, 2, 3)
-        top = 127
-        w_scale = weight.abs().flatten(1).amax(1).clamp(min=1e-12) / top
-        w_int = (weight / w_scale.view(-1, 1, 1, 1)).round().clamp(-top, top)
-        self.in_scale, self.low, self.high = scale
+        w_scale = weight.abs().flatten(1).amax(1).clamp(min=1e-12) / 127
+        w_int = (weight / w_scale.view(-1, 1, 1, 1)).round().clamp(-127, 127)
+        in_scale, self.low, self.high = scale
         self.offset = 128 if self.low == 0 else 0  # unsigned inputs enter the int8 GEMM shifted by -128
-        out = weight.shape[0]
-        self.n = out
-        self.n_padded = -(-out // 8) * 8
-        if self.up:
+        self.n = weight.shape[0]
+        if self.up:  # one 2x2 kernel per output parity (py, px), reading input rows m - 1 + py + dy
             self.kernels = []
             for py, px in ((0, 0), (0, 1), (1, 0), (1, 1)):
-                rows = [3, 1] if py == 0 else [2, 0]  # input rows m - 1 + dy, dy = 0, 1 (padded by 1)
-                cols = [3, 1] if px == 0 else [2, 0]
-                k = w_int[:, :, rows][:, :, :, cols]  # [out, in, 2, 2]
-                self.kernels.append(self._matrix(k))
+                rows, cols = ([3, 1] if py == 0 else [2, 0]), ([3, 1] if px == 0 else [2, 0])
+                self.kernels.append(self._matrix(w_int[:, :, rows][:, :, :, cols]))
         else:
             self.kernels = [self._matrix(w_int)]
-        # what multiplies the int32 sums back to the wide activation at FP, and the bias there
-        self.multiplier = (self.in_scale * w_scale * 2**FP_BITS).view(1, -1)
-        self.bias = (conv.bias.detach().double() * 2**FP_BITS).view(1, -1)
+        self.in_multiplier, self.in_shift = fixed_point(torch.tensor(2.0**-FP_BITS / in_scale))
+        # the sums times out_multiplier 2**-out_shift are the output at FP_BITS, or in units of the next
+        # layer's input scale; the bias is stored at the output's shift, so one shift rounds both
+        unit = 2.0**-FP_BITS if next_scale is None else next_scale[0]
+        self.narrow = next_scale is not None
+        self.out_low, self.out_high = (-ACT_MAX, ACT_MAX) if next_scale is None else next_scale[1:]
+        multiplier, shift = fixed_point(in_scale * w_scale / unit)
+        self.out_multiplier, self.out_shift = multiplier.view(1, -1), shift.view(1, -1)
+        bias = torch.round(conv.bias.detach().double() / unit * 2.0 ** shift.double())
+        self.out_bias = bias.to(torch.int64).view(1, -1)
 
     def _matrix(self, w_int: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The int8 GEMM matrix [taps * in, out (padded to 8)] (rows tap-major) and the offset's
         correction per output column."""
         out, cin, kh, kw = w_int.shape
-        matrix = w_int.permute(2, 3, 1, 0).reshape(kh * kw * cin, out)
-        matrix = F.pad(matrix, (0, self.n_padded - out))
+        matrix = F.pad(w_int.permute(2, 3, 1, 0).reshape(kh * kw * cin, out), (0, -out % 8))
         correction = (self.offset * matrix.sum(0)).to(torch.int64)[: self.n]
         return matrix.to(torch.int8), correction
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """int64 [H, W, C] at FP -> int64 [H', W', out] at FP."""
-        q = torch.clamp(torch.round(x.double() * (2.0**-FP_BITS / self.in_scale)), self.low, self.high)
-        q = (q - self.offset).to(torch.int8)
+        """int64 [H, W, C] at FP_BITS (or int8, already rounded to this layer's input) -> int64
+        [H', W', out] at FP_BITS (or int8 for the next layer)."""
+        if x.dtype == torch.int8:
+            q = x
+        else:
+            q = round_shift(x * self.in_multiplier, self.in_shift).clamp_(self.low, self.high)
+            q = q.sub_(self.offset).to(torch.int8)
         h, w, c = q.shape
         if self.up:
             padded = F.pad(q, (0, 0, 1, 1, 1, 1), value=-self.offset)  # the zero of x
-            out = torch.empty(h, 2, w, 2, self.n, dtype=torch.int64)
+            out = torch.empty(h, 2, w, 2, self.n, dtype=torch.int8 if self.narrow else torch.int64)
             for parity, (matrix, correction) in enumerate(self.kernels):
                 py, px = divmod(parity, 2)
                 taps = [
                     padded[py + dy : py + dy + h, px + dx : px + dx + w] for dy in (0, 1) for dx in (0, 1)
                 ]
                 cols = torch.cat(taps, dim=2).reshape(h * w, 4 * c)
-                acc = torch._int_mm(cols, matrix)[:, : self.n].to(torch.int64) + correction
-                out[:, py, :, px] = self._rescale(acc).view(h, w, self.n)
+                out[:, py, :, px] = self._wide(torch._int_mm(cols, matrix), correction).view(h, w, self.n)
             return out.view(2 * h, 2 * w, self.n)
         matrix, correction = self.kernels[0]
-        r = self.k // 2
         if self.k == 1:
             cols = q.reshape(h * w, c)
         else:
+            r = self.k // 2
             padded = F.pad(q, (0, 0, r, r, r, r), value=-self.offset)
             taps = [padded[dy : dy + h, dx : dx + w] for dy in range(self.k) for dx in range(self.k)]
             cols = torch.cat(taps, dim=2).reshape(h * w, self.k * self.k * c)
-        acc = torch._int_mm(cols, matrix)[:, : self.n].to(torch.int64) + correction
-        return self._rescale(acc).view(h, w, self.n)
+        return self._wide(torch._int_mm(cols, matrix), correction).view(h, w, self.n)
 
-    def _rescale(self, acc: torch.Tensor) -> torch.Tensor:
-        return torch.floor(acc.double() * self.multiplier + self.bias).to(torch.int64)
+    def _wide(self, sums: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+        """int32 GEMM sums [m, out padded] -> clamped wide activations int64 [m, out] at FP_BITS, or the
+        next layer's int8 input."""
+        acc = sums[:, : self.n].to(torch.int64).add_(correction).mul_(self.out_multiplier).add_(self.out_bias)
+        out = round_shift(acc, self.out_shift).clamp_(self.out_low, self.out_high)
+        return out.sub_(128).to(torch.int8) if self.narrow else out
 
 
 FP_BITS = 14
+ACT_MAX = 2**20 - 1
 
 
 class Int8Decoder:
-    """The VQ-VAE decoder with every convolution an ``Int8Conv`` (W8 A8, ranges by the calibration's
-    maximum); ReLU, residual sums and the final rounding in wide integers."""
+    """The VQ-VAE decoder in integers only, every convolution an ``Int8Conv`` (W8 A8, ranges by the
+    calibration's maximum); ReLU, residual sums, clamps and the final rounding to 8-bit pixels in wide
+    integers (int64) as format 1 does them (exact.md §10), except that a convolution whose output feeds
+    only a ReLU and another convolution rounds its sums straight to that one's 8-bit input."""
 
     def __init__(self, model: CodecModel, ranges: Ranges) -> None:
         vqvae = model.vqvae
         self.codebooks = [
-            torch.round(q.embedding.detach().double() * 2**FP_BITS).to(torch.int64) for q in vqvae.quantizers
+            torch.round(q.embedding.detach().double() * 2**FP_BITS).to(torch.int64).clamp(-ACT_MAX, ACT_MAX)
+            for q in vqvae.quantizers
         ]
         self.upsamplers = [self._layers(up, ranges) for up in vqvae.upsamplers]
         self.decoder = self._layers(vqvae.decoder.net, ranges)
@@ -338,15 +371,27 @@ class Int8Decoder:
     @staticmethod
     def _layers(net: nn.Module, ranges: Ranges) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         layers: list[Callable[[torch.Tensor], torch.Tensor]] = []
-        for module in net:
+        modules = list(net)
+        for i, module in enumerate(modules):
             if isinstance(module, nn.ReLU):
-                layers.append(lambda x: x.clamp(min=0))
+                convs = nn.Conv2d | nn.ConvTranspose2d
+                between = 0 < i < len(modules) - 1 and all(
+                    isinstance(modules[j], convs) for j in (i - 1, i + 1)
+                )
+                if not between:  # else the convolution before rounds to the next one's input
+                    layers.append(lambda x: x.clamp(min=0))
             elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-                layers.append(Int8Conv(module, ranges.scale(module, 8)))
+                following = modules[i + 1 : i + 3]
+                feeds_one = len(following) == 2 and isinstance(following[0], nn.ReLU)
+                next_scale = ranges.scale(following[1], 8) if feeds_one else None
+                layers.append(Int8Conv(module, ranges.scale(module, 8), next_scale))
             else:  # a ResBlock: x + conv1x1(relu(conv3x3(relu(x))))
-                conv1 = Int8Conv(module.net[1], ranges.scale(module.net[1], 8))
-                conv2 = Int8Conv(module.net[3], ranges.scale(module.net[3], 8))
-                layers.append(lambda x, a=conv1, b=conv2: x + b(a(x.clamp(min=0)).clamp(min=0)))
+                conv2_scale = ranges.scale(module.net[3], 8)
+                conv1 = Int8Conv(module.net[1], ranges.scale(module.net[1], 8), conv2_scale)
+                conv2 = Int8Conv(module.net[3], conv2_scale)
+                layers.append(
+                    lambda x, a=conv1, b=conv2: (x + b(a(x.clamp(min=0)))).clamp_(-ACT_MAX, ACT_MAX)
+                )
         return layers
 
     def decode(self, codes: list[torch.Tensor]) -> np.ndarray:
@@ -360,10 +405,8 @@ class Int8Decoder:
         x = torch.cat(levels, dim=2)
         for layer in self.decoder:
             x = layer(x)
-        pixels = torch.floor(
-            (x.double() * 255 + 255 * 2 ** (FP_BITS - 1) + 2 ** (FP_BITS - 1)) * 2.0**-FP_BITS
-        )
-        return pixels.clamp(0, 255).to(torch.uint8).numpy()
+        pixels = torch.bitwise_right_shift(x * 255 + 255 * 2 ** (FP_BITS - 1) + 2 ** (FP_BITS - 1), FP_BITS)
+        return pixels.clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def int8_decoder(
@@ -608,14 +651,16 @@ def write(out: Path, results: dict, seconds: float, n: int) -> None:
     lines.append("| all | | | " + " | ".join(f"{sum(r[c] for r in layers):.1f}" for c in columns) + " |")
     lines += [
         "",
-        "A working integer W8 A8 decoder (`Int8Decoder` here: int8 im2col matrices, `torch._int_mm`, the"
-        " sums scaled back to wide integers; ReLU and residual sums wide; ranges by the maximum) gives"
-        f" {engine['psnr']:.3f} dB on these images (the W8 A8 (max) row simulates the same arithmetic) and"
+        "A working W8 A8 decoder in integers only (`Int8Decoder` here: int8 im2col matrices, `torch._int_mm`,"
+        " fixed-point multiplies and shifts to 8-bit inputs and wide activations; ReLU, residual sums and"
+        " clamps in int64; ranges by the maximum) gives"
+        f" {engine['psnr']:.3f} dB on these images (the W8 A8 (max) row simulates it, up to the rounding of"
+        " its fixed-point scales) and"
         f" turns a Kodak image's code maps into pixels in {engine['int8_s']:.3f} s against format 1's exact"
         f" decoder's {engine['exact_s']:.3f} s (median ratio {engine['ratio']:.2f}, alternated, the first"
         f" {engine['timed_images']} images). Its GEMMs take the int8 column's time; the rest is elementwise"
-        " work (rounding to 8 bits, im2col copies, scaling back) that this unoptimised prototype does in"
-        f" float64. The whole `decompress` of these images' files takes {engine['decompress_s']:.3f} s: what"
+        " work in int64 (rounding to 8 bits, im2col copies, scaling back) that a fused kernel would do in"
+        f" one pass. The whole `decompress` of these images' files takes {engine['decompress_s']:.3f} s: what"
         " is not the pixel decoder is the priors' wavefront steps and the range decoder. The priors' float64"
         f" GEMMs while the first image's codes decode ({gemms['calls']} calls), each shape timed alone:"
         f" {gemms['float64_s']:.3f} s; as int8 GEMMs of the same shapes, {gemms['int8_s']:.3f} s.",
