@@ -266,8 +266,9 @@ def round_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 class Int8Conv:
     """One convolution of an 8-bit decoder in integers only: its input (a wide integer map at ``FP_BITS``)
     rounded to 8 bits by a fixed-point multiply and shift (the layer's calibrated scale), one
-    ``torch._int_mm`` of the im2col matrix (int8 x int8 -> int32, exact), and the sums taken back to
-    wide integers at ``FP_BITS`` by a fixed-point multiply and shift per output channel, plus the bias."""
+    ``torch._int_mm`` of the im2col matrix (int8 x int8 -> int32, exact), and the sums with the bias
+    taken by a fixed-point multiply and shift per output channel to wide integers at ``FP_BITS`` (or,
+    feeding a ReLU and a convolution only, to that one's 8-bit input)."""
 
     def __init__(
         self, conv: nn.Module, scale: tuple[float, int, int], next_scale: tuple[float, int, int] | None = None
@@ -329,7 +330,7 @@ class Int8Conv:
                     padded[py + dy : py + dy + h, px + dx : px + dx + w] for dy in (0, 1) for dx in (0, 1)
                 ]
                 cols = torch.cat(taps, dim=2).reshape(h * w, 4 * c)
-                out[:, py, :, px] = self._wide(torch._int_mm(cols, matrix), correction).view(h, w, self.n)
+                out[:, py, :, px] = self._output(torch._int_mm(cols, matrix), correction).view(h, w, self.n)
             return out.view(2 * h, 2 * w, self.n)
         matrix, correction = self.kernels[0]
         if self.k == 1:
@@ -339,9 +340,9 @@ class Int8Conv:
             padded = F.pad(q, (0, 0, r, r, r, r), value=-self.offset)
             taps = [padded[dy : dy + h, dx : dx + w] for dy in range(self.k) for dx in range(self.k)]
             cols = torch.cat(taps, dim=2).reshape(h * w, self.k * self.k * c)
-        return self._wide(torch._int_mm(cols, matrix), correction).view(h, w, self.n)
+        return self._output(torch._int_mm(cols, matrix), correction).view(h, w, self.n)
 
-    def _wide(self, sums: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+    def _output(self, sums: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
         """int32 GEMM sums [m, out padded] -> clamped wide activations int64 [m, out] at FP_BITS, or the
         next layer's int8 input."""
         acc = sums[:, : self.n].to(torch.int64).add_(correction).mul_(self.out_multiplier).add_(self.out_bias)
