@@ -44,6 +44,7 @@ from vqcodec.api import decompress, load_model
 from vqcodec.bench.metrics import psnr
 from vqcodec.exact.vqvae import ExactDecoder, IntegerConv
 from vqcodec.models.model import CodecModel, to_uint8
+from vqcodec.train.data import to_tensor
 
 CALIBRATION = Path("../shared/data/train/cbsd432")
 QUALITY = 4
@@ -131,12 +132,11 @@ def quantised_inputs(convs: list[nn.Module], ranges: Ranges, bits: int) -> Itera
 
 
 def calibration_images(n: int) -> list[torch.Tensor]:
-    paths = sorted(CALIBRATION.glob("*"))[:n]
+    """The first ``n`` calibration images in the models' convention, cut to the model's multiple (8)."""
     images = []
-    for p in paths:
-        rgb = np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 - 0.5
-        rgb = rgb[: rgb.shape[0] // 8 * 8, : rgb.shape[1] // 8 * 8]  # the model's multiple
-        images.append(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+    for path in sorted(CALIBRATION.glob("*"))[:n]:
+        image = to_tensor(Image.open(path).convert("RGB"))
+        images.append(image[:, : image.shape[1] // 8 * 8, : image.shape[2] // 8 * 8][None])
     return images
 
 
@@ -258,8 +258,9 @@ def fixed_point(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(carry, multiplier // 2, multiplier), torch.where(carry, shift - 1, shift)
 
 
-def round_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``x 2**-shift`` rounded half up, in integers (int64)."""
+def rshr(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """exact.md's ``rshr``, ``x 2**-shift`` rounded half up, on int64 with a shift per channel (format 1's
+    ``arithmetic.round_shift`` takes float64 and one shift)."""
     return torch.bitwise_right_shift(x + torch.bitwise_left_shift(torch.ones_like(shift), shift - 1), shift)
 
 
@@ -318,7 +319,7 @@ class Int8Conv:
         if x.dtype == torch.int8:
             q = x
         else:
-            q = round_shift(x * self.in_multiplier, self.in_shift).clamp_(self.low, self.high)
+            q = rshr(x * self.in_multiplier, self.in_shift).clamp_(self.low, self.high)
             q = q.sub_(self.offset).to(torch.int8)
         h, w, c = q.shape
         if self.up:
@@ -346,7 +347,7 @@ class Int8Conv:
         """int32 GEMM sums [m, out padded] -> clamped wide activations int64 [m, out] at FP_BITS, or the
         next layer's int8 input."""
         acc = sums[:, : self.n].to(torch.int64).add_(correction).mul_(self.out_multiplier).add_(self.out_bias)
-        out = round_shift(acc, self.out_shift).clamp_(self.out_low, self.out_high)
+        out = rshr(acc, self.out_shift).clamp_(self.out_low, self.out_high)
         return out.sub_(128).to(torch.int8) if self.narrow else out
 
 
@@ -559,8 +560,7 @@ def encoded(
     and the PSNR of the bundled float decoder's image."""
     out = []
     for rgb, _ in images:
-        image = torch.from_numpy(rgb.astype(np.float32) / 255 - 0.5).permute(2, 0, 1)[None]
-        codes = model.vqvae.encode(image)
+        codes = model.vqvae.encode(to_tensor(Image.fromarray(rgb))[None])
         bits = sum(prior_bits(base, [(rgb, codes)])[level] * c.numel() for level, c in enumerate(codes))
         pixels = to_uint8(base.vqvae.decode_codes(codes))[0].permute(1, 2, 0).numpy()
         out.append((codes, bits, psnr(rgb, pixels)))

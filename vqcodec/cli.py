@@ -299,14 +299,7 @@ def train_decoder(run: str, data: str, **options: Any) -> None:
 
 
 @main.command()
-@click.option(
-    "--run-dir",
-    "--run",
-    "run",
-    type=click.Path(exists=True, file_okay=False),
-    required=True,
-    help="Trained run folder (--run is an alias).",
-)
+@run_dir_option
 @click.option(
     "--out", type=click.Path(dir_okay=False), required=True, help="Model file to write (.safetensors)."
 )
