@@ -142,7 +142,8 @@ def vqz_bytes(model: str, png: Path) -> bytes:
         (lambda data: data[:-7], "truncated"),
         (lambda data: data[:40] + bytes([data[40] ^ 4]) + data[41:], "CRC"),
         (lambda data: b"PNG" + data[3:], "signature"),
-        (lambda data: data[:3] + b"\x20" + data[4:], "version 2.0"),
+        (lambda data: data[:3] + b"\x30" + data[4:], "version 3.0"),
+        (lambda data: data[:3] + b"\x13" + data[4:], "vqcodec 0.1"),
     ],
 )
 def test_damaged_vqz_is_one_error_line_and_no_output(model: str, png: Path, tmp_path: Path, damage, message):

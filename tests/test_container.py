@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import struct
 import subprocess
@@ -23,11 +22,9 @@ from vqcodec.coding.container import (
     ColourMode,
     Padding,
     VQZFile,
-    code_checksum,
     model_id,
 )
 from vqcodec.errors import (
-    CorruptDataError,
     FormatError,
     ImageTooLargeError,
     ModelMismatchError,
@@ -83,7 +80,7 @@ def varint(value: int) -> bytes:
 
 
 def craft(
-    version: int = 0x10,
+    version: int = 0x20,
     width_m1: bytes = varint(7),
     height_m1: bytes = varint(7),
     image: int = ColourMode.RGB,
@@ -204,83 +201,23 @@ def test_unknown_ancillary_chunk_is_skipped_and_unknown_critical_refused() -> No
 
 
 def test_versions() -> None:
-    assert VQZFile.from_bytes(craft(version=0x1F)).to_bytes() == craft()  # a newer minor is read
+    assert VQZFile.from_bytes(craft(version=0x2F)).to_bytes() == craft()  # a newer minor is read
     with pytest.raises(UnsupportedVersionError):
-        VQZFile.from_bytes(craft(version=0x20))
+        VQZFile.from_bytes(craft(version=0x30))
     with pytest.raises(UnsupportedVersionError):  # refused before anything else is read
-        VQZFile.from_bytes(b"VQZ\x20")
+        VQZFile.from_bytes(b"VQZ\x30")
     with pytest.raises(FormatError):
         VQZFile.from_bytes(craft(version=0x01))
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        craft(image=0x0C | ColourMode.RGB),  # padding mode 3
-        craft(image=0x10 | ColourMode.RGB),  # reserved bit
-        craft(image=ColourMode.RGBA),  # alpha mode without ALPHA chunk
-        craft(chunks=((0x01, zlib.compress(bytes(64))),)),  # ALPHA chunk in an RGB file
-        craft(image=ColourMode.LA, chunks=((0x01, zlib.compress(bytes(63))),)),  # alpha too short
-        craft(image=ColourMode.LA, chunks=((0x01, zlib.compress(bytes(65))),)),  # alpha too long
-        craft(image=ColourMode.LA, chunks=((0x01, zlib.compress(bytes(64)) + b"x"),)),  # data after zlib
-        craft(image=ColourMode.LA, chunks=((0x01, b"not zlib"),)),
-        craft(chunks=((0x81, b"icc"), (0x81, b"icc"))),  # duplicate ICC
-        craft(chunks=((0x81, b""),)),  # empty ICC
-        craft(levels=()),
-        craft(levels=((1, 1),) * 9),
-        craft(payload=bytes(6)),  # payload not whole words
-        craft(width_m1=b"\x87\x00"),  # overlong varint
-        craft(width_m1=b"\x80\x80\x80\x80\x80\x01"),  # six-byte varint
-        craft() + b"\x00",  # trailing byte
-        craft(payload_len=9),  # payload length beyond the file
-        b"PNG\x10" + craft()[4:],
-    ],
-)
-def test_invalid_files_raise_format_error(data: bytes) -> None:
-    with pytest.raises(FormatError):
-        VQZFile.from_bytes(data)
-
-
-def test_code_checksum_serialisation() -> None:
-    top = np.array([[1, 2, 3], [4, 5, 6]])
-    bottom = np.array([[65535, 0]], dtype=np.uint16)
-    expected = zlib.crc32(struct.pack("<8H", 1, 2, 3, 4, 5, 6, 65535, 0))
-    assert code_checksum([top, bottom]) == expected
-    assert code_checksum([top.T.copy().T, bottom.astype(np.int64)]) == expected
-    with pytest.raises(ValueError):
-        code_checksum([np.array([[65536]])])
-
-
-def test_decoder_checks() -> None:
-    maps = [np.zeros((64, 96), dtype=np.int64), np.ones((128, 192), dtype=np.int64)]
-    file = plain(code_crc=code_checksum(maps))
-    file.check_model(DIGEST)
-    file.check_levels([(64, 96), (128, 192)])
-    file.check_codes(maps)
-    with pytest.raises(ModelMismatchError):
-        file.check_model(hashlib.sha256(b"another model").digest())
-    with pytest.raises(ModelMismatchError):
-        file.check_levels([(32, 48), (64, 96)])
-    maps[1][5, 7] = 2
-    with pytest.raises(CorruptDataError):
-        file.check_codes(maps)
-
-
-def test_writer_refuses_invalid_fields() -> None:
-    file = plain()
-    for changes in (
-        dict(width=0),
-        dict(model_id=DIGEST),
-        dict(payload=b"abc"),
-        dict(colour=ColourMode.RGBA),
-        dict(precision=16),
-        dict(extra_chunks=(Chunk(0x05, b""),)),
-        dict(extra_chunks=(Chunk(0x81, b"icc"),)),
-    ):
-        with pytest.raises(VQZError):
-            dataclasses.replace(file, **changes)
-    with pytest.raises(ImageTooLargeError):
-        dataclasses.replace(file, width=MAX_SIDE + 1)
+@pytest.mark.parametrize("version", [0x10, 0x13])
+def test_format_1_files_name_the_version_that_reads_them(version: int) -> None:
+    """Format 1 computed with 15-bit weights and wide inputs: another arithmetic, whose files only
+    vqcodec 0.1 decodes."""
+    with pytest.raises(UnsupportedVersionError, match=r"1\.\d.*vqcodec 0\.1"):
+        VQZFile.from_bytes(craft(version=version))
+    with pytest.raises(UnsupportedVersionError, match="vqcodec 0.1"):
+        VQZFile.from_bytes(b"VQZ" + bytes((version,)))
 
 
 def test_container_does_not_import_torch() -> None:
@@ -288,13 +225,13 @@ def test_container_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
-# --- RESAMPLE (version 1.1) -------------------------------------------------------------------------------
+# --- RESAMPLE (since 1.1) ---------------------------------------------------------------------------------
 
 
-def test_resampled_file_round_trips_as_version_1_1() -> None:
+def test_resampled_file_round_trips() -> None:
     file = plain(coded_size=(384, 256), level_shapes=((32, 48), (64, 96)))
     data = file.to_bytes()
-    assert data[3] == 0x11 and plain().to_bytes()[3] == 0x10  # the oldest version that fits the file
+    assert data[3] == 0x20 and plain().to_bytes()[3] == 0x20  # 2.0 defines every chunk of 1.x
     parsed = VQZFile.from_bytes(data)
     assert parsed == file
     assert (parsed.coded_width, parsed.coded_height) == (384, 256)
@@ -320,22 +257,22 @@ def test_coded_size_must_shrink_the_image(coded: tuple[int, int], message: str) 
 )
 def test_bad_resample_chunks_are_refused(data: bytes, message: str) -> None:
     with pytest.raises(FormatError, match=message):
-        VQZFile.from_bytes(craft(version=0x11, chunks=((0x02, data),)))
+        VQZFile.from_bytes(craft(version=0x20, chunks=((0x02, data),)))
 
 
 def test_duplicate_resample_chunk_is_refused() -> None:
     chunk = (0x02, varint(3) + varint(3))
     with pytest.raises(FormatError, match="duplicate RESAMPLE"):
-        VQZFile.from_bytes(craft(version=0x11, chunks=(chunk, chunk)))
+        VQZFile.from_bytes(craft(version=0x20, chunks=(chunk, chunk)))
 
 
-# --- TILES (version 1.2) ----------------------------------------------------------------------------------
+# --- TILES (since 1.2) ------------------------------------------------------------------------------------
 
 
-def test_tiled_file_round_trips_as_version_1_2() -> None:
+def test_tiled_file_round_trips() -> None:
     file = plain(tile=(192, 256), coded_size=(384, 256), level_shapes=((32, 48), (64, 96)))
     data = file.to_bytes()
-    assert data[3] == 0x12
+    assert data[3] == 0x20
     assert VQZFile.from_bytes(data) == file
     assert VQZFile.from_bytes(plain(tile=(32, 512)).to_bytes()).tile == (32, 512) and plain().tile is None
 
@@ -374,7 +311,7 @@ def test_tiles_of_a_thin_image_may_be_as_thin() -> None:
 )
 def test_bad_tiles_chunks_are_refused(chunks: tuple[tuple[int, bytes], ...], message: str) -> None:
     with pytest.raises(FormatError, match=message):
-        VQZFile.from_bytes(craft(version=0x12, chunks=chunks))
+        VQZFile.from_bytes(craft(version=0x20, chunks=chunks))
 
 
 def test_tiles_must_be_whole_cells_of_the_model() -> None:
@@ -384,24 +321,22 @@ def test_tiles_must_be_whole_cells_of_the_model() -> None:
         plain(tile=(256, 264)).check_tile(16)
 
 
-# --- EXIF and XMP (version 1.3) ---------------------------------------------------------------------------
+# --- EXIF and XMP (since 1.3) -----------------------------------------------------------------------------
 
 
-def test_metadata_round_trips_as_version_1_3() -> None:
+def test_metadata_round_trips() -> None:
     file = plain(icc=b"icc", exif=EXIF, xmp=XMP)
     data = file.to_bytes()
-    assert data[3] == 0x13
+    assert data[3] == 0x20
     assert VQZFile.from_bytes(data) == file
     assert data.index(bytes((0x81, 3)) + b"icc") < data.index(bytes((0x82, len(EXIF))) + EXIF)
     assert data.index(bytes((0x82, len(EXIF))) + EXIF) < data.index(bytes((0x83, len(XMP))) + XMP)
-    assert plain(xmp=XMP, tile=(256, 256)).to_bytes()[3] == 0x13
-    assert plain(icc=b"icc").to_bytes()[3] == 0x10  # ICC alone stays 1.0
 
 
 def test_metadata_chunks_are_ancillary() -> None:
-    """A 1.2 decoder, which does not know them, skips them: the image decodes the same."""
+    """A decoder that does not know them (1.0 to 1.2 did not) skips them: the image decodes the same."""
     assert not Chunk(ChunkType.EXIF, EXIF).critical and not Chunk(ChunkType.XMP, XMP).critical
-    parsed = VQZFile.from_bytes(craft(version=0x13, chunks=((0x82, EXIF), (0x83, XMP))))
+    parsed = VQZFile.from_bytes(craft(version=0x20, chunks=((0x82, EXIF), (0x83, XMP))))
     assert (parsed.exif, parsed.xmp, parsed.extra_chunks) == (EXIF, XMP, ())
 
 
@@ -418,7 +353,7 @@ def test_metadata_chunks_are_ancillary() -> None:
 )
 def test_bad_metadata_chunks_are_refused(chunks: tuple[tuple[int, bytes], ...], message: str) -> None:
     with pytest.raises(FormatError, match=message):
-        VQZFile.from_bytes(craft(version=0x13, chunks=chunks))
+        VQZFile.from_bytes(craft(version=0x20, chunks=chunks))
 
 
 def test_writer_refuses_bad_metadata() -> None:

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqcodec.exact import quantise
+from vqcodec.exact.calibrate import calibrate
 from vqcodec.exact.encoder import ExactEncoder
-from vqcodec.exact.quantise import scaled_rows
+from vqcodec.exact.quantise import input_quantiser, quantise_rows8, ranges_under, scaled_rows
 from vqcodec.exact.vqvae import FP, ExactDecoder, IntegerConv
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel, to_uint8
@@ -54,6 +56,57 @@ def test_each_convolution_is_the_one_it_mirrors(conv: nn.Module) -> None:
     np.testing.assert_array_equal(IntegerConv.from_float(conv)(x).numpy(), _reference(conv, x).numpy())
 
 
+def _reference8(
+    conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, in_range: int, unsigned: bool
+) -> torch.Tensor:
+    """An 8-bit layer by exact.md §3.2 and §10.1: the input rounded to 8 bits in int64, torch's float64
+    convolution of the integers, then ``clamp(rshr(M acc + B, t))`` from the stored scale and bias."""
+    weight = conv.weight.detach().double()
+    rows = weight.permute(1, 0, 2, 3) if isinstance(conv, nn.ConvTranspose2d) else weight
+    q8 = quantise_rows8(rows.flatten(1).numpy(), conv.bias.detach().double().numpy(), FP, in_range, unsigned)
+    m, t = input_quantiser(in_range, unsigned)
+    q = ((x.long() * m + 2 ** (t - 1)) >> t).clamp(0 if unsigned else -127, 255 if unsigned else 127).double()
+    w_int = torch.from_numpy(q8.weight).view(rows.shape)
+    nchw = q.permute(2, 0, 1)[None]
+    args = dict(stride=conv.stride, padding=conv.padding)
+    if isinstance(conv, nn.ConvTranspose2d):
+        acc = F.conv_transpose2d(nchw, w_int.permute(1, 0, 2, 3), **args)
+    else:
+        acc = F.conv2d(nchw, w_int, **args)
+    acc = acc[0].permute(1, 2, 0)
+    assert acc.abs().max() < 2**31 and torch.equal(acc, acc.round())
+    out = (acc * torch.from_numpy(q8.scale) + torch.from_numpy(q8.bias_low)).floor() + torch.from_numpy(
+        q8.bias_high
+    )
+    return out.clamp(-(2**20 - 1), 2**20 - 1)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(6, 5, 3, padding=1), nn.Conv2d(6, 5, 1), nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1)],
+    ids=["3x3", "1x1", "up"],
+)
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float64"])
+@pytest.mark.parametrize("unsigned", [False, True], ids=["signed", "unsigned"])
+def test_each_8bit_convolution_is_the_one_it_mirrors(
+    conv: nn.Module, int8: bool, unsigned: bool, monkeypatch
+) -> None:
+    """The layer's products, whatever their kind, against torch's convolution of the same integers;
+    some inputs lie beyond the range (they clip), and an unsigned input (after a ReLU) is never
+    negative."""
+    torch.manual_seed(0)
+    x = torch.randint(0 if unsigned else -(2**17), 2**17, (10, 14, 6)).double()
+    if not int8:
+        monkeypatch.setattr(quantise, "INT8_DEVICES", frozenset())
+    layer = IntegerConv.from_float(conv, 2**16, unsigned)
+    np.testing.assert_array_equal(layer(x).numpy(), _reference8(conv, x, 2**16, unsigned).numpy())
+
+
+def test_the_decoder_has_no_strided_convolutions() -> None:
+    with pytest.raises(ValueError, match="no strided"):
+        IntegerConv.from_float(nn.Conv2d(6, 5, 4, stride=2, padding=1), in_range=1000)
+
+
 def test_unsupported_convolutions_are_refused() -> None:
     with pytest.raises(ValueError, match="no exact form"):
         IntegerConv.from_float(nn.Conv2d(3, 3, 2))
@@ -72,10 +125,14 @@ def models() -> tuple[CodecModel, ExactDecoder, ExactEncoder, torch.Tensor]:
     with torch.no_grad():
         model.vqvae(images.float() / 255 - 0.5)
     model.eval()
-    return model, ExactDecoder(model.vqvae), ExactEncoder(model.vqvae), images
+    calibrate(model, [images.float() / 255 - 0.5])
+    decoder = ExactDecoder(model.vqvae, ranges_under(model.input_ranges, "vqvae."))
+    return model, decoder, ExactEncoder(model.vqvae), images
 
 
 def test_the_exact_model_is_the_float_one_up_to_rounding(models: tuple) -> None:
+    """The encoder's wide layers pick the float model's codes; the decoder's 8-bit ones, with ranges
+    calibrated on these images, give its pixels within a level or two."""
     model, decoder, encoder, images = models
     with torch.no_grad():
         codes = model.vqvae.encode(images.float() / 255 - 0.5)
@@ -83,9 +140,20 @@ def test_the_exact_model_is_the_float_one_up_to_rounding(models: tuple) -> None:
     pixels = decoder.decode(codes)
     assert pixels.dtype == torch.uint8 and pixels.shape == images.shape
     differ = (pixels.int() - floats.int()).abs()
-    assert differ.max() <= 1 and (differ > 0).float().mean() < 0.01
+    print(f"max {differ.max()}, mean {differ.float().mean():.3f} levels")
+    assert differ.max() <= 2 and differ.float().mean() < 0.1
     same = [(a == b).float().mean() for a, b in zip(encoder.encode(images), codes, strict=True)]
     assert min(same) > 0.97
+
+
+def test_float64_products_give_the_int8_products_pixels(models: tuple, monkeypatch) -> None:
+    """Devices without int8 products (CUDA here) multiply the same 8-bit integers in float64."""
+    model, decoder, encoder, images = models
+    codes = encoder.encode(images)
+    pixels = decoder.decode(codes)
+    monkeypatch.setattr(quantise, "INT8_DEVICES", frozenset())
+    float64 = ExactDecoder(model.vqvae, ranges_under(model.input_ranges, "vqvae."))
+    assert torch.equal(float64.decode(codes), pixels)
 
 
 def test_parts_give_the_pixels_and_codes_of_the_whole(models: tuple) -> None:

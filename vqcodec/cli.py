@@ -131,6 +131,9 @@ run_dir_option = click.option(
 training_images_option = click.option(
     "--data", type=click.Path(exists=True, file_okay=False), required=True, help="Folder of training images."
 )
+half_option = click.option(
+    "--half", is_flag=True, help="Store the weights as float16 (half the size; bundled models)."
+)
 validation_images_option = click.option(
     "--val", "val_data", type=click.Path(exists=True, file_okay=False), help="Folder of validation images."
 )
@@ -307,10 +310,21 @@ def train_decoder(run: str, data: str, **options: Any) -> None:
 @click.option(
     "--allow-untrained-priors", is_flag=True, help="Export even if a level has no trained prior (testing)."
 )
-@click.option("--half", is_flag=True, help="Store the weights as float16 (half the size; bundled models).")
+@half_option
+@click.option(
+    "--calibration-images",
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of images to measure the 8-bit layers' input ranges on.  [default: the run's training"
+    " images]",
+)
 @reports_errors
-def export(run: str, out: str, force: bool, allow_untrained_priors: bool, half: bool) -> None:
+def export(
+    run: str, out: str, force: bool, allow_untrained_priors: bool, half: bool, calibration_images: str | None
+) -> None:
     """Write a run's VQ-VAE and priors to one model file; prints its SHA-256.
+
+    The codec runs the model in 8-bit integers; the input range of each layer is measured on the
+    first 8 training images and stored in the file (see `vqcodec calibrate`).
 
     Refuses a prior trained on the codes of an earlier VQ-VAE checkpoint (the VQ-VAE was trained
     further after it: retrain the prior), an existing OUT without --force, and an OUT that is one of
@@ -321,7 +335,52 @@ def export(run: str, out: str, force: bool, allow_untrained_priors: bool, half: 
     """
     from vqcodec.train.export import export as api
 
-    click.echo(api(run, out, allow_untrained=allow_untrained_priors, half=half, force=force))
+    click.echo(
+        api(
+            run,
+            out,
+            allow_untrained=allow_untrained_priors,
+            half=half,
+            force=force,
+            calibration=calibration_images,
+        )
+    )
+
+
+@main.command()
+@click.option(
+    "--model",
+    "-m",
+    "model_file",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="Model file to read (never changed).",
+)
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Folder of training images (never the benchmark's).",
+)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Model file to write.")
+@click.option("--n", type=click.IntRange(min=1), default=8, help="Images to measure on (the first, by path).")
+@half_option
+@click.option("--force", "-f", is_flag=True, help="Overwrite OUT if it exists.")
+@reports_errors
+def calibrate(model_file: str, images: str, out: str, n: int, half: bool, force: bool) -> None:
+    """Measure a model's 8-bit input ranges on images; write it with them to OUT, print its SHA-256.
+
+    The codec runs every layer of the priors and the pixel decoder on 8-bit inputs; a layer's range
+    is the largest input the float model gives it on these images, and the ranges are part of the
+    model file (its id changes). `vqcodec export` does this for a run; this command does it for a
+    model file written before version 2 of the format, or to measure on other images.
+
+    \b
+      vqcodec calibrate -m old.safetensors --images photos/ --out new.safetensors --half
+    """
+    from vqcodec.train.export import calibrate_model_file
+
+    click.echo(calibrate_model_file(model_file, images, out, n=n, half=half, force=force))
 
 
 @main.command()

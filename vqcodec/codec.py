@@ -38,6 +38,7 @@ from vqcodec.coding.order import DEFAULT_TILE, TILE_WAVE, CodingOrder
 from vqcodec.exact import ExactDecoder, ExactPrior
 from vqcodec.exact.encoder import WHOLE_MAP_VALUES, ExactEncoder
 from vqcodec.exact.gather import GEMM_CHUNK
+from vqcodec.exact.quantise import ranges_under
 from vqcodec.fileinfo import VQZInput, describe, read_vqz
 from vqcodec.imageio import (
     MAX_IMAGE_PIXELS,
@@ -117,8 +118,12 @@ def _exact(model: CodecModel, device: torch.device) -> ExactModel:
     """The exact integer priors and VQ-VAE of ``model``, built once per model (quantizing is slow)."""
     cached = _exact_models.get(model)
     if cached is None or cached.device != device:
-        priors = [ExactPrior.from_float(prior).to(device) for prior in model.priors]
-        decoder, encoder = ExactDecoder(model.vqvae).to(device), ExactEncoder(model.vqvae).to(device)
+        priors = [
+            ExactPrior.from_float(prior, ranges_under(model.input_ranges, f"priors.{level}.")).to(device)
+            for level, prior in enumerate(model.priors)
+        ]
+        decoder = ExactDecoder(model.vqvae, ranges_under(model.input_ranges, "vqvae.")).to(device)
+        encoder = ExactEncoder(model.vqvae).to(device)
         cached = _exact_models[model] = ExactModel(device, priors, decoder, encoder)
     return cached
 

@@ -27,6 +27,7 @@ from vqcodec.codec import Codec, Decoded
 from vqcodec.coding.container import VQZFile, varint
 from vqcodec.coding.order import DEFAULT_TILE
 from vqcodec.errors import VQZError
+from vqcodec.exact.calibrate import calibrate
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
 from vqcodec.quality import DEFAULT_QUALITY
@@ -53,13 +54,16 @@ XMP = (
 
 
 def tiny_model(seed: int = SEED) -> CodecModel:
-    """The tiny model, randomly initialised; one training-mode pass seeds the codebooks from data."""
+    """The tiny model, randomly initialised; one training-mode pass seeds the codebooks from data, and
+    its layers' input ranges are measured on the same images."""
     torch.manual_seed(seed)
     model = CodecModel(tiny_config())
     images = torch.stack([torch.from_numpy(smooth(64, 64, seed + i)).permute(2, 0, 1) for i in range(8)])
+    images = images.float() / 255.0 - 0.5
     model.vqvae.train()
     with torch.no_grad():
-        model.vqvae(images.float() / 255.0 - 0.5)
+        model.vqvae(images)
+    calibrate(model, list(images[:, None]))
     return model.eval()
 
 
@@ -135,7 +139,8 @@ def invalid_files(valid: bytes) -> dict[str, tuple[bytes, str, str]]:
         "corrupt_payload": (len(valid) - 4 - len(payload) + 5, 0x10),
         "bad_code_checksum": (code_crc_at, 0x01),
         "unknown_model": (4, 0xFF),
-        "version_2": (3, 0x10 ^ 0x20),
+        "version_1": (3, 0x20 ^ 0x10),
+        "version_3": (3, 0x20 ^ 0x30),
     }
     files = {}
     for stem, (at, mask) in damaged.items():
@@ -154,7 +159,8 @@ def invalid_files(valid: bytes) -> dict[str, tuple[bytes, str, str]]:
             "code_crc changed, header CRC recomputed: the decoded codes do not match it",
         ),
         "unknown_model": (files["unknown_model"], "ModelMismatchError", "the model id of another model"),
-        "version_2": (files["version_2"], "UnsupportedVersionError", "format version 2.0"),
+        "version_1": (files["version_1"], "UnsupportedVersionError", "format version 1.0 (vqcodec 0.1)"),
+        "version_3": (files["version_3"], "UnsupportedVersionError", "format version 3.0"),
         "bad_body_crc": (valid[:-1] + bytes([valid[-1] ^ 0x01]), "FormatError", "body CRC damaged"),
         "truncated": (valid[: len(valid) // 2], "FormatError", "the file cut in half"),
         "bad_signature": (b"VQX" + valid[3:], "FormatError", "signature VQX instead of VQZ"),
@@ -263,7 +269,7 @@ def main(keep_model: bool) -> None:
     vectors = [valid_vector(codec, stem, image) for stem, image in valid_images().items()]
     vectors += invalid_vectors(codec)
     manifest = {
-        "format": "vqz 1.3",
+        "format": "vqz 2.0",
         "model": {"file": MODEL, "sha256": sha256, "config": "tiny_config(), random weights, seed 0"},
         "codes_sha256": "SHA-256 of the decoded code maps: levels top first, row-major, each code u16 LE",
         "pixels_sha256": "SHA-256 of the decoded image's raw bytes in its mode (every platform)",

@@ -36,7 +36,8 @@ from vqcodec.errors import (
 )
 
 SIGNATURE = b"VQZ"
-VERSION_MAJOR = 1
+VERSION_MAJOR = 2
+VERSION_MINOR = 0
 MODEL_ID_LEN = 16
 """Bytes of the model's SHA-256 kept in the header (a 128-bit prefix)."""
 MAX_SIDE = 16384
@@ -147,15 +148,6 @@ class VQZFile:
     def coded_height(self) -> int:
         return self.height if self.coded_size is None else self.coded_size[1]
 
-    @property
-    def minor_version(self) -> int:
-        """The oldest minor version that defines everything this file uses."""
-        if self.exif is not None or self.xmp is not None:
-            return 3
-        if self.tile is not None:
-            return 2
-        return 0 if self.coded_size is None else 1
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_shapes", tuple((int(h), int(w)) for h, w in self.level_shapes))
         if len(self.model_id) != MODEL_ID_LEN:
@@ -216,7 +208,7 @@ class VQZFile:
     def to_bytes(self) -> bytes:
         """Serialise, following the spec field by field."""
         header = bytearray(SIGNATURE)
-        header.append(VERSION_MAJOR << 4 | self.minor_version)
+        header.append(VERSION_MAJOR << 4 | VERSION_MINOR)
         header += self.model_id
         header += varint(self.width - 1) + varint(self.height - 1)
         header.append(self.colour | self.padding << 2)
@@ -324,6 +316,11 @@ def _read_header(reader: _Reader) -> tuple[dict[str, Any], int, int]:
     if version >> 4 > VERSION_MAJOR:
         raise UnsupportedVersionError(
             f"file has format version {version >> 4}.{version & 15}; this decoder reads {VERSION_MAJOR}.x"
+        )
+    if version >> 4 == 1:
+        raise UnsupportedVersionError(
+            f"file has format version 1.{version & 15}, which vqcodec 0.1 wrote and reads: decode it with"
+            " that version (pip install 'vqcodec==0.1.*'); this one reads 2.x"
         )
     if version >> 4 < VERSION_MAJOR:
         raise FormatError(f"invalid format version {version >> 4}.{version & 15}")

@@ -47,7 +47,7 @@ class ColumnStepper(ExactStepper):
         self._codes_in = torch.zeros(n, dtype=torch.int64, pin_memory=pinned)
         self._codes = torch.zeros(n, dtype=torch.int64, device=device)
         self._tables = torch.zeros(n, prior.codebook_size, dtype=torch.int64, pin_memory=pinned)
-        self._scratch = torch.empty_like(self._memory[:, :, 1:])
+        self._scratch = [torch.empty_like(memory[:, :, 1:]) for memory in self._memories]
         self._graph = self._capture() if device.type == "cuda" else None
         self._launched = 0  # steps whose tables were launched
 
@@ -67,9 +67,10 @@ class ColumnStepper(ExactStepper):
         """One step: enter the last step's codes, slide the caches by a slot, compute the next tables."""
         self._codes.copy_(self._codes_in, non_blocking=True)
         self._store(self._embedded, self._column(), self.prior.embed.index_select(0, self._codes))
-        self._scratch.copy_(self._memory[:, :, 1:])
-        self._memory[:, :, :-1].copy_(self._scratch)
-        self._memory[:, :, -1].zero_()
+        for memory, scratch in zip(self._memories, self._scratch, strict=True):
+            scratch.copy_(memory[:, :, 1:])
+            memory[:, :, :-1].copy_(scratch)
+            memory[:, :, -1].zero_()
         self._step.add_(1)
         self._tables.copy_(self._column_tables(), non_blocking=True)
 
@@ -89,7 +90,8 @@ class ColumnStepper(ExactStepper):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream):
                 self._advance()
-        self._memory.zero_()
+        for memory in self._memories:
+            memory.zero_()
         self._step.fill_(-1)
         return graph
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from vqcodec.coding import order
 from vqcodec.coding.entropy import MAX_ALPHABET
-from vqcodec.exact.arithmetic import clamp, elu
+from vqcodec.exact.arithmetic import FA, clamp, elu
 from vqcodec.exact.cuda_stepper import ColumnStepper
 from vqcodec.exact.gather import GEMM_CHUNK, gathered_linear, linear_rows, padded, tap_index, to_device
 from vqcodec.exact.quantise import (
@@ -23,7 +23,9 @@ from vqcodec.exact.quantise import (
     QuantAttention,
     QuantGatedBlock,
     QuantResBlock,
+    Ranges,
     all_taps,
+    input_range,
     masked_taps,
     quantise_attention,
     quantise_embedding,
@@ -47,7 +49,7 @@ class ExactPrior:
     kernel_size: int
     attention_every: int
     attention_offsets: list[tuple[int, int]]
-    embed: Tensor  # float64 [K, C], integers at FA (written to the first layer's gather source)
+    embed: Tensor  # float64 [K, C]: each code's embedding at FA as input_conv's 8-bit input
     input_conv: Linear
     blocks: list[QuantGatedBlock]
     attentions: list[QuantAttention]
@@ -60,14 +62,23 @@ class ExactPrior:
     """Values gathered for one GEMM at most: a memory budget, which changes no result."""
 
     @classmethod
-    def from_float(cls, prior: PixelSNAILPrior) -> ExactPrior:
-        """Quantise ``prior`` (deterministic from its weights; dropout is the identity)."""
-        config = prior.config
+    def from_float(cls, prior: PixelSNAILPrior, ranges: Ranges | None = None) -> ExactPrior:
+        """Quantise ``prior`` (deterministic from its weights and its convolutions' input ``ranges``, at
+        FA by module name; dropout is the identity)."""
+        config, ranges = prior.config, ranges or {}
         if prior.attentions and config.attention_context != "window":
             raise ValueError(f"{config.attention_context} attention cannot be decoded in wavefronts")
         if prior.codebook_size > MAX_ALPHABET or any(k > MAX_ALPHABET for k in prior.cond_codebook_sizes):
             raise ValueError(f"codebook sizes must be at most {MAX_ALPHABET}")
         conditioned = len(prior.cond_codebook_sizes) > 0
+
+        def linear(name: str, taps: list[tuple[int, int]]) -> Linear:
+            return Linear.from_conv(prior.get_submodule(name), taps, input_range(ranges, name, FA))
+
+        def masked(name: str, first_layer: bool) -> Linear:
+            return linear(name, masked_taps(prior.get_submodule(name), first_layer))
+
+        point, input_conv = [(0, 0)], masked("input_conv", first_layer=True)
         return cls(
             codebook_size=prior.codebook_size,
             cond_codebook_sizes=prior.cond_codebook_sizes,
@@ -75,22 +86,33 @@ class ExactPrior:
             kernel_size=config.kernel_size,
             attention_every=config.attention_every,
             attention_offsets=order.attention_offsets(config.attention_radius) if prior.attentions else [],
-            embed=quantise_embedding(prior.embed),
-            input_conv=Linear.from_conv(prior.input_conv, masked_taps(prior.input_conv, first_layer=True)),
+            embed=input_conv.quantise(quantise_embedding(prior.embed)),
+            input_conv=input_conv,
             blocks=[
                 QuantGatedBlock(
-                    Linear.from_conv(block.conv1, masked_taps(block.conv1, first_layer=False)),
-                    Linear.from_conv(block.conv2, masked_taps(block.conv2, first_layer=False)),
-                    Linear.from_conv(block.cond_proj, [(0, 0)]) if block.cond_proj is not None else None,
+                    masked(f"blocks.{j}.conv1", first_layer=False),
+                    masked(f"blocks.{j}.conv2", first_layer=False),
+                    linear(f"blocks.{j}.cond_proj", point) if block.cond_proj is not None else None,
                 )
-                for block in prior.blocks
+                for j, block in enumerate(prior.blocks)
             ],
-            attentions=[quantise_attention(attn, config.attention_radius) for attn in prior.attentions],
-            out_blocks=[quantise_res_block(block) for block in prior.out_blocks],
-            out_conv=Linear.from_conv(prior.out_conv, [(0, 0)]),
+            attentions=[
+                quantise_attention(attn, config.attention_radius, ranges, f"attentions.{j}")
+                for j, attn in enumerate(prior.attentions)
+            ],
+            out_blocks=[
+                quantise_res_block(block, ranges, f"out_blocks.{j}")
+                for j, block in enumerate(prior.out_blocks)
+            ],
+            out_conv=linear("out_conv", point),
             cond_embeds=[quantise_embedding(e) for e in prior.cond_embeds] if conditioned else [],
-            cond_conv=Linear.from_conv(prior.cond_conv, [(0, 0)]) if conditioned else None,
-            cond_stack=[quantise_res_block(block) for block in prior.cond_stack] if conditioned else [],
+            cond_conv=linear("cond_conv", point) if conditioned else None,
+            cond_stack=[
+                quantise_res_block(block, ranges, f"cond_stack.{j}")
+                for j, block in enumerate(prior.cond_stack)
+            ]
+            if conditioned
+            else [],
         )
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -18,12 +19,16 @@ from torch import Tensor, nn
 from vqcodec.coding import order
 from vqcodec.exact.arithmetic import (
     ACT_MAX,
+    DEFAULT_RANGE,
     FA,
     MAX_BIAS,
     MAX_FAN_IN,
     MAX_HEAD_DIM,
     MAX_OFFSETS,
     MAX_SHIFT,
+    Q_MAX,
+    Q_MAX_UNSIGNED,
+    T_MAX,
     WEIGHT_MAX,
     clamp,
 )
@@ -82,27 +87,108 @@ def scaled_rows(
     )
 
 
+INT8_DEVICES = frozenset({"cpu"})
+"""Devices whose products run as int8 x int8 -> int32 (``torch._int_mm``); the others multiply the same
+8-bit integers in float64 GEMMs, as exact (exact.md §8): CUDA's int8 kernel wants shapes in multiples
+of 8 and more than 16 rows."""
+
+
+def int8_products(device: torch.device) -> bool:
+    """Whether the products on ``device`` are int8 ones (:data:`INT8_DEVICES`)."""
+    return device.type in INT8_DEVICES
+
+
+def input_quantiser(in_range: int, unsigned: bool = False) -> tuple[int, int]:
+    """``(m, t)`` of an 8-bit input whose range is ``in_range`` units of the activations (exact.md §3.2),
+    with ``Q = Q_MAX`` (signed) or ``Q_MAX_UNSIGNED`` (``unsigned``): the smallest ``t`` with ``Q 2**t >=
+    2**14 in_range``, and ``m`` the integer nearest to ``Q 2**t / in_range``, ties up, so that ``m
+    2**-t`` is ``Q / in_range`` in ``[2**14, 2**15]`` multiples of ``2**-t``. Integers only."""
+    if not 1 <= in_range <= ACT_MAX:
+        raise ValueError(f"an input range must lie in 1..{ACT_MAX}, got {in_range}")
+    top = Q_MAX_UNSIGNED if unsigned else Q_MAX
+    shift = 0
+    while top << shift < 2**14 * in_range:
+        shift += 1
+    return (top * 2 ** (shift + 1) + in_range) // (2 * in_range), shift
+
+
+@dataclasses.dataclass
+class Rows8:
+    """One layer in 8 bits (exact.md §3.2), as integers and as the float64 forms that GEMMs take."""
+
+    weight: np.ndarray  # float64 [out, fan_in]: W_c, integers in [-Q_MAX, Q_MAX]
+    scaled: np.ndarray  # float64 [out, fan_in]: W_c M_c 2**-t_c
+    scale: np.ndarray  # float64 [out]: M_c 2**-t_c
+    bias_low: np.ndarray  # float64 [out]: low_c 2**-t_c
+    bias_high: np.ndarray  # float64 [out]: high_c
+    in_multiplier: int  # m
+    in_shift: int  # t
+
+
+def quantise_rows8(
+    weight: np.ndarray, bias: np.ndarray, frac_bits: int, in_range: int, unsigned: bool = False
+) -> Rows8:
+    """A layer's float64 weight rows [out, fan_in] and biases [out] in 8 bits, its input's range
+    ``in_range`` (``unsigned``: never negative, 0..255) and output at ``frac_bits`` (exact.md §3.2);
+    ValueError outside the proven bounds.
+
+    ``W_c = rhe(w_c 127 / m_c)`` with ``m_c = max |w_c|``; ``r_c = m_c 2**t / (127 m)``, the output per
+    unit of ``W_c . q``, becomes ``M_c 2**-t_c`` (``M_c <= 2**15``, ``t_c <= T_MAX``); ``B_c = rhe(b_c
+    2**(frac_bits + t_c))``, stored as ``B_c + 2**(t_c - 1) = high_c 2**t_c + low_c``. Every float64
+    operation is one correctly rounded IEEE operation, so every platform derives the same integers.
+    """
+    if weight.shape[1] > MAX_FAN_IN:
+        raise ValueError(f"fan-in {weight.shape[1]} exceeds {MAX_FAN_IN}")
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise ValueError("non-finite weights")
+    if np.abs(bias).max() >= MAX_BIAS:
+        raise ValueError(f"a bias exceeds {MAX_BIAS} in magnitude")
+    in_multiplier, in_shift = input_quantiser(in_range, unsigned)
+    row_max = np.abs(weight).max(axis=1)
+    safe_max = np.where(row_max > 0, row_max, 1.0)[:, None]
+    w_int = np.where(row_max[:, None] > 0, np.rint(weight * float(Q_MAX) / safe_max), 0.0)
+    ratio = np.ldexp(row_max, in_shift) / float(Q_MAX * in_multiplier)  # r_c
+    mantissa, exponent = np.frexp(ratio)  # r_c = f 2**e, 0.5 <= f < 1 (0, 0 for r_c = 0)
+    shift = np.where(ratio > 0, np.minimum(15 - exponent, T_MAX), T_MAX).astype(np.int64)
+    if shift.min() < 0:
+        raise ValueError("a layer's output scale is too large for 8-bit quantisation")
+    multiplier = np.rint(np.ldexp(ratio, shift))  # M_c <= 2**15
+    scale = np.ldexp(multiplier, -shift)
+    b_int = np.rint(np.ldexp(bias, frac_bits + shift))
+    low, high = np.empty(len(bias)), np.empty(len(bias))
+    for c, (b, t) in enumerate(zip(b_int.tolist(), shift.tolist(), strict=True)):
+        folded = int(b) + (1 << t >> 1)  # rshr's rounding term 2**(t - 1), none for t = 0
+        high[c], low[c] = folded >> t, math.ldexp(folded - (folded >> t << t), -t)
+    return Rows8(w_int, w_int * scale[:, None], scale, low, high, in_multiplier, in_shift)
+
+
 @dataclasses.dataclass
 class Linear:
-    """A quantised convolution as a linear map of its gathered input taps (rows tap-major, then channel).
+    """A quantised convolution of a prior as a linear map of its gathered input taps (rows tap-major,
+    then channel), in 8 bits (exact.md §3.2, §5).
 
-    Output channel c computes ``clamp(rshr(acc_c + B_c, s_c))`` (exact.md §5). With the rounding term
-    folded in, ``B = B_c + 2**(s_c - 1) = high 2**s_c + low`` (``0 <= low < 2**s_c``), this is
-    ``clamp(floor((acc_c + low) 2**-s_c) + high)``. The weights and ``low`` are stored times
-    ``2**-s_c``, so one float64 GEMM with the bias as its starting value gives
-    ``(acc_c + low) 2**-s_c`` exactly: every partial sum is a multiple of ``2**-s_c`` below ``2**52``
-    (exact.md §8), hence representable. ``|high| < 2**32`` (biases are below ``2**21``), so adding it
-    is exact too.
+    Its input ``g`` (integers at FA) becomes ``q = clamp8(rshr(g m, t))``; output channel c computes
+    ``clamp(rshr(M_c acc_c + B_c, t_c))`` with ``acc_c = W_c . q``. With the rounding term folded into
+    ``B_c + 2**(t_c - 1) = high 2**t_c + low``, that is ``clamp(floor((M_c acc_c + low) 2**-t_c) +
+    high)``. On the CPU ``acc`` is an int8 x int8 -> int32 product (``torch._int_mm``), exact since
+    ``|acc_c| <= 127**2 fan_in < 2**31``; elsewhere one float64 GEMM of ``q`` with ``W_c M_c 2**-t_c``
+    starting from ``low 2**-t_c`` gives ``(M_c acc_c + low) 2**-t_c`` exactly: every partial sum is a
+    multiple of ``2**-t_c`` below ``2**47`` of them (exact.md §8).
     """
 
-    weight: Tensor  # float64 [fan_in, out]: W_c 2**-s_c, |W_c| <= WEIGHT_MAX
-    bias_low: Tensor  # float64 [out]: low 2**-s_c
+    weight8: Tensor  # int8 [fan_in, out]: W_c
+    weight: Tensor  # float64 [fan_in, out]: W_c M_c 2**-t_c
+    scale: Tensor  # float64 [out]: M_c 2**-t_c
+    bias_low: Tensor  # float64 [out]: low 2**-t_c
     bias_high: Tensor  # float64 [out]: high
-    shift: Tensor  # int64 [out]: s_c
+    in_scale: float  # m 2**-t: exact, and g m 2**-t too (|g m| < 2**35)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, taps: list[tuple[int, int]], scale: float | None = None) -> Linear:
-        """Quantise ``conv`` restricted to ``taps`` (its mask's nonzero offsets), times ``scale`` if given."""
+    def from_conv(
+        cls, conv: nn.Conv2d, taps: list[tuple[int, int]], in_range: int, scale: float | None = None
+    ) -> Linear:
+        """Quantise ``conv`` restricted to ``taps`` (its mask's nonzero offsets), times ``scale`` if
+        given, for inputs of range ``in_range`` (at FA)."""
         r = conv.kernel_size[0] // 2
         weight = conv.weight.detach().cpu().double().numpy()
         weight = np.stack([weight[:, :, dy + r, dx + r] for dy, dx in taps], axis=1)
@@ -110,21 +196,44 @@ class Linear:
         bias = conv.bias.detach().cpu().double().numpy()
         if scale is not None:  # IEEE float64 products: correctly rounded, hence the same everywhere
             weight, bias = weight * scale, bias * scale
-        weight, low, high, shift = scaled_rows(weight, bias, FA)
+        rows = quantise_rows8(weight, bias, FA, in_range)
         return cls(
-            torch.from_numpy(np.ascontiguousarray(weight.T)),
-            torch.from_numpy(low),
-            torch.from_numpy(high),
-            torch.from_numpy(shift),
+            torch.from_numpy(np.ascontiguousarray(rows.weight.T)).to(torch.int8),
+            torch.from_numpy(np.ascontiguousarray(rows.scaled.T)),
+            torch.from_numpy(rows.scale),
+            torch.from_numpy(rows.bias_low),
+            torch.from_numpy(rows.bias_high),
+            math.ldexp(rows.in_multiplier, -rows.in_shift),
         )
 
-    def __call__(self, inputs: Tensor) -> Tensor:
-        """float64 [n, out] at FA from integer-valued float64 inputs [n, fan_in] at FA, exactly."""
-        return self.finish(torch.addmm(self.bias_low, inputs, self.weight))
+    def quantise(self, x: Tensor) -> Tensor:
+        """The 8-bit inputs ``clamp8(rshr(g m, t))`` (integer-valued float64) of activations ``g``."""
+        return x.mul(self.in_scale).add_(0.5).floor_().clamp_(-Q_MAX, Q_MAX)
 
-    def finish(self, scaled: Tensor) -> Tensor:
-        """The outputs from ``(acc + low) 2**-s`` (in place): floor, add ``high``, clamp."""
-        return clamp(scaled.floor_().add_(self.bias_high))
+    def __call__(self, inputs: Tensor) -> Tensor:
+        """float64 [n, out] at FA from integer-valued float64 activations [n, fan_in] at FA, exactly."""
+        q = self.quantise(inputs)
+        if int8_products(q.device):
+            q = q.to(torch.int8)
+        return self.finish(self.accumulate(None, q, slice(None)))
+
+    def accumulate(self, out: Tensor | None, q: Tensor, rows: slice) -> Tensor:
+        """``out`` plus the products of 8-bit inputs ``q`` [n, k] with the weight rows ``rows``: int32
+        sums ``acc`` for int8 ``q``, else float64 ``(M acc + low) 2**-t``."""
+        if q.dtype == torch.int8:
+            if q.stride(1) != 1 or (len(q) > 1 and q.stride(0) < q.shape[1]):
+                q = q.contiguous()  # the CPU kernel takes strided rows, but not overlapping ones
+            part = torch._int_mm(q, self.weight8[rows])
+            return part if out is None else out.add_(part)
+        weight = self.weight[rows]
+        return torch.addmm(self.bias_low, q, weight) if out is None else out.addmm_(q, weight)
+
+    def finish(self, out: Tensor) -> Tensor:
+        """The outputs (float64 at FA) from :meth:`accumulate`'s sums: scaled, floored, ``high`` added,
+        clamped."""
+        if out.dtype == torch.int32:
+            out = torch.addcmul(self.bias_low, out.double(), self.scale)
+        return clamp(out.floor_().add_(self.bias_high))
 
 
 @dataclasses.dataclass
@@ -178,12 +287,30 @@ def quantise_embedding(embedding: nn.Embedding) -> Tensor:
     return torch.from_numpy(np.clip(np.rint(np.ldexp(table, FA)), -ACT_MAX, ACT_MAX))
 
 
-def quantise_res_block(block: ELUResBlock) -> QuantResBlock:
+Ranges = Mapping[str, int]
+"""The input range of convolutions by module name (``CodecModel.input_ranges``, relative to a part)."""
+
+
+def ranges_under(ranges: Ranges, prefix: str) -> dict[str, int]:
+    """The ranges of the modules under ``prefix`` (``"priors.0."``, ``"vqvae."``), named within it."""
+    return {name.removeprefix(prefix): value for name, value in ranges.items() if name.startswith(prefix)}
+
+
+def input_range(ranges: Ranges, name: str, frac_bits: int) -> int:
+    """The range of the input of convolution ``name`` in units of ``2**-frac_bits``: the model file's, or
+    ``DEFAULT_RANGE`` (exact.md §3.2)."""
+    return ranges.get(name, DEFAULT_RANGE << frac_bits)
+
+
+def quantise_res_block(block: ELUResBlock, ranges: Ranges, name: str) -> QuantResBlock:
     taps = all_taps(block.conv1.kernel_size[0])
-    return QuantResBlock(Linear.from_conv(block.conv1, taps), Linear.from_conv(block.conv2, taps))
+    return QuantResBlock(
+        Linear.from_conv(block.conv1, taps, input_range(ranges, f"{name}.conv1", FA)),
+        Linear.from_conv(block.conv2, taps, input_range(ranges, f"{name}.conv2", FA)),
+    )
 
 
-def quantise_attention(attn: CausalAttention, radius: int) -> QuantAttention:
+def quantise_attention(attn: CausalAttention, radius: int, ranges: Ranges, name: str) -> QuantAttention:
     channels = attn.query.in_channels
     d = channels // attn.n_heads
     if attn.offsets != order.attention_offsets(radius):
@@ -192,9 +319,11 @@ def quantise_attention(attn: CausalAttention, radius: int) -> QuantAttention:
         raise ValueError(f"attention needs head dim <= {MAX_HEAD_DIM} and <= {MAX_OFFSETS} offsets")
     point = [(0, 0)]
     return QuantAttention(
-        query=Linear.from_conv(attn.query, point, scale=1.0 / math.sqrt(d)),
-        key=Linear.from_conv(attn.key, point),
-        value=Linear.from_conv(attn.value, point),
-        proj=Linear.from_conv(attn.proj, point),
+        query=Linear.from_conv(
+            attn.query, point, input_range(ranges, f"{name}.query", FA), scale=1.0 / math.sqrt(d)
+        ),
+        key=Linear.from_conv(attn.key, point, input_range(ranges, f"{name}.key", FA)),
+        value=Linear.from_conv(attn.value, point, input_range(ranges, f"{name}.value", FA)),
+        proj=Linear.from_conv(attn.proj, point, input_range(ranges, f"{name}.proj", FA)),
         n_heads=attn.n_heads,
     )

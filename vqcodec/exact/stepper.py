@@ -17,7 +17,7 @@ from torch import Tensor
 from vqcodec.coding import order
 from vqcodec.exact.arithmetic import P_BITS, clamp, elu, float_frequencies, gated_residual, round_shift
 from vqcodec.exact.attention import attend, attention_weights
-from vqcodec.exact.quantise import Linear, QuantAttention, masked_offsets
+from vqcodec.exact.quantise import Linear, QuantAttention, int8_products, masked_offsets
 
 if TYPE_CHECKING:
     from vqcodec.exact.prior import ExactPrior
@@ -123,16 +123,21 @@ class ExactStepper:
         self._top, bottom, self._lag = reach(prior)
         self._slots = self._slot_count(whole)
         self._origin = -self._lag  # the step held in slot 0
-        # A band's taps are copied out anyway (they overlap), so a whole map's caches can hold its
-        # activations (integers below 2**20) as float32, at half the memory.
-        dtype = torch.float32 if whole else torch.float64
-        n_caches = 1 + 2 * len(prior.blocks) + 2 * len(prior.attentions)
+        # The convolutions' caches hold their 8-bit inputs: int8 for int8 products, else float64; the
+        # attention's keys and values are wide activations (integers below 2**20). A band's taps are
+        # copied out anyway (they overlap), so a whole map's caches can hold float32.
+        wide = torch.float32 if whole else torch.float64
+        narrow = torch.int8 if int8_products(device) else wide
         rows = (self._top + height + bottom) * batch
-        self._memory = torch.zeros(n_caches, rows, self._slots, channels, dtype=dtype, device=device)
-        self._caches = list(self._memory)
-        self._embedded = self._caches[0]
-        pairs = list(zip(self._caches[1::2], self._caches[2::2], strict=True))
-        self._block_inputs, self._keys_values = pairs[: len(prior.blocks)], pairs[len(prior.blocks) :]
+        shape = (rows, self._slots, channels)
+        self._memories = [
+            torch.zeros(1 + 2 * len(prior.blocks), *shape, dtype=narrow, device=device),
+            torch.zeros(2 * len(prior.attentions), *shape, dtype=wide, device=device),
+        ]
+        inputs, attention = (list(memory) for memory in self._memories)
+        self._embedded = inputs[0]
+        self._block_inputs = list(zip(inputs[1::2], inputs[2::2], strict=True))
+        self._keys_values = list(zip(attention[0::2], attention[1::2], strict=True))
         self._taps_a, self._taps_b = self._row_taps(taps_a), self._row_taps(taps_b)
         self._window_rows = self._row_taps(prior.attention_offsets)
         self._offset_cells = torch.tensor(
@@ -204,7 +209,7 @@ class ExactStepper:
     @property
     def cache_bytes(self) -> int:
         """The memory of the caches."""
-        return self._memory.nbytes
+        return sum(memory.nbytes for memory in self._memories)
 
     def _slot_count(self, whole: bool) -> int:
         """Slots of every cache: a slot for every step of a ``whole`` map; else the steps the taps
@@ -321,8 +326,9 @@ class ExactStepper:
         if t - self._origin < self._slots:
             return
         kept = slice(t - self._lag - self._origin, t - self._origin)
-        self._memory[:, :, : self._lag] = self._memory[:, :, kept]
-        self._memory[:, :, self._lag :] = 0
+        for memory in self._memories:
+            memory[:, :, : self._lag] = memory[:, :, kept]
+            memory[:, :, self._lag :] = 0
         self._origin = t - self._lag
 
     @staticmethod
@@ -335,11 +341,14 @@ class ExactStepper:
         )
 
     def _view(self, cache: Tensor, sites: Sites, shift: int, width: int) -> Tensor:
-        """float64 [n, width] of the cache values from ``shift`` cells after each site: a strided view for
-        a wavefront (float64 caches), one float64 copy for a band of rows (float32 caches, overlapping
-        windows)."""
+        """[n, width] of the cache values from ``shift`` cells after each site: a strided view for a
+        wavefront, one copy for a band of rows (overlapping windows; float32 caches as float64)."""
         taps = self._cells(cache, sites, shift, width)
-        return taps if len(sites.size) == 1 else taps.to(torch.float64).view(-1, width)
+        if len(sites.size) == 1:
+            return taps
+        if taps.dtype == torch.int8:
+            return taps.contiguous().view(-1, width)
+        return taps.to(torch.float64).view(-1, width)
 
     def _store(self, cache: Tensor, sites: Sites, values: Tensor) -> None:
         if sites.mask is not None:
@@ -348,11 +357,12 @@ class ExactStepper:
         cells.copy_(values.view(cells.shape))
 
     def _conv(self, layer: Linear, cache: Tensor, sites: Sites, taps: list[RowTaps]) -> Tensor:
-        """A masked convolution at the sites: one GEMM per kernel row, then the rounding of ``Linear``."""
+        """A masked convolution at the sites, whose 8-bit inputs ``cache`` holds: one product per kernel
+        row, then the rounding of ``Linear``."""
         out = None
         for tap in taps:
-            inputs, weight = self._view(cache, sites, tap.shift, tap.width), layer.weight[tap.rows]
-            out = torch.addmm(layer.bias_low, inputs, weight) if out is None else out.addmm_(inputs, weight)
+            out = layer.accumulate(out, self._view(cache, sites, tap.shift, tap.width), tap.rows)
+        assert out is not None, "a mask has taps"
         return layer.finish(out)
 
     def _evaluate(self, sites: Sites) -> Tensor:
@@ -375,8 +385,9 @@ class ExactStepper:
             heights, widths = (self.height, self.width) if sites.limits is None else sites.limits.unbind(1)
             valid = (oy >= 0) & (oy < heights) & (ox >= 0) & (ox < widths)  # [n, n_off]
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
-            self._store(inputs, sites, elu(x))
-            self._store(middles, sites, elu(self._conv(block.conv1, inputs, sites, self._taps_b)))
+            self._store(inputs, sites, block.conv1.quantise(elu(x)))
+            h = self._conv(block.conv1, inputs, sites, self._taps_b)
+            self._store(middles, sites, block.conv2.quantise(elu(h)))
             h = self._conv(block.conv2, middles, sites, self._taps_b)
             if self._cond is not None:
                 h = clamp(h.add_(self._cond[i].index_select(0, cond_rows)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -26,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqcodec.exact.arithmetic import ACT_MAX
-from vqcodec.exact.quantise import scaled_rows
+from vqcodec.exact.arithmetic import ACT_MAX, Q_MAX, Q_MAX_UNSIGNED
+from vqcodec.exact.quantise import Ranges, input_range, int8_products, quantise_rows8, scaled_rows
 from vqcodec.models.config import VQVAEConfig
 from vqcodec.models.vqvae import VQVAE, Part, ResBlock, decode_in_parts
 
@@ -45,25 +46,35 @@ def _pixels(x: Map) -> Tensor:
     return scaled.clamp_(0, 255).to(torch.uint8)
 
 
-def _pad(x: Map, top: int, bottom: int, left: int, right: int) -> Map:
-    """``x`` with zero rows and columns around it, and one more zero row below: the flat tap slices
-    of the last output row read up to ``dx`` values past the padded map's end."""
-    return F.pad(x, (0, 0, left, right, top, bottom + 1))
+def _pad(x: Map, top: int, bottom: int, left: int, right: int, zero: float = 0.0) -> Map:
+    """``x`` with rows and columns of ``zero`` (how it stores 0) around it, and one more row below: the
+    flat tap slices of the last output row read up to ``dx`` values past the padded map's end."""
+    return F.pad(x, (0, 0, left, right, top, bottom + 1), value=zero)
 
 
 def _taps(padded: Map, taps: list[tuple[int, int]], weights: Tensor, bias: Tensor, height: int) -> Tensor:
-    """``bias + sum over taps (dy, dx) of padded[y + dy, x + dx] @ weights[tap]`` for ``y < height`` and
-    every column of ``padded`` (columns past the output's width are garbage): one GEMM per tap on a flat
-    slice of the map, float64 [height, padded width, out]."""
+    """``sum over taps (dy, dx) of padded[y + dy, x + dx] @ weights[tap]`` for ``y < height`` and every
+    column of ``padded`` (columns past the output's width are garbage): one product per tap on a flat
+    slice of the map, [height, padded width, out]. An int8 map gives int32 sums (``torch._int_mm``,
+    exact); a float64 one float64 sums starting from ``bias``."""
     _, width, c = padded.shape
     flat = padded.view(-1, c)
     n = height * width
+    if padded.dtype == torch.int8:
+        out = torch.zeros(n, weights.shape[2], dtype=torch.int32, device=padded.device)
+        for (dy, dx), weight in zip(taps, weights, strict=True):
+            start = dy * width + dx
+            out.add_(torch._int_mm(flat[start : start + n], weight))
+        return out.view(height, width, -1)
     out = bias.expand(n, -1).clone()
     for (dy, dx), weight in zip(taps, weights, strict=True):
         start = dy * width + dx
         out.addmm_(flat[start : start + n], weight)
     return out.view(height, width, -1)
 
+
+_OFFSET = 128
+"""An unsigned 8-bit input enters an int8 product as ``q - 128``."""
 
 _UP_TAPS = ({1: 1, 0: 3}, {2: 0, 1: 2})
 """For a transposed 4x4 convolution with stride 2 and padding 1: output row ``2m + p`` reads the input
@@ -74,16 +85,34 @@ row ``m + dy - 1`` (``dy`` an offset into the input padded by one row) with kern
 @dataclasses.dataclass
 class IntegerConv:
     """A quantised convolution (exact.md §10.1): ``kind`` "same" (k x k, stride 1, padding k // 2),
-    "down" (4 x 4, stride 2, padding 1) or "up" (transposed 4 x 4, stride 2, padding 1)."""
+    "down" (4 x 4, stride 2, padding 1) or "up" (transposed 4 x 4, stride 2, padding 1).
+
+    The decoder's are 8-bit layers (§3.2 at FP: ``in_scale`` the input's ``m 2**-t``, ``weights8`` the
+    W_c, ``weights`` ``W_c M_c 2**-t_c`` and ``scale`` ``M_c 2**-t_c``), whose input is unsigned (0 to
+    255) after a ReLU; the encoder's keep wide inputs and 15-bit weights (§11: ``in_scale`` None,
+    ``weights`` ``W_c 2**-s_c``).
+
+    An int8 product takes an unsigned input as ``q - 128``: then ``acc = sum W (q - 128) + 128 sum W``,
+    the first sum an exact int32 (``|W (q - 128)| <= 127 * 128``), the second folded into ``starts8``,
+    the value each list of taps' sums start from: ``(128 sum W) M 2**-t + low 2**-t``."""
 
     kind: str
     taps: list[list[tuple[int, int]]]  # per output parity for "up", else one list
-    weights: list[Tensor]  # float64 [taps, in, out] per list of taps: W_c 2**-s_c
+    weights: list[Tensor]  # float64 [taps, in, out] per list of taps
+    weights8: list[Tensor] | None  # int8 [taps, in, out] per list of taps: 8-bit layers only
+    starts8: list[Tensor] | None  # float64 [out] per list of taps: 8-bit layers only
+    scale: Tensor | None  # float64 [out]: 8-bit layers only
     bias_low: Tensor  # float64 [out]
     bias_high: Tensor  # float64 [out]
+    in_scale: float | None
+    unsigned: bool = False
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d | nn.ConvTranspose2d) -> IntegerConv:
+    def from_float(
+        cls, conv: nn.Conv2d | nn.ConvTranspose2d, in_range: int | None = None, unsigned: bool = False
+    ) -> IntegerConv:
+        """The 8-bit layer of ``conv`` for inputs of range ``in_range`` (at FP), ``unsigned`` after a
+        ReLU, or with None the wide layer of the encoder."""
         weight = conv.weight.detach().cpu().double()
         k, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         if isinstance(conv, nn.ConvTranspose2d):
@@ -97,48 +126,113 @@ class IntegerConv:
             plain = plain and conv.output_padding == (0, 0)
         if not kind or not plain or conv.kernel_size[0] != conv.kernel_size[1]:
             raise ValueError(f"no exact form for {conv}")
-        rows, low, high, _ = scaled_rows(
-            weight.flatten(1).numpy(), conv.bias.detach().cpu().double().numpy(), FP
+        if kind == "down" and in_range is not None:
+            raise ValueError("the pixel decoder has no strided convolutions")
+        bias = conv.bias.detach().cpu().double().numpy()
+        if in_range is None:
+            rows, low, high, _ = scaled_rows(weight.flatten(1).numpy(), bias, FP)
+            matrices, scale, in_scale = [torch.from_numpy(rows)], None, None
+        else:
+            q = quantise_rows8(weight.flatten(1).numpy(), bias, FP, in_range, unsigned)
+            low, high, in_scale = q.bias_low, q.bias_high, math.ldexp(q.in_multiplier, -q.in_shift)
+            matrices, scale = (
+                [torch.from_numpy(q.scaled), torch.from_numpy(q.weight)],
+                torch.from_numpy(q.scale),
+            )
+        taps, per_matrix = cls._layout(kind, k, [m.view(weight.shape) for m in matrices])
+        bias_low, weights8, starts8 = torch.from_numpy(low), None, None
+        if scale is not None:
+            weights8 = [w.to(torch.int8) for w in per_matrix[1]]
+            offset = _OFFSET if unsigned else 0
+            starts8 = [(offset * w.sum((0, 1))) * scale + bias_low for w in per_matrix[1]]
+        return cls(
+            kind,
+            taps,
+            per_matrix[0],
+            weights8,
+            starts8,
+            scale,
+            bias_low,
+            torch.from_numpy(high),
+            in_scale,
+            unsigned,
         )
-        scaled = torch.from_numpy(rows).view(weight.shape)  # [out, in, kh, kw]
 
-        def per_tap(kernel_offsets: list[tuple[int, int]]) -> Tensor:  # [taps, in, out]
+    @staticmethod
+    def _layout(
+        kind: str, k: int, matrices: list[Tensor]
+    ) -> tuple[list[list[tuple[int, int]]], list[list[Tensor]]]:
+        """The taps, and each of ``matrices`` ([out, in, kh, kw]) as [taps, in, out] per list of taps."""
+
+        def per_tap(scaled: Tensor, kernel_offsets: list[tuple[int, int]]) -> Tensor:  # [taps, in, out]
             return torch.stack([scaled[:, :, ky, kx].t() for ky, kx in kernel_offsets])
 
         if kind == "same":
             taps = [[(ky, kx) for ky in range(k) for kx in range(k)]]
-            weights = [per_tap(taps[0])]
-        elif kind == "down":  # a 2x2 convolution of the space-to-depth map: channels (by, bx, in)
-            taps = [[(ay, ax) for ay in range(2) for ax in range(2)]]
-            blocks = scaled.view(scaled.shape[0], scaled.shape[1], 2, 2, 2, 2)  # [out, in, ay, by, ax, bx]
-            per_block = blocks.permute(2, 4, 3, 5, 1, 0)  # [ay, ax, by, bx, in, out]
-            weights = [per_block.reshape(4, -1, scaled.shape[0]).contiguous()]
-        else:  # four 2x2 convolutions of the input padded by 1, one per output parity (py, px)
-            taps, weights = [], []
-            for rows, cols in itertools.product(_UP_TAPS, _UP_TAPS):
-                taps.append([(dy, dx) for dy in rows for dx in cols])
-                weights.append(per_tap([(rows[dy], cols[dx]) for dy, dx in taps[-1]]))
-        return cls(kind, taps, weights, torch.from_numpy(low), torch.from_numpy(high))
+            return taps, [[per_tap(m, taps[0])] for m in matrices]
+        if kind == "down":  # a 2x2 convolution of the space-to-depth map: channels (by, bx, in)
+            out = []
+            for m in matrices:
+                blocks = m.reshape(m.shape[0], m.shape[1], 2, 2, 2, 2)  # [out, in, ay, by, ax, bx]
+                per_block = blocks.permute(2, 4, 3, 5, 1, 0)  # [ay, ax, by, bx, in, out]
+                out.append([per_block.reshape(4, -1, m.shape[0]).contiguous()])
+            return [[(ay, ax) for ay in range(2) for ax in range(2)]], out
+        # four 2x2 convolutions of the input padded by 1, one per output parity (py, px)
+        taps = [
+            [(dy, dx) for dy in rows for dx in cols] for rows, cols in itertools.product(_UP_TAPS, _UP_TAPS)
+        ]
+        kernel = [
+            [(rows[dy], cols[dx]) for dy, dx in parity_taps]
+            for (rows, cols), parity_taps in zip(itertools.product(_UP_TAPS, _UP_TAPS), taps, strict=True)
+        ]
+        return taps, [[per_tap(m, offsets) for offsets in kernel] for m in matrices]
+
+    def _operands(self, x: Map) -> tuple[Map, list[Tensor]]:
+        """The map the products take (an 8-bit layer's input quantised, int8 for int8 products) and the
+        weights that go with it."""
+        if self.in_scale is None:
+            return x, self.weights
+        low = 0 if self.unsigned else -Q_MAX
+        q = x.mul(self.in_scale).add_(0.5).floor_().clamp_(low, Q_MAX_UNSIGNED if self.unsigned else Q_MAX)
+        if int8_products(q.device) and self.weights8 is not None:
+            return (q.sub_(_OFFSET) if self.unsigned else q).to(torch.int8), self.weights8
+        return q, self.weights
+
+    def _scaled(self, sums: Tensor, part: int) -> Tensor:
+        """``(M acc + low) 2**-t`` (float64) from one list of taps' sums: int32 ones scaled, float64 ones
+        (which started from the bias) as they are."""
+        if sums.dtype != torch.int32:
+            return sums
+        assert self.scale is not None and self.starts8 is not None, "int32 sums come from an 8-bit layer"
+        return torch.addcmul(self.starts8[part], sums.double(), self.scale)
 
     def __call__(self, x: Map) -> Map:
         h, w, c = x.shape
-        if self.kind == "same" and len(self.taps[0]) == 1:  # 1x1: one GEMM over all positions
-            out = torch.addmm(self.bias_low, x.reshape(-1, c), self.weights[0][0]).view(h, w, -1)
+        x, weights = self._operands(x)
+        zero = -_OFFSET if x.dtype == torch.int8 and self.unsigned else 0
+        if self.kind == "same" and len(self.taps[0]) == 1:  # 1x1: one product over all positions
+            flat = x.reshape(-1, c)
+            if x.dtype == torch.int8:
+                out = self._scaled(torch._int_mm(flat, weights[0][0]), 0).view(h, w, -1)
+            else:
+                out = torch.addmm(self.bias_low, flat, weights[0][0]).view(h, w, -1)
         elif self.kind == "same":
             r = self.taps[0][-1][0] // 2
-            out = _taps(_pad(x, r, r, r, r), self.taps[0], self.weights[0], self.bias_low, h)[:, :w]
+            sums = _taps(_pad(x, r, r, r, r, zero), self.taps[0], weights[0], self.bias_low, h)
+            out = self._scaled(sums[:, :w], 0)
         elif self.kind == "down":
             padded = _pad(x, 1, 1, 1, 1)[: h + 2]  # [h + 2, w + 2, c], even sides
             s2d = padded.view(h // 2 + 1, 2, w // 2 + 1, 2, c).permute(0, 2, 1, 3, 4)
             s2d = _pad(s2d.reshape(h // 2 + 1, w // 2 + 1, 4 * c), 0, 0, 0, 0)
-            out = _taps(s2d, self.taps[0], self.weights[0], self.bias_low, h // 2)[:, : w // 2]
+            out = _taps(s2d, self.taps[0], weights[0], self.bias_low, h // 2)[:, : w // 2]
         else:
-            padded = _pad(x, 1, 1, 1, 1)
-            out = x.new_empty(h, 2, w, 2, len(self.bias_low))
-            for parity, (taps, weights) in enumerate(zip(self.taps, self.weights, strict=True)):
-                py, px = divmod(parity, 2)
-                out[:, py, :, px] = _taps(padded, taps, weights, self.bias_low, h)[:, :w]
-            out = out.view(2 * h, 2 * w, -1)
+            padded = _pad(x, 1, 1, 1, 1, zero)
+            parities = [
+                self._scaled(_taps(padded, taps, parity_weights, self.bias_low, h)[:, :w], part)
+                for part, (taps, parity_weights) in enumerate(zip(self.taps, weights, strict=True))
+            ]
+            out = torch.stack(parities, dim=2).view(h, w, 2, 2, -1).permute(0, 2, 1, 3, 4)
+            out = out.reshape(2 * h, 2 * w, -1)
         return out.floor_().add_(self.bias_high).clamp_(-ACT_MAX, ACT_MAX)
 
 
@@ -160,16 +254,26 @@ class _Res:
 Layer = Callable[[Map], Map]
 
 
-def quantise_layers(net: nn.Module) -> list[Layer]:
-    """The exact layers of an ``nn.Sequential`` of convolutions, ReLUs and ResBlocks, in order."""
+def quantise_layers(net: nn.Module, ranges: Ranges | None = None, name: str = "") -> list[Layer]:
+    """The exact layers of an ``nn.Sequential`` of convolutions, ReLUs and ResBlocks, in order: 8-bit
+    layers with the input ``ranges`` of its convolutions (at FP, by module name under ``name``), or
+    with None the encoder's wide ones."""
+
+    def conv(module: nn.Module, module_name: str, after_relu: bool) -> IntegerConv:
+        if ranges is None:
+            return IntegerConv.from_float(module)
+        return IntegerConv.from_float(module, input_range(ranges, f"{name}{module_name}", FP), after_relu)
+
     layers: list[Layer] = []
-    for module in net:
+    modules = list(net)
+    for i, module in enumerate(modules):
         if isinstance(module, nn.ReLU):
             layers.append(_relu)
         elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-            layers.append(IntegerConv.from_float(module))
-        elif isinstance(module, ResBlock):
-            layers.append(_Res(IntegerConv.from_float(module.net[1]), IntegerConv.from_float(module.net[3])))
+            layers.append(conv(module, f"{i}", i > 0 and isinstance(modules[i - 1], nn.ReLU)))
+        elif isinstance(module, ResBlock):  # net: ReLU, conv1, ReLU, conv2
+            conv1, conv2 = conv(module.net[1], f"{i}.net.1", True), conv(module.net[3], f"{i}.net.3", True)
+            layers.append(_Res(conv1, conv2))
         else:
             raise ValueError(f"no exact form for {type(module).__name__}")
     return layers
@@ -202,12 +306,18 @@ def move_layers(obj: object, device: torch.device) -> object:
 class ExactDecoder:
     """The integer pixel decoder of one float ``VQVAE`` (exact.md §10)."""
 
-    def __init__(self, vqvae: VQVAE) -> None:
+    def __init__(self, vqvae: VQVAE, ranges: Ranges | None = None) -> None:
+        """The decoder of ``vqvae`` whose convolutions' inputs have ``ranges`` (at FP, by module name in
+        ``vqvae``; ``DEFAULT_RANGE`` where none is given)."""
+        ranges = ranges or {}
         self.config: VQVAEConfig = vqvae.config
         self._halo = vqvae.decode_halo()
         self.codebooks = [quantise_codebook(q.embedding) for q in vqvae.quantizers]
-        self.upsamplers = [quantise_layers(upsampler) for upsampler in vqvae.upsamplers]
-        self.decoder = quantise_layers(vqvae.decoder.net)
+        self.upsamplers = [
+            quantise_layers(upsampler, ranges, f"upsamplers.{level}.")
+            for level, upsampler in enumerate(vqvae.upsamplers)
+        ]
+        self.decoder = quantise_layers(vqvae.decoder.net, ranges, "decoder.net.")
         self.device = torch.device("cpu")
 
     def to(self, device: torch.device | str) -> ExactDecoder:

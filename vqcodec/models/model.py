@@ -28,6 +28,10 @@ class CodecModel(nn.Module):
         self.config = config
         self.vqvae = VQVAE(config.vqvae)
         self.priors = nn.ModuleList(build_prior(config, level) for level in range(config.vqvae.n_levels))
+        self.input_ranges: dict[str, int] = {}
+        """The input range of convolutions by module name, for the codec's 8-bit integer layers
+        (``bitstream_spec/exact.md`` §3.2; measured by ``vqcodec.exact.calibrate``): model data, saved
+        in model files beside the weights."""
 
     def code_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(H, W) of every level's code map for a ``height`` x ``width`` image, top first."""

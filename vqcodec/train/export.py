@@ -1,4 +1,5 @@
-"""Export: turn a training run folder into one model file (VQ-VAE + every level's prior).
+"""Export: turn a training run folder into one model file (VQ-VAE + every level's prior), with the input
+ranges of its 8-bit layers measured on training images; or measure them for an existing model file.
 
 A prior is trained on the codes of one VQ-VAE checkpoint, whose SHA-256 its checkpoint records
 (``meta["codes_source"]["vqvae_sha256"]``, see ``stage2.train_prior``). If the VQ-VAE has been trained
@@ -12,13 +13,15 @@ from pathlib import Path
 
 import torch
 
+from vqcodec.exact.calibrate import calibrate
 from vqcodec.models.config import level_names
 from vqcodec.models.model import CodecModel
 from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
+from vqcodec.train.data import list_images, load_rgb, to_tensor
 from vqcodec.train.decoder import STAGE as DECODER_STAGE
 from vqcodec.train.decoder import refined_decoder
 from vqcodec.train.run import prior_stage, read_config, say
-from vqcodec.zoo.modelfile import save_model
+from vqcodec.zoo.modelfile import read_model, save_model
 
 
 def _run_files(run: Path, n_levels: int) -> list[Path]:
@@ -59,17 +62,69 @@ def _check_codes(run: Path, stage: str, path: Path, vqvae_sha256: str, vqvae_ste
         )
 
 
+CALIBRATION_IMAGES = 8
+"""Images whose largest layer inputs give a model's 8-bit input ranges (``exact.calibrate``): the
+ranges of 8 cbsd432 images cover those of Kodak's 24 within a few per cent (one clip more or less
+costs nothing measurable)."""
+
+
+def calibration_images(folder: str | Path, n: int, multiple: int) -> list[torch.Tensor]:
+    """The first ``n`` images of ``folder`` (by path), each cut to multiples of ``multiple`` from the top
+    left, as [1, 3, H, W] in the models' convention."""
+    images = []
+    for path in list_images(folder)[:n]:
+        image = to_tensor(load_rgb(path))
+        height, width = image.shape[1] // multiple * multiple, image.shape[2] // multiple * multiple
+        if height and width:
+            images.append(image[None, :, :height, :width])
+    if not images:
+        raise ValueError(f"no image in {folder} is {multiple} pixels wide and high")
+    return images
+
+
+def calibrated(model: CodecModel, folder: str | Path, n: int = CALIBRATION_IMAGES) -> CodecModel:
+    """``model`` with its input ranges measured on the first ``n`` images of ``folder``."""
+    say(f"Measuring the 8-bit layers' input ranges on {n} images of {folder}")
+    calibrate(model, calibration_images(folder, n, model.config.vqvae.multiple))
+    return model
+
+
+def calibrate_model_file(
+    model_file: str | Path,
+    images: str | Path,
+    out: str | Path,
+    n: int = CALIBRATION_IMAGES,
+    half: bool = False,
+    force: bool = False,
+) -> str:
+    """Write ``model_file`` with its input ranges measured on ``images`` to ``out``; return its SHA-256.
+
+    The model file itself is never changed: ``out`` must be another file (an existing one only with
+    ``force``), and appears only when complete."""
+    source, out = Path(model_file), Path(out)
+    if out.resolve() == source.resolve():
+        raise FileExistsError(f"{out} is the model file read: write the calibrated model elsewhere")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder: give the model file's path")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists (use --force to overwrite it)")
+    model, _ = read_model(source)
+    return save_model(calibrated(model, images, n), out, half=half)
+
+
 def export(
     run: str | Path,
     out: str | Path,
     allow_untrained: bool = False,
     half: bool = False,
     force: bool = False,
+    calibration: str | Path | None = None,
 ) -> str:
     """Write the model of ``run`` to the model file ``out``; return the file's SHA-256 (hex).
 
     ``half`` stores the parameters as float16, as the bundled models do. A refined decoder
-    (``decoder.train_decoder``) replaces stage 1's.
+    (``decoder.train_decoder``) replaces stage 1's. The 8-bit layers' input ranges are measured on the
+    first images of ``calibration``, by default the run's training images (``calibrated``).
 
     Every level needs a trained prior; with ``allow_untrained`` a missing one keeps its (seeded,
     so reproducible) random initialisation, which is only useful for testing the plumbing. A
@@ -89,7 +144,14 @@ def export(
         raise FileNotFoundError(
             f"no stage-1 checkpoint at {vqvae}: train the VQ-VAE first (vqcodec train vqvae)"
         )
-    vqvae_sha256, vqvae_step = file_sha256(vqvae), read_state(vqvae)["step"]
+    vqvae_state = read_state(vqvae)
+    vqvae_sha256, vqvae_step = file_sha256(vqvae), vqvae_state["step"]
+    calibration = calibration or vqvae_state["meta"].get("data")
+    if calibration is None:
+        raise ValueError(
+            f"{vqvae} does not record its training images: give a folder of training images to measure"
+            " the 8-bit layers' input ranges on (--calibration-images)"
+        )
     trained = {}
     for level in range(n_levels):
         stage = prior_stage(n_levels, level)
@@ -114,5 +176,6 @@ def export(
         model.vqvae.load_state_dict({**model.vqvae.state_dict(), **decoder})
     for level, path in trained.items():
         model.priors[level].load_state_dict(read_model_state(path))
+    calibrated(model.eval(), calibration)
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_model(model, out, half=half)

@@ -1,8 +1,10 @@
 """Model files: one ``.safetensors`` file with the weights of a CodecModel and its configuration.
 
-The header's ``__metadata__`` is ``{"format": "vqcodec-model", "version": "1", "config": <ModelConfig
-JSON>}``; the tensors are the model's whole state dict (float weights and the codebooks' EMA
-statistics, so a model file can also seed further training). A model file is untrusted input: it is
+The header's ``__metadata__`` is ``{"format": "vqcodec-model", "version": "2", "config": <ModelConfig
+JSON>, "ranges": <JSON object>}``, the ranges being ``CodecModel.input_ranges`` (module name to an
+integer in 1..2**20 - 1; version 1 files have none, so every layer takes the default range); the
+tensors are the model's whole state dict (float weights and the codebooks' EMA statistics, so a
+model file can also seed further training). A model file is untrusted input: it is
 parsed by safetensors (no pickle, no code execution), its configuration is type- and bounds-checked,
 and every tensor in the header must match, by name, dtype and shape, the model the configuration
 describes, built first on the meta device. So a configuration can never make us allocate more than
@@ -27,11 +29,13 @@ import safetensors.torch
 import torch
 
 from vqcodec.errors import ModelFileError
+from vqcodec.exact.arithmetic import ACT_MAX
 from vqcodec.models.config import LevelConfig, ModelConfig, PriorConfig, VQVAEConfig
 from vqcodec.models.model import CodecModel
 
 FORMAT = "vqcodec-model"
-VERSION = "1"
+VERSION = "2"
+READS = ("1", "2")
 MAX_FILE_BYTES = 2 * 1024**3
 MAX_HEADER_BYTES = 100 * 1024**2  # the limit safetensors itself applies
 MAX_LEVELS = 4
@@ -230,14 +234,17 @@ def read_model(
 
     header = _header(data)
     meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or set(meta) != {"format", "version", "config"}:
-        raise ModelFileError(
-            "not a vqcodec model file: metadata must hold exactly format, version and config"
-        )
+    if not isinstance(meta, dict) or not {"format", "version", "config"} <= set(meta):
+        raise ModelFileError("not a vqcodec model file: metadata must hold format, version and config")
     if meta["format"] != FORMAT:
         raise ModelFileError(f"not a vqcodec model file: format is {meta['format']!r:.40}, not {FORMAT!r}")
-    if meta["version"] != VERSION:
-        raise ModelFileError(f"unsupported model file version {meta['version']!r:.20} (this reads {VERSION})")
+    if meta["version"] not in READS:
+        raise ModelFileError(f"unsupported model file version {meta['version']!r:.20} (this reads 1 and 2)")
+    keys = {"format", "version", "config"} | ({"ranges"} if meta["version"] == "2" else set())
+    if set(meta) != keys:
+        raise ModelFileError(
+            f"model file version {meta['version']}: metadata must hold exactly {sorted(keys)}"
+        )
     config = config_from_json(meta["config"])
     if not bundled:
         _check_tensors(header, expected_tensors(config))
@@ -254,7 +261,28 @@ def read_model(
         model.load_state_dict(state)
     except RuntimeError as e:  # only a bundled file reaches this unchecked
         raise ModelFileError(f"tensors do not match the configuration: {e}") from e
+    model.input_ranges = _checked_ranges(meta.get("ranges", "{}"), model)
     return model.to(device).eval(), sha256
+
+
+def _checked_ranges(text: str, model: CodecModel) -> dict[str, int]:
+    """The input ranges of untrusted JSON text: each names a convolution of ``model``, an integer in
+    1..ACT_MAX."""
+    try:
+        ranges = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        raise ModelFileError(f"ranges are not valid JSON: {e}") from e
+    if not isinstance(ranges, dict):
+        raise ModelFileError("ranges must be a JSON object")
+    convs = {
+        name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    }
+    for name, value in ranges.items():
+        if name not in convs:
+            raise ModelFileError(f"ranges name {name!r:.80}, which is no convolution of the model")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ACT_MAX:
+            raise ModelFileError(f"range of {name} must be an integer in 1..{ACT_MAX}, got {value!r:.40}")
+    return dict(sorted(ranges.items()))
 
 
 def _canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytes, memoryview]:
@@ -281,7 +309,8 @@ def save_model(model: CodecModel, path: str | Path, half: bool = False) -> str:
             tensors[name] = tensors[name].half()
             if not torch.isfinite(tensors[name]).all():
                 raise ModelFileError(f"parameter {name} does not fit in float16")
-    metadata = {"format": FORMAT, "version": VERSION, "config": model.config.to_json()}
+    ranges = json.dumps(model.input_ranges, sort_keys=True, separators=(",", ":"))
+    metadata = {"format": FORMAT, "version": VERSION, "config": model.config.to_json(), "ranges": ranges}
     head, body = _canonical(tensors, metadata)
     if len(head) + len(body) > MAX_FILE_BYTES:
         raise ModelFileError(f"model too large for a model file ({len(head) + len(body)} bytes)")

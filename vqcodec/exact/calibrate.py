@@ -1,0 +1,101 @@
+"""The input ranges of the 8-bit layers, measured on images (``exact.md`` §3.2): informative.
+
+A layer's 8-bit input covers ``[-range, range]`` of its activations; a model file stores every range
+(``CodecModel.input_ranges``), so decoders read them and never measure anything. How they were
+chosen changes no rule of the format, only how well the integers follow the float model: here, the
+largest input each convolution of the float model sees on some images (training images, never the
+benchmark's), since clipping even the rarest largest inputs costs more than a coarser step (a 99.99 %
+quantile instead of the maximum doubled the decoder's loss, ``experiments/int8_cost.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from vqcodec.exact.arithmetic import ACT_MAX, FA
+from vqcodec.exact.vqvae import FP
+from vqcodec.models.model import CodecModel
+from vqcodec.models.pixelsnail import PixelSNAILPrior
+
+_CONVS = nn.Conv2d | nn.ConvTranspose2d
+
+
+@contextmanager
+def largest_inputs(module: nn.Module, prefix: str, found: dict[str, float]) -> Iterator[None]:
+    """While open, raise ``found[prefix + name]`` to the largest |input| each convolution of ``module``
+    sees."""
+
+    def record(name: str):  # noqa: ANN202 (a hook's signature)
+        def hook(_conv: nn.Module, args: tuple[Tensor, ...]) -> None:
+            found[name] = max(found.get(name, 0.0), args[0].detach().abs().max().item())
+
+        return hook
+
+    handles = [
+        conv.register_forward_pre_hook(record(prefix + name))
+        for name, conv in module.named_modules()
+        if isinstance(conv, _CONVS)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def to_units(found: dict[str, float], frac_bits: int) -> dict[str, int]:
+    """Ranges in real units as the model file's integers: ``ceil(range 2**frac_bits)`` in 1..ACT_MAX."""
+    return {name: min(ACT_MAX, max(1, math.ceil(value * 2**frac_bits))) for name, value in found.items()}
+
+
+@torch.no_grad()
+def prior_ranges(prior: PixelSNAILPrior, codes: Iterable[tuple[Tensor, list[Tensor]]]) -> dict[str, int]:
+    """The input ranges (at FA, by module name) of ``prior``'s convolutions over batches of codes [B, H,
+    W] and the levels above them; the embeddings' whole tables count for the layers that read them,
+    since any code may come."""
+    found: dict[str, float] = {}
+    with largest_inputs(prior, "", found):
+        for level_codes, above in codes:
+            prior(level_codes, above or None)
+    found["input_conv"] = max(found.get("input_conv", 0.0), prior.embed.weight.abs().max().item())
+    if prior.cond_codebook_sizes:
+        largest = max(table.weight.abs().max().item() for table in prior.cond_embeds)
+        found["cond_conv"] = max(found.get("cond_conv", 0.0), largest)
+    return to_units(found, FA)
+
+
+@torch.no_grad()
+def decoder_ranges(model: CodecModel, codes: Iterable[list[Tensor]]) -> dict[str, int]:
+    """The input ranges (at FP, by module name within ``model.vqvae``) of the pixel decoder's
+    convolutions over code maps (per level, top first, [B, h, w])."""
+    vqvae, found = model.vqvae, {}
+    parts = {"upsamplers.": vqvae.upsamplers, "decoder.": vqvae.decoder}
+    with (
+        largest_inputs(parts["upsamplers."], "upsamplers.", found),
+        largest_inputs(parts["decoder."], "decoder.", found),
+    ):
+        for maps in codes:
+            vqvae.decode_codes(maps)
+    return to_units(found, FP)
+
+
+@torch.no_grad()
+def calibrate(model: CodecModel, images: Iterable[Tensor]) -> dict[str, int]:
+    """Every input range of ``model`` (by module name in the model) measured on ``images`` (each [1, 3,
+    H, W] in the model's convention, sides multiples of ``model.config.vqvae.multiple``); also stored
+    in ``model.input_ranges``."""
+    model.eval()
+    all_codes = [model.vqvae.encode(image) for image in images]
+    if not all_codes:
+        raise ValueError("calibration needs at least one image")
+    ranges = {f"vqvae.{name}": value for name, value in decoder_ranges(model, all_codes).items()}
+    for level, prior in enumerate(model.priors):
+        batches = [(codes[level], codes[:level]) for codes in all_codes]
+        ranges.update({f"priors.{level}.{name}": v for name, v in prior_ranges(prior, batches).items()})
+    model.input_ranges = ranges
+    return ranges
