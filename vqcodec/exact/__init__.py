@@ -8,7 +8,7 @@ module                        exact.md     role
 ============================  ===========  ==================================================
 ``arithmetic.py``             §2, §4, §5,  constants, tables, rounding, integer operations,
                               §7           logits to frequency tables (normative)
-``quantise.py``               §3           a float prior's weights as integers (normative)
+``quantise.py``               §3           a float layer as 8-bit integers (normative)
 ``prior.py``                  §6, §6.1     the prior's network and its conditioning (normative)
 ``attention.py``              §6.3         causal attention in integers (normative)
 ``vqvae.py``                  §10          the pixel decoder (normative)
@@ -16,10 +16,11 @@ module                        exact.md     role
 ``cuda_stepper.py``           §9           the same steps as CUDA graphs (execution)
 ``gather.py``                 §8           gathering and chunked GEMMs (execution)
 ``encoder.py``                §11          pixels to codes, whole-map tables (encoder only)
+``calibrate.py``              §3.2         a model's input ranges, measured (informative)
 ============================  ===========  ==================================================
 
-Why float64 GEMMs give exact integers on every device is §8: every operand is an integer (times a
-power of two) and every partial sum stays below 2**53.
+Why every product is exact on every device is §8: its factors are 8-bit integers, so its sums are
+int32 values (int8 x int8 -> int32 products on CPUs, float64 GEMMs of the same integers elsewhere).
 """
 
 from vqcodec.exact.prior import ExactPrior

@@ -5,8 +5,8 @@ A range decoder needs the encoder's frequency tables bit for bit: one float that
 code decodes wrongly. So everything here is defined on integers:
 
 * activations are integers in fixed point with ``FA`` fractional bits, clamped to ``|x| <= ACT_MAX``;
-* weights are integers ``|w| <= WEIGHT_MAX`` with a power-of-two scale per output channel (§3,
-  ``quantise.py``);
+* every product multiplies 8-bit integers: layer inputs rounded to ``|q| <= Q_MAX`` (or ``0..255``)
+  and weights ``|w| <= Q_MAX`` with a scale per output channel (§3, ``quantise.py``);
 * the tables of §4 (ELU, sigmoid, exp) are defined mathematically and computed exactly in integers;
 * everything else (bias, shifts, clamps, residual sums, gates, softmaxes) is integer arithmetic.
 

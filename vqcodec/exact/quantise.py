@@ -1,9 +1,11 @@
 """Quantisation of a float prior into the integers of exact inference (``exact.md`` §3): normative.
 
-Every convolution becomes a linear map of its gathered input taps (§3.1), with integer weights of at
-most ``WEIGHT_MAX`` and a power-of-two scale per output channel, and integer biases (§3.2); the
-embeddings are rounded to ``FA`` fractional bits (§3.3). The result depends only on the float
-weights, through correctly rounded IEEE operations, so every platform derives the same integers.
+Every convolution becomes a linear map of its gathered input taps (§3.1) with 8-bit inputs (an input
+quantiser from the model file's range), 8-bit weights with a scale per output channel, a 15-bit
+output multiplier and shift, and integer biases (§3.2); the embeddings are rounded to ``FA``
+fractional bits (§3.3). The result depends only on the float weights and the ranges, through
+correctly rounded IEEE operations, so every platform derives the same integers. The encoder's wide
+layers (§11: 15-bit weights with a power-of-two scale, ``quantise_rows``) are here too.
 """
 
 from __future__ import annotations

@@ -3,16 +3,17 @@
 The integer mirror of ``models/vqvae.py``'s decoder (codes to pixels), in the priors' arithmetic
 (§3, §5, §8) at ``FP`` fractional bits:
 
-* every activation is an integer at ``FP`` clamped to ``|x| <= ACT_MAX``; weights are the priors'
-  15-bit integers with a power-of-two scale per output channel;
-* a convolution is a sum of one float64 GEMM per kernel tap on a zero-padded channels-last map, whose
-  partial sums are integers (times ``2**-s_c``) below ``2**52``: exact whatever the BLAS, thread count
-  or device. Strided and transposed convolutions become stride-1 taps (space-to-depth; one set of
-  taps per output parity), so no im2col, FFT or Winograd path is ever taken;
+* every activation is an integer at ``FP`` clamped to ``|x| <= ACT_MAX``; every convolution rounds its
+  input to 8 bits (unsigned after a ReLU) and has 8-bit weights with a scale per output channel;
+* a convolution is a sum of one product per kernel tap on a zero-padded channels-last map: int8 x
+  int8 -> int32 on the CPU, float64 GEMMs of the same integers elsewhere, exact whatever the BLAS,
+  thread count or device. Transposed convolutions become stride-1 taps (one set per output parity),
+  so no im2col, FFT or Winograd path is ever taken;
 * ReLU, residual sums, clamps and the final rounding to 8-bit pixels are exact float64 operations on
   integers below ``2**53``.
 
-The encoder's half (pixels to codes, §11) is in ``encoder.py``: a decoder needs none of it.
+The encoder's wide layers (§11: 15-bit weights, wide inputs, also stride-2 convolutions) are
+``IntegerConv``s too; the rest of the encoder is in ``encoder.py``: a decoder needs none of it.
 """
 
 from __future__ import annotations
