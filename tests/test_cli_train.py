@@ -9,9 +9,13 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 from synthetic_images import make_images
+from torch import nn
 
 from vqcodec.cli import main
 from vqcodec.cli_errors import EXIT_OUTPUT_EXISTS, EXIT_USAGE
+from vqcodec.models.config import tiny_config
+from vqcodec.models.model import CodecModel
+from vqcodec.zoo.modelfile import read_model, save_model
 
 
 def invoke(*args: str | Path) -> Result:
@@ -85,7 +89,25 @@ def test_refine_a_models_decoder(tmp_path: Path) -> None:
     decoder = ["train", "decoder", "--run-dir", run, "--data", images, "--device", "cpu", "--crop", "32"]
     fails(*decoder, "--steps", "2", "--crop", "30", message="multiple of 8")
     assert "Stage 1b (decoder) done" in ok(*decoder, "--steps", "2").stderr
-    assert "decoder" in ok("export", "--run-dir", run, "--out", model).stderr
+    result = ok("export", "--run-dir", run, "--out", model)  # measured on the decoder's images
+    assert "decoder" in result.stderr and f"input ranges on 8 images of {images.resolve()}" in result.stderr
+
+
+def test_calibrate_a_model_file(tmp_path: Path) -> None:
+    """A model file written without ranges (vqcodec 0.1's) gets them; the file read is never changed."""
+    images, old = make_images(tmp_path / "images"), tmp_path / "old.safetensors"
+    save_model(CodecModel(tiny_config()), old)
+    before = old.read_bytes()
+    new = tmp_path / "new.safetensors"
+    sha = ok("calibrate", "-m", old, "--images", images, "--out", new, "--n", "2").stdout.strip()
+    assert sha == hashlib.sha256(new.read_bytes()).hexdigest() and old.read_bytes() == before
+    model, _ = read_model(new)
+    convs = {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)}
+    decoding = ("priors.", "vqvae.upsamplers.", "vqvae.decoder.")  # not the encoder's (wide) layers
+    assert set(model.input_ranges) == {name for name in convs if name.startswith(decoding)}
+    fails("calibrate", "-m", old, "--images", images, "--out", old, "-f", message="model file read")
+    fails("calibrate", "-m", old, "--images", images, "--out", new, message="exists (use --force")
+    assert old.read_bytes() == before
 
 
 def test_user_errors_are_one_line(tmp_path: Path) -> None:

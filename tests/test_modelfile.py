@@ -167,9 +167,39 @@ def test_rejects_bad_metadata() -> None:
     with pytest.raises(ModelFileError, match="format"):
         read_model(body(good, format="gguf"))
     with pytest.raises(ModelFileError, match="version"):
-        read_model(body(good, version="2"))
+        read_model(body(good, version="3"))
+    with pytest.raises(ModelFileError, match="metadata must hold exactly"):
+        read_model(body(good, version="2"))  # version 2 has ranges
+    with pytest.raises(ModelFileError, match="metadata must hold exactly"):
+        read_model(body(good, ranges="{}"))  # version 1 has none
     with pytest.raises(ModelFileError, match="not valid JSON"):
         read_model(body(good, config="{"))
+
+
+def test_input_ranges_round_trip_and_version_1_files_have_none(tmp_path: Path) -> None:
+    model = tiny_model()
+    model.input_ranges = {"priors.0.out_conv": 5000, "vqvae.decoder.net.0": 70000}
+    path = tmp_path / "ranged.safetensors"
+    save_model(model, path)
+    assert read_model(path)[0].input_ranges == model.input_ranges
+    assert read_model(body(weights()))[0].input_ranges == {}  # a version 1 file: default ranges
+
+
+@pytest.mark.parametrize(
+    ("ranges", "message"),
+    [
+        ("[1]", "JSON object"),
+        ("{", "not valid JSON"),
+        ('{"priors.0.embed": 5}', "no convolution"),
+        ('{"priors.0.out_conv": 0}', "integer in 1..1048575"),
+        ('{"priors.0.out_conv": 1048576}', "integer in 1..1048575"),
+        ('{"priors.0.out_conv": 5.0}', "integer"),
+        ('{"priors.0.out_conv": true}', "integer"),
+    ],
+)
+def test_rejects_bad_input_ranges(ranges: str, message: str) -> None:
+    with pytest.raises(ModelFileError, match=message):
+        read_model(body(weights(), version="2", ranges=ranges))
 
 
 def config_json(**changes: object) -> str:

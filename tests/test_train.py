@@ -343,7 +343,9 @@ def test_refined_decoder_keeps_codes_and_priors(images: Path, val_images: Path, 
 
     run = tmp_path / "run"
     run_from_model(TINY_MODEL, run, [])
-    export(run, tmp_path / "same.safetensors")  # the model's own priors come along
+    with pytest.raises(ValueError, match="records no training images"):
+        export(run, tmp_path / "same.safetensors")
+    export(run, tmp_path / "same.safetensors", calibration=images)  # the model's own priors come along
     same, _ = read_model(tmp_path / "same.safetensors")
     old, _ = read_model(TINY_MODEL)
     assert_identical(same.state_dict(), old.state_dict())

@@ -90,8 +90,8 @@ class ExactPrior:
             input_conv=input_conv,
             blocks=[
                 QuantGatedBlock(
-                    masked(f"blocks.{j}.conv1", first_layer=False),
-                    masked(f"blocks.{j}.conv2", first_layer=False),
+                    masked(f"blocks.{j}.conv1", first_layer=False).with_elu_inputs(),
+                    masked(f"blocks.{j}.conv2", first_layer=False).with_elu_inputs(),
                     linear(f"blocks.{j}.cond_proj", point) if block.cond_proj is not None else None,
                 )
                 for j, block in enumerate(prior.blocks)
@@ -104,7 +104,7 @@ class ExactPrior:
                 quantise_res_block(block, ranges, f"out_blocks.{j}")
                 for j, block in enumerate(prior.out_blocks)
             ],
-            out_conv=linear("out_conv", point),
+            out_conv=linear("out_conv", point).with_elu_inputs(),
             cond_embeds=[quantise_embedding(e) for e in prior.cond_embeds] if conditioned else [],
             cond_conv=linear("cond_conv", point) if conditioned else None,
             cond_stack=[

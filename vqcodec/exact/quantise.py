@@ -31,8 +31,11 @@ from vqcodec.exact.arithmetic import (
     Q_MAX,
     Q_MAX_UNSIGNED,
     T_MAX,
+    TABLE_SIZE,
     WEIGHT_MAX,
     clamp,
+    elu,
+    lookup,
 )
 from vqcodec.models.pixelsnail import CausalAttention, ELUResBlock, MaskedConv2d
 
@@ -184,6 +187,10 @@ class Linear:
     bias_low: Tensor  # float64 [out]: low 2**-t_c
     bias_high: Tensor  # float64 [out]: high
     in_scale: float  # m 2**-t: exact, and g m 2**-t too (|g m| < 2**35)
+    elu_inputs: Tensor | None = None
+    """int8 [TABLE_SIZE + top + 1]: the 8-bit input ``q(elu(x))`` for x = -TABLE_SIZE .. top, where the
+    layer reads an ELU's output (``with_elu_inputs``); elu(x) is constant below -TABLE_SIZE + 1 and q
+    is 127 from ``top`` up."""
 
     @classmethod
     def from_conv(
@@ -207,6 +214,25 @@ class Linear:
             torch.from_numpy(rows.bias_high),
             math.ldexp(rows.in_multiplier, -rows.in_shift),
         )
+
+    def with_elu_inputs(self) -> Linear:
+        """This layer with ``elu_inputs``: one lookup then gives the 8-bit input of an ELU's output,
+        instead of the ELU's lookup and the four operations of ``quantise``."""
+        top = min(ACT_MAX, math.ceil(Q_MAX / self.in_scale))
+        xs = torch.arange(-TABLE_SIZE, top + 1, dtype=torch.float64)
+        return dataclasses.replace(self, elu_inputs=self.quantise(elu(xs)).to(torch.int8))
+
+    def quantise_elu(self, x: Tensor) -> Tensor:
+        """The 8-bit inputs ``q(elu(x))`` of activations ``x`` (a layer ``with_elu_inputs``): int8 for
+        int8 products, else float64."""
+        assert self.elu_inputs is not None, "a layer with_elu_inputs"
+        top = float(len(self.elu_inputs) - 1 - TABLE_SIZE)
+        q = lookup(self.elu_inputs, x.clamp(-TABLE_SIZE, top).add_(float(TABLE_SIZE)))
+        return q if int8_products(q.device) else q.double()
+
+    def on_elu(self, x: Tensor) -> Tensor:
+        """The layer's outputs at activations ``x`` whose ELU it reads (float64 at FA)."""
+        return self.finish(self.accumulate(None, self.quantise_elu(x), slice(None)))
 
     def quantise(self, x: Tensor) -> Tensor:
         """The 8-bit inputs ``clamp8(rshr(g m, t))`` (integer-valued float64) of activations ``g``."""
@@ -305,10 +331,11 @@ def input_range(ranges: Ranges, name: str, frac_bits: int) -> int:
 
 
 def quantise_res_block(block: ELUResBlock, ranges: Ranges, name: str) -> QuantResBlock:
+    """An ELU residual block, whose two layers read ELU outputs."""
     taps = all_taps(block.conv1.kernel_size[0])
     return QuantResBlock(
-        Linear.from_conv(block.conv1, taps, input_range(ranges, f"{name}.conv1", FA)),
-        Linear.from_conv(block.conv2, taps, input_range(ranges, f"{name}.conv2", FA)),
+        Linear.from_conv(block.conv1, taps, input_range(ranges, f"{name}.conv1", FA)).with_elu_inputs(),
+        Linear.from_conv(block.conv2, taps, input_range(ranges, f"{name}.conv2", FA)).with_elu_inputs(),
     )
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from vqcodec.coding import order
-from vqcodec.exact.arithmetic import P_BITS, clamp, elu, float_frequencies, gated_residual, round_shift
+from vqcodec.exact.arithmetic import P_BITS, clamp, float_frequencies, gated_residual, round_shift
 from vqcodec.exact.attention import attend, attention_weights
 from vqcodec.exact.quantise import Linear, QuantAttention, int8_products, masked_offsets
 
@@ -385,9 +385,9 @@ class ExactStepper:
             heights, widths = (self.height, self.width) if sites.limits is None else sites.limits.unbind(1)
             valid = (oy >= 0) & (oy < heights) & (ox >= 0) & (ox < widths)  # [n, n_off]
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
-            self._store(inputs, sites, block.conv1.quantise(elu(x)))
+            self._store(inputs, sites, block.conv1.quantise_elu(x))
             h = self._conv(block.conv1, inputs, sites, self._taps_b)
-            self._store(middles, sites, block.conv2.quantise(elu(h)))
+            self._store(middles, sites, block.conv2.quantise_elu(h))
             h = self._conv(block.conv2, middles, sites, self._taps_b)
             if self._cond is not None:
                 h = clamp(h.add_(self._cond[i].index_select(0, cond_rows)))
@@ -402,8 +402,8 @@ class ExactStepper:
                 else:
                     x = self._attend_band(attn, keys, values, x, sites, valid)
         for block in prior.out_blocks:
-            x = clamp(x.add_(block.conv2(elu(block.conv1(elu(x))))))
-        return prior.out_conv(elu(x))
+            x = clamp(x.add_(block.conv2.on_elu(block.conv1.on_elu(x))))
+        return prior.out_conv.on_elu(x)
 
     def _window(self, cache: Tensor, sites: Sites) -> list[Tensor]:
         """Per row of the attention window, [n, w, C] strided views of ``cache`` at a wavefront's sites:

@@ -10,6 +10,7 @@ would still decode, but cost more bits than the priors promise. Export refuses s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,6 +21,7 @@ from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_st
 from vqcodec.train.data import list_images, load_rgb, to_tensor
 from vqcodec.train.decoder import STAGE as DECODER_STAGE
 from vqcodec.train.decoder import refined_decoder
+from vqcodec.train.extract import cached_source, code_path
 from vqcodec.train.run import prior_stage, read_config, say
 from vqcodec.zoo.modelfile import read_model, save_model
 
@@ -112,6 +114,24 @@ def calibrate_model_file(
     return save_model(calibrated(model, images, n), out, half=half)
 
 
+def _training_images(run: Path, vqvae_state: dict[str, Any]) -> str:
+    """The folder of training images a run records: stage 1's, else the refined decoder's, else that
+    of the priors' codes (a run made from a model file has only the latter two)."""
+    decoder = checkpoint_path(run, DECODER_STAGE)
+    found = [
+        vqvae_state["meta"].get("data"),
+        read_state(decoder)["meta"].get("data") if decoder.exists() else None,
+        (cached_source(code_path(run, "train")) or {}).get("data"),
+    ]
+    for folder in found:
+        if folder is not None:
+            return folder
+    raise ValueError(
+        f"{run} records no training images: give a folder of them to measure the 8-bit layers' input"
+        " ranges on (--calibration-images)"
+    )
+
+
 def export(
     run: str | Path,
     out: str | Path,
@@ -146,12 +166,7 @@ def export(
         )
     vqvae_state = read_state(vqvae)
     vqvae_sha256, vqvae_step = file_sha256(vqvae), vqvae_state["step"]
-    calibration = calibration or vqvae_state["meta"].get("data")
-    if calibration is None:
-        raise ValueError(
-            f"{vqvae} does not record its training images: give a folder of training images to measure"
-            " the 8-bit layers' input ranges on (--calibration-images)"
-        )
+    calibration = calibration or _training_images(run, vqvae_state)
     trained = {}
     for level in range(n_levels):
         stage = prior_stage(n_levels, level)
