@@ -1,5 +1,5 @@
 """What vqcodec's times are measured against: CompressAI's codecs on the same machine, and the floor
-that the priors' float64 arithmetic sets whatever the implementation.
+that the priors' products set whatever the implementation.
 
 Every comparison is a ratio taken in one run on one machine, so it holds where absolute times do not.
 """
@@ -103,7 +103,7 @@ def _tensor(path: Path) -> torch.Tensor:
 
 
 def prior_multiply_adds(model: str | None, width: int, height: int) -> int:
-    """Multiply-adds of the priors' float64 matrix products for one image of this size: every layer
+    """Multiply-adds of the priors' matrix products for one image of this size: every layer
     once per position (the conditioning stack and its projections at a quarter of them), the attention
     products counted without the heads' block-diagonal padding. The same on every machine."""
     import vqcodec
@@ -134,24 +134,31 @@ def prior_multiply_adds(model: str | None, width: int, height: int) -> int:
     return total
 
 
-def float64_gemm_rate(device: str) -> float:
-    """GFLOP/s of a large float64 matrix product here (the priors' products are float64)."""
-    a = torch.randn(8192, 320, dtype=torch.float64, device=device)
-    b = torch.randn(320, 128, dtype=torch.float64, device=device)
+def gemm_rate(device: str) -> tuple[str, float]:
+    """The kind of the priors' matrix products on ``device`` (int8 x int8 -> int32, or float64 where
+    there are no int8 products) and the G operations per second of a large one."""
+    from vqcodec.exact.quantise import int8_products
+
+    int8 = int8_products(torch.device(device))
+    a = torch.randint(-127, 128, (8192, 320), dtype=torch.int8 if int8 else torch.float64, device=device)
+    b = torch.randint(-127, 128, (320, 128), dtype=a.dtype, device=device)
+    product = torch._int_mm if int8 else torch.matmul
     for _ in range(3):
-        a @ b
+        product(a, b)
     repeats = 20
     if device != "cpu":
         torch.cuda.synchronize()
     tick = time.perf_counter()
     for _ in range(repeats):
-        a @ b
+        product(a, b)
     if device != "cpu":
         torch.cuda.synchronize()
-    return repeats * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - tick) / 1e9
+    rate = repeats * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - tick) / 1e9
+    return ("int8" if int8 else "float64"), rate
 
 
-def compute_floor(model: str | None, device: str) -> dict[str, float]:
+def compute_floor(model: str | None, device: str) -> dict[str, Any]:
     """The least time the priors' products need for a Kodak image (768x512) on ``device``."""
-    macs, rate = prior_multiply_adds(model, 768, 512), float64_gemm_rate(device)
-    return {"kodak_gmac": macs / 1e9, "gemm_gflops": rate, "kodak_floor_s": 2 * macs / 1e9 / rate}
+    macs = prior_multiply_adds(model, 768, 512)
+    kind, rate = gemm_rate(device)
+    return {"kodak_gmac": macs / 1e9, "gemm": kind, "gemm_gops": rate, "kodak_floor_s": 2 * macs / 1e9 / rate}

@@ -4,7 +4,7 @@ Encoding and decoding each run in a fresh child process (``vqcodec.bench.child``
 model, warms it up untimed, then times every image from pixels in memory to bytes and back. The
 3840x2160 image is kodim05 resized up with Lanczos; it is smoother than a real 4K photograph, so its
 codes are somewhat cheaper to code, but the work of the priors depends on the map size only. The same
-run times CompressAI (or, without it, bmshj2018-factorized's transforms) and the float64 compute floor
+run times CompressAI (or, without it, bmshj2018-factorized's transforms) and the products' compute floor
 (``vqcodec.bench.baselines``), batch decoding (``decompress_many``) for the throughput, and the images
 coded whole (tile 0) for what the tiles cost in bits and save in time. Writes ``speed.json`` and
 ``results.md``; on the CPU also the threads under a parallel load (``threads.json``, ``threads.md``).
@@ -302,10 +302,11 @@ def _throughput_section(report: dict[str, Any]) -> list[str]:
         f" ({kodak['decode_s'] / batch['seconds_per_image']:.1f}x the throughput of one at a time); peak"
         f" {batch['peak_mb'] / 1024:.2f} GB{gpu}.",
         "",
-        f"The priors' float64 matrix products take {floor['kodak_gmac']:.1f} G multiply-adds per Kodak image"
-        f" (768x512); this machine multiplies large float64 matrices at {floor['gemm_gflops']:.0f} GFLOP/s,"
-        f" so those products alone need at least {least_text} of every Kodak decode (and"
-        f" encode): the floor of this model at exact float64 inference here, before any other work.",
+        f"The priors' matrix products take {floor['kodak_gmac']:.1f} G multiply-adds per Kodak image"
+        f" (768x512); this machine multiplies large {floor['gemm']} matrices (the kind the priors' products"
+        f" run as here) at {floor['gemm_gops']:.0f} G operations/s, so those products alone need at least"
+        f" {least_text} of every Kodak decode (and encode): the floor of this model's exact inference here,"
+        " before any other work.",
     ]
 
 
