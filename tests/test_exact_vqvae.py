@@ -17,27 +17,35 @@ from torch import nn
 from vqcodec.exact import quantise
 from vqcodec.exact.calibrate import calibrate
 from vqcodec.exact.encoder import ExactEncoder
-from vqcodec.exact.quantise import input_quantiser, quantise_rows8, ranges_under, scaled_rows
+from vqcodec.exact.quantise import input_quantiser, quantise_rows8, ranges_under
 from vqcodec.exact.vqvae import FP, ExactDecoder, IntegerConv
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel, to_uint8
 from vqcodec.models.vqvae import part_shape
 
 
-def _reference(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """exact.md §10.1 with torch's own float64 convolution (im2col and GEMM on the CPU: exact too)."""
+def _reference(
+    conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, in_range: int, low: int, high: int
+) -> torch.Tensor:
+    """A layer by exact.md §3.2 and §10.1 (§11's 16-bit inputs alike): the input rounded in int64,
+    torch's float64 convolution of the integers, then ``clamp(rshr(M acc + B, t))`` from the stored
+    scale and bias."""
     weight = conv.weight.detach().double()
     rows = weight.permute(1, 0, 2, 3) if isinstance(conv, nn.ConvTranspose2d) else weight
-    scaled, low, high, _ = scaled_rows(rows.flatten(1).numpy(), conv.bias.detach().double().numpy(), FP)
-    scaled = torch.from_numpy(scaled).view(rows.shape)
-    nchw = x.permute(2, 0, 1)[None]
-    args = dict(bias=torch.from_numpy(low), stride=conv.stride, padding=conv.padding)
+    q8 = quantise_rows8(rows.flatten(1).numpy(), conv.bias.detach().double().numpy(), FP, in_range, high)
+    m, t = input_quantiser(in_range, high)
+    q = ((x.long() * m + 2 ** (t - 1)) >> t).clamp(low, high).double()
+    w_int = torch.from_numpy(q8.weight).view(rows.shape)
+    nchw = q.permute(2, 0, 1)[None]
+    args = dict(stride=conv.stride, padding=conv.padding)
     if isinstance(conv, nn.ConvTranspose2d):
-        out = F.conv_transpose2d(nchw, scaled.permute(1, 0, 2, 3), **args)
+        acc = F.conv_transpose2d(nchw, w_int.permute(1, 0, 2, 3), **args)
     else:
-        out = F.conv2d(nchw, scaled, **args)
-    out = out[0].permute(1, 2, 0).floor() + torch.from_numpy(high)
-    return out.clamp(-(2**20 - 1), 2**20 - 1)
+        acc = F.conv2d(nchw, w_int, **args)
+    acc = acc[0].permute(1, 2, 0)
+    assert torch.equal(acc, acc.round())
+    scale, low_bias, high_bias = (torch.from_numpy(v) for v in (q8.scale, q8.bias_low, q8.bias_high))
+    return ((acc * scale + low_bias).floor() + high_bias).clamp(-(2**20 - 1), 2**20 - 1)
 
 
 @pytest.mark.parametrize(
@@ -50,66 +58,31 @@ def _reference(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.T
     ],
     ids=["3x3", "1x1", "down", "up"],
 )
-def test_each_convolution_is_the_one_it_mirrors(conv: nn.Module) -> None:
-    torch.manual_seed(0)
-    x = torch.randint(-(2**20) + 1, 2**20, (10, 14, 6)).double()
-    np.testing.assert_array_equal(IntegerConv.from_float(conv)(x).numpy(), _reference(conv, x).numpy())
-
-
-def _reference8(
-    conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, in_range: int, unsigned: bool
-) -> torch.Tensor:
-    """An 8-bit layer by exact.md §3.2 and §10.1: the input rounded to 8 bits in int64, torch's float64
-    convolution of the integers, then ``clamp(rshr(M acc + B, t))`` from the stored scale and bias."""
-    weight = conv.weight.detach().double()
-    rows = weight.permute(1, 0, 2, 3) if isinstance(conv, nn.ConvTranspose2d) else weight
-    q8 = quantise_rows8(rows.flatten(1).numpy(), conv.bias.detach().double().numpy(), FP, in_range, unsigned)
-    m, t = input_quantiser(in_range, unsigned)
-    q = ((x.long() * m + 2 ** (t - 1)) >> t).clamp(0 if unsigned else -127, 255 if unsigned else 127).double()
-    w_int = torch.from_numpy(q8.weight).view(rows.shape)
-    nchw = q.permute(2, 0, 1)[None]
-    args = dict(stride=conv.stride, padding=conv.padding)
-    if isinstance(conv, nn.ConvTranspose2d):
-        acc = F.conv_transpose2d(nchw, w_int.permute(1, 0, 2, 3), **args)
-    else:
-        acc = F.conv2d(nchw, w_int, **args)
-    acc = acc[0].permute(1, 2, 0)
-    assert acc.abs().max() < 2**31 and torch.equal(acc, acc.round())
-    out = (acc * torch.from_numpy(q8.scale) + torch.from_numpy(q8.bias_low)).floor() + torch.from_numpy(
-        q8.bias_high
-    )
-    return out.clamp(-(2**20 - 1), 2**20 - 1)
-
-
-@pytest.mark.parametrize(
-    "conv",
-    [nn.Conv2d(6, 5, 3, padding=1), nn.Conv2d(6, 5, 1), nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1)],
-    ids=["3x3", "1x1", "up"],
-)
 @pytest.mark.parametrize("int8", [True, False], ids=["int8", "float64"])
-@pytest.mark.parametrize("unsigned", [False, True], ids=["signed", "unsigned"])
-def test_each_8bit_convolution_is_the_one_it_mirrors(
-    conv: nn.Module, int8: bool, unsigned: bool, monkeypatch
+@pytest.mark.parametrize(
+    ("low", "high"), [(-127, 127), (0, 255), (-32767, 32767)], ids=["signed", "unsigned", "16-bit"]
+)
+def test_each_convolution_is_the_one_it_mirrors(
+    conv: nn.Module, int8: bool, low: int, high: int, monkeypatch
 ) -> None:
     """The layer's products, whatever their kind, against torch's convolution of the same integers;
     some inputs lie beyond the range (they clip), and an unsigned input (after a ReLU) is never
     negative."""
     torch.manual_seed(0)
-    x = torch.randint(0 if unsigned else -(2**17), 2**17, (10, 14, 6)).double()
+    x = torch.randint(0 if low == 0 else -(2**17), 2**17, (10, 14, 6)).double()
     if not int8:
         monkeypatch.setattr(quantise, "INT8_DEVICES", frozenset())
-    layer = IntegerConv.from_float(conv, 2**16, unsigned)
-    np.testing.assert_array_equal(layer(x).numpy(), _reference8(conv, x, 2**16, unsigned).numpy())
-
-
-def test_the_decoder_has_no_strided_convolutions() -> None:
-    with pytest.raises(ValueError, match="no strided"):
-        IntegerConv.from_float(nn.Conv2d(6, 5, 4, stride=2, padding=1), in_range=1000)
+    layer = IntegerConv.from_float(conv, 2**16, low, high)
+    np.testing.assert_array_equal(layer(x).numpy(), _reference(conv, x, 2**16, low, high).numpy())
 
 
 def test_unsupported_convolutions_are_refused() -> None:
     with pytest.raises(ValueError, match="no exact form"):
-        IntegerConv.from_float(nn.Conv2d(3, 3, 2))
+        IntegerConv.from_float(nn.Conv2d(3, 3, 2), 1000)
+    with pytest.raises(ValueError, match="inputs"):
+        IntegerConv.from_float(nn.Conv2d(3, 3, 1), 1000, -255, 255)
+    with pytest.raises(ValueError, match="fan-in"):
+        IntegerConv.from_float(nn.Conv2d(4097, 1, 3, padding=1), 1000, -32767, 32767)
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +100,13 @@ def models() -> tuple[CodecModel, ExactDecoder, ExactEncoder, torch.Tensor]:
     model.eval()
     calibrate(model, [images.float() / 255 - 0.5])
     decoder = ExactDecoder(model.vqvae, ranges_under(model.input_ranges, "vqvae."))
-    return model, decoder, ExactEncoder(model.vqvae), images
+    return model, decoder, ExactEncoder(model.vqvae, ranges_under(model.input_ranges, "vqvae.")), images
 
 
 def test_the_exact_model_is_the_float_one_up_to_rounding(models: tuple) -> None:
-    """The encoder's wide layers pick the float model's codes; the decoder's 8-bit ones, with ranges
-    calibrated on these images, give its pixels within a level or two."""
+    """The decoder's 8-bit layers, with ranges measured on these images, give the float model's pixels
+    within a level or two; the encoder's (8-bit weights, 16-bit inputs) mostly its codes (77 % of the
+    top level's here, where the random model's codewords lie close; 83 and 95 % on the bundled model)."""
     model, decoder, encoder, images = models
     with torch.no_grad():
         codes = model.vqvae.encode(images.float() / 255 - 0.5)
@@ -143,7 +117,7 @@ def test_the_exact_model_is_the_float_one_up_to_rounding(models: tuple) -> None:
     print(f"max {differ.max()}, mean {differ.float().mean():.3f} levels")
     assert differ.max() <= 2 and differ.float().mean() < 0.1
     same = [(a == b).float().mean() for a, b in zip(encoder.encode(images), codes, strict=True)]
-    assert min(same) > 0.97
+    assert min(same) > 0.75
 
 
 def test_float64_products_give_the_int8_products_pixels(models: tuple, monkeypatch) -> None:

@@ -314,7 +314,7 @@ def train_decoder(run: str, data: str, **options: Any) -> None:
 @click.option(
     "--calibration-images",
     type=click.Path(exists=True, file_okay=False),
-    help="Folder of images to measure the 8-bit layers' input ranges on.  [default: the run's training"
+    help="Folder of images to measure the integer layers' input ranges on.  [default: the run's training"
     " images]",
 )
 @reports_errors
@@ -368,12 +368,13 @@ def export(
 @click.option("--force", "-f", is_flag=True, help="Overwrite OUT if it exists.")
 @reports_errors
 def calibrate(model_file: str, images: str, out: str, n: int, half: bool, force: bool) -> None:
-    """Measure a model's 8-bit input ranges on images; write it with them to OUT, print its SHA-256.
+    """Measure a model's input ranges on images; write it with them to OUT, print its SHA-256.
 
-    The codec runs every layer of the priors and the pixel decoder on 8-bit inputs; a layer's range
-    is the largest input the float model gives it on these images, and the ranges are part of the
-    model file (its id changes). `vqcodec export` does this for a run; this command does it for a
-    model file written before version 2 of the format, or to measure on other images.
+    The codec rounds the input of every layer to 8 bits (the priors and the pixel decoder) or 16
+    (the encoder); a layer's range is the largest input the float model gives it on these images, and
+    the ranges are part of the model file (its id changes). `vqcodec export` does this for a run;
+    this command does it for a model file written before version 2 of the format, or to measure on
+    other images.
 
     \b
       vqcodec calibrate -m old.safetensors --images photos/ --out new.safetensors --half

@@ -123,7 +123,7 @@ def _exact(model: CodecModel, device: torch.device) -> ExactModel:
             for level, prior in enumerate(model.priors)
         ]
         decoder = ExactDecoder(model.vqvae, ranges_under(model.input_ranges, "vqvae.")).to(device)
-        encoder = ExactEncoder(model.vqvae).to(device)
+        encoder = ExactEncoder(model.vqvae, ranges_under(model.input_ranges, "vqvae.")).to(device)
         cached = _exact_models[model] = ExactModel(device, priors, decoder, encoder)
     return cached
 

@@ -32,17 +32,14 @@ FA = 10
 ACT_MAX = 2**20 - 1
 """Every layer's output is clamped to ``[-ACT_MAX, ACT_MAX]``."""
 
-WEIGHT_MAX = 2**15 - 1
-"""Largest magnitude of a quantised weight."""
-
-MAX_SHIFT = 24
-"""Largest weight scale exponent ``s_c`` of the encoder's wide layers (exact.md §11)."""
-
 Q_MAX = 127
 """Largest magnitude of an 8-bit weight or layer input (format 2: every GEMM multiplies 8-bit integers)."""
 
 Q_MAX_UNSIGNED = 255
 """Largest unsigned 8-bit layer input (the pixel decoder's convolutions after a ReLU)."""
+
+Q_MAX_WIDE = 32767
+"""Largest magnitude of a 16-bit layer input (the encoder's, exact.md §11: not normative)."""
 
 T_MAX = 24
 """Largest output shift ``t_c`` of an 8-bit layer (the shift of all-zero and tiny channels)."""
@@ -51,8 +48,7 @@ DEFAULT_RANGE = 8
 """The range of a convolution's input, in real units, where the model file gives none."""
 
 MAX_FAN_IN = 2**16
-"""Largest number of products in one output: keeps every 8-bit accumulator below 127 * 255 * 2**16 < 2**31
-(and every wide one of the encoder below 2**15 * 2**20 * 2**16 < 2**52)."""
+"""Largest number of products in one output: keeps every 8-bit accumulator below 127 * 255 * 2**16 < 2**31."""
 
 MAX_BIAS = 2.0**21
 """Biases must be smaller than this in magnitude (a looser limit than any trained model needs)."""

@@ -1,18 +1,19 @@
-"""The input ranges of the 8-bit layers, measured on images (``exact.md`` §3.2): informative.
+"""The input ranges of the integer layers, measured on images (``exact.md`` §3.2, §11): informative.
 
-A layer's 8-bit input covers ``[-range, range]`` of its activations; a model file stores every range
-(``CodecModel.input_ranges``), so decoders read them and never measure anything. How they were
-chosen changes no rule of the format, only how well the integers follow the float model: here, the
-largest input each convolution of the float model sees on some images (training images, never the
-benchmark's), since clipping even the rarest largest inputs costs more than a coarser step (a 99.99 %
-quantile instead of the maximum doubled the decoder's loss, ``experiments/int8_cost.py``).
+A layer's 8-bit input covers ``[-range, range]`` of its activations (``[0, range]`` after a ReLU; the
+encoder's 16-bit one alike); a model file stores every range (``CodecModel.input_ranges``), so decoders
+read them and never measure anything. How they were chosen changes no rule of the format, only how
+well the integers follow the float model: here, the largest input each convolution of the float model
+sees on a few training images (never the benchmark's). Clipping the rarest largest inputs (a 99.99 %
+quantile, ``experiments/int8_cost.py``) cost the decoder more than the coarser step of the maximum;
+the maximum over more images costs more than it saves (``experiments/calibration_cost.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +26,7 @@ from vqcodec.models.pixelsnail import PixelSNAILPrior
 _CONVS = nn.Conv2d | nn.ConvTranspose2d
 
 
-@contextmanager
+@contextlib.contextmanager
 def largest_inputs(module: nn.Module, prefix: str, found: dict[str, float]) -> Iterator[None]:
     """While open, raise ``found[prefix + name]`` to the largest |input| each convolution of ``module``
     sees."""
@@ -85,15 +86,33 @@ def decoder_ranges(model: CodecModel, codes: Iterable[list[Tensor]]) -> dict[str
 
 
 @torch.no_grad()
+def encoder_ranges(model: CodecModel, images: Iterable[Tensor]) -> tuple[dict[str, int], list[list[Tensor]]]:
+    """The input ranges (at FP, by module name within ``model.vqvae``) of the encoder's convolutions
+    over ``images``, and the images' codes."""
+    vqvae, found = model.vqvae, {}
+    parts = {"encoders.": vqvae.encoders, "quant_convs.": vqvae.quant_convs}
+    parts["context_decoders."] = vqvae.context_decoders
+    codes = []
+    with contextlib.ExitStack() as stack:
+        for prefix, part in parts.items():
+            stack.enter_context(largest_inputs(part, prefix, found))
+        for image in images:
+            codes.append(vqvae.encode(image))
+    return to_units(found, FP), codes
+
+
+@torch.no_grad()
 def calibrate(model: CodecModel, images: Iterable[Tensor]) -> dict[str, int]:
     """Every input range of ``model`` (by module name in the model) measured on ``images`` (each [1, 3,
     H, W] in the model's convention, sides multiples of ``model.config.vqvae.multiple``); also stored
     in ``model.input_ranges``."""
     model.eval()
-    all_codes = [model.vqvae.encode(image) for image in images]
+    encoding, all_codes = encoder_ranges(model, images)
     if not all_codes:
         raise ValueError("calibration needs at least one image")
-    ranges = {f"vqvae.{name}": value for name, value in decoder_ranges(model, all_codes).items()}
+    ranges = {
+        f"vqvae.{name}": value for name, value in {**encoding, **decoder_ranges(model, all_codes)}.items()
+    }
     for level, prior in enumerate(model.priors):
         batches = [(codes[level], codes[:level]) for codes in all_codes]
         ranges.update({f"priors.{level}.{name}": v for name, v in prior_ranges(prior, batches).items()})

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from vqcodec.coding import order
-from vqcodec.exact.arithmetic import frequencies
+from vqcodec.exact.arithmetic import Q_MAX_WIDE, frequencies
 from vqcodec.exact.prior import ExactPrior
+from vqcodec.exact.quantise import Ranges, input_range
 from vqcodec.exact.stepper import ExactStepper, reach
 from vqcodec.exact.vqvae import (
     FP,
@@ -122,13 +123,27 @@ def _input_table() -> Tensor:
 class ExactEncoder:
     """The integer VQ-VAE encoder of one float ``VQVAE``: pixels to codes, the same on every platform."""
 
-    def __init__(self, vqvae: VQVAE) -> None:
+    def __init__(self, vqvae: VQVAE, ranges: Ranges | None = None) -> None:
+        """The encoder of ``vqvae`` whose convolutions' inputs have ``ranges`` (at FP, by module name in
+        ``vqvae``; ``DEFAULT_RANGE`` where none is given), rounded to 16 bits."""
+        ranges = ranges or {}
         self.config = vqvae.config
         self._encode_halo = vqvae.encode_halo()
         self.codebooks = [quantise_codebook(q.embedding) for q in vqvae.quantizers]
-        self.encoders = [quantise_layers(encoder.net) for encoder in vqvae.encoders]
-        self.quant_convs = [IntegerConv.from_float(conv) for conv in vqvae.quant_convs]
-        self.context_decoders = [quantise_layers(decoder.net) for decoder in vqvae.context_decoders]
+        self.encoders = [
+            quantise_layers(encoder.net, ranges, f"encoders.{level}.net.", wide=True)
+            for level, encoder in enumerate(vqvae.encoders)
+        ]
+        self.quant_convs = [
+            IntegerConv.from_float(
+                conv, input_range(ranges, f"quant_convs.{level}", FP), -Q_MAX_WIDE, Q_MAX_WIDE
+            )
+            for level, conv in enumerate(vqvae.quant_convs)
+        ]
+        self.context_decoders = [
+            quantise_layers(decoder.net, ranges, f"context_decoders.{level}.net.", wide=True)
+            for level, decoder in enumerate(vqvae.context_decoders)
+        ]
         self.inputs = _input_table()
         self.device = torch.device("cpu")
 

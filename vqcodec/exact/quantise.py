@@ -4,8 +4,8 @@ Every convolution becomes a linear map of its gathered input taps (§3.1) with 8
 quantiser from the model file's range), 8-bit weights with a scale per output channel, a 15-bit
 output multiplier and shift, and integer biases (§3.2); the embeddings are rounded to ``FA``
 fractional bits (§3.3). The result depends only on the float weights and the ranges, through
-correctly rounded IEEE operations, so every platform derives the same integers. The encoder's wide
-layers (§11: 15-bit weights with a power-of-two scale, ``quantise_rows``) are here too.
+correctly rounded IEEE operations, so every platform derives the same integers. The encoder's layers
+(§11) are the same with 16-bit inputs.
 """
 
 from __future__ import annotations
@@ -27,70 +27,14 @@ from vqcodec.exact.arithmetic import (
     MAX_FAN_IN,
     MAX_HEAD_DIM,
     MAX_OFFSETS,
-    MAX_SHIFT,
     Q_MAX,
-    Q_MAX_UNSIGNED,
     T_MAX,
     TABLE_SIZE,
-    WEIGHT_MAX,
     clamp,
     elu,
     lookup,
 )
 from vqcodec.models.pixelsnail import CausalAttention, ELUResBlock, MaskedConv2d
-
-
-def _scale_exponent(row_max: float) -> int:
-    """The largest s <= MAX_SHIFT with round_half_even(row_max * 2**s) <= WEIGHT_MAX (exact.md §3)."""
-    if row_max == 0.0:
-        return MAX_SHIFT
-    _, e = math.frexp(row_max)  # row_max = m * 2**e with 0.5 <= m < 1
-    s = 15 - e  # row_max * 2**s lies in [2**14, 2**15): the rounding can only reach 2**15
-    if round(math.ldexp(row_max, s)) > WEIGHT_MAX:
-        s -= 1
-    return min(s, MAX_SHIFT)
-
-
-def quantise_rows(
-    weight: np.ndarray, bias: np.ndarray, frac_bits: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Integer weights ``W`` (float64 [out, fan_in]), biases ``B`` (int64 [out]) and scale exponents ``s``
-    (int64 [out]) of one layer's float64 weight rows and biases, output at ``frac_bits`` (exact.md §3.2).
-
-    ``W_c = rhe(w_c 2**s_c)`` with the largest ``s_c <= MAX_SHIFT`` that keeps ``|W_c| <= WEIGHT_MAX``,
-    and ``B_c = rhe(b_c 2**(s_c + frac_bits))``; ValueError for a layer outside the proven bounds.
-    """
-    if weight.shape[1] > MAX_FAN_IN:
-        raise ValueError(f"fan-in {weight.shape[1]} exceeds {MAX_FAN_IN}")
-    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
-        raise ValueError("non-finite weights")
-    if np.abs(bias).max() >= MAX_BIAS:
-        raise ValueError(f"a bias exceeds {MAX_BIAS} in magnitude")
-    shift = np.array([_scale_exponent(float(m)) for m in np.abs(weight).max(axis=1)], dtype=np.int64)
-    if shift.min() < 0:
-        raise ValueError(f"weights too large for {WEIGHT_MAX.bit_length()}-bit quantisation")
-    w_int = np.rint(np.ldexp(weight, shift[:, None]))  # exact scaling, then round half to even
-    b_int = np.rint(np.ldexp(bias, shift + frac_bits)).astype(np.int64)
-    return w_int, b_int, shift
-
-
-def scaled_rows(
-    weight: np.ndarray, bias: np.ndarray, frac_bits: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A layer quantised (``quantise_rows``) and stored for float64 GEMMs: ``W_c 2**-s_c``, ``low 2**-s_c``
-    and ``high`` (float64 [out, fan_in], [out], [out]) and ``s`` (int64 [out]), where
-    ``B_c + 2**(s_c - 1) = high 2**s_c + low`` with ``0 <= low < 2**s_c`` (see ``Linear``)."""
-    w_int, b_int, shift = quantise_rows(weight, bias, frac_bits)
-    b_int += np.where(shift > 0, 2 ** np.maximum(shift - 1, 0), 0)  # rounds the shift half up
-    high = b_int >> shift
-    low = b_int - (high << shift)
-    return (
-        np.ldexp(w_int, -shift[:, None]),
-        np.ldexp(low.astype(np.float64), -shift),
-        high.astype(np.float64),
-        shift,
-    )
-
 
 INT8_DEVICES = frozenset({"cpu"})
 """Devices whose products run as int8 x int8 -> int32 (``torch._int_mm``); the others multiply the same
@@ -103,14 +47,13 @@ def int8_products(device: torch.device) -> bool:
     return device.type in INT8_DEVICES
 
 
-def input_quantiser(in_range: int, unsigned: bool = False) -> tuple[int, int]:
-    """``(m, t)`` of an 8-bit input whose range is ``in_range`` units of the activations (exact.md §3.2),
-    with ``Q = Q_MAX`` (signed) or ``Q_MAX_UNSIGNED`` (``unsigned``): the smallest ``t`` with ``Q 2**t >=
-    2**14 in_range``, and ``m`` the integer nearest to ``Q 2**t / in_range``, ties up, so that ``m
-    2**-t`` is ``Q / in_range`` in ``[2**14, 2**15]`` multiples of ``2**-t``. Integers only."""
+def input_quantiser(in_range: int, top: int = Q_MAX) -> tuple[int, int]:
+    """``(m, t)`` of an input whose range ``in_range`` (units of the activations) maps to ``top`` (127,
+    255 unsigned, or the encoder's 16-bit 32767; exact.md §3.2): the smallest ``t`` with ``top 2**t >=
+    2**14 in_range``, and ``m`` the integer nearest to ``top 2**t / in_range``, ties up, so that ``m
+    2**-t`` is ``top / in_range`` in ``[2**14, 2**15]`` multiples of ``2**-t``. Integers only."""
     if not 1 <= in_range <= ACT_MAX:
         raise ValueError(f"an input range must lie in 1..{ACT_MAX}, got {in_range}")
-    top = Q_MAX_UNSIGNED if unsigned else Q_MAX
     shift = 0
     while top << shift < 2**14 * in_range:
         shift += 1
@@ -131,10 +74,10 @@ class Rows8:
 
 
 def quantise_rows8(
-    weight: np.ndarray, bias: np.ndarray, frac_bits: int, in_range: int, unsigned: bool = False
+    weight: np.ndarray, bias: np.ndarray, frac_bits: int, in_range: int, in_top: int = Q_MAX
 ) -> Rows8:
     """A layer's float64 weight rows [out, fan_in] and biases [out] in 8 bits, its input's range
-    ``in_range`` (``unsigned``: never negative, 0..255) and output at ``frac_bits`` (exact.md §3.2);
+    ``in_range`` mapped to ``in_top`` (``input_quantiser``) and output at ``frac_bits`` (exact.md §3.2);
     ValueError outside the proven bounds.
 
     ``W_c = rhe(w_c 127 / m_c)`` with ``m_c = max |w_c|``; ``r_c = m_c 2**t / (127 m)``, the output per
@@ -148,7 +91,7 @@ def quantise_rows8(
         raise ValueError("non-finite weights")
     if np.abs(bias).max() >= MAX_BIAS:
         raise ValueError(f"a bias exceeds {MAX_BIAS} in magnitude")
-    in_multiplier, in_shift = input_quantiser(in_range, unsigned)
+    in_multiplier, in_shift = input_quantiser(in_range, in_top)
     row_max = np.abs(weight).max(axis=1)
     safe_max = np.where(row_max > 0, row_max, 1.0)[:, None]
     w_int = np.where(row_max[:, None] > 0, np.rint(weight * float(Q_MAX) / safe_max), 0.0)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqcodec.exact.arithmetic import ACT_MAX, Q_MAX, Q_MAX_UNSIGNED
-from vqcodec.exact.quantise import Ranges, input_range, int8_products, quantise_rows8, scaled_rows
+from vqcodec.exact.arithmetic import ACT_MAX, Q_MAX, Q_MAX_UNSIGNED, Q_MAX_WIDE
+from vqcodec.exact.quantise import Ranges, input_range, int8_products, quantise_rows8
 from vqcodec.models.config import VQVAEConfig
 from vqcodec.models.vqvae import VQVAE, Part, ResBlock, decode_in_parts
 
@@ -75,7 +75,7 @@ def _taps(padded: Map, taps: list[tuple[int, int]], weights: Tensor, bias: Tenso
 
 
 _OFFSET = 128
-"""An unsigned 8-bit input enters an int8 product as ``q - 128``."""
+"""An unsigned 8-bit value enters an int8 product as ``q - 128``."""
 
 _UP_TAPS = ({1: 1, 0: 3}, {2: 0, 1: 2})
 """For a transposed 4x4 convolution with stride 2 and padding 1: output row ``2m + p`` reads the input
@@ -86,34 +86,34 @@ row ``m + dy - 1`` (``dy`` an offset into the input padded by one row) with kern
 @dataclasses.dataclass
 class IntegerConv:
     """A quantised convolution (exact.md §10.1): ``kind`` "same" (k x k, stride 1, padding k // 2),
-    "down" (4 x 4, stride 2, padding 1) or "up" (transposed 4 x 4, stride 2, padding 1).
+    "down" (4 x 4, stride 2, padding 1: the encoder's) or "up" (transposed 4 x 4, stride 2, padding 1),
+    with 8-bit weights ``W_c``, a scale ``M_c 2**-t_c`` per output channel and inputs rounded to
+    ``in_low .. in_high``: 8 bits in the decoder (§3.2; 0..255 after a ReLU), 16 in the encoder (§11).
 
-    The decoder's are 8-bit layers (§3.2 at FP: ``in_scale`` the input's ``m 2**-t``, ``weights8`` the
-    W_c, ``weights`` ``W_c M_c 2**-t_c`` and ``scale`` ``M_c 2**-t_c``), whose input is unsigned (0 to
-    255) after a ReLU; the encoder's keep wide inputs and 15-bit weights (§11: ``in_scale`` None,
-    ``weights`` ``W_c 2**-s_c``).
-
-    An int8 product takes an unsigned input as ``q - 128``: then ``acc = sum W (q - 128) + 128 sum W``,
-    the first sum an exact int32 (``|W (q - 128)| <= 127 * 128``), the second folded into ``starts8``,
-    the value each list of taps' sums start from: ``(128 sum W) M 2**-t + low 2**-t``."""
+    Its products are int8 x int8 -> int32 where the device has them: an unsigned 8-bit input enters
+    as ``q - 128``, a 16-bit one as two such limbs ``q = 256 hi + lo``; the ``128 sum W`` this takes
+    off is in ``starts``, where each list of taps' sums starts: ``(128 sum W) M 2**-t + low 2**-t``.
+    Elsewhere float64 GEMMs of ``q`` with ``W_c M_c 2**-t_c`` start from ``low 2**-t``. Either way
+    every sum is an integer times ``2**-t_c`` below ``2**53`` of them: exact."""
 
     kind: str
     taps: list[list[tuple[int, int]]]  # per output parity for "up", else one list
-    weights: list[Tensor]  # float64 [taps, in, out] per list of taps
-    weights8: list[Tensor] | None  # int8 [taps, in, out] per list of taps: 8-bit layers only
-    starts8: list[Tensor] | None  # float64 [out] per list of taps: 8-bit layers only
-    scale: Tensor | None  # float64 [out]: 8-bit layers only
-    bias_low: Tensor  # float64 [out]
+    weights: list[Tensor]  # float64 [taps, in, out] per list of taps: W_c M_c 2**-t_c
+    weights8: list[Tensor]  # int8 [taps, in, out] per list of taps: W_c
+    starts: list[Tensor]  # float64 [out] per list of taps, for int8 products
+    scale: Tensor  # float64 [out]: M_c 2**-t_c
+    bias_low: Tensor  # float64 [out]: low 2**-t_c
     bias_high: Tensor  # float64 [out]
-    in_scale: float | None
-    unsigned: bool = False
+    in_scale: float  # m 2**-t
+    in_low: int
+    in_high: int
 
     @classmethod
     def from_float(
-        cls, conv: nn.Conv2d | nn.ConvTranspose2d, in_range: int | None = None, unsigned: bool = False
+        cls, conv: nn.Conv2d | nn.ConvTranspose2d, in_range: int, in_low: int = -Q_MAX, in_high: int = Q_MAX
     ) -> IntegerConv:
-        """The 8-bit layer of ``conv`` for inputs of range ``in_range`` (at FP), ``unsigned`` after a
-        ReLU, or with None the wide layer of the encoder."""
+        """The layer of ``conv`` for inputs of range ``in_range`` (at FP) rounded to ``in_low ..
+        in_high``: -127..127, 0..255 or -32767..32767."""
         weight = conv.weight.detach().cpu().double()
         k, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         if isinstance(conv, nn.ConvTranspose2d):
@@ -127,36 +127,30 @@ class IntegerConv:
             plain = plain and conv.output_padding == (0, 0)
         if not kind or not plain or conv.kernel_size[0] != conv.kernel_size[1]:
             raise ValueError(f"no exact form for {conv}")
-        if kind == "down" and in_range is not None:
-            raise ValueError("the pixel decoder has no strided convolutions")
-        bias = conv.bias.detach().cpu().double().numpy()
-        if in_range is None:
-            rows, low, high, _ = scaled_rows(weight.flatten(1).numpy(), bias, FP)
-            matrices, scale, in_scale = [torch.from_numpy(rows)], None, None
-        else:
-            q = quantise_rows8(weight.flatten(1).numpy(), bias, FP, in_range, unsigned)
-            low, high, in_scale = q.bias_low, q.bias_high, math.ldexp(q.in_multiplier, -q.in_shift)
-            matrices, scale = (
-                [torch.from_numpy(q.scaled), torch.from_numpy(q.weight)],
-                torch.from_numpy(q.scale),
-            )
-        taps, per_matrix = cls._layout(kind, k, [m.view(weight.shape) for m in matrices])
-        bias_low, weights8, starts8 = torch.from_numpy(low), None, None
-        if scale is not None:
-            weights8 = [w.to(torch.int8) for w in per_matrix[1]]
-            offset = _OFFSET if unsigned else 0
-            starts8 = [(offset * w.sum((0, 1))) * scale + bias_low for w in per_matrix[1]]
+        if (in_low, in_high) not in _INPUTS:
+            raise ValueError(f"inputs {in_low}..{in_high} are none of {_INPUTS}")
+        if in_high > Q_MAX_UNSIGNED and weight[0].numel() > MAX_FAN_IN_16:
+            raise ValueError(f"a layer with 16-bit inputs has a fan-in of at most {MAX_FAN_IN_16}")
+        rows = weight.flatten(1).numpy()
+        q = quantise_rows8(rows, conv.bias.detach().cpu().double().numpy(), FP, in_range, in_high)
+        scale, bias_low = torch.from_numpy(q.scale), torch.from_numpy(q.bias_low)
+        shape = weight.shape
+        taps, (weights, integers) = cls._layout(
+            kind, k, [torch.from_numpy(q.scaled).view(shape), torch.from_numpy(q.weight).view(shape)]
+        )
+        offset = _OFFSET if in_low >= 0 or in_high > Q_MAX_UNSIGNED else 0  # unsigned, or a low limb
         return cls(
             kind,
             taps,
-            per_matrix[0],
-            weights8,
-            starts8,
+            weights,
+            [w.to(torch.int8) for w in integers],
+            [(offset * w.sum((0, 1))) * scale + bias_low for w in integers],
             scale,
             bias_low,
-            torch.from_numpy(high),
-            in_scale,
-            unsigned,
+            torch.from_numpy(q.bias_high),
+            math.ldexp(q.in_multiplier, -q.in_shift),
+            in_low,
+            in_high,
         )
 
     @staticmethod
@@ -188,53 +182,72 @@ class IntegerConv:
         ]
         return taps, [[per_tap(m, offsets) for offsets in kernel] for m in matrices]
 
-    def _operands(self, x: Map) -> tuple[Map, list[Tensor]]:
-        """The map the products take (an 8-bit layer's input quantised, int8 for int8 products) and the
-        weights that go with it."""
-        if self.in_scale is None:
-            return x, self.weights
-        low = 0 if self.unsigned else -Q_MAX
-        q = x.mul(self.in_scale).add_(0.5).floor_().clamp_(low, Q_MAX_UNSIGNED if self.unsigned else Q_MAX)
-        if int8_products(q.device) and self.weights8 is not None:
-            return (q.sub_(_OFFSET) if self.unsigned else q).to(torch.int8), self.weights8
-        return q, self.weights
+    def _operands(self, x: Map) -> list[tuple[Map, float, float]]:
+        """The maps the products take, each with its factor and how it stores 0: the rounded input, or
+        for int8 products its int8 limbs (one 8-bit value; a 16-bit one's ``hi`` and ``lo - 128``)."""
+        q = x.mul(self.in_scale).add_(0.5).floor_().clamp_(self.in_low, self.in_high)
+        if not int8_products(q.device):
+            return [(q, 1.0, 0.0)]
+        if self.in_high <= Q_MAX:
+            return [(q.to(torch.int8), 1.0, 0.0)]
+        if self.in_high == Q_MAX_UNSIGNED:
+            return [(q.sub_(_OFFSET).to(torch.int8), 1.0, -_OFFSET)]
+        high = q.mul(1 / 256).floor_()
+        low = q.sub_(high * 256).sub_(_OFFSET)
+        return [(high.to(torch.int8), 256.0, 0.0), (low.to(torch.int8), 1.0, -_OFFSET)]
 
-    def _scaled(self, sums: Tensor, part: int) -> Tensor:
-        """``(M acc + low) 2**-t`` (float64) from one list of taps' sums: int32 ones scaled, float64 ones
-        (which started from the bias) as they are."""
-        if sums.dtype != torch.int32:
-            return sums
-        assert self.scale is not None and self.starts8 is not None, "int32 sums come from an 8-bit layer"
-        return torch.addcmul(self.starts8[part], sums.double(), self.scale)
-
-    def __call__(self, x: Map) -> Map:
-        h, w, c = x.shape
-        x, weights = self._operands(x)
-        zero = -_OFFSET if x.dtype == torch.int8 and self.unsigned else 0
+    def _sums(self, x: Map, zero: float, height: int, width: int) -> list[Tensor]:
+        """Each list of taps' sums [height', width', out] over the operand map ``x``: int32 for an int8
+        map, else float64 from ``bias_low``."""
+        c = x.shape[2]
+        weights = self.weights8 if x.dtype == torch.int8 else self.weights
         if self.kind == "same" and len(self.taps[0]) == 1:  # 1x1: one product over all positions
             flat = x.reshape(-1, c)
             if x.dtype == torch.int8:
-                out = self._scaled(torch._int_mm(flat, weights[0][0]), 0).view(h, w, -1)
-            else:
-                out = torch.addmm(self.bias_low, flat, weights[0][0]).view(h, w, -1)
-        elif self.kind == "same":
+                return [torch._int_mm(flat, weights[0][0]).view(height, width, -1)]
+            return [torch.addmm(self.bias_low, flat, weights[0][0]).view(height, width, -1)]
+        if self.kind == "same":
             r = self.taps[0][-1][0] // 2
-            sums = _taps(_pad(x, r, r, r, r, zero), self.taps[0], weights[0], self.bias_low, h)
-            out = self._scaled(sums[:, :w], 0)
-        elif self.kind == "down":
-            padded = _pad(x, 1, 1, 1, 1)[: h + 2]  # [h + 2, w + 2, c], even sides
-            s2d = padded.view(h // 2 + 1, 2, w // 2 + 1, 2, c).permute(0, 2, 1, 3, 4)
-            s2d = _pad(s2d.reshape(h // 2 + 1, w // 2 + 1, 4 * c), 0, 0, 0, 0)
-            out = _taps(s2d, self.taps[0], weights[0], self.bias_low, h // 2)[:, : w // 2]
-        else:
-            padded = _pad(x, 1, 1, 1, 1, zero)
-            parities = [
-                self._scaled(_taps(padded, taps, parity_weights, self.bias_low, h)[:, :w], part)
-                for part, (taps, parity_weights) in enumerate(zip(self.taps, weights, strict=True))
-            ]
-            out = torch.stack(parities, dim=2).view(h, w, 2, 2, -1).permute(0, 2, 1, 3, 4)
+            padded = _pad(x, r, r, r, r, zero)
+            return [_taps(padded, self.taps[0], weights[0], self.bias_low, height)[:, :width]]
+        if self.kind == "down":
+            padded = _pad(x, 1, 1, 1, 1, zero)[: height + 2]  # [h + 2, w + 2, c], even sides
+            s2d = padded.view(height // 2 + 1, 2, width // 2 + 1, 2, c).permute(0, 2, 1, 3, 4)
+            s2d = _pad(s2d.reshape(height // 2 + 1, width // 2 + 1, 4 * c), 0, 0, 0, 0, zero)
+            return [_taps(s2d, self.taps[0], weights[0], self.bias_low, height // 2)[:, : width // 2]]
+        padded = _pad(x, 1, 1, 1, 1, zero)
+        return [
+            _taps(padded, taps, parity_weights, self.bias_low, height)[:, :width]
+            for taps, parity_weights in zip(self.taps, weights, strict=True)
+        ]
+
+    def __call__(self, x: Map) -> Map:
+        h, w, _ = x.shape
+        parts: list[Tensor] = []
+        for operand, factor, zero in self._operands(x):
+            sums = self._sums(operand, zero, h, w)
+            if operand.dtype != torch.int8:
+                parts = sums
+                continue
+            scale = self.scale * factor
+            terms = [s.double().mul_(scale) for s in sums]  # (factor M acc) 2**-t: exact
+            parts = terms if not parts else [p.add_(t) for p, t in zip(parts, terms, strict=True)]
+        if operand.dtype == torch.int8:
+            parts = [p.add_(start) for p, start in zip(parts, self.starts, strict=True)]
+        if self.kind == "up":
+            out = torch.stack(parts, dim=2).view(h, w, 2, 2, -1).permute(0, 2, 1, 3, 4)
             out = out.reshape(2 * h, 2 * w, -1)
+        else:
+            out = parts[0]
         return out.floor_().add_(self.bias_high).clamp_(-ACT_MAX, ACT_MAX)
+
+
+_INPUTS = ((-Q_MAX, Q_MAX), (0, Q_MAX_UNSIGNED), (-Q_MAX_WIDE, Q_MAX_WIDE))
+"""The inputs a layer may round to: signed and unsigned 8 bits (the decoder), 16 bits (the encoder)."""
+
+MAX_FAN_IN_16 = 2**15
+"""Largest fan-in of a layer with 16-bit inputs: its sums ``M acc`` then stay below ``2**15 * 127 *
+32767 * 2**15 < 2**53`` units of ``2**-t``, exact in float64."""
 
 
 def _relu(x: Map) -> Map:
@@ -255,15 +268,17 @@ class _Res:
 Layer = Callable[[Map], Map]
 
 
-def quantise_layers(net: nn.Module, ranges: Ranges | None = None, name: str = "") -> list[Layer]:
-    """The exact layers of an ``nn.Sequential`` of convolutions, ReLUs and ResBlocks, in order: 8-bit
-    layers with the input ``ranges`` of its convolutions (at FP, by module name under ``name``), or
-    with None the encoder's wide ones."""
+def quantise_layers(net: nn.Module, ranges: Ranges, name: str, wide: bool = False) -> list[Layer]:
+    """The exact layers of an ``nn.Sequential`` of convolutions, ReLUs and ResBlocks, in order, with
+    the input ``ranges`` of its convolutions (at FP, by module name under ``name``): 8-bit inputs,
+    unsigned after a ReLU (the decoder's, normative), or ``wide`` 16-bit ones (the encoder's)."""
 
     def conv(module: nn.Module, module_name: str, after_relu: bool) -> IntegerConv:
-        if ranges is None:
-            return IntegerConv.from_float(module)
-        return IntegerConv.from_float(module, input_range(ranges, f"{name}{module_name}", FP), after_relu)
+        in_range = input_range(ranges, f"{name}{module_name}", FP)
+        low, high = (
+            (-Q_MAX_WIDE, Q_MAX_WIDE) if wide else (0, Q_MAX_UNSIGNED) if after_relu else (-Q_MAX, Q_MAX)
+        )
+        return IntegerConv.from_float(module, in_range, low, high)
 
     layers: list[Layer] = []
     modules = list(net)

@@ -1,5 +1,5 @@
 """Export: turn a training run folder into one model file (VQ-VAE + every level's prior), with the input
-ranges of its 8-bit layers measured on training images; or measure them for an existing model file.
+ranges of its integer layers measured on training images; or measure them for an existing model file.
 
 A prior is trained on the codes of one VQ-VAE checkpoint, whose SHA-256 its checkpoint records
 (``meta["codes_source"]["vqvae_sha256"]``, see ``stage2.train_prior``). If the VQ-VAE has been trained
@@ -65,7 +65,7 @@ def _check_codes(run: Path, stage: str, path: Path, vqvae_sha256: str, vqvae_ste
 
 
 CALIBRATION_IMAGES = 8
-"""Images whose largest layer inputs give a model's 8-bit input ranges (``exact.calibrate``): the
+"""Images whose largest layer inputs give a model's input ranges (``exact.calibrate``): the
 ranges of 8 cbsd432 images cover those of Kodak's 24 within a few per cent (one clip more or less
 costs nothing measurable)."""
 
@@ -86,7 +86,7 @@ def calibration_images(folder: str | Path, n: int, multiple: int) -> list[torch.
 
 def calibrated(model: CodecModel, folder: str | Path, n: int = CALIBRATION_IMAGES) -> CodecModel:
     """``model`` with its input ranges measured on the first ``n`` images of ``folder``."""
-    say(f"Measuring the 8-bit layers' input ranges on {n} images of {folder}")
+    say(f"Measuring the integer layers' input ranges on {n} images of {folder}")
     calibrate(model, calibration_images(folder, n, model.config.vqvae.multiple))
     return model
 
@@ -127,7 +127,7 @@ def _training_images(run: Path, vqvae_state: dict[str, Any]) -> str:
         if folder is not None:
             return folder
     raise ValueError(
-        f"{run} records no training images: give a folder of them to measure the 8-bit layers' input"
+        f"{run} records no training images: give a folder of them to measure the integer layers' input"
         " ranges on (--calibration-images)"
     )
 
@@ -143,7 +143,7 @@ def export(
     """Write the model of ``run`` to the model file ``out``; return the file's SHA-256 (hex).
 
     ``half`` stores the parameters as float16, as the bundled models do. A refined decoder
-    (``decoder.train_decoder``) replaces stage 1's. The 8-bit layers' input ranges are measured on the
+    (``decoder.train_decoder``) replaces stage 1's. The integer layers' input ranges are measured on the
     first images of ``calibration``, by default the run's training images (``calibrated``).
 
     Every level needs a trained prior; with ``allow_untrained`` a missing one keeps its (seeded,
