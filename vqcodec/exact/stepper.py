@@ -78,9 +78,11 @@ class ExactStepper:
     taps from the previous layer's cache: mask "B" taps on the same wavefront are already written,
     because each layer runs for the whole wavefront before the next one.
 
-    A cache is sheared by the decode order: ``[(top + H + bottom) B, slots, C]`` integers in float64
-    (float32 in a ``whole`` stepper), where position (y, x) of image b (of B evaluated together) lies
-    in row ``(top + y) B + b`` (zero rows above and below, for taps off the map) and slot
+    A cache is sheared by the decode order: ``[(top + H + bottom) B, slots, C]`` integers (a
+    convolution's 8-bit inputs as int8 where the products are int8 ones, else float64 like the
+    attention's keys and values; float32 in a ``whole`` stepper), where position (y, x) of image b (of
+    B evaluated together) lies in row ``(top + y) B + b`` (zero rows above and below, for taps off the
+    map) and slot
     ``x + 2 y - origin``, its step. A wavefront of all B images is then consecutive rows of one
     slot, and a kernel row's taps of it are neighbouring slots of the rows above or of its own: every
     convolution reads its inputs as strided views (one GEMM per kernel row), with no gather. The

@@ -65,9 +65,9 @@ def _check_codes(run: Path, stage: str, path: Path, vqvae_sha256: str, vqvae_ste
 
 
 CALIBRATION_IMAGES = 8
-"""Images whose largest layer inputs give a model's input ranges (``exact.calibrate``): the
-ranges of 8 cbsd432 images cover those of Kodak's 24 within a few per cent (one clip more or less
-costs nothing measurable)."""
+"""Images whose largest layer inputs give a model's input ranges (``exact.calibrate``). Kodak's inputs
+exceed the maxima of 8 CBSD432 images by up to half, yet more images do worse: their larger ranges
+round every input more coarsely, which costs more than the rare clip (``experiments/calibration_cost.py``)."""
 
 
 def calibration_images(folder: str | Path, n: int, multiple: int) -> list[torch.Tensor]:
