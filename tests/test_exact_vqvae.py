@@ -106,7 +106,7 @@ def models() -> tuple[CodecModel, ExactDecoder, ExactEncoder, torch.Tensor]:
 def test_the_exact_model_is_the_float_one_up_to_rounding(models: tuple) -> None:
     """The decoder's 8-bit layers, with ranges measured on these images, give the float model's pixels
     within a level or two; the encoder's (8-bit weights, 16-bit inputs) mostly its codes (77 % of the
-    top level's here, where the random model's codewords lie close; 83 and 95 % on the bundled model)."""
+    top level's here, where the random model's codewords lie close)."""
     model, decoder, encoder, images = models
     with torch.no_grad():
         codes = model.vqvae.encode(images.float() / 255 - 0.5)

@@ -27,9 +27,11 @@ _CONVS = nn.Conv2d | nn.ConvTranspose2d
 
 
 @contextlib.contextmanager
-def largest_inputs(module: nn.Module, prefix: str, found: dict[str, float]) -> Iterator[None]:
-    """While open, raise ``found[prefix + name]`` to the largest |input| each convolution of ``module``
-    sees."""
+def largest_inputs(
+    module: nn.Module, found: dict[str, float], under: tuple[str, ...] = ("",)
+) -> Iterator[None]:
+    """While open, raise ``found[name]`` to the largest |input| that each convolution of ``module`` whose
+    name starts with one of ``under`` sees."""
 
     def record(name: str):  # noqa: ANN202 (a hook's signature)
         def hook(_conv: nn.Module, args: tuple[Tensor, ...]) -> None:
@@ -38,9 +40,9 @@ def largest_inputs(module: nn.Module, prefix: str, found: dict[str, float]) -> I
         return hook
 
     handles = [
-        conv.register_forward_pre_hook(record(prefix + name))
+        conv.register_forward_pre_hook(record(name))
         for name, conv in module.named_modules()
-        if isinstance(conv, _CONVS)
+        if isinstance(conv, _CONVS) and name.startswith(under)
     ]
     try:
         yield
@@ -60,7 +62,7 @@ def prior_ranges(prior: PixelSNAILPrior, codes: Iterable[tuple[Tensor, list[Tens
     W] and the levels above them; the embeddings' whole tables count for the layers that read them,
     since any code may come."""
     found: dict[str, float] = {}
-    with largest_inputs(prior, "", found):
+    with largest_inputs(prior, found):
         for level_codes, above in codes:
             prior(level_codes, above or None)
     found["input_conv"] = max(found.get("input_conv", 0.0), prior.embed.weight.abs().max().item())
@@ -74,14 +76,10 @@ def prior_ranges(prior: PixelSNAILPrior, codes: Iterable[tuple[Tensor, list[Tens
 def decoder_ranges(model: CodecModel, codes: Iterable[list[Tensor]]) -> dict[str, int]:
     """The input ranges (at FP, by module name within ``model.vqvae``) of the pixel decoder's
     convolutions over code maps (per level, top first, [B, h, w])."""
-    vqvae, found = model.vqvae, {}
-    parts = {"upsamplers.": vqvae.upsamplers, "decoder.": vqvae.decoder}
-    with (
-        largest_inputs(parts["upsamplers."], "upsamplers.", found),
-        largest_inputs(parts["decoder."], "decoder.", found),
-    ):
+    found: dict[str, float] = {}
+    with largest_inputs(model.vqvae, found, ("upsamplers.", "decoder.")):
         for maps in codes:
-            vqvae.decode_codes(maps)
+            model.vqvae.decode_codes(maps)
     return to_units(found, FP)
 
 
@@ -89,15 +87,9 @@ def decoder_ranges(model: CodecModel, codes: Iterable[list[Tensor]]) -> dict[str
 def encoder_ranges(model: CodecModel, images: Iterable[Tensor]) -> tuple[dict[str, int], list[list[Tensor]]]:
     """The input ranges (at FP, by module name within ``model.vqvae``) of the encoder's convolutions
     over ``images``, and the images' codes."""
-    vqvae, found = model.vqvae, {}
-    parts = {"encoders.": vqvae.encoders, "quant_convs.": vqvae.quant_convs}
-    parts["context_decoders."] = vqvae.context_decoders
-    codes = []
-    with contextlib.ExitStack() as stack:
-        for prefix, part in parts.items():
-            stack.enter_context(largest_inputs(part, prefix, found))
-        for image in images:
-            codes.append(vqvae.encode(image))
+    found: dict[str, float] = {}
+    with largest_inputs(model.vqvae, found, ("encoders.", "quant_convs.", "context_decoders.")):
+        codes = [model.vqvae.encode(image) for image in images]
     return to_units(found, FP), codes
 
 

@@ -83,6 +83,14 @@ row ``m + dy - 1`` (``dy`` an offset into the input padded by one row) with kern
 ``_UP_TAPS[p][dy]``; columns alike."""
 
 
+_INPUTS = ((-Q_MAX, Q_MAX), (0, Q_MAX_UNSIGNED), (-Q_MAX_WIDE, Q_MAX_WIDE))
+"""The inputs a layer may round to: signed and unsigned 8 bits (the decoder), 16 bits (the encoder)."""
+
+MAX_FAN_IN_16 = 2**15
+"""Largest fan-in of a layer with 16-bit inputs: its sums ``M acc`` then stay below ``2**15 * 127 *
+32767 * 2**15 < 2**53`` units of ``2**-t``, exact in float64."""
+
+
 @dataclasses.dataclass
 class IntegerConv:
     """A quantised convolution (exact.md §10.1): ``kind`` "same" (k x k, stride 1, padding k // 2),
@@ -223,31 +231,21 @@ class IntegerConv:
 
     def __call__(self, x: Map) -> Map:
         h, w, _ = x.shape
-        parts: list[Tensor] = []
-        for operand, factor, zero in self._operands(x):
-            sums = self._sums(operand, zero, h, w)
-            if operand.dtype != torch.int8:
-                parts = sums
-                continue
-            scale = self.scale * factor
-            terms = [s.double().mul_(scale) for s in sums]  # (factor M acc) 2**-t: exact
-            parts = terms if not parts else [p.add_(t) for p, t in zip(parts, terms, strict=True)]
-        if operand.dtype == torch.int8:
-            parts = [p.add_(start) for p, start in zip(parts, self.starts, strict=True)]
+        operands = self._operands(x)
+        if operands[0][0].dtype != torch.int8:  # one float64 map: sums started from the bias
+            parts = self._sums(operands[0][0], 0.0, h, w)
+        else:  # each int8 limb's int32 sums times its factor (factor M acc 2**-t: exact), plus the starts
+            parts = list(self.starts)
+            for operand, factor, zero in operands:
+                scale = self.scale * factor
+                sums = self._sums(operand, zero, h, w)
+                parts = [s.double().mul_(scale).add_(part) for s, part in zip(sums, parts, strict=True)]
         if self.kind == "up":
             out = torch.stack(parts, dim=2).view(h, w, 2, 2, -1).permute(0, 2, 1, 3, 4)
             out = out.reshape(2 * h, 2 * w, -1)
         else:
             out = parts[0]
         return out.floor_().add_(self.bias_high).clamp_(-ACT_MAX, ACT_MAX)
-
-
-_INPUTS = ((-Q_MAX, Q_MAX), (0, Q_MAX_UNSIGNED), (-Q_MAX_WIDE, Q_MAX_WIDE))
-"""The inputs a layer may round to: signed and unsigned 8 bits (the decoder), 16 bits (the encoder)."""
-
-MAX_FAN_IN_16 = 2**15
-"""Largest fan-in of a layer with 16-bit inputs: its sums ``M acc`` then stay below ``2**15 * 127 *
-32767 * 2**15 < 2**53`` units of ``2**-t``, exact in float64."""
 
 
 def _relu(x: Map) -> Map:
