@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vqcodec.coding import entropy, order
-from vqcodec.exact import arithmetic, quantise
+from vqcodec.exact import arithmetic, fused, quantise
 from vqcodec.exact.arithmetic import ACT_MAX, FA, FE, Q_MAX, T_MAX, TABLE_SIZE, frequencies
 from vqcodec.exact.calibrate import prior_ranges
 from vqcodec.exact.cuda_stepper import ColumnStepper
@@ -433,6 +433,27 @@ def test_batch_stepper_of_maps_of_several_sizes(kind: str) -> None:
     assert prior.batch_stepper(6, 9, [conds[0]] * 5, [(6, 9)] * 5).on_map(0) is None
     with pytest.raises(ValueError, match="sizes"):
         prior.batch_stepper(6, 9, conds, [(7, 9)] * 5)
+
+
+@pytest.mark.skipif(not fused.available(torch.device("cpu")), reason="vqcodec.exact._kernels was not built")
+@pytest.mark.parametrize("kind", sorted(PRIORS))
+def test_compiled_kernels_give_the_torch_calls_tables(kind: str) -> None:
+    """A step's elementwise work in the compiled kernels (``fused``) or in torch calls: the same
+    tables, for maps of several sizes in one stepper (rows off a map masked)."""
+    prior, g = EXACT[kind], torch.Generator().manual_seed(11)
+    sizes = [(7, 12), (3, 12), (7, 5)]
+    images = [torch.randint(prior.codebook_size, (7, 12), generator=g) for _ in sizes]
+    conds = [random_cond(PRIORS[kind], h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    steppers = [prior.batch_stepper(7, 12, conds, sizes) for _ in range(2)]
+    assert steppers[0]._fused
+    steppers[1]._fused = False  # the torch calls of every other device
+    for t in range(steppers[0].n_steps):
+        ys, xs = steppers[0].positions(t)
+        tables = [stepper.freqs(t) for stepper in steppers]
+        assert np.array_equal(tables[0], tables[1]), t
+        codes = torch.stack([codes[ys, xs] for codes in images], dim=1).reshape(-1)
+        for stepper in steppers:
+            stepper.set_codes(t, codes)
 
 
 @pytest.mark.parametrize("kind", sorted(PRIORS))

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vqcodec.coding import order
+from vqcodec.exact import fused
 from vqcodec.exact.arithmetic import P_BITS, clamp, float_frequencies, gated_residual, round_shift
 from vqcodec.exact.attention import attend, attention_weights
 from vqcodec.exact.quantise import Linear, QuantAttention, int8_products, masked_offsets
@@ -152,6 +153,7 @@ class ExactStepper:
         )
         self._condition(cond_codes, sizes)
         self._order_positions()
+        self._fused = fused.available(device) and not whole
         self._computed = 0  # steps whose tables were computed
         self._known = 0  # steps whose codes were set
 
@@ -284,6 +286,8 @@ class ExactStepper:
         self._computed += 1
         if len(sites.ys) == 0:  # a step without codes (a map one column wide has them at odd steps)
             return np.zeros((0, self.prior.codebook_size), dtype=np.int64)
+        if self._fused:
+            return self._fused_freqs(sites)
         return float_frequencies(self._evaluate(sites)).to(torch.int64).cpu().numpy()
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
@@ -361,11 +365,16 @@ class ExactStepper:
     def _conv(self, layer: Linear, cache: Tensor, sites: Sites, taps: list[RowTaps]) -> Tensor:
         """A masked convolution at the sites, whose 8-bit inputs ``cache`` holds: one product per kernel
         row, then the rounding of ``Linear``."""
+        return layer.finish(self._sums(layer, cache, sites, taps))
+
+    def _sums(self, layer: Linear, cache: Tensor, sites: Sites, taps: list[RowTaps]) -> Tensor:
+        """:meth:`Linear.accumulate`'s sums of a masked convolution at the sites: one product per kernel
+        row of the inputs that ``cache`` holds."""
         out = None
         for tap in taps:
             out = layer.accumulate(out, self._view(cache, sites, tap.shift, tap.width), tap.rows)
         assert out is not None, "a mask has taps"
-        return layer.finish(out)
+        return out
 
     def _evaluate(self, sites: Sites) -> Tensor:
         """Logits [n, K] (integer-valued float64) at the sites, all layers in order, writing the caches
@@ -373,19 +382,9 @@ class ExactStepper:
 
         Every position that a tap reads must be final: it is one of the sites or was evaluated before.
         """
-        prior, ys, xs = self.prior, sites.ys, sites.xs
+        prior = self.prior
         x = self._conv(prior.input_conv, self._embedded, sites, self._taps_a)
-        if self._cond is not None and self._sizes is None:
-            cond_rows = sites.images * self._cond_size + (ys // 2) * self._cond_width + xs // 2
-        elif self._cond is not None:  # positions off their map read any row in range
-            cond_rows = (
-                self._cond_firsts[sites.images] + (ys // 2) * self._cond_widths[sites.images] + xs // 2
-            )
-            cond_rows = cond_rows.clamp_(max=self._cond_last)
-        if prior.attentions:
-            oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
-            heights, widths = (self.height, self.width) if sites.limits is None else sites.limits.unbind(1)
-            valid = (oy >= 0) & (oy < heights) & (ox >= 0) & (ox < widths)  # [n, n_off]
+        cond_rows, valid = self._context(sites)
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
             self._store(inputs, sites, block.conv1.quantise_elu(x))
             h = self._conv(block.conv1, inputs, sites, self._taps_b)
@@ -393,19 +392,68 @@ class ExactStepper:
             h = self._conv(block.conv2, middles, sites, self._taps_b)
             if self._cond is not None:
                 h = clamp(h.add_(self._cond[i].index_select(0, cond_rows)))
-            x = gated_residual(x, h)
-            if prior.attention_every and (i + 1) % prior.attention_every == 0:
-                j = (i + 1) // prior.attention_every - 1
-                attn, (keys, values) = prior.attentions[j], self._keys_values[j]
-                self._store(keys, sites, attn.key(x))
-                self._store(values, sites, attn.value(x))
-                if len(sites.size) == 1:  # a wavefront
-                    x = attend(attn, self._window(keys, sites), self._window(values, sites), x, valid)
-                else:
-                    x = self._attend_band(attn, keys, values, x, sites, valid)
+            x = self._attention(i, gated_residual(x, h), sites, valid)
         for block in prior.out_blocks:
             x = clamp(x.add_(block.conv2.on_elu(block.conv1.on_elu(x))))
         return prior.out_conv.on_elu(x)
+
+    def _fused_freqs(self, sites: Sites) -> np.ndarray:
+        """The frequency tables [n, K] at a wavefront's sites, as ``float_frequencies(_evaluate(sites))``
+        gives them, with each layer's elementwise work in one call of ``fused`` between its products."""
+        prior, mask = self.prior, sites.mask
+        x = fused.finish(prior.input_conv, self._sums(prior.input_conv, self._embedded, sites, self._taps_a))
+        cond_rows, valid = self._context(sites)
+        for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
+            c = inputs.shape[2]
+            fused.elu_store(block.conv1, x, self._cells(inputs, sites, 0, c).view(-1, c), mask)
+            h = self._sums(block.conv1, inputs, sites, self._taps_b)
+            fused.finish_elu_store(
+                block.conv1, h, block.conv2, self._cells(middles, sites, 0, c).view(-1, c), mask
+            )
+            h = self._sums(block.conv2, middles, sites, self._taps_b)
+            fused.finish_gate(block.conv2, h, None if self._cond is None else self._cond[i], cond_rows, x)
+            x = self._attention(i, x, sites, valid)
+        for block in prior.out_blocks:
+            q = torch.empty(x.shape, dtype=torch.int8)
+            fused.elu_store(block.conv1, x, q)
+            h = block.conv1.accumulate(None, q, slice(None))
+            fused.finish_elu_store(block.conv1, h, block.conv2, q)
+            fused.finish(block.conv2, block.conv2.accumulate(None, q, slice(None)), x, residual=True)
+        q = torch.empty(x.shape, dtype=torch.int8)
+        fused.elu_store(prior.out_conv, x, q)
+        return fused.frequencies(prior.out_conv, prior.out_conv.accumulate(None, q, slice(None)))
+
+    def _context(self, sites: Sites) -> tuple[Tensor | None, Tensor | None]:
+        """Each site's row of the conditioning tables (None for the top prior), and which attention
+        offsets of each lie on its map [n, n_off] (None without attention)."""
+        ys, xs = sites.ys, sites.xs
+        cond_rows = valid = None
+        if self._cond is not None and self._sizes is None:
+            cond_rows = sites.images * self._cond_size + (ys // 2) * self._cond_width + xs // 2
+        elif self._cond is not None:  # positions off their map read any row in range
+            cond_rows = (
+                self._cond_firsts[sites.images] + (ys // 2) * self._cond_widths[sites.images] + xs // 2
+            )
+            cond_rows = cond_rows.clamp_(max=self._cond_last)
+        if self.prior.attentions:
+            oy, ox = ys[:, None] + self._offsets[:, 0], xs[:, None] + self._offsets[:, 1]
+            heights, widths = (self.height, self.width) if sites.limits is None else sites.limits.unbind(1)
+            valid = (oy >= 0) & (oy < heights) & (ox >= 0) & (ox < widths)  # [n, n_off]
+        return cond_rows, valid
+
+    def _attention(self, i: int, x: Tensor, sites: Sites, valid: Tensor | None) -> Tensor:
+        """``x`` after gated block ``i``: through an attention block where one follows it."""
+        prior = self.prior
+        if not prior.attention_every or (i + 1) % prior.attention_every:
+            return x
+        assert valid is not None, "the offsets of an attention window"
+        j = (i + 1) // prior.attention_every - 1
+        attn, (keys, values) = prior.attentions[j], self._keys_values[j]
+        self._store(keys, sites, attn.key(x))
+        self._store(values, sites, attn.value(x))
+        if len(sites.size) == 1:  # a wavefront
+            return attend(attn, self._window(keys, sites), self._window(values, sites), x, valid)
+        return self._attend_band(attn, keys, values, x, sites, valid)
 
     def _window(self, cache: Tensor, sites: Sites) -> list[Tensor]:
         """Per row of the attention window, [n, w, C] strided views of ``cache`` at a wavefront's sites:

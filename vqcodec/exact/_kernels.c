@@ -1,0 +1,248 @@
+/* Fused elementwise work of one wavefront step of an integer prior on the CPU (stepper.py).
+
+   Execution only, not normative: each function computes exactly what a chain of torch calls of
+   quantise.py and arithmetic.py computes (exact.md §3.2, §5, §7), on integers held in doubles (every
+   value and every intermediate an integer, or an integer times 2**-t_c, below 2**53: exact whatever
+   the compiler contracts or vectorises), in one pass instead of one pass and one call per operation.
+   The products between them stay torch._int_mm's. Pointers and sizes come from the caller, which owns the
+   tensors and checks their shapes: this module trusts them. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
+/* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
+   time) where the CPU has it, else x86-64's baseline. */
+#define HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT
+#endif
+
+static inline double clamp_act(double v) {
+    v = v < -ACT_MAX ? -ACT_MAX : v;
+    return v > ACT_MAX ? ACT_MAX : v;
+}
+
+/* A layer's rounding of one row of its int32 sums (Linear.finish): out = clamp(floor(acc M 2**-t +
+   low 2**-t) + high), from scale = M 2**-t, low 2**-t and high per channel. */
+typedef struct {
+    const double *scale, *low, *high;
+} Rounding;
+
+HOT static void finish_row(const Rounding *r, const int32_t *restrict acc, Py_ssize_t count, double *restrict out) {
+    const double *restrict scale = r->scale, *restrict low = r->low, *restrict high = r->high;
+    for (Py_ssize_t j = 0; j < count; j++) out[j] = clamp_act(floor((double)acc[j] * scale[j] + low[j]) + high[j]);
+}
+
+/* A layer's 8-bit input of an ELU's output (Linear.quantise_elu): table[clamp(x, -size, top) + size],
+   from the table's entries as int32 (gathered 8 at a time with AVX2). */
+typedef struct {
+    const int32_t *table;
+    double size, top;
+} EluInputs;
+
+HOT static void elu_row(const EluInputs *e, const double *restrict x, Py_ssize_t count, int8_t *restrict out) {
+    const double low = -e->size, top = e->top, size = e->size;
+    const int32_t *restrict table = e->table;
+    for (Py_ssize_t j = 0; j < count; j++) {
+        double v = x[j] < low ? low : x[j];
+        out[j] = (int8_t)table[(int32_t)((v > top ? top : v) + size)];
+    }
+}
+
+static Rounding rounding(unsigned long long scale, unsigned long long low, unsigned long long high) {
+    Rounding r = {(const double *)(uintptr_t)scale, (const double *)(uintptr_t)low, (const double *)(uintptr_t)high};
+    return r;
+}
+
+/* elu_store(x, n, c, table, size, top, dst, row_stride, mask): int8 dst[i row_stride + j] = the 8-bit
+   input of elu(x[i, j]) (x float64 [n, c]; table int32), 0 where mask (float64 [n], or 0: none) is 0. */
+static PyObject *elu_store(PyObject *self, PyObject *args) {
+    unsigned long long x_p, table_p, dst_p, mask_p;
+    Py_ssize_t n, c, stride;
+    double size, top;
+    if (!PyArg_ParseTuple(args, "KnnKddKnK", &x_p, &n, &c, &table_p, &size, &top, &dst_p, &stride, &mask_p))
+        return NULL;
+    const double *x = (const double *)(uintptr_t)x_p, *mask = (const double *)(uintptr_t)mask_p;
+    int8_t *dst = (int8_t *)(uintptr_t)dst_p;
+    EluInputs e = {(const int32_t *)(uintptr_t)table_p, size, top};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (mask && mask[i] == 0.0)
+            memset(dst + i * stride, 0, (size_t)c);
+        else
+            elu_row(&e, x + i * c, c, dst + i * stride);
+    }
+    Py_RETURN_NONE;
+}
+
+/* finish_elu_store(acc, n, c, scale, low, high, table, size, top, dst, row_stride, mask): a layer's
+   outputs from its int32 sums acc [n, c], stored as the next layer's 8-bit inputs of their ELU. */
+static PyObject *finish_elu_store(PyObject *self, PyObject *args) {
+    unsigned long long acc_p, scale_p, low_p, high_p, table_p, dst_p, mask_p;
+    Py_ssize_t n, c, stride;
+    double size, top;
+    if (!PyArg_ParseTuple(args, "KnnKKKKddKnK", &acc_p, &n, &c, &scale_p, &low_p, &high_p, &table_p, &size,
+                          &top, &dst_p, &stride, &mask_p))
+        return NULL;
+    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p;
+    const double *mask = (const double *)(uintptr_t)mask_p;
+    int8_t *dst = (int8_t *)(uintptr_t)dst_p;
+    Rounding r = rounding(scale_p, low_p, high_p);
+    EluInputs e = {(const int32_t *)(uintptr_t)table_p, size, top};
+    double *h = PyMem_Malloc((size_t)c * sizeof(double));
+    if (!h) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (mask && mask[i] == 0.0) {
+            memset(dst + i * stride, 0, (size_t)c);
+            continue;
+        }
+        finish_row(&r, acc + i * c, c, h);
+        elu_row(&e, h, c, dst + i * stride);
+    }
+    PyMem_Free(h);
+    Py_RETURN_NONE;
+}
+
+HOT static void add_row(const double *restrict h, Py_ssize_t count, double *restrict out) {
+    for (Py_ssize_t j = 0; j < count; j++) out[j] = clamp_act(out[j] + h[j]);
+}
+
+/* finish_to(acc, n, c, scale, low, high, out, residual): out [n, c] float64 = the layer's outputs
+   from its sums acc [n, c]; with residual 1, out = clamp(out + outputs) instead. */
+static PyObject *finish_to(PyObject *self, PyObject *args) {
+    unsigned long long acc_p, scale_p, low_p, high_p, out_p;
+    Py_ssize_t n, c;
+    int residual;
+    if (!PyArg_ParseTuple(args, "KnnKKKKp", &acc_p, &n, &c, &scale_p, &low_p, &high_p, &out_p, &residual))
+        return NULL;
+    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p;
+    double *out = (double *)(uintptr_t)out_p;
+    Rounding r = rounding(scale_p, low_p, high_p);
+    double *h = PyMem_Malloc((size_t)c * sizeof(double));
+    if (!h) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (residual) {
+            finish_row(&r, acc + i * c, c, h);
+            add_row(h, c, out + i * c);
+        } else {
+            finish_row(&r, acc + i * c, c, out + i * c);
+        }
+    }
+    PyMem_Free(h);
+    Py_RETURN_NONE;
+}
+
+/* The gate of one row: h [2c] plus the float32 conditioning row cond (or NULL), clamped; then
+   x = clamp(floor(x + a sig(b) 2**-fa + 1/2)), [a, b] = h, sig(b) = sigmoid[clamp(b + size, 0, 2 size - 1)]
+   (the table's integers as float64): a product below 2**30 and every sum exact in float64. */
+HOT static void gate_row(double *restrict h, const float *restrict cond, const double *restrict sigmoid,
+                         double size, double unit, Py_ssize_t c, double *restrict x) {
+    if (cond)
+        for (Py_ssize_t j = 0; j < 2 * c; j++) h[j] = clamp_act(h[j] + (double)cond[j]);
+    const double last = 2.0 * size - 1.0;
+    for (Py_ssize_t j = 0; j < c; j++) {
+        double index = h[c + j] + size;
+        index = index < 0.0 ? 0.0 : index;
+        index = index > last ? last : index;
+        x[j] = clamp_act(floor(x[j] + h[j] * sigmoid[(int32_t)index] * unit + 0.5));
+    }
+}
+
+/* finish_gate(acc, n, c, scale, low, high, cond, cond_rows, sigmoid, size, fa, x): a gated block's
+   end (stepper.py, arithmetic.gated_residual): h = the layer's outputs from its sums acc [n, 2c],
+   plus row cond_rows[i] (int64) of the float32 table cond [*, 2c] and clamped if cond is not 0;
+   then x [n, c] = clamp(x + rshr(a sig(b), fa)) with [a, b] = h and sig(b) = sigmoid[clamp(b + size,
+   0, 2 size - 1)] (the table of exact.md §4, its integers as float64). */
+static PyObject *finish_gate(PyObject *self, PyObject *args) {
+    unsigned long long acc_p, scale_p, low_p, high_p, cond_p, rows_p, sig_p, x_p;
+    Py_ssize_t n, c, size;
+    int fa;
+    if (!PyArg_ParseTuple(args, "KnnKKKKKKniK", &acc_p, &n, &c, &scale_p, &low_p, &high_p, &cond_p, &rows_p,
+                          &sig_p, &size, &fa, &x_p))
+        return NULL;
+    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p;
+    const float *cond = (const float *)(uintptr_t)cond_p;
+    const int64_t *rows = (const int64_t *)(uintptr_t)rows_p;
+    const double *sigmoid = (const double *)(uintptr_t)sig_p;
+    double *x = (double *)(uintptr_t)x_p;
+    Rounding r = rounding(scale_p, low_p, high_p);
+    double *h = PyMem_Malloc((size_t)(2 * c) * sizeof(double));
+    if (!h) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        finish_row(&r, acc + i * 2 * c, 2 * c, h);
+        gate_row(h, cond ? cond + rows[i] * 2 * c : NULL, sigmoid, (double)size, ldexp(1.0, -fa), c, x + i * c);
+    }
+    PyMem_Free(h);
+    Py_RETURN_NONE;
+}
+
+/* The frequency table f [k] of one row of logits l [k], using e [k] (all integers as float64). */
+HOT static void frequency_row(const double *restrict l, Py_ssize_t k, const double *restrict exp_table,
+                              double last, int precision, double *restrict e, int64_t *restrict f) {
+    double largest = l[0], total = 0.0;
+    for (Py_ssize_t j = 1; j < k; j++) largest = l[j] > largest ? l[j] : largest;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        double z = largest - l[j];
+        e[j] = exp_table[(int32_t)(z < last ? z : last)];
+    }
+    for (Py_ssize_t j = 0; j < k; j++) total += e[j]; /* below 2**21 k: exact in any order */
+    const double spread = (double)(((int64_t)1 << precision) - k);
+    for (Py_ssize_t j = 0; j < k; j++) e[j] = 1.0 + floor(e[j] * spread / total);
+    int64_t used = 0;
+    Py_ssize_t first = 0;
+    while (l[first] != largest) first++;
+    for (Py_ssize_t j = 0; j < k; j++) used += f[j] = (int64_t)e[j];
+    f[first] += ((int64_t)1 << precision) - used;
+}
+
+/* frequencies(acc, n, k, scale, low, high, exp_table, exp_size, precision, out): the output layer's
+   logits from its sums acc [n, k], and their frequency tables, int64 out [n, k]
+   (arithmetic.float_frequencies, exact.md §7): z = min(max - l, exp_size - 1), e = exp_table[z]
+   (float64), f = 1 + floor(e (2**precision - k) / sum e), the rest to the first largest logit. The
+   quotient is the floor of the correctly rounded float64 one (e (2**precision - k) is exact), as
+   arithmetic.floor_div proves. */
+static PyObject *frequencies(PyObject *self, PyObject *args) {
+    unsigned long long acc_p, scale_p, low_p, high_p, exp_p, out_p;
+    Py_ssize_t n, k, exp_size;
+    int precision;
+    if (!PyArg_ParseTuple(args, "KnnKKKKniK", &acc_p, &n, &k, &scale_p, &low_p, &high_p, &exp_p, &exp_size,
+                          &precision, &out_p))
+        return NULL;
+    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p;
+    const double *exp_table = (const double *)(uintptr_t)exp_p;
+    int64_t *out = (int64_t *)(uintptr_t)out_p;
+    Rounding r = rounding(scale_p, low_p, high_p);
+    double *logits = PyMem_Malloc((size_t)(2 * k) * sizeof(double));
+    if (!logits) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        finish_row(&r, acc + i * k, k, logits);
+        frequency_row(logits, k, exp_table, (double)(exp_size - 1), precision, logits + k, out + i * k);
+    }
+    PyMem_Free(logits);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"elu_store", elu_store, METH_VARARGS, "8-bit inputs of ELU outputs, into a cache."},
+    {"finish_elu_store", finish_elu_store, METH_VARARGS, "A layer's outputs as the next layer's 8-bit inputs."},
+    {"finish_to", finish_to, METH_VARARGS, "A layer's outputs, or a residual sum with them."},
+    {"finish_gate", finish_gate, METH_VARARGS, "A gated block's end: conditioning, gate, residual."},
+    {"frequencies", frequencies, METH_VARARGS, "The output layer's logits as frequency tables."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddObject(m, "ACT_MAX", PyFloat_FromDouble(ACT_MAX)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,138 @@
+"""One wavefront step's elementwise work in single passes of compiled code (execution, not normative).
+
+A wavefront step on the CPU is small matrices: a few hundred positions of 64 to 512 channels. Done as
+torch calls, each layer's rounding, clamps, lookups, gate and stores are a dozen calls, and these,
+not the int8 products between them, took most of a decode. ``_kernels.c`` computes each such chain
+in one pass over the same integers: the rounding of a layer's int32 sums (``Linear.finish``), the
+8-bit inputs of the next layer (``Linear.quantise_elu``), written straight into a cache, a gated
+block's end (``gated_residual``) and the frequency tables (``float_frequencies``). The products stay
+``torch._int_mm`` calls on the caches' strided views.
+
+The extension is built by ``pip install`` where a C compiler is found (``pyproject.toml``); without
+it, ``available`` is false and the steppers make the same torch calls as on other devices. Tests
+check that both give the same tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vqcodec.coding.entropy import PRECISION
+from vqcodec.exact.arithmetic import ACT_MAX, FA, TABLE_SIZE, tables_on
+from vqcodec.exact.arithmetic import exp_table as exp_table_on
+from vqcodec.exact.quantise import Linear, int8_products
+
+try:
+    from vqcodec.exact import _kernels
+except ImportError:  # built without a C compiler
+    _kernels = None
+
+if _kernels is not None and _kernels.ACT_MAX != ACT_MAX:
+    raise ImportError(f"vqcodec.exact._kernels was built for ACT_MAX {_kernels.ACT_MAX}, not {ACT_MAX}")
+
+_CPU = torch.device("cpu")
+
+
+def available(device: torch.device) -> bool:
+    """Whether steps on ``device`` run through the compiled kernels: the CPU, with int8 products."""
+    return _kernels is not None and device.type == "cpu" and int8_products(device)
+
+
+def _rounding(layer: Linear) -> tuple[int, int, int]:
+    return layer.scale.data_ptr(), layer.bias_low.data_ptr(), layer.bias_high.data_ptr()
+
+
+_WIDE_ELU_INPUTS: dict[int, Tensor] = {}
+"""Each layer's ``elu_inputs`` as int32, by the id of the int8 table while it lives: the kernels
+gather int32 entries."""
+
+
+def _elu_inputs(layer: Linear) -> tuple[int, float, float]:
+    table = layer.elu_inputs
+    assert table is not None, "a layer with_elu_inputs"
+    wide = _WIDE_ELU_INPUTS.get(id(table))
+    if wide is None:
+        wide = _WIDE_ELU_INPUTS[id(table)] = table.to(torch.int32)
+        weakref.finalize(table, _WIDE_ELU_INPUTS.pop, id(table), None)
+    return wide.data_ptr(), float(TABLE_SIZE), float(len(table) - 1 - TABLE_SIZE)
+
+
+@functools.cache
+def _sigmoid() -> Tensor:
+    """The sigmoid table of exact.md §4 as float64 (integers below 2**11)."""
+    return tables_on(_CPU)[1].double()
+
+
+def _mask(mask: Tensor | None) -> int:
+    return 0 if mask is None else mask.data_ptr()
+
+
+def _rows(dst: Tensor) -> tuple[int, int]:
+    """The pointer and row stride of an int8 [n, C] view with contiguous rows (a cache's cells)."""
+    assert dst.dtype == torch.int8 and dst.stride(1) == 1
+    return dst.data_ptr(), dst.stride(0)
+
+
+def elu_store(layer: Linear, x: Tensor, dst: Tensor, mask: Tensor | None = None) -> None:
+    """``dst = layer.quantise_elu(x)`` (times ``mask``, float64 [n, 1] of 0 and 1, if given), for
+    contiguous float64 activations ``x`` [n, C] and an int8 view ``dst`` [n, C]."""
+    n, c = x.shape
+    _kernels.elu_store(x.data_ptr(), n, c, *_elu_inputs(layer), *_rows(dst), _mask(mask))
+
+
+def finish_elu_store(
+    layer: Linear, sums: Tensor, reader: Linear, dst: Tensor, mask: Tensor | None = None
+) -> None:
+    """``dst = reader.quantise_elu(layer.finish(sums))`` (times ``mask``), from ``layer``'s int32
+    sums [n, C]."""
+    n, c = sums.shape
+    _kernels.finish_elu_store(
+        sums.data_ptr(), n, c, *_rounding(layer), *_elu_inputs(reader), *_rows(dst), _mask(mask)
+    )
+
+
+def finish(layer: Linear, sums: Tensor, out: Tensor | None = None, residual: bool = False) -> Tensor:
+    """``layer.finish(sums)`` into contiguous float64 ``out`` [n, C] (a new tensor if None), or with
+    ``residual`` ``out = clamp(out + layer.finish(sums))``."""
+    n, c = sums.shape
+    if out is None:
+        out = torch.empty(n, c, dtype=torch.float64)
+    _kernels.finish_to(sums.data_ptr(), n, c, *_rounding(layer), out.data_ptr(), residual)
+    return out
+
+
+def finish_gate(layer: Linear, sums: Tensor, cond: Tensor | None, rows: Tensor | None, x: Tensor) -> Tensor:
+    """``x = gated_residual(x, h)`` in place, with ``h = layer.finish(sums)`` ([n, 2C]), or where the
+    block is conditioned ``h = clamp(h + cond[rows])`` (float32 ``cond``, int64 ``rows``)."""
+    n, c = x.shape
+    cond_ptr, rows_ptr = (0, 0) if cond is None or rows is None else (cond.data_ptr(), rows.data_ptr())
+    _kernels.finish_gate(
+        sums.data_ptr(),
+        n,
+        c,
+        *_rounding(layer),
+        cond_ptr,
+        rows_ptr,
+        _sigmoid().data_ptr(),
+        TABLE_SIZE,
+        FA,
+        x.data_ptr(),
+    )
+    return x
+
+
+def frequencies(layer: Linear, sums: Tensor) -> np.ndarray:
+    """``float_frequencies(layer.finish(sums))`` as int64 [n, K]: the frequency tables of the logits
+    whose int32 sums are ``sums``."""
+    n, k = sums.shape
+    out = np.empty((n, k), dtype=np.int64)
+    exp_table = exp_table_on(_CPU)
+    _kernels.frequencies(
+        sums.data_ptr(), n, k, *_rounding(layer), exp_table.data_ptr(), TABLE_SIZE, PRECISION, out.ctypes.data
+    )
+    return out
