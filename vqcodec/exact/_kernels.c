@@ -29,14 +29,20 @@ static inline double clamp_act(double v) {
 }
 
 /* A layer's rounding of one row of its int32 sums (Linear.finish): out = clamp(floor(acc M 2**-t +
-   low 2**-t) + high), from scale = M 2**-t, low 2**-t and high per channel. */
+   low 2**-t) + high), from scale = M 2**-t, low 2**-t and high per channel; the sums come in one part,
+   or two (``more``, or NULL: a product per kernel row), every kernel's acc and more arguments. */
 typedef struct {
     const double *scale, *low, *high;
 } Rounding;
 
-HOT static void finish_row(const Rounding *r, const int32_t *restrict acc, Py_ssize_t count, double *restrict out) {
+HOT static void finish_row(const Rounding *r, const int32_t *restrict acc, const int32_t *restrict more,
+                           Py_ssize_t count, double *restrict out) {
     const double *restrict scale = r->scale, *restrict low = r->low, *restrict high = r->high;
-    for (Py_ssize_t j = 0; j < count; j++) out[j] = clamp_act(floor((double)acc[j] * scale[j] + low[j]) + high[j]);
+    if (more) /* acc + more: two parts of sums below 2**31 (exact.md §8) */
+        for (Py_ssize_t j = 0; j < count; j++)
+            out[j] = clamp_act(floor((double)(acc[j] + more[j]) * scale[j] + low[j]) + high[j]);
+    else
+        for (Py_ssize_t j = 0; j < count; j++) out[j] = clamp_act(floor((double)acc[j] * scale[j] + low[j]) + high[j]);
 }
 
 /* A layer's 8-bit input of an ELU's output (Linear.quantise_elu): table[clamp(x, -size, top) + size],
@@ -80,16 +86,16 @@ static PyObject *elu_store(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* finish_elu_store(acc, n, c, scale, low, high, table, size, top, dst, row_stride, mask): a layer's
+/* finish_elu_store(acc, more, n, c, scale, low, high, table, size, top, dst, row_stride, mask): a layer's
    outputs from its int32 sums acc [n, c], stored as the next layer's 8-bit inputs of their ELU. */
 static PyObject *finish_elu_store(PyObject *self, PyObject *args) {
-    unsigned long long acc_p, scale_p, low_p, high_p, table_p, dst_p, mask_p;
+    unsigned long long acc_p, more_p, scale_p, low_p, high_p, table_p, dst_p, mask_p;
     Py_ssize_t n, c, stride;
     double size, top;
-    if (!PyArg_ParseTuple(args, "KnnKKKKddKnK", &acc_p, &n, &c, &scale_p, &low_p, &high_p, &table_p, &size,
+    if (!PyArg_ParseTuple(args, "KKnnKKKKddKnK", &acc_p, &more_p, &n, &c, &scale_p, &low_p, &high_p, &table_p, &size,
                           &top, &dst_p, &stride, &mask_p))
         return NULL;
-    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p;
+    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p, *more = (const int32_t *)(uintptr_t)more_p;
     const double *mask = (const double *)(uintptr_t)mask_p;
     int8_t *dst = (int8_t *)(uintptr_t)dst_p;
     Rounding r = rounding(scale_p, low_p, high_p);
@@ -101,7 +107,7 @@ static PyObject *finish_elu_store(PyObject *self, PyObject *args) {
             memset(dst + i * stride, 0, (size_t)c);
             continue;
         }
-        finish_row(&r, acc + i * c, c, h);
+        finish_row(&r, acc + i * c, more ? more + i * c : NULL, c, h);
         elu_row(&e, h, c, dst + i * stride);
     }
     PyMem_Free(h);
@@ -112,28 +118,117 @@ HOT static void add_row(const double *restrict h, Py_ssize_t count, double *rest
     for (Py_ssize_t j = 0; j < count; j++) out[j] = clamp_act(out[j] + h[j]);
 }
 
-/* finish_to(acc, n, c, scale, low, high, out, residual): out [n, c] float64 = the layer's outputs
-   from its sums acc [n, c]; with residual 1, out = clamp(out + outputs) instead. */
+/* finish_to(acc, more, n, c, scale, low, high, out, row_stride, mask, residual): the layer's outputs from
+   its sums acc [n, c] into float64 out[i row_stride + j], 0 where mask (float64 [n], or 0: none) is
+   0; with residual 1, out = clamp(out + outputs) instead. */
 static PyObject *finish_to(PyObject *self, PyObject *args) {
-    unsigned long long acc_p, scale_p, low_p, high_p, out_p;
-    Py_ssize_t n, c;
+    unsigned long long acc_p, more_p, scale_p, low_p, high_p, out_p, mask_p;
+    Py_ssize_t n, c, stride;
     int residual;
-    if (!PyArg_ParseTuple(args, "KnnKKKKp", &acc_p, &n, &c, &scale_p, &low_p, &high_p, &out_p, &residual))
+    if (!PyArg_ParseTuple(args, "KKnnKKKKnKp", &acc_p, &more_p, &n, &c, &scale_p, &low_p, &high_p, &out_p, &stride, &mask_p,
+                          &residual))
         return NULL;
-    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p;
+    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p, *more = (const int32_t *)(uintptr_t)more_p;
+    const double *mask = (const double *)(uintptr_t)mask_p;
     double *out = (double *)(uintptr_t)out_p;
     Rounding r = rounding(scale_p, low_p, high_p);
     double *h = PyMem_Malloc((size_t)c * sizeof(double));
     if (!h) return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (residual) {
-            finish_row(&r, acc + i * c, c, h);
-            add_row(h, c, out + i * c);
+        double *row = out + i * stride;
+        if (mask && mask[i] == 0.0) {
+            for (Py_ssize_t j = 0; j < c; j++) row[j] = 0.0;
+        } else if (residual) {
+            finish_row(&r, acc + i * c, more ? more + i * c : NULL, c, h);
+            add_row(h, c, row);
         } else {
-            finish_row(&r, acc + i * c, c, out + i * c);
+            finish_row(&r, acc + i * c, more ? more + i * c : NULL, c, row);
         }
     }
     PyMem_Free(h);
+    Py_RETURN_NONE;
+}
+
+HOT static void quantise_row(const double *restrict x, Py_ssize_t count, double scale, double top, int8_t *restrict out) {
+    for (Py_ssize_t j = 0; j < count; j++) {
+        double q = floor(x[j] * scale + 0.5);
+        q = q < -top ? -top : q;
+        out[j] = (int8_t)(q > top ? top : q);
+    }
+}
+
+/* quantise(x, n, c, in_scale, top, out): a layer's 8-bit inputs int8 out [n, c] = clamp(floor(x m 2**-t
+   + 1/2), -top, top) of activations x float64 [n, c] (Linear.quantise, in_scale = m 2**-t: the
+   product g m 2**-t is exact). */
+static PyObject *quantise(PyObject *self, PyObject *args) {
+    unsigned long long x_p, out_p;
+    Py_ssize_t n, c;
+    double scale, top;
+    if (!PyArg_ParseTuple(args, "KnnddK", &x_p, &n, &c, &scale, &top, &out_p)) return NULL;
+    quantise_row((const double *)(uintptr_t)x_p, n * c, scale, top, (int8_t *)(uintptr_t)out_p);
+    Py_RETURN_NONE;
+}
+
+/* The attention of one query row's head: d channels of q, keys and values at the window's n_off
+   cells (keys + shift[o], values + shift[o]), offsets where valid[o] is 0 left out
+   (attention.attention_rows, exact.md §6.3). logits and weights: scratch [n_off]. */
+HOT static void attend_head(const double *restrict q, Py_ssize_t d, const double *keys, const double *values,
+                            const int64_t *restrict shift, const uint8_t *restrict valid, Py_ssize_t n_off,
+                            const double *restrict exp_table, double last, double fa_unit, double p_scale,
+                            double *restrict logits, double *restrict weights, double *restrict out) {
+    double largest = -1.0 / 0.0, total = 0.0;
+    for (Py_ssize_t o = 0; o < n_off; o++) {
+        if (!valid[o]) continue;
+        const double *restrict k = keys + shift[o];
+        double lanes[4] = {0.0, 0.0, 0.0, 0.0}, raw; /* |q . k| <= d 2**40: exact in any order */
+        Py_ssize_t j = 0;
+        for (; j + 4 <= d; j += 4)
+            for (int l = 0; l < 4; l++) lanes[l] += q[j + l] * k[j + l];
+        for (; j < d; j++) lanes[0] += q[j] * k[j];
+        raw = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+        logits[o] = floor(raw * fa_unit + 0.5);
+        largest = logits[o] > largest ? logits[o] : largest;
+    }
+    for (Py_ssize_t o = 0; o < n_off; o++) {
+        double z = largest - logits[o];
+        weights[o] = valid[o] ? exp_table[(int32_t)(z < last ? z : last)] : 0.0;
+        total += weights[o];
+    }
+    for (Py_ssize_t o = 0; o < n_off; o++) weights[o] = floor(weights[o] * p_scale / total);
+    for (Py_ssize_t j = 0; j < d; j++) out[j] = 0.0;
+    for (Py_ssize_t o = 0; o < n_off; o++) { /* |sum p v| <= 2**36 */
+        const double p = weights[o], *restrict v = values + shift[o];
+        if (p != 0.0)
+            for (Py_ssize_t j = 0; j < d; j++) out[j] += p * v[j];
+    }
+    for (Py_ssize_t j = 0; j < d; j++) out[j] = floor(out[j] / p_scale + 0.5);
+}
+
+/* attend(q, n, c, heads, keys, values, row_stride, shifts, n_off, valid, exp_table, exp_size, fa,
+   p_bits, out): attention averages out [n, c] float64 of queries q [n, c]; query i's keys and values
+   at the window's offset o lie at keys[i row_stride + shifts[o] + channel] (values alike, float64
+   caches), valid [n, n_off] (bool) says which offsets lie on the map. */
+static PyObject *attend(PyObject *self, PyObject *args) {
+    unsigned long long q_p, keys_p, values_p, shifts_p, valid_p, exp_p, out_p;
+    Py_ssize_t n, c, heads, stride, n_off, exp_size;
+    int fa, p_bits;
+    if (!PyArg_ParseTuple(args, "KnnnKKnKnKKniiK", &q_p, &n, &c, &heads, &keys_p, &values_p, &stride, &shifts_p,
+                          &n_off, &valid_p, &exp_p, &exp_size, &fa, &p_bits, &out_p))
+        return NULL;
+    const double *q = (const double *)(uintptr_t)q_p, *keys = (const double *)(uintptr_t)keys_p;
+    const double *values = (const double *)(uintptr_t)values_p, *exp_table = (const double *)(uintptr_t)exp_p;
+    const int64_t *shifts = (const int64_t *)(uintptr_t)shifts_p;
+    const uint8_t *valid = (const uint8_t *)(uintptr_t)valid_p;
+    double *out = (double *)(uintptr_t)out_p;
+    const Py_ssize_t d = c / heads;
+    double *scratch = PyMem_Malloc((size_t)(2 * n_off) * sizeof(double));
+    if (!scratch) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (Py_ssize_t h = 0; h < heads; h++)
+            attend_head(q + i * c + h * d, d, keys + i * stride + h * d, values + i * stride + h * d, shifts,
+                        valid + i * n_off, n_off, exp_table, (double)(exp_size - 1), ldexp(1.0, -fa),
+                        ldexp(1.0, p_bits), scratch, scratch + n_off, out + i * c + h * d);
+    PyMem_Free(scratch);
     Py_RETURN_NONE;
 }
 
@@ -153,19 +248,19 @@ HOT static void gate_row(double *restrict h, const float *restrict cond, const d
     }
 }
 
-/* finish_gate(acc, n, c, scale, low, high, cond, cond_rows, sigmoid, size, fa, x): a gated block's
+/* finish_gate(acc, more, n, c, scale, low, high, cond, cond_rows, sigmoid, size, fa, x): a gated block's
    end (stepper.py, arithmetic.gated_residual): h = the layer's outputs from its sums acc [n, 2c],
    plus row cond_rows[i] (int64) of the float32 table cond [*, 2c] and clamped if cond is not 0;
    then x [n, c] = clamp(x + rshr(a sig(b), fa)) with [a, b] = h and sig(b) = sigmoid[clamp(b + size,
    0, 2 size - 1)] (the table of exact.md §4, its integers as float64). */
 static PyObject *finish_gate(PyObject *self, PyObject *args) {
-    unsigned long long acc_p, scale_p, low_p, high_p, cond_p, rows_p, sig_p, x_p;
+    unsigned long long acc_p, more_p, scale_p, low_p, high_p, cond_p, rows_p, sig_p, x_p;
     Py_ssize_t n, c, size;
     int fa;
-    if (!PyArg_ParseTuple(args, "KnnKKKKKKniK", &acc_p, &n, &c, &scale_p, &low_p, &high_p, &cond_p, &rows_p,
+    if (!PyArg_ParseTuple(args, "KKnnKKKKKKniK", &acc_p, &more_p, &n, &c, &scale_p, &low_p, &high_p, &cond_p, &rows_p,
                           &sig_p, &size, &fa, &x_p))
         return NULL;
-    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p;
+    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p, *more = (const int32_t *)(uintptr_t)more_p;
     const float *cond = (const float *)(uintptr_t)cond_p;
     const int64_t *rows = (const int64_t *)(uintptr_t)rows_p;
     const double *sigmoid = (const double *)(uintptr_t)sig_p;
@@ -174,7 +269,7 @@ static PyObject *finish_gate(PyObject *self, PyObject *args) {
     double *h = PyMem_Malloc((size_t)(2 * c) * sizeof(double));
     if (!h) return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < n; i++) {
-        finish_row(&r, acc + i * 2 * c, 2 * c, h);
+        finish_row(&r, acc + i * 2 * c, more ? more + i * 2 * c : NULL, 2 * c, h);
         gate_row(h, cond ? cond + rows[i] * 2 * c : NULL, sigmoid, (double)size, ldexp(1.0, -fa), c, x + i * c);
     }
     PyMem_Free(h);
@@ -200,27 +295,27 @@ HOT static void frequency_row(const double *restrict l, Py_ssize_t k, const doub
     f[first] += ((int64_t)1 << precision) - used;
 }
 
-/* frequencies(acc, n, k, scale, low, high, exp_table, exp_size, precision, out): the output layer's
+/* frequencies(acc, more, n, k, scale, low, high, exp_table, exp_size, precision, out): the output layer's
    logits from its sums acc [n, k], and their frequency tables, int64 out [n, k]
    (arithmetic.float_frequencies, exact.md §7): z = min(max - l, exp_size - 1), e = exp_table[z]
    (float64), f = 1 + floor(e (2**precision - k) / sum e), the rest to the first largest logit. The
    quotient is the floor of the correctly rounded float64 one (e (2**precision - k) is exact), as
    arithmetic.floor_div proves. */
 static PyObject *frequencies(PyObject *self, PyObject *args) {
-    unsigned long long acc_p, scale_p, low_p, high_p, exp_p, out_p;
+    unsigned long long acc_p, more_p, scale_p, low_p, high_p, exp_p, out_p;
     Py_ssize_t n, k, exp_size;
     int precision;
-    if (!PyArg_ParseTuple(args, "KnnKKKKniK", &acc_p, &n, &k, &scale_p, &low_p, &high_p, &exp_p, &exp_size,
+    if (!PyArg_ParseTuple(args, "KKnnKKKKniK", &acc_p, &more_p, &n, &k, &scale_p, &low_p, &high_p, &exp_p, &exp_size,
                           &precision, &out_p))
         return NULL;
-    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p;
+    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p, *more = (const int32_t *)(uintptr_t)more_p;
     const double *exp_table = (const double *)(uintptr_t)exp_p;
     int64_t *out = (int64_t *)(uintptr_t)out_p;
     Rounding r = rounding(scale_p, low_p, high_p);
     double *logits = PyMem_Malloc((size_t)(2 * k) * sizeof(double));
     if (!logits) return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < n; i++) {
-        finish_row(&r, acc + i * k, k, logits);
+        finish_row(&r, acc + i * k, more ? more + i * k : NULL, k, logits);
         frequency_row(logits, k, exp_table, (double)(exp_size - 1), precision, logits + k, out + i * k);
     }
     PyMem_Free(logits);
@@ -231,6 +326,8 @@ static PyMethodDef methods[] = {
     {"elu_store", elu_store, METH_VARARGS, "8-bit inputs of ELU outputs, into a cache."},
     {"finish_elu_store", finish_elu_store, METH_VARARGS, "A layer's outputs as the next layer's 8-bit inputs."},
     {"finish_to", finish_to, METH_VARARGS, "A layer's outputs, or a residual sum with them."},
+    {"quantise", quantise, METH_VARARGS, "A layer's 8-bit inputs."},
+    {"attend", attend, METH_VARARGS, "Attention averages over a causal window."},
     {"finish_gate", finish_gate, METH_VARARGS, "A gated block's end: conditioning, gate, residual."},
     {"frequencies", frequencies, METH_VARARGS, "The output layer's logits as frequency tables."},
     {NULL, NULL, 0, NULL},

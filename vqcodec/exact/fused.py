@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from vqcodec.coding.entropy import PRECISION
-from vqcodec.exact.arithmetic import ACT_MAX, FA, TABLE_SIZE, tables_on
+from vqcodec.exact.arithmetic import ACT_MAX, FA, P_BITS, Q_MAX, TABLE_SIZE, tables_on
 from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.quantise import Linear, int8_products
 
@@ -68,6 +68,20 @@ def _sigmoid() -> Tensor:
     return tables_on(_CPU)[1].double()
 
 
+Sums = Tensor | tuple[Tensor, ...]
+"""A layer's int32 sums [n, C]: one tensor, or the two parts that a product per kernel row gives."""
+
+
+def _sums(sums: Sums) -> tuple[int, int, int, int]:
+    """The pointers of the sums' one or two parts (0: none) and their shape."""
+    parts = sums if isinstance(sums, tuple) else (sums,)
+    assert 1 <= len(parts) <= 2
+    for part in parts:
+        assert part.dtype == torch.int32 and part.is_contiguous() and part.shape == parts[0].shape
+    n, c = parts[0].shape
+    return parts[0].data_ptr(), parts[1].data_ptr() if len(parts) == 2 else 0, n, c
+
+
 def _mask(mask: Tensor | None) -> int:
     return 0 if mask is None else mask.data_ptr()
 
@@ -86,35 +100,79 @@ def elu_store(layer: Linear, x: Tensor, dst: Tensor, mask: Tensor | None = None)
 
 
 def finish_elu_store(
-    layer: Linear, sums: Tensor, reader: Linear, dst: Tensor, mask: Tensor | None = None
+    layer: Linear, sums: Sums, reader: Linear, dst: Tensor, mask: Tensor | None = None
 ) -> None:
     """``dst = reader.quantise_elu(layer.finish(sums))`` (times ``mask``), from ``layer``'s int32
     sums [n, C]."""
-    n, c = sums.shape
-    _kernels.finish_elu_store(
-        sums.data_ptr(), n, c, *_rounding(layer), *_elu_inputs(reader), *_rows(dst), _mask(mask)
-    )
+    _kernels.finish_elu_store(*_sums(sums), *_rounding(layer), *_elu_inputs(reader), *_rows(dst), _mask(mask))
 
 
-def finish(layer: Linear, sums: Tensor, out: Tensor | None = None, residual: bool = False) -> Tensor:
-    """``layer.finish(sums)`` into contiguous float64 ``out`` [n, C] (a new tensor if None), or with
-    ``residual`` ``out = clamp(out + layer.finish(sums))``."""
-    n, c = sums.shape
+def finish(
+    layer: Linear,
+    sums: Sums,
+    out: Tensor | None = None,
+    residual: bool = False,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """``layer.finish(sums)`` (times ``mask``) into float64 ``out`` [n, C] with contiguous rows (a new
+    tensor if None: a cache's cells, say), or with ``residual`` ``out = clamp(out + layer.finish(sums))``."""
+    acc, more, n, c = _sums(sums)
     if out is None:
         out = torch.empty(n, c, dtype=torch.float64)
-    _kernels.finish_to(sums.data_ptr(), n, c, *_rounding(layer), out.data_ptr(), residual)
+    assert out.dtype == torch.float64 and out.stride(1) == 1
+    _kernels.finish_to(
+        acc, more, n, c, *_rounding(layer), out.data_ptr(), out.stride(0), _mask(mask), residual
+    )
     return out
 
 
-def finish_gate(layer: Linear, sums: Tensor, cond: Tensor | None, rows: Tensor | None, x: Tensor) -> Tensor:
-    """``x = gated_residual(x, h)`` in place, with ``h = layer.finish(sums)`` ([n, 2C]), or where the
-    block is conditioned ``h = clamp(h + cond[rows])`` (float32 ``cond``, int64 ``rows``)."""
+def linear(layer: Linear, x: Tensor) -> Tensor:
+    """The int32 sums of ``layer`` (a 1x1 convolution) at contiguous float64 activations ``x`` [n, C]."""
     n, c = x.shape
-    cond_ptr, rows_ptr = (0, 0) if cond is None or rows is None else (cond.data_ptr(), rows.data_ptr())
-    _kernels.finish_gate(
-        sums.data_ptr(),
+    q = torch.empty(n, c, dtype=torch.int8)
+    _kernels.quantise(x.data_ptr(), n, c, layer.in_scale, float(Q_MAX), q.data_ptr())
+    return torch._int_mm(q, layer.weight8)
+
+
+def attend(query: Tensor, heads: int, keys: Tensor, values: Tensor, shifts: Tensor, valid: Tensor) -> Tensor:
+    """``attention_rows``' averages [n, C] of queries ``query`` [n, C] (contiguous float64): query i's
+    key at window offset o is ``keys[i stride + shifts[o]]`` for ``keys`` a float64 cache's view [n, C]
+    of row stride ``stride`` (``values`` alike, the same layout), ``shifts`` int64 [n_off] in values;
+    ``valid`` [n, n_off] says which offsets lie on the map."""
+    n, c = query.shape
+    assert keys.stride() == values.stride() and keys.stride(1) == 1 and valid.is_contiguous()
+    out = torch.empty(n, c, dtype=torch.float64)
+    _kernels.attend(
+        query.data_ptr(),
         n,
         c,
+        heads,
+        keys.data_ptr(),
+        values.data_ptr(),
+        keys.stride(0),
+        shifts.data_ptr(),
+        len(shifts),
+        valid.data_ptr(),
+        exp_table_on(_CPU).data_ptr(),
+        TABLE_SIZE,
+        FA,
+        P_BITS,
+        out.data_ptr(),
+    )
+    return out
+
+
+def finish_gate(layer: Linear, sums: Sums, cond: Tensor | None, rows: Tensor | None, x: Tensor) -> Tensor:
+    """``x = gated_residual(x, h)`` in place, with ``h = layer.finish(sums)`` ([n, 2C]), or where the
+    block is conditioned ``h = clamp(h + cond[rows])`` (float32 ``cond``, int64 ``rows``)."""
+    acc, more, n, width = _sums(sums)
+    assert x.shape == (n, width // 2) and x.is_contiguous()
+    cond_ptr, rows_ptr = (0, 0) if cond is None or rows is None else (cond.data_ptr(), rows.data_ptr())
+    _kernels.finish_gate(
+        acc,
+        more,
+        n,
+        width // 2,
         *_rounding(layer),
         cond_ptr,
         rows_ptr,
@@ -126,13 +184,13 @@ def finish_gate(layer: Linear, sums: Tensor, cond: Tensor | None, rows: Tensor |
     return x
 
 
-def frequencies(layer: Linear, sums: Tensor) -> np.ndarray:
+def frequencies(layer: Linear, sums: Sums) -> np.ndarray:
     """``float_frequencies(layer.finish(sums))`` as int64 [n, K]: the frequency tables of the logits
     whose int32 sums are ``sums``."""
-    n, k = sums.shape
+    acc, more, n, k = _sums(sums)
     out = np.empty((n, k), dtype=np.int64)
     exp_table = exp_table_on(_CPU)
     _kernels.frequencies(
-        sums.data_ptr(), n, k, *_rounding(layer), exp_table.data_ptr(), TABLE_SIZE, PRECISION, out.ctypes.data
+        acc, more, n, k, *_rounding(layer), exp_table.data_ptr(), TABLE_SIZE, PRECISION, out.ctypes.data
     )
     return out

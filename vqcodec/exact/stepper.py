@@ -376,6 +376,19 @@ class ExactStepper:
         assert out is not None, "a mask has taps"
         return out
 
+    def _row_sums(self, layer: Linear, cache: Tensor, sites: Sites, taps: list[RowTaps]) -> fused.Sums:
+        """The int8 products of a masked convolution at a wavefront's sites, one per kernel row, in the
+        two parts that ``fused``'s kernels add (a third row, of kernels wider than 3, added here)."""
+        parts = [
+            torch._int_mm(
+                self._cells(cache, sites, tap.shift, tap.width).view(-1, tap.width), layer.weight8[tap.rows]
+            )
+            for tap in taps
+        ]
+        while len(parts) > 2:
+            parts[-2].add_(parts.pop())
+        return tuple(parts)
+
     def _evaluate(self, sites: Sites) -> Tensor:
         """Logits [n, K] (integer-valued float64) at the sites, all layers in order, writing the caches
         there.
@@ -401,18 +414,20 @@ class ExactStepper:
         """The frequency tables [n, K] at a wavefront's sites, as ``float_frequencies(_evaluate(sites))``
         gives them, with each layer's elementwise work in one call of ``fused`` between its products."""
         prior, mask = self.prior, sites.mask
-        x = fused.finish(prior.input_conv, self._sums(prior.input_conv, self._embedded, sites, self._taps_a))
+        x = fused.finish(
+            prior.input_conv, self._row_sums(prior.input_conv, self._embedded, sites, self._taps_a)
+        )
         cond_rows, valid = self._context(sites)
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
             c = inputs.shape[2]
             fused.elu_store(block.conv1, x, self._cells(inputs, sites, 0, c).view(-1, c), mask)
-            h = self._sums(block.conv1, inputs, sites, self._taps_b)
+            h = self._row_sums(block.conv1, inputs, sites, self._taps_b)
             fused.finish_elu_store(
                 block.conv1, h, block.conv2, self._cells(middles, sites, 0, c).view(-1, c), mask
             )
-            h = self._sums(block.conv2, middles, sites, self._taps_b)
+            h = self._row_sums(block.conv2, middles, sites, self._taps_b)
             fused.finish_gate(block.conv2, h, None if self._cond is None else self._cond[i], cond_rows, x)
-            x = self._attention(i, x, sites, valid)
+            x = self._attention(i, x, sites, valid, compiled=True)
         for block in prior.out_blocks:
             q = torch.empty(x.shape, dtype=torch.int8)
             fused.elu_store(block.conv1, x, q)
@@ -441,14 +456,28 @@ class ExactStepper:
             valid = (oy >= 0) & (oy < heights) & (ox >= 0) & (ox < widths)  # [n, n_off]
         return cond_rows, valid
 
-    def _attention(self, i: int, x: Tensor, sites: Sites, valid: Tensor | None) -> Tensor:
-        """``x`` after gated block ``i``: through an attention block where one follows it."""
+    def _attention(
+        self, i: int, x: Tensor, sites: Sites, valid: Tensor | None, compiled: bool = False
+    ) -> Tensor:
+        """``x`` after gated block ``i``: through an attention block where one follows it; ``compiled``:
+        at a wavefront, with the elementwise work and the averages in ``fused``'s kernels."""
         prior = self.prior
         if not prior.attention_every or (i + 1) % prior.attention_every:
             return x
         assert valid is not None, "the offsets of an attention window"
         j = (i + 1) // prior.attention_every - 1
         attn, (keys, values) = prior.attentions[j], self._keys_values[j]
+        if compiled:
+            c = keys.shape[2]
+            keys, values = (
+                self._cells(keys, sites, 0, c).view(-1, c),
+                self._cells(values, sites, 0, c).view(-1, c),
+            )
+            fused.finish(attn.key, fused.linear(attn.key, x), keys, mask=sites.mask)
+            fused.finish(attn.value, fused.linear(attn.value, x), values, mask=sites.mask)
+            query = fused.finish(attn.query, fused.linear(attn.query, x))
+            mixed = fused.attend(query, attn.n_heads, keys, values, self._offset_cells * c, valid)
+            return fused.finish(attn.proj, fused.linear(attn.proj, mixed), x, residual=True)
         self._store(keys, sites, attn.key(x))
         self._store(values, sites, attn.value(x))
         if len(sites.size) == 1:  # a wavefront
