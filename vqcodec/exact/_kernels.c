@@ -322,6 +322,30 @@ static PyObject *frequencies(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+HOT static void to_double(const int64_t *restrict x, Py_ssize_t count, double *restrict out) {
+    for (Py_ssize_t j = 0; j < count; j++) out[j] = (double)x[j];
+}
+
+/* logit_frequencies(logits, n, k, exp_table, exp_size, precision, out): frequencies' tables of int64
+   logits [n, k] (below 2**52: exact as float64) rather than of a layer's sums. */
+static PyObject *logit_frequencies(PyObject *self, PyObject *args) {
+    unsigned long long logits_p, exp_p, out_p;
+    Py_ssize_t n, k, exp_size;
+    int precision;
+    if (!PyArg_ParseTuple(args, "KnnKniK", &logits_p, &n, &k, &exp_p, &exp_size, &precision, &out_p)) return NULL;
+    const int64_t *logits = (const int64_t *)(uintptr_t)logits_p;
+    const double *exp_table = (const double *)(uintptr_t)exp_p;
+    int64_t *out = (int64_t *)(uintptr_t)out_p;
+    double *row = PyMem_Malloc((size_t)(2 * k) * sizeof(double));
+    if (!row) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        to_double(logits + i * k, k, row);
+        frequency_row(row, k, exp_table, (double)(exp_size - 1), precision, row + k, out + i * k);
+    }
+    PyMem_Free(row);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"elu_store", elu_store, METH_VARARGS, "8-bit inputs of ELU outputs, into a cache."},
     {"finish_elu_store", finish_elu_store, METH_VARARGS, "A layer's outputs as the next layer's 8-bit inputs."},
@@ -330,6 +354,7 @@ static PyMethodDef methods[] = {
     {"attend", attend, METH_VARARGS, "Attention averages over a causal window."},
     {"finish_gate", finish_gate, METH_VARARGS, "A gated block's end: conditioning, gate, residual."},
     {"frequencies", frequencies, METH_VARARGS, "The output layer's logits as frequency tables."},
+    {"logit_frequencies", logit_frequencies, METH_VARARGS, "Frequency tables of int64 logits."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vqcodec.coding import order
+from vqcodec.exact import fused
 from vqcodec.exact.arithmetic import Q_MAX_WIDE, frequencies
 from vqcodec.exact.prior import ExactPrior
 from vqcodec.exact.quantise import Ranges, input_range
@@ -102,6 +103,8 @@ class KnownCodes:
         """Position by position, image by image within each, as ``ExactStepper.freqs``."""
         ys, xs = (torch.from_numpy(index).to(self._logits.device) for index in self.positions(t))
         logits = self._logits[:, ys, xs].transpose(0, 1).reshape(-1, self._k)
+        if fused.available(logits.device):
+            return fused.logit_frequencies(logits)
         return frequencies(logits).cpu().numpy()
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:

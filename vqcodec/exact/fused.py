@@ -194,3 +194,14 @@ def frequencies(layer: Linear, sums: Sums) -> np.ndarray:
         acc, more, n, k, *_rounding(layer), exp_table.data_ptr(), TABLE_SIZE, PRECISION, out.ctypes.data
     )
     return out
+
+
+def logit_frequencies(logits: Tensor) -> np.ndarray:
+    """``frequencies(logits)`` (arithmetic.py) of contiguous int64 logits [n, K] below 2**52."""
+    assert logits.dtype == torch.int64 and logits.is_contiguous()
+    n, k = logits.shape
+    out = np.empty((n, k), dtype=np.int64)
+    _kernels.logit_frequencies(
+        logits.data_ptr(), n, k, exp_table_on(_CPU).data_ptr(), TABLE_SIZE, PRECISION, out.ctypes.data
+    )
+    return out
