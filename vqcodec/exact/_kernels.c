@@ -346,6 +346,71 @@ static PyObject *logit_frequencies(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+HOT static void quantise_map(const double *restrict x, Py_ssize_t count, double scale, double low, double high,
+                             int mode, int8_t *restrict a, int8_t *restrict b) {
+    for (Py_ssize_t j = 0; j < count; j++) {
+        double q = floor(x[j] * scale + 0.5);
+        q = q < low ? low : q;
+        q = q > high ? high : q;
+        if (mode == 2) { /* 16 bits: q = 256 hi + lo, hi and lo - 128 as int8 */
+            double hi = floor(q * (1.0 / 256.0));
+            a[j] = (int8_t)hi;
+            b[j] = (int8_t)(q - 256.0 * hi - 128.0);
+        } else {
+            a[j] = (int8_t)(mode == 1 ? q - 128.0 : q);
+        }
+    }
+}
+
+/* conv_inputs(x, count, scale, low, high, mode, a, b): a convolution's rounded inputs q = clamp(floor(x
+   m 2**-t + 1/2), low, high) of float64 x [count] (vqvae.IntegerConv._operands) as int8 maps: mode 0,
+   q (8 bits); 1, q - 128 (unsigned 8 bits); 2, a = hi and b = lo - 128 with q = 256 hi + lo (16 bits). */
+static PyObject *conv_inputs(PyObject *self, PyObject *args) {
+    unsigned long long x_p, a_p, b_p;
+    Py_ssize_t count;
+    double scale, low, high;
+    int mode;
+    if (!PyArg_ParseTuple(args, "KndddiKK", &x_p, &count, &scale, &low, &high, &mode, &a_p, &b_p)) return NULL;
+    quantise_map((const double *)(uintptr_t)x_p, count, scale, low, high, mode, (int8_t *)(uintptr_t)a_p,
+                 (int8_t *)(uintptr_t)b_p);
+    Py_RETURN_NONE;
+}
+
+HOT static void finish_map_row(const int32_t *restrict a, const int32_t *restrict b, Py_ssize_t cols, Py_ssize_t c,
+                               const double *restrict scale_a, const double *restrict scale_b,
+                               const double *restrict start, const double *restrict high, double *restrict out,
+                               Py_ssize_t out_col_stride) {
+    for (Py_ssize_t x = 0; x < cols; x++) {
+        const int32_t *restrict sa = a + x * c, *restrict sb = b ? b + x * c : NULL;
+        double *restrict o = out + x * out_col_stride;
+        if (sb)
+            for (Py_ssize_t j = 0; j < c; j++)
+                o[j] = clamp_act(floor((double)sa[j] * scale_a[j] + (double)sb[j] * scale_b[j] + start[j]) + high[j]);
+        else
+            for (Py_ssize_t j = 0; j < c; j++) o[j] = clamp_act(floor((double)sa[j] * scale_a[j] + start[j]) + high[j]);
+    }
+}
+
+/* conv_outputs(a, b, rows, cols, c, row_stride, scale_a, scale_b, start, high, out, out_row_stride,
+   out_col_stride): a convolution's outputs from the int32 sums of its one or two int8 operands (b: 0 or
+   the low limb's, laid out as a), [rows, cols, c] at row_stride (in values): out = clamp(floor(a
+   scale_a + b scale_b + start) + high) per channel (vqvae.IntegerConv.__call__: every sum a multiple
+   of 2**-t_c below 2**53 of them, exact), written at out + y out_row_stride + x out_col_stride. */
+static PyObject *conv_outputs(PyObject *self, PyObject *args) {
+    unsigned long long a_p, b_p, sa_p, sb_p, start_p, high_p, out_p;
+    Py_ssize_t rows, cols, c, stride, out_row_stride, out_col_stride;
+    if (!PyArg_ParseTuple(args, "KKnnnnKKKKKnn", &a_p, &b_p, &rows, &cols, &c, &stride, &sa_p, &sb_p, &start_p,
+                          &high_p, &out_p, &out_row_stride, &out_col_stride))
+        return NULL;
+    const int32_t *a = (const int32_t *)(uintptr_t)a_p, *b = (const int32_t *)(uintptr_t)b_p;
+    double *out = (double *)(uintptr_t)out_p;
+    for (Py_ssize_t y = 0; y < rows; y++)
+        finish_map_row(a + y * stride, b ? b + y * stride : NULL, cols, c, (const double *)(uintptr_t)sa_p,
+                       (const double *)(uintptr_t)sb_p, (const double *)(uintptr_t)start_p,
+                       (const double *)(uintptr_t)high_p, out + y * out_row_stride, out_col_stride);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"elu_store", elu_store, METH_VARARGS, "8-bit inputs of ELU outputs, into a cache."},
     {"finish_elu_store", finish_elu_store, METH_VARARGS, "A layer's outputs as the next layer's 8-bit inputs."},
@@ -355,6 +420,8 @@ static PyMethodDef methods[] = {
     {"finish_gate", finish_gate, METH_VARARGS, "A gated block's end: conditioning, gate, residual."},
     {"frequencies", frequencies, METH_VARARGS, "The output layer's logits as frequency tables."},
     {"logit_frequencies", logit_frequencies, METH_VARARGS, "Frequency tables of int64 logits."},
+    {"conv_inputs", conv_inputs, METH_VARARGS, "A VQ-VAE convolution's int8 operands."},
+    {"conv_outputs", conv_outputs, METH_VARARGS, "A VQ-VAE convolution's outputs from its sums."},
     {NULL, NULL, 0, NULL},
 };
 

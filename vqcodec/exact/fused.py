@@ -205,3 +205,49 @@ def logit_frequencies(logits: Tensor) -> np.ndarray:
         logits.data_ptr(), n, k, exp_table_on(_CPU).data_ptr(), TABLE_SIZE, PRECISION, out.ctypes.data
     )
     return out
+
+
+def conv_inputs(x: Tensor, scale: float, low: int, high: int) -> tuple[Tensor, Tensor | None]:
+    """A VQ-VAE convolution's int8 operands of float64 activations ``x`` [H, W, C]: ``q = clamp(floor(x
+    scale + 1/2), low, high)`` as int8 (8 bits signed), ``q - 128`` (unsigned: ``low`` 0), or the limbs
+    ``hi``, ``lo - 128`` of ``q = 256 hi + lo`` (16 bits: ``high`` above 255)."""
+    x = x.contiguous()
+    mode = 2 if high > 255 else 1 if low == 0 else 0
+    a = torch.empty(x.shape, dtype=torch.int8)
+    b = torch.empty(x.shape, dtype=torch.int8) if mode == 2 else None
+    _kernels.conv_inputs(
+        x.data_ptr(),
+        x.numel(),
+        scale,
+        float(low),
+        float(high),
+        mode,
+        a.data_ptr(),
+        0 if b is None else b.data_ptr(),
+    )
+    return a, b
+
+
+def conv_outputs(sums: list[Tensor], scales: list[Tensor], start: Tensor, high: Tensor, out: Tensor) -> None:
+    """``out = clamp(floor(sum_i sums[i] scales[i] + start) + high)`` per channel, for one or two int32
+    sums [h, w, C] with contiguous positions (rows of any stride) and a float64 view ``out`` [h, w, C]
+    whose channels are contiguous."""
+    a, b = sums[0], sums[1] if len(sums) == 2 else None
+    rows, cols, c = a.shape
+    assert a.dtype == torch.int32 and a.stride()[1:] == (c, 1) and (b is None or b.stride() == a.stride())
+    assert out.dtype == torch.float64 and out.shape == a.shape and out.stride(2) == 1
+    _kernels.conv_outputs(
+        a.data_ptr(),
+        0 if b is None else b.data_ptr(),
+        rows,
+        cols,
+        c,
+        a.stride(0),
+        scales[0].data_ptr(),
+        scales[-1].data_ptr(),
+        start.data_ptr(),
+        high.data_ptr(),
+        out.data_ptr(),
+        out.stride(0),
+        out.stride(1),
+    )

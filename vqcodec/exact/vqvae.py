@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqcodec.exact import fused
 from vqcodec.exact.arithmetic import ACT_MAX, Q_MAX, Q_MAX_UNSIGNED, Q_MAX_WIDE
 from vqcodec.exact.quantise import Ranges, input_range, int8_products, quantise_rows8
 from vqcodec.models.config import VQVAEConfig
@@ -193,6 +194,11 @@ class IntegerConv:
     def _operands(self, x: Map) -> list[tuple[Map, float, float]]:
         """The maps the products take, each with its factor and how it stores 0: the rounded input, or
         for int8 products its int8 limbs (one 8-bit value; a 16-bit one's ``hi`` and ``lo - 128``)."""
+        if fused.available(x.device):
+            a, b = fused.conv_inputs(x, self.in_scale, self.in_low, self.in_high)
+            if b is not None:
+                return [(a, 256.0, 0.0), (b, 1.0, -_OFFSET)]
+            return [(a, 1.0, -_OFFSET if self.in_low >= 0 else 0.0)]
         q = x.mul(self.in_scale).add_(0.5).floor_().clamp_(self.in_low, self.in_high)
         if not int8_products(q.device):
             return [(q, 1.0, 0.0)]
@@ -232,6 +238,8 @@ class IntegerConv:
     def __call__(self, x: Map) -> Map:
         h, w, _ = x.shape
         operands = self._operands(x)
+        if fused.available(x.device):  # each operand's sums, scaled, added and rounded in one pass
+            return self._fused_outputs(operands, h, w)
         if operands[0][0].dtype != torch.int8:  # one float64 map: sums started from the bias
             parts = self._sums(operands[0][0], 0.0, h, w)
         else:  # each int8 limb's int32 sums times its factor (factor M acc 2**-t: exact), plus the starts
@@ -246,6 +254,21 @@ class IntegerConv:
         else:
             out = parts[0]
         return out.floor_().add_(self.bias_high).clamp_(-ACT_MAX, ACT_MAX)
+
+    def _fused_outputs(self, operands: list[tuple[Map, float, float]], h: int, w: int) -> Map:
+        """``__call__``'s outputs from the int8 operands, their rounding in ``fused``'s kernel."""
+        sums = [self._sums(operand, zero, h, w) for operand, _, zero in operands]
+        scales = [self.scale * factor for _, factor, _ in operands]
+        if self.kind != "up":
+            out = torch.empty(*sums[0][0].shape, dtype=torch.float64)
+            fused.conv_outputs([part[0] for part in sums], scales, self.starts[0], self.bias_high, out)
+            return out
+        out = torch.empty(2 * h, 2 * w, self.scale.shape[0], dtype=torch.float64)
+        for parity, start in enumerate(self.starts):  # output rows 2y + py, columns 2x + px
+            py, px = divmod(parity, 2)
+            parts = [part[parity] for part in sums]
+            fused.conv_outputs(parts, scales, start, self.bias_high, out[py::2, px::2])
+        return out
 
 
 def _relu(x: Map) -> Map:
