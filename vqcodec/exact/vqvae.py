@@ -275,6 +275,12 @@ def _relu(x: Map) -> Map:
     return x.clamp(min=0)
 
 
+def _relu_into(conv: IntegerConv, x: Map) -> Map:
+    """``relu(x)`` as ``conv``'s input: ``x`` itself where its inputs are unsigned, whose rounding
+    clamps at 0 anyway."""
+    return x if conv.in_low == 0 else _relu(x)
+
+
 @dataclasses.dataclass
 class _Res:
     """``clamp(x + conv2(relu(conv1(relu(x)))))``: a VQ-VAE ResBlock."""
@@ -283,7 +289,8 @@ class _Res:
     conv2: IntegerConv
 
     def __call__(self, x: Map) -> Map:
-        return (x + self.conv2(_relu(self.conv1(_relu(x))))).clamp_(-ACT_MAX, ACT_MAX)
+        h = self.conv1(_relu_into(self.conv1, x))
+        return (x + self.conv2(_relu_into(self.conv2, h))).clamp_(-ACT_MAX, ACT_MAX)
 
 
 Layer = Callable[[Map], Map]
@@ -305,7 +312,12 @@ def quantise_layers(net: nn.Module, ranges: Ranges, name: str, wide: bool = Fals
     modules = list(net)
     for i, module in enumerate(modules):
         if isinstance(module, nn.ReLU):
-            layers.append(_relu)
+            if (
+                wide
+                or i + 1 == len(modules)
+                or not isinstance(modules[i + 1], nn.Conv2d | nn.ConvTranspose2d)
+            ):
+                layers.append(_relu)  # else the next layer's unsigned rounding clamps at 0 (_relu_into)
         elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
             layers.append(conv(module, f"{i}", i > 0 and isinstance(modules[i - 1], nn.ReLU)))
         elif isinstance(module, ResBlock):  # net: ReLU, conv1, ReLU, conv2
