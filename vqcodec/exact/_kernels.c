@@ -169,39 +169,70 @@ static PyObject *quantise(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* The attention of one query row's head: d channels of q, keys and values at the window's n_off
-   cells (keys + shift[o], values + shift[o]), offsets where valid[o] is 0 left out
-   (attention.attention_rows, exact.md §6.3). logits and weights: scratch [n_off]. */
-HOT static void attend_head(const double *restrict q, Py_ssize_t d, const double *keys, const double *values,
-                            const int64_t *restrict shift, const uint8_t *restrict valid, Py_ssize_t n_off,
-                            const double *restrict exp_table, double last, double fa_unit, double p_scale,
-                            double *restrict logits, double *restrict weights, double *restrict out) {
-    double largest = -1.0 / 0.0, total = 0.0;
+/* The largest of x [count > 0] and their sum, in LANES independent lanes that vectorise: the values
+   are integers whose sums stay below 2**53, exact in any order. */
+#define LANES 8
+
+HOT static double largest_of(const double *restrict x, Py_ssize_t count) {
+    double lane[LANES];
+    for (int q = 0; q < LANES; q++) lane[q] = x[0];
+    Py_ssize_t j = 0;
+    for (; j + LANES <= count; j += LANES)
+        for (int q = 0; q < LANES; q++) lane[q] = x[j + q] > lane[q] ? x[j + q] : lane[q];
+    for (; j < count; j++) lane[0] = x[j] > lane[0] ? x[j] : lane[0];
+    for (int q = 1; q < LANES; q++) lane[0] = lane[q] > lane[0] ? lane[q] : lane[0];
+    return lane[0];
+}
+
+HOT static double sum_of(const double *restrict x, Py_ssize_t count) {
+    double lane[LANES] = {0.0};
+    Py_ssize_t j = 0;
+    for (; j + LANES <= count; j += LANES)
+        for (int q = 0; q < LANES; q++) lane[q] += x[j + q];
+    for (; j < count; j++) lane[0] += x[j];
+    for (int q = 1; q < LANES; q++) lane[0] += lane[q];
+    return lane[0];
+}
+
+/* The attention of one query row (attention.attention_rows, exact.md §6.3): q [c] in heads of d = c /
+   heads channels, keys and values at the window's n_off cells (keys + shift[o], values + shift[o]),
+   offsets where valid[o] is 0 left out. |q . k| <= d 2**40 and |sum p v| <= 2**36: exact in any order.
+   Scratch: logits and weights [heads n_off], products [c]. */
+HOT static void attend_row(const double *restrict q, Py_ssize_t c, Py_ssize_t heads, const double *keys,
+                           const double *values, const int64_t *restrict shift, const uint8_t *restrict valid,
+                           Py_ssize_t n_off, const double *restrict exp_table, double last, double fa_unit,
+                           double p_scale, double *restrict logits, double *restrict weights,
+                           double *restrict products, double *restrict out) {
+    const Py_ssize_t d = c / heads;
     for (Py_ssize_t o = 0; o < n_off; o++) {
         if (!valid[o]) continue;
         const double *restrict k = keys + shift[o];
-        double lanes[4] = {0.0, 0.0, 0.0, 0.0}, raw; /* |q . k| <= d 2**40: exact in any order */
-        Py_ssize_t j = 0;
-        for (; j + 4 <= d; j += 4)
-            for (int l = 0; l < 4; l++) lanes[l] += q[j + l] * k[j + l];
-        for (; j < d; j++) lanes[0] += q[j] * k[j];
-        raw = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-        logits[o] = floor(raw * fa_unit + 0.5);
-        largest = logits[o] > largest ? logits[o] : largest;
+        for (Py_ssize_t j = 0; j < c; j++) products[j] = q[j] * k[j];
+        for (Py_ssize_t h = 0; h < heads; h++) logits[h * n_off + o] = floor(sum_of(products + h * d, d) * fa_unit + 0.5);
     }
+    for (Py_ssize_t h = 0; h < heads; h++) {
+        const double *restrict logit = logits + h * n_off;
+        double *restrict weight = weights + h * n_off;
+        double largest = -1.0 / 0.0, total = 0.0;
+        for (Py_ssize_t o = 0; o < n_off; o++)
+            if (valid[o] && logit[o] > largest) largest = logit[o];
+        for (Py_ssize_t o = 0; o < n_off; o++) {
+            double z = largest - logit[o];
+            weight[o] = valid[o] ? exp_table[(int32_t)(z < last ? z : last)] : 0.0;
+            total += weight[o];
+        }
+        for (Py_ssize_t o = 0; o < n_off; o++) weight[o] = floor(weight[o] * p_scale / total);
+    }
+    for (Py_ssize_t j = 0; j < c; j++) out[j] = 0.0;
     for (Py_ssize_t o = 0; o < n_off; o++) {
-        double z = largest - logits[o];
-        weights[o] = valid[o] ? exp_table[(int32_t)(z < last ? z : last)] : 0.0;
-        total += weights[o];
+        if (!valid[o]) continue;
+        const double *restrict v = values + shift[o];
+        for (Py_ssize_t h = 0; h < heads; h++) {
+            const double p = weights[h * n_off + o];
+            for (Py_ssize_t j = h * d; j < (h + 1) * d; j++) out[j] += p * v[j];
+        }
     }
-    for (Py_ssize_t o = 0; o < n_off; o++) weights[o] = floor(weights[o] * p_scale / total);
-    for (Py_ssize_t j = 0; j < d; j++) out[j] = 0.0;
-    for (Py_ssize_t o = 0; o < n_off; o++) { /* |sum p v| <= 2**36 */
-        const double p = weights[o], *restrict v = values + shift[o];
-        if (p != 0.0)
-            for (Py_ssize_t j = 0; j < d; j++) out[j] += p * v[j];
-    }
-    for (Py_ssize_t j = 0; j < d; j++) out[j] = floor(out[j] / p_scale + 0.5);
+    for (Py_ssize_t j = 0; j < c; j++) out[j] = floor(out[j] / p_scale + 0.5);
 }
 
 /* attend(q, n, c, heads, keys, values, row_stride, shifts, n_off, valid, exp_table, exp_size, fa,
@@ -220,14 +251,12 @@ static PyObject *attend(PyObject *self, PyObject *args) {
     const int64_t *shifts = (const int64_t *)(uintptr_t)shifts_p;
     const uint8_t *valid = (const uint8_t *)(uintptr_t)valid_p;
     double *out = (double *)(uintptr_t)out_p;
-    const Py_ssize_t d = c / heads;
-    double *scratch = PyMem_Malloc((size_t)(2 * n_off) * sizeof(double));
+    double *scratch = PyMem_Malloc((size_t)(2 * heads * n_off + c) * sizeof(double));
     if (!scratch) return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < n; i++)
-        for (Py_ssize_t h = 0; h < heads; h++)
-            attend_head(q + i * c + h * d, d, keys + i * stride + h * d, values + i * stride + h * d, shifts,
-                        valid + i * n_off, n_off, exp_table, (double)(exp_size - 1), ldexp(1.0, -fa),
-                        ldexp(1.0, p_bits), scratch, scratch + n_off, out + i * c + h * d);
+        attend_row(q + i * c, c, heads, keys + i * stride, values + i * stride, shifts, valid + i * n_off, n_off,
+                   exp_table, (double)(exp_size - 1), ldexp(1.0, -fa), ldexp(1.0, p_bits), scratch,
+                   scratch + heads * n_off, scratch + 2 * heads * n_off, out + i * c);
     PyMem_Free(scratch);
     Py_RETURN_NONE;
 }
@@ -279,20 +308,23 @@ static PyObject *finish_gate(PyObject *self, PyObject *args) {
 /* The frequency table f [k] of one row of logits l [k], using e [k] (all integers as float64). */
 HOT static void frequency_row(const double *restrict l, Py_ssize_t k, const double *restrict exp_table,
                               double last, int precision, double *restrict e, int64_t *restrict f) {
-    double largest = l[0], total = 0.0;
-    for (Py_ssize_t j = 1; j < k; j++) largest = l[j] > largest ? l[j] : largest;
+    const double largest = largest_of(l, k);
     for (Py_ssize_t j = 0; j < k; j++) {
         double z = largest - l[j];
         e[j] = exp_table[(int32_t)(z < last ? z : last)];
     }
-    for (Py_ssize_t j = 0; j < k; j++) total += e[j]; /* below 2**21 k: exact in any order */
-    const double spread = (double)(((int64_t)1 << precision) - k);
+    const double total = sum_of(e, k), spread = (double)(((int64_t)1 << precision) - k);
     for (Py_ssize_t j = 0; j < k; j++) e[j] = 1.0 + floor(e[j] * spread / total);
-    int64_t used = 0;
+    const double used = sum_of(e, k);
+    for (Py_ssize_t j = 0; j < k; j++) { /* e[j] in 1 .. 2**24 as int64: the low bits of e + 2**52 */
+        double shifted = e[j] + 4503599627370496.0;
+        int64_t bits;
+        memcpy(&bits, &shifted, sizeof bits);
+        f[j] = bits - (int64_t)0x4330000000000000;
+    }
     Py_ssize_t first = 0;
     while (l[first] != largest) first++;
-    for (Py_ssize_t j = 0; j < k; j++) used += f[j] = (int64_t)e[j];
-    f[first] += ((int64_t)1 << precision) - used;
+    f[first] += ((int64_t)1 << precision) - (int64_t)used;
 }
 
 /* frequencies(acc, more, n, k, scale, low, high, exp_table, exp_size, precision, out): the output layer's
