@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqcodec.exact import quantise
+from vqcodec.exact import fused, quantise
 from vqcodec.exact.calibrate import calibrate
 from vqcodec.exact.encoder import ExactEncoder
 from vqcodec.exact.quantise import input_quantiser, quantise_rows8, ranges_under
@@ -58,19 +58,24 @@ def _reference(
     ],
     ids=["3x3", "1x1", "down", "up"],
 )
-@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float64"])
+@pytest.mark.parametrize("products", ["kernels", "int8", "float64"])
 @pytest.mark.parametrize(
     ("low", "high"), [(-127, 127), (0, 255), (-32767, 32767)], ids=["signed", "unsigned", "16-bit"]
 )
 def test_each_convolution_is_the_one_it_mirrors(
-    conv: nn.Module, int8: bool, low: int, high: int, monkeypatch
+    conv: nn.Module, products: str, low: int, high: int, monkeypatch
 ) -> None:
     """The layer's products, whatever their kind, against torch's convolution of the same integers;
     some inputs lie beyond the range (they clip), and an unsigned input (after a ReLU) is never
-    negative."""
+    negative. ``products``: int8 ones rounded in the compiled kernels (``fused``) or by torch calls,
+    or float64 ones (CUDA's)."""
     torch.manual_seed(0)
     x = torch.randint(0 if low == 0 else -(2**17), 2**17, (10, 14, 6)).double()
-    if not int8:
+    if products == "kernels" and not fused.available(torch.device("cpu")):
+        pytest.skip("vqcodec.exact._kernels was not built")
+    if products != "kernels":
+        monkeypatch.setattr(fused, "_kernels", None)
+    if products == "float64":
         monkeypatch.setattr(quantise, "INT8_DEVICES", frozenset())
     layer = IntegerConv.from_float(conv, 2**16, low, high)
     np.testing.assert_array_equal(layer(x).numpy(), _reference(conv, x, 2**16, low, high).numpy())
@@ -128,6 +133,19 @@ def test_float64_products_give_the_int8_products_pixels(models: tuple, monkeypat
     monkeypatch.setattr(quantise, "INT8_DEVICES", frozenset())
     float64 = ExactDecoder(model.vqvae, ranges_under(model.input_ranges, "vqvae."))
     assert torch.equal(float64.decode(codes), pixels)
+
+
+def test_compiled_kernels_give_the_torch_calls_pixels_and_codes(models: tuple, monkeypatch) -> None:
+    """The VQ-VAE's convolutions rounded in the compiled kernels or by torch calls: the same codes from
+    the encoder, the same pixels from the decoder."""
+    _, decoder, encoder, images = models
+    if not fused.available(torch.device("cpu")):
+        pytest.skip("vqcodec.exact._kernels was not built")
+    codes = encoder.encode(images)
+    pixels = decoder.decode(codes)
+    monkeypatch.setattr(fused, "_kernels", None)
+    assert all(torch.equal(a, b) for a, b in zip(encoder.encode(images), codes, strict=True))
+    assert torch.equal(decoder.decode(codes), pixels)
 
 
 def test_parts_give_the_pixels_and_codes_of_the_whole(models: tuple) -> None:

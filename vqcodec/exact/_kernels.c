@@ -14,6 +14,7 @@
 #include <string.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
+#define KERNELS_VERSION 1 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -461,7 +462,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1,
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddObject(m, "ACT_MAX", PyFloat_FromDouble(ACT_MAX)) < 0) {
+    if (m && (PyModule_AddObject(m, "ACT_MAX", PyFloat_FromDouble(ACT_MAX)) < 0 ||
+              PyModule_AddIntConstant(m, "VERSION", KERNELS_VERSION) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -16,6 +16,7 @@ check that both give the same tables.
 from __future__ import annotations
 
 import functools
+import warnings
 import weakref
 
 import numpy as np
@@ -27,11 +28,22 @@ from vqcodec.exact.arithmetic import ACT_MAX, FA, P_BITS, Q_MAX, TABLE_SIZE, tab
 from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.quantise import Linear, int8_products
 
+KERNELS_VERSION = 1
+"""The version of ``_kernels.c`` that this module calls: an editable install's extension built from
+older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
+
 try:
     from vqcodec.exact import _kernels
 except ImportError:  # built without a C compiler
     _kernels = None
 
+if _kernels is not None and getattr(_kernels, "VERSION", None) != KERNELS_VERSION:
+    warnings.warn(
+        "vqcodec's compiled kernels are out of date (run pip install again): using torch calls instead",
+        RuntimeWarning,
+        stacklevel=1,
+    )
+    _kernels = None
 if _kernels is not None and _kernels.ACT_MAX != ACT_MAX:
     raise ImportError(f"vqcodec.exact._kernels was built for ACT_MAX {_kernels.ACT_MAX}, not {ACT_MAX}")
 
