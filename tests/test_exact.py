@@ -456,6 +456,18 @@ def test_compiled_kernels_give_the_torch_calls_tables(kind: str) -> None:
             stepper.set_codes(t, codes)
 
 
+@pytest.mark.skipif(not fused.available(torch.device("cpu")), reason="vqcodec.exact._kernels was not built")
+@pytest.mark.parametrize("kind", ["bottom", "three_bottom"])
+def test_compiled_kernels_give_the_torch_calls_conditioning(kind: str, monkeypatch) -> None:
+    prior = EXACT[kind]
+    cond = random_cond(PRIORS[kind], 9, 14)
+    compiled = prior.condition(cond, 9, 14)
+    monkeypatch.setattr(fused, "_kernels", None)
+    assert compiled is not None and all(
+        torch.equal(a, b) for a, b in zip(compiled, prior.condition(cond, 9, 14), strict=True)
+    )
+
+
 @pytest.mark.parametrize("kind", sorted(PRIORS))
 @pytest.mark.parametrize(("h", "w", "batch"), [(1, 1, 1), (5, 1, 2), (1, 6, 1), (7, 40, 1), (6, 9, 3)])
 def test_column_stepper_gives_the_wavefront_steppers_tables(kind: str, h: int, w: int, batch: int) -> None:

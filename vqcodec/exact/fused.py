@@ -263,3 +263,21 @@ def conv_outputs(sums: list[Tensor], scales: list[Tensor], start: Tensor, high: 
         out.stride(0),
         out.stride(1),
     )
+
+
+def elu_conv(layer: Linear, x: Tensor, height: int, width: int) -> Tensor:
+    """A zero-padded 3x3 ``layer`` (taps row-major, ``with_elu_inputs``) reading ``elu(x)`` of contiguous
+    float64 activations ``x`` [height width, C] of a map: float64 [height width, out]. The 8-bit inputs
+    of the map, padded, then one product per tap on a flat slice of it (as ``vqvae._taps``)."""
+    c, out_channels = x.shape[1], layer.weight8.shape[1]
+    q = torch.empty(height * width, c, dtype=torch.int8)
+    elu_store(layer, x, q)
+    padded = torch.nn.functional.pad(q.view(height, width, c), (0, 0, 1, 1, 1, 2)).view(-1, c)
+    n, row = height * (width + 2), width + 2
+    sums = torch.zeros(n, out_channels, dtype=torch.int32)
+    for tap, (dy, dx) in enumerate((dy, dx) for dy in range(3) for dx in range(3)):
+        start = dy * row + dx
+        sums.add_(torch._int_mm(padded[start : start + n], layer.weight8[tap * c : (tap + 1) * c]))
+    out = torch.empty(height, width, out_channels, dtype=torch.float64)
+    conv_outputs([sums.view(height, row, -1)[:, :width]], [layer.scale], layer.bias_low, layer.bias_high, out)
+    return out.view(-1, out_channels)

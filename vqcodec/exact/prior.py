@@ -15,6 +15,7 @@ from torch import Tensor
 
 from vqcodec.coding import order
 from vqcodec.coding.entropy import MAX_ALPHABET
+from vqcodec.exact import fused
 from vqcodec.exact.arithmetic import FA, clamp, elu
 from vqcodec.exact.cuda_stepper import ColumnStepper
 from vqcodec.exact.gather import GEMM_CHUNK, gathered_linear, linear_rows, padded, tap_index, to_device
@@ -172,8 +173,11 @@ class ExactPrior:
         features = torch.cat(embedded, dim=-1)  # [h2, w2, n * D]
         c = self.cond_conv(features.view(h2 * w2, -1))
         for block in self.cond_stack:
-            h = self._conv_full(block.conv1, elu(c).view(h2, w2, -1))
-            h = self._conv_full(block.conv2, elu(h).view(h2, w2, -1))
+            if fused.available(self.device):
+                h = fused.elu_conv(block.conv2, fused.elu_conv(block.conv1, c, h2, w2), h2, w2)
+            else:
+                h = self._conv_full(block.conv1, elu(c).view(h2, w2, -1))
+                h = self._conv_full(block.conv2, elu(h).view(h2, w2, -1))
             c = clamp(c + h)
         return [linear_rows(block.cond_proj, c, COND_DTYPE, self.chunk) for block in self.blocks]
 
