@@ -14,7 +14,7 @@
 #include <string.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
-#define KERNELS_VERSION 1 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
+#define KERNELS_VERSION 2 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -395,17 +395,78 @@ HOT static void quantise_map(const double *restrict x, Py_ssize_t count, double 
     }
 }
 
-/* conv_inputs(x, count, scale, low, high, mode, a, b): a convolution's rounded inputs q = clamp(floor(x
-   m 2**-t + 1/2), low, high) of float64 x [count] (vqvae.IntegerConv._operands) as int8 maps: mode 0,
-   q (8 bits); 1, q - 128 (unsigned 8 bits); 2, a = hi and b = lo - 128 with q = 256 hi + lo (16 bits). */
+/* A whole map's work, split by rows (or values) over up to `threads` threads where it is large: the
+   pixel decoder's and the encoder's maps are megabytes, for which starting a thread costs little. */
+typedef void (*Part)(void *context, Py_ssize_t start, Py_ssize_t stop);
+
+#define SPLIT_MIN 65536 /* values of work below which one thread does it all */
+
+#ifndef _WIN32
+#include <pthread.h>
+
+typedef struct {
+    Part part;
+    void *context;
+    Py_ssize_t start, stop;
+} Chunk;
+
+static void *run_chunk(void *arg) {
+    Chunk *chunk = arg;
+    chunk->part(chunk->context, chunk->start, chunk->stop);
+    return NULL;
+}
+#endif
+
+static void split(Part part, void *context, Py_ssize_t n, Py_ssize_t work, int threads) {
+#ifndef _WIN32
+    enum { MOST = 16 };
+    threads = threads > MOST ? MOST : threads;
+    if (threads > 1 && work >= SPLIT_MIN && n >= threads) {
+        pthread_t ids[MOST];
+        Chunk chunks[MOST];
+        int started[MOST] = {0};
+        for (int t = 1; t < threads; t++) {
+            chunks[t] = (Chunk){part, context, n * t / threads, n * (t + 1) / threads};
+            started[t] = pthread_create(&ids[t], NULL, run_chunk, &chunks[t]) == 0;
+            if (!started[t]) part(context, chunks[t].start, chunks[t].stop); /* no thread: here */
+        }
+        part(context, 0, n / threads);
+        for (int t = 1; t < threads; t++)
+            if (started[t]) pthread_join(ids[t], NULL);
+        return;
+    }
+#endif
+    part(context, 0, n);
+}
+
+typedef struct {
+    const double *x;
+    double scale, low, high;
+    int mode;
+    int8_t *a, *b;
+} ConvInputs;
+
+static void conv_inputs_part(void *context, Py_ssize_t start, Py_ssize_t stop) {
+    const ConvInputs *c = context;
+    quantise_map(c->x + start, stop - start, c->scale, c->low, c->high, c->mode, c->a + start,
+                 c->b ? c->b + start : NULL);
+}
+
+/* conv_inputs(x, count, scale, low, high, mode, a, b, threads): a convolution's rounded inputs q =
+   clamp(floor(x m 2**-t + 1/2), low, high) of float64 x [count] (vqvae.IntegerConv._operands) as int8
+   maps: mode 0, q (8 bits); 1, q - 128 (unsigned 8 bits); 2, a = hi and b = lo - 128 with q = 256 hi +
+   lo (16 bits). */
 static PyObject *conv_inputs(PyObject *self, PyObject *args) {
     unsigned long long x_p, a_p, b_p;
     Py_ssize_t count;
-    double scale, low, high;
-    int mode;
-    if (!PyArg_ParseTuple(args, "KndddiKK", &x_p, &count, &scale, &low, &high, &mode, &a_p, &b_p)) return NULL;
-    quantise_map((const double *)(uintptr_t)x_p, count, scale, low, high, mode, (int8_t *)(uintptr_t)a_p,
-                 (int8_t *)(uintptr_t)b_p);
+    ConvInputs c;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KndddiKKi", &x_p, &count, &c.scale, &c.low, &c.high, &c.mode, &a_p, &b_p, &threads))
+        return NULL;
+    c.x = (const double *)(uintptr_t)x_p;
+    c.a = (int8_t *)(uintptr_t)a_p;
+    c.b = (int8_t *)(uintptr_t)b_p;
+    split(conv_inputs_part, &c, count, count, threads);
     Py_RETURN_NONE;
 }
 
@@ -424,23 +485,42 @@ HOT static void finish_map_row(const int32_t *restrict a, const int32_t *restric
     }
 }
 
+typedef struct {
+    const int32_t *a, *b;
+    Py_ssize_t cols, c, stride, out_row_stride, out_col_stride;
+    const double *scale_a, *scale_b, *start, *high;
+    double *out;
+} ConvOutputs;
+
+static void conv_outputs_part(void *context, Py_ssize_t start, Py_ssize_t stop) {
+    const ConvOutputs *o = context;
+    for (Py_ssize_t y = start; y < stop; y++)
+        finish_map_row(o->a + y * o->stride, o->b ? o->b + y * o->stride : NULL, o->cols, o->c, o->scale_a,
+                       o->scale_b, o->start, o->high, o->out + y * o->out_row_stride, o->out_col_stride);
+}
+
 /* conv_outputs(a, b, rows, cols, c, row_stride, scale_a, scale_b, start, high, out, out_row_stride,
-   out_col_stride): a convolution's outputs from the int32 sums of its one or two int8 operands (b: 0 or
-   the low limb's, laid out as a), [rows, cols, c] at row_stride (in values): out = clamp(floor(a
-   scale_a + b scale_b + start) + high) per channel (vqvae.IntegerConv.__call__: every sum a multiple
-   of 2**-t_c below 2**53 of them, exact), written at out + y out_row_stride + x out_col_stride. */
+   out_col_stride, threads): a convolution's outputs from the int32 sums of its one or two int8
+   operands (b: 0 or the low limb's, laid out as a), [rows, cols, c] at row_stride (in values): out =
+   clamp(floor(a scale_a + b scale_b + start) + high) per channel (vqvae.IntegerConv.__call__: every sum
+   a multiple of 2**-t_c below 2**53 of them, exact), written at out + y out_row_stride + x
+   out_col_stride. */
 static PyObject *conv_outputs(PyObject *self, PyObject *args) {
     unsigned long long a_p, b_p, sa_p, sb_p, start_p, high_p, out_p;
-    Py_ssize_t rows, cols, c, stride, out_row_stride, out_col_stride;
-    if (!PyArg_ParseTuple(args, "KKnnnnKKKKKnn", &a_p, &b_p, &rows, &cols, &c, &stride, &sa_p, &sb_p, &start_p,
-                          &high_p, &out_p, &out_row_stride, &out_col_stride))
+    Py_ssize_t rows;
+    ConvOutputs o;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKnnnnKKKKKnni", &a_p, &b_p, &rows, &o.cols, &o.c, &o.stride, &sa_p, &sb_p,
+                          &start_p, &high_p, &out_p, &o.out_row_stride, &o.out_col_stride, &threads))
         return NULL;
-    const int32_t *a = (const int32_t *)(uintptr_t)a_p, *b = (const int32_t *)(uintptr_t)b_p;
-    double *out = (double *)(uintptr_t)out_p;
-    for (Py_ssize_t y = 0; y < rows; y++)
-        finish_map_row(a + y * stride, b ? b + y * stride : NULL, cols, c, (const double *)(uintptr_t)sa_p,
-                       (const double *)(uintptr_t)sb_p, (const double *)(uintptr_t)start_p,
-                       (const double *)(uintptr_t)high_p, out + y * out_row_stride, out_col_stride);
+    o.a = (const int32_t *)(uintptr_t)a_p;
+    o.b = (const int32_t *)(uintptr_t)b_p;
+    o.scale_a = (const double *)(uintptr_t)sa_p;
+    o.scale_b = (const double *)(uintptr_t)sb_p;
+    o.start = (const double *)(uintptr_t)start_p;
+    o.high = (const double *)(uintptr_t)high_p;
+    o.out = (double *)(uintptr_t)out_p;
+    split(conv_outputs_part, &o, rows, rows * o.cols * o.c, threads);
     Py_RETURN_NONE;
 }
 

@@ -28,7 +28,7 @@ from vqcodec.exact.arithmetic import ACT_MAX, FA, P_BITS, Q_MAX, TABLE_SIZE, tab
 from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.quantise import Linear, int8_products
 
-KERNELS_VERSION = 1
+KERNELS_VERSION = 2
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
 older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
 
@@ -222,7 +222,8 @@ def logit_frequencies(logits: Tensor) -> np.ndarray:
 def conv_inputs(x: Tensor, scale: float, low: int, high: int) -> tuple[Tensor, Tensor | None]:
     """A VQ-VAE convolution's int8 operands of float64 activations ``x`` [H, W, C]: ``q = clamp(floor(x
     scale + 1/2), low, high)`` as int8 (8 bits signed), ``q - 128`` (unsigned: ``low`` 0), or the limbs
-    ``hi``, ``lo - 128`` of ``q = 256 hi + lo`` (16 bits: ``high`` above 255)."""
+    ``hi``, ``lo - 128`` of ``q = 256 hi + lo`` (16 bits: ``high`` above 255). A large map is split over
+    torch's number of threads, as the kernels of ``conv_outputs``."""
     x = x.contiguous()
     mode = 2 if high > 255 else 1 if low == 0 else 0
     a = torch.empty(x.shape, dtype=torch.int8)
@@ -236,6 +237,7 @@ def conv_inputs(x: Tensor, scale: float, low: int, high: int) -> tuple[Tensor, T
         mode,
         a.data_ptr(),
         0 if b is None else b.data_ptr(),
+        torch.get_num_threads(),
     )
     return a, b
 
@@ -262,6 +264,7 @@ def conv_outputs(sums: list[Tensor], scales: list[Tensor], start: Tensor, high: 
         out.data_ptr(),
         out.stride(0),
         out.stride(1),
+        torch.get_num_threads(),
     )
 
 
