@@ -11,10 +11,11 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
-#define KERNELS_VERSION 2 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
+#define KERNELS_VERSION 3 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -27,6 +28,50 @@
 static inline double clamp_act(double v) {
     v = v < -ACT_MAX ? -ACT_MAX : v;
     return v > ACT_MAX ? ACT_MAX : v;
+}
+
+/* Work split by rows (or values) over up to `threads` threads where it is large (a VQ-VAE map, a
+   step's frequency tables), for which starting a thread per part costs little. */
+typedef void (*Part)(void *context, Py_ssize_t start, Py_ssize_t stop);
+
+#define SPLIT_MIN 65536 /* values of work below which one thread does it all */
+
+#ifndef _WIN32
+#include <pthread.h>
+
+typedef struct {
+    Part part;
+    void *context;
+    Py_ssize_t start, stop;
+} Chunk;
+
+static void *run_chunk(void *arg) {
+    Chunk *chunk = arg;
+    chunk->part(chunk->context, chunk->start, chunk->stop);
+    return NULL;
+}
+#endif
+
+static void split(Part part, void *context, Py_ssize_t n, Py_ssize_t work, int threads) {
+#ifndef _WIN32
+    enum { MOST = 16 };
+    threads = threads > MOST ? MOST : threads;
+    if (threads > 1 && work >= SPLIT_MIN && n >= threads) {
+        pthread_t ids[MOST];
+        Chunk chunks[MOST];
+        int started[MOST] = {0};
+        for (int t = 1; t < threads; t++) {
+            chunks[t] = (Chunk){part, context, n * t / threads, n * (t + 1) / threads};
+            started[t] = pthread_create(&ids[t], NULL, run_chunk, &chunks[t]) == 0;
+            if (!started[t]) part(context, chunks[t].start, chunks[t].stop); /* no thread: here */
+        }
+        part(context, 0, n / threads);
+        for (int t = 1; t < threads; t++)
+            if (started[t]) pthread_join(ids[t], NULL);
+        return;
+    }
+#endif
+    part(context, 0, n);
 }
 
 /* A layer's rounding of one row of its int32 sums (Linear.finish): out = clamp(floor(acc M 2**-t +
@@ -328,54 +373,72 @@ HOT static void frequency_row(const double *restrict l, Py_ssize_t k, const doub
     f[first] += ((int64_t)1 << precision) - (int64_t)used;
 }
 
-/* frequencies(acc, more, n, k, scale, low, high, exp_table, exp_size, precision, out): the output layer's
+/* frequencies(acc, more, n, k, scale, low, high, exp_table, exp_size, precision, out, threads): the output layer's
    logits from its sums acc [n, k], and their frequency tables, int64 out [n, k]
    (arithmetic.float_frequencies, exact.md §7): z = min(max - l, exp_size - 1), e = exp_table[z]
    (float64), f = 1 + floor(e (2**precision - k) / sum e), the rest to the first largest logit. The
    quotient is the floor of the correctly rounded float64 one (e (2**precision - k) is exact), as
    arithmetic.floor_div proves. */
-static PyObject *frequencies(PyObject *self, PyObject *args) {
-    unsigned long long acc_p, more_p, scale_p, low_p, high_p, exp_p, out_p;
-    Py_ssize_t n, k, exp_size;
-    int precision;
-    if (!PyArg_ParseTuple(args, "KKnnKKKKniK", &acc_p, &more_p, &n, &k, &scale_p, &low_p, &high_p, &exp_p, &exp_size,
-                          &precision, &out_p))
-        return NULL;
-    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p, *more = (const int32_t *)(uintptr_t)more_p;
-    const double *exp_table = (const double *)(uintptr_t)exp_p;
-    int64_t *out = (int64_t *)(uintptr_t)out_p;
-    Rounding r = rounding(scale_p, low_p, high_p);
-    double *logits = PyMem_Malloc((size_t)(2 * k) * sizeof(double));
-    if (!logits) return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < n; i++) {
-        finish_row(&r, acc + i * k, more ? more + i * k : NULL, k, logits);
-        frequency_row(logits, k, exp_table, (double)(exp_size - 1), precision, logits + k, out + i * k);
-    }
-    PyMem_Free(logits);
-    Py_RETURN_NONE;
-}
-
 HOT static void to_double(const int64_t *restrict x, Py_ssize_t count, double *restrict out) {
     for (Py_ssize_t j = 0; j < count; j++) out[j] = (double)x[j];
 }
 
-/* logit_frequencies(logits, n, k, exp_table, exp_size, precision, out): frequencies' tables of int64
-   logits [n, k] (below 2**52: exact as float64) rather than of a layer's sums. */
+typedef struct {
+    const int32_t *acc, *more;
+    const int64_t *logits; /* or int64 logits instead of sums (logit_frequencies) */
+    Py_ssize_t k, exp_size;
+    Rounding r;
+    const double *exp_table;
+    int precision;
+    int64_t *out;
+} Frequencies;
+
+static void frequencies_part(void *context, Py_ssize_t start, Py_ssize_t stop) {
+    const Frequencies *f = context;
+    const Py_ssize_t k = f->k;
+    double *row = malloc((size_t)(2 * k) * sizeof(double));
+    if (!row) abort(); /* a few kilobytes */
+    for (Py_ssize_t i = start; i < stop; i++) {
+        if (f->logits)
+            to_double(f->logits + i * k, k, row);
+        else
+            finish_row(&f->r, f->acc + i * k, f->more ? f->more + i * k : NULL, k, row);
+        frequency_row(row, k, f->exp_table, (double)(f->exp_size - 1), f->precision, row + k, f->out + i * k);
+    }
+    free(row);
+}
+
+static PyObject *frequencies(PyObject *self, PyObject *args) {
+    unsigned long long acc_p, more_p, scale_p, low_p, high_p, exp_p, out_p;
+    Py_ssize_t n;
+    Frequencies f = {0};
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKnnKKKKniKi", &acc_p, &more_p, &n, &f.k, &scale_p, &low_p, &high_p, &exp_p,
+                          &f.exp_size, &f.precision, &out_p, &threads))
+        return NULL;
+    f.acc = (const int32_t *)(uintptr_t)acc_p;
+    f.more = (const int32_t *)(uintptr_t)more_p;
+    f.r = rounding(scale_p, low_p, high_p);
+    f.exp_table = (const double *)(uintptr_t)exp_p;
+    f.out = (int64_t *)(uintptr_t)out_p;
+    split(frequencies_part, &f, n, n * f.k, threads);
+    Py_RETURN_NONE;
+}
+
+/* logit_frequencies(logits, n, k, exp_table, exp_size, precision, out, threads): frequencies' tables of
+   int64 logits [n, k] (below 2**52: exact as float64) rather than of a layer's sums. */
 static PyObject *logit_frequencies(PyObject *self, PyObject *args) {
     unsigned long long logits_p, exp_p, out_p;
-    Py_ssize_t n, k, exp_size;
-    int precision;
-    if (!PyArg_ParseTuple(args, "KnnKniK", &logits_p, &n, &k, &exp_p, &exp_size, &precision, &out_p)) return NULL;
-    const int64_t *logits = (const int64_t *)(uintptr_t)logits_p;
-    const double *exp_table = (const double *)(uintptr_t)exp_p;
-    int64_t *out = (int64_t *)(uintptr_t)out_p;
-    double *row = PyMem_Malloc((size_t)(2 * k) * sizeof(double));
-    if (!row) return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < n; i++) {
-        to_double(logits + i * k, k, row);
-        frequency_row(row, k, exp_table, (double)(exp_size - 1), precision, row + k, out + i * k);
-    }
-    PyMem_Free(row);
+    Py_ssize_t n;
+    Frequencies f = {0};
+    int threads;
+    if (!PyArg_ParseTuple(args, "KnnKniKi", &logits_p, &n, &f.k, &exp_p, &f.exp_size, &f.precision, &out_p,
+                          &threads))
+        return NULL;
+    f.logits = (const int64_t *)(uintptr_t)logits_p;
+    f.exp_table = (const double *)(uintptr_t)exp_p;
+    f.out = (int64_t *)(uintptr_t)out_p;
+    split(frequencies_part, &f, n, n * f.k, threads);
     Py_RETURN_NONE;
 }
 
@@ -393,50 +456,6 @@ HOT static void quantise_map(const double *restrict x, Py_ssize_t count, double 
             a[j] = (int8_t)(mode == 1 ? q - 128.0 : q);
         }
     }
-}
-
-/* A whole map's work, split by rows (or values) over up to `threads` threads where it is large: the
-   pixel decoder's and the encoder's maps are megabytes, for which starting a thread costs little. */
-typedef void (*Part)(void *context, Py_ssize_t start, Py_ssize_t stop);
-
-#define SPLIT_MIN 65536 /* values of work below which one thread does it all */
-
-#ifndef _WIN32
-#include <pthread.h>
-
-typedef struct {
-    Part part;
-    void *context;
-    Py_ssize_t start, stop;
-} Chunk;
-
-static void *run_chunk(void *arg) {
-    Chunk *chunk = arg;
-    chunk->part(chunk->context, chunk->start, chunk->stop);
-    return NULL;
-}
-#endif
-
-static void split(Part part, void *context, Py_ssize_t n, Py_ssize_t work, int threads) {
-#ifndef _WIN32
-    enum { MOST = 16 };
-    threads = threads > MOST ? MOST : threads;
-    if (threads > 1 && work >= SPLIT_MIN && n >= threads) {
-        pthread_t ids[MOST];
-        Chunk chunks[MOST];
-        int started[MOST] = {0};
-        for (int t = 1; t < threads; t++) {
-            chunks[t] = (Chunk){part, context, n * t / threads, n * (t + 1) / threads};
-            started[t] = pthread_create(&ids[t], NULL, run_chunk, &chunks[t]) == 0;
-            if (!started[t]) part(context, chunks[t].start, chunks[t].stop); /* no thread: here */
-        }
-        part(context, 0, n / threads);
-        for (int t = 1; t < threads; t++)
-            if (started[t]) pthread_join(ids[t], NULL);
-        return;
-    }
-#endif
-    part(context, 0, n);
 }
 
 typedef struct {

@@ -28,7 +28,7 @@ from vqcodec.exact.arithmetic import ACT_MAX, FA, P_BITS, Q_MAX, TABLE_SIZE, tab
 from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.quantise import Linear, int8_products
 
-KERNELS_VERSION = 2
+KERNELS_VERSION = 3
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
 older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
 
@@ -203,7 +203,16 @@ def frequencies(layer: Linear, sums: Sums) -> np.ndarray:
     out = np.empty((n, k), dtype=np.int64)
     exp_table = exp_table_on(_CPU)
     _kernels.frequencies(
-        acc, more, n, k, *_rounding(layer), exp_table.data_ptr(), TABLE_SIZE, PRECISION, out.ctypes.data
+        acc,
+        more,
+        n,
+        k,
+        *_rounding(layer),
+        exp_table.data_ptr(),
+        TABLE_SIZE,
+        PRECISION,
+        out.ctypes.data,
+        torch.get_num_threads(),
     )
     return out
 
@@ -214,7 +223,14 @@ def logit_frequencies(logits: Tensor) -> np.ndarray:
     n, k = logits.shape
     out = np.empty((n, k), dtype=np.int64)
     _kernels.logit_frequencies(
-        logits.data_ptr(), n, k, exp_table_on(_CPU).data_ptr(), TABLE_SIZE, PRECISION, out.ctypes.data
+        logits.data_ptr(),
+        n,
+        k,
+        exp_table_on(_CPU).data_ptr(),
+        TABLE_SIZE,
+        PRECISION,
+        out.ctypes.data,
+        torch.get_num_threads(),
     )
     return out
 
