@@ -55,7 +55,13 @@ def encoder_stepper(
     )
     for i, (image_codes, image_cond) in enumerate(zip(codes, cond_codes, strict=True)):
         known[i] = logits_full(prior, image_codes, image_cond)
-    return KnownCodes(known)
+    logits = known.view(-1, prior.codebook_size)
+    tables = (
+        fused.logit_frequencies(logits)
+        if fused.available(prior.device)
+        else frequencies(logits).cpu().numpy()
+    )
+    return KnownCodes(tables.reshape(known.shape))
 
 
 def logits_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> Tensor:
@@ -89,11 +95,11 @@ def _reaches_below(prior: ExactPrior) -> bool:
 
 
 class KnownCodes:
-    """The stepper interface over logits computed in advance (``ExactPrior.encoder_stepper``)."""
+    """The stepper interface over tables computed in advance, all at once (``encoder_stepper``)."""
 
-    def __init__(self, logits: Tensor):
-        self._logits = logits  # int64 [B, H, W, K]
-        _, self.height, self.width, self._k = logits.shape
+    def __init__(self, tables: np.ndarray):
+        self._tables = tables  # int64 [B, H, W, K]
+        _, self.height, self.width, self._k = tables.shape
         self.n_steps = order.n_steps(self.height, self.width)
 
     def positions(self, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,14 +107,11 @@ class KnownCodes:
 
     def freqs(self, t: int) -> np.ndarray:
         """Position by position, image by image within each, as ``ExactStepper.freqs``."""
-        ys, xs = (torch.from_numpy(index).to(self._logits.device) for index in self.positions(t))
-        logits = self._logits[:, ys, xs].transpose(0, 1).reshape(-1, self._k)
-        if fused.available(logits.device):
-            return fused.logit_frequencies(logits)
-        return frequencies(logits).cpu().numpy()
+        ys, xs = self.positions(t)
+        return self._tables[:, ys, xs].transpose(1, 0, 2).reshape(-1, self._k)
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
-        """Nothing to do: the logits already saw every code."""
+        """Nothing to do: the tables already saw every code."""
 
     def on_map(self, t: int) -> None:
         """Every position lies on its map (``ExactStepper.on_map``)."""
