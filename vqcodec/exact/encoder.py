@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from vqcodec.coding import order
-from vqcodec.exact import fused
-from vqcodec.exact.arithmetic import Q_MAX_WIDE, frequencies
+from vqcodec.exact.arithmetic import Q_MAX_WIDE
 from vqcodec.exact.prior import ExactPrior
 from vqcodec.exact.quantise import Ranges, input_range
 from vqcodec.exact.stepper import ExactStepper, reach
@@ -50,18 +49,10 @@ def encoder_stepper(
     too_large = max(logits, ExactStepper.whole_cache_values(prior, height, width)) > whole_map_values
     if too_large or _band_rows(prior, height, width) < height and _reaches_below(prior):
         return prior.batch_stepper(height, width, cond_codes)
-    known = torch.empty(
-        len(codes), height, width, prior.codebook_size, dtype=torch.int64, device=prior.device
-    )
+    tables = np.empty((len(codes), height, width, prior.codebook_size), dtype=np.int64)
     for i, (image_codes, image_cond) in enumerate(zip(codes, cond_codes, strict=True)):
-        known[i] = logits_full(prior, image_codes, image_cond)
-    logits = known.view(-1, prior.codebook_size)
-    tables = (
-        fused.logit_frequencies(logits)
-        if fused.available(prior.device)
-        else frequencies(logits).cpu().numpy()
-    )
-    return KnownCodes(tables.reshape(known.shape))
+        tables[i] = tables_full(prior, image_codes, image_cond)
+    return KnownCodes(tables)
 
 
 def logits_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> Tensor:
@@ -80,6 +71,20 @@ def logits_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> T
         rows = stepper.evaluate_rows(y, min(y + band, height))
         logits[y : y + band] = rows.view(-1, width, prior.codebook_size)
     return logits
+
+
+def tables_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> np.ndarray:
+    """The frequency tables int64 [H, W, K] of ``logits_full``'s logits, in the same bands (with the
+    kernels on the CPU, without computing the logits)."""
+    height, width = codes.shape
+    stepper = ExactStepper(prior, height, width, [cond_codes], whole=True)
+    stepper.write_all_codes(codes.to(prior.device, torch.int64))
+    band = height if _reaches_below(prior) else _band_rows(prior, height, width)
+    tables = np.empty((height, width, prior.codebook_size), dtype=np.int64)
+    for y in range(0, height, band):
+        rows = stepper.tables_rows(y, min(y + band, height))
+        tables[y : y + band] = rows.reshape(-1, width, prior.codebook_size)
+    return tables
 
 
 def _band_rows(prior: ExactPrior, height: int, width: int) -> int:

@@ -7,7 +7,9 @@ layers of §6 at the positions of one wavefront gives the same tables.
 
 from __future__ import annotations
 
+import functools
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -153,7 +155,7 @@ class ExactStepper:
         )
         self._condition(cond_codes, sizes)
         self._order_positions()
-        self._fused = fused.available(device) and not whole
+        self._fused = fused.available(device)
         self._computed = 0  # steps whose tables were computed
         self._known = 0  # steps whose codes were set
 
@@ -319,6 +321,13 @@ class ExactStepper:
         rows above were entered and evaluated (a ``whole`` stepper)."""
         return self._evaluate(self._rows(y_start, y_stop))
 
+    def tables_rows(self, y_start: int, y_stop: int) -> np.ndarray:
+        """The frequency tables int64 [n, K] of ``evaluate_rows``' logits: with the kernels, without
+        computing the logits."""
+        if self._fused:
+            return self._fused_freqs(self._rows(y_start, y_stop))
+        return float_frequencies(self.evaluate_rows(y_start, y_stop)).to(torch.int64).cpu().numpy()
+
     def _check_code_range(self, codes: Tensor) -> None:
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
             raise ValueError(f"codes must lie in 0..{self.prior.codebook_size - 1}")
@@ -411,23 +420,24 @@ class ExactStepper:
         return prior.out_conv.on_elu(x)
 
     def _fused_freqs(self, sites: Sites) -> np.ndarray:
-        """The frequency tables [n, K] at a wavefront's sites, as ``float_frequencies(_evaluate(sites))``
-        gives them, with each layer's elementwise work in one call of ``fused`` between its products."""
-        prior, mask = self.prior, sites.mask
-        x = fused.finish(
-            prior.input_conv, self._row_sums(prior.input_conv, self._embedded, sites, self._taps_a)
-        )
+        """The frequency tables [n, K] at the sites, as ``float_frequencies(_evaluate(sites))`` gives
+        them, with each layer's elementwise work in one call of ``fused`` between its products (and, at
+        a wavefront, the attention's too)."""
+        prior, mask, wavefront = self.prior, sites.mask, len(sites.size) == 1
+        sums = self._row_sums if wavefront else self._sums
+        x = fused.finish(prior.input_conv, sums(prior.input_conv, self._embedded, sites, self._taps_a))
         cond_rows, valid = self._context(sites)
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
-            c = inputs.shape[2]
-            fused.elu_store(block.conv1, x, self._cells(inputs, sites, 0, c).view(-1, c), mask)
-            h = self._row_sums(block.conv1, inputs, sites, self._taps_b)
-            fused.finish_elu_store(
-                block.conv1, h, block.conv2, self._cells(middles, sites, 0, c).view(-1, c), mask
+            self._write(inputs, sites, functools.partial(fused.elu_store, block.conv1, x, mask=mask))
+            h = sums(block.conv1, inputs, sites, self._taps_b)
+            self._write(
+                middles,
+                sites,
+                functools.partial(fused.finish_elu_store, block.conv1, h, block.conv2, mask=mask),
             )
-            h = self._row_sums(block.conv2, middles, sites, self._taps_b)
+            h = sums(block.conv2, middles, sites, self._taps_b)
             fused.finish_gate(block.conv2, h, None if self._cond is None else self._cond[i], cond_rows, x)
-            x = self._attention(i, x, sites, valid, compiled=True)
+            x = self._attention(i, x, sites, valid, compiled=wavefront)
         for block in prior.out_blocks:
             q = torch.empty(x.shape, dtype=torch.int8)
             fused.elu_store(block.conv1, x, q)
@@ -437,6 +447,18 @@ class ExactStepper:
         q = torch.empty(x.shape, dtype=torch.int8)
         fused.elu_store(prior.out_conv, x, q)
         return fused.frequencies(prior.out_conv, prior.out_conv.accumulate(None, q, slice(None)))
+
+    def _write(self, cache: Tensor, sites: Sites, write: Callable[[Tensor], None]) -> None:
+        """Let ``write`` fill the int8 values [n, C] of ``cache`` at the sites: a wavefront's cells are
+        rows of one stride, written in place; a band's are written through a copy."""
+        c = cache.shape[2]
+        cells = self._cells(cache, sites, 0, c)
+        if len(sites.size) == 1:
+            write(cells.view(-1, c))
+            return
+        values = torch.empty(cells.numel() // c, c, dtype=cache.dtype, device=cache.device)
+        write(values)
+        cells.copy_(values.view(cells.shape))
 
     def _context(self, sites: Sites) -> tuple[Tensor | None, Tensor | None]:
         """Each site's row of the conditioning tables (None for the top prior), and which attention
