@@ -19,7 +19,7 @@ from vqcodec.exact import arithmetic, fused, quantise
 from vqcodec.exact.arithmetic import ACT_MAX, FA, FE, Q_MAX, T_MAX, TABLE_SIZE, frequencies
 from vqcodec.exact.calibrate import prior_ranges
 from vqcodec.exact.cuda_stepper import ColumnStepper
-from vqcodec.exact.encoder import KnownCodes, encoder_stepper, logits_full
+from vqcodec.exact.encoder import KnownCodes, encoder_stepper, logits_full, tables_full
 from vqcodec.exact.prior import ExactPrior
 from vqcodec.exact.quantise import input_quantiser, masked_offsets
 from vqcodec.models.config import ModelConfig, PriorConfig, three_level_config, tiny_config
@@ -306,12 +306,16 @@ def test_stepper_matches_full_evaluation(kind: str, h: int, w: int) -> None:
 @pytest.mark.parametrize("kind", sorted(PRIORS))
 def test_full_evaluation_in_bands_of_one_row(kind: str) -> None:
     """``logits_full`` evaluates bands of rows that read the rows above from its caches: bands of one
-    row give the logits of one band (a prior with wider kernels reads the row below: one band)."""
+    row give the logits of one band (a prior with wider kernels reads the row below: one band);
+    ``tables_full`` their tables."""
     prior = EXACT[kind]
     codes = torch.randint(prior.codebook_size, (7, 6), generator=torch.Generator().manual_seed(3))
     cond = random_cond(PRIORS[kind], 7, 6)
     whole, one_row = logits_full(prior, codes, cond), dataclasses.replace(prior, chunk=1)
     assert torch.equal(logits_full(one_row, codes, cond), whole)
+    tables = frequencies(whole.view(-1, prior.codebook_size)).view(whole.shape).numpy()
+    assert np.array_equal(tables_full(one_row, codes, cond), tables)  # in the kernels, on the CPU
+    assert np.array_equal(tables_full(prior, codes, cond), tables)
     # where a band would read the rows below it, the encoder walks the map step by step instead
     encoder = encoder_stepper(one_row, [codes], [cond])
     assert isinstance(encoder, KnownCodes) == (prior.kernel_size == 3)

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
-#define KERNELS_VERSION 3 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
+#define KERNELS_VERSION 4 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -281,16 +281,17 @@ HOT static void attend_row(const double *restrict q, Py_ssize_t c, Py_ssize_t he
     for (Py_ssize_t j = 0; j < c; j++) out[j] = floor(out[j] / p_scale + 0.5);
 }
 
-/* attend(q, n, c, heads, keys, values, row_stride, shifts, n_off, valid, exp_table, exp_size, fa,
-   p_bits, out): attention averages out [n, c] float64 of queries q [n, c]; query i's keys and values
-   at the window's offset o lie at keys[i row_stride + shifts[o] + channel] (values alike, float64
-   caches), valid [n, n_off] (bool) says which offsets lie on the map. */
+/* attend(q, n, c, heads, keys, values, cols, row_stride, col_stride, shifts, n_off, valid, exp_table,
+   exp_size, fa, p_bits, out): attention averages out [n, c] float64 of queries q [n, c]; query i = y
+   cols + x has its keys and values at the window's offset o at keys[y row_stride + x col_stride +
+   shifts[o] + channel] (values alike: float64 caches; one column for a wavefront, a band's rows
+   else), valid [n, n_off] (bool) says which offsets lie on the map. */
 static PyObject *attend(PyObject *self, PyObject *args) {
     unsigned long long q_p, keys_p, values_p, shifts_p, valid_p, exp_p, out_p;
-    Py_ssize_t n, c, heads, stride, n_off, exp_size;
+    Py_ssize_t n, c, heads, cols, row_stride, col_stride, n_off, exp_size;
     int fa, p_bits;
-    if (!PyArg_ParseTuple(args, "KnnnKKnKnKKniiK", &q_p, &n, &c, &heads, &keys_p, &values_p, &stride, &shifts_p,
-                          &n_off, &valid_p, &exp_p, &exp_size, &fa, &p_bits, &out_p))
+    if (!PyArg_ParseTuple(args, "KnnnKKnnnKnKKniiK", &q_p, &n, &c, &heads, &keys_p, &values_p, &cols, &row_stride,
+                          &col_stride, &shifts_p, &n_off, &valid_p, &exp_p, &exp_size, &fa, &p_bits, &out_p))
         return NULL;
     const double *q = (const double *)(uintptr_t)q_p, *keys = (const double *)(uintptr_t)keys_p;
     const double *values = (const double *)(uintptr_t)values_p, *exp_table = (const double *)(uintptr_t)exp_p;
@@ -299,10 +300,12 @@ static PyObject *attend(PyObject *self, PyObject *args) {
     double *out = (double *)(uintptr_t)out_p;
     double *scratch = PyMem_Malloc((size_t)(2 * heads * n_off + c) * sizeof(double));
     if (!scratch) return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < n; i++)
-        attend_row(q + i * c, c, heads, keys + i * stride, values + i * stride, shifts, valid + i * n_off, n_off,
-                   exp_table, (double)(exp_size - 1), ldexp(1.0, -fa), ldexp(1.0, p_bits), scratch,
-                   scratch + heads * n_off, scratch + 2 * heads * n_off, out + i * c);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Py_ssize_t at = (i / cols) * row_stride + (i % cols) * col_stride;
+        attend_row(q + i * c, c, heads, keys + at, values + at, shifts, valid + i * n_off, n_off, exp_table,
+                   (double)(exp_size - 1), ldexp(1.0, -fa), ldexp(1.0, p_bits), scratch, scratch + heads * n_off,
+                   scratch + 2 * heads * n_off, out + i * c);
+    }
     PyMem_Free(scratch);
     Py_RETURN_NONE;
 }

@@ -30,7 +30,7 @@ from vqcodec.exact.arithmetic import ACT_MAX, FA, P_BITS, Q_MAX, TABLE_SIZE, tab
 from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.quantise import Linear, int8_products
 
-KERNELS_VERSION = 3
+KERNELS_VERSION = 4
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
 older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
 
@@ -169,12 +169,13 @@ def linear(layer: Linear, x: Tensor) -> Tensor:
 
 
 def attend(query: Tensor, heads: int, keys: Tensor, values: Tensor, shifts: Tensor, valid: Tensor) -> Tensor:
-    """``attention_rows``' averages [n, C] of queries ``query`` [n, C] (contiguous float64): query i's
-    key at window offset o is ``keys[i stride + shifts[o]]`` for ``keys`` a float64 cache's view [n, C]
-    of row stride ``stride`` (``values`` alike, the same layout), ``shifts`` int64 [n_off] in values;
-    ``valid`` [n, n_off] says which offsets lie on the map."""
+    """``attention_rows``' averages [n, C] of queries ``query`` [n, C] (contiguous float64): ``keys`` is
+    a float64 cache's view [n, C] (a wavefront's cells) or [h, w, C] (a band's), each query's cell,
+    and its key at window offset o lies ``shifts[o]`` values (int64 [n_off]) after it (``values``
+    alike, the same layout); ``valid`` [n, n_off] says which offsets lie on the map."""
     n, c = query.shape
-    assert keys.stride() == values.stride() and keys.stride(1) == 1 and valid.is_contiguous()
+    assert keys.stride() == values.stride() and keys.stride(-1) == 1 and valid.is_contiguous()
+    cols, col_stride = (keys.shape[1], keys.stride(1)) if keys.dim() == 3 else (1, 0)
     out = torch.empty(n, c, dtype=torch.float64)
     _kernels.attend(
         query.data_ptr(),
@@ -183,7 +184,9 @@ def attend(query: Tensor, heads: int, keys: Tensor, values: Tensor, shifts: Tens
         heads,
         keys.data_ptr(),
         values.data_ptr(),
+        cols,
         keys.stride(0),
+        col_stride,
         shifts.data_ptr(),
         len(shifts),
         valid.data_ptr(),

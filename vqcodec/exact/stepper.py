@@ -421,8 +421,8 @@ class ExactStepper:
 
     def _fused_freqs(self, sites: Sites) -> np.ndarray:
         """The frequency tables [n, K] at the sites, as ``float_frequencies(_evaluate(sites))`` gives
-        them, with each layer's elementwise work in one call of ``fused`` between its products (and, at
-        a wavefront, the attention's too)."""
+        them, with each layer's elementwise work and the attention's averages in calls of ``fused``
+        between the products."""
         prior, mask, wavefront = self.prior, sites.mask, len(sites.size) == 1
         sums = self._row_sums if wavefront else self._sums
         x = fused.finish(prior.input_conv, sums(prior.input_conv, self._embedded, sites, self._taps_a))
@@ -437,7 +437,7 @@ class ExactStepper:
             )
             h = sums(block.conv2, middles, sites, self._taps_b)
             fused.finish_gate(block.conv2, h, None if self._cond is None else self._cond[i], cond_rows, x)
-            x = self._attention(i, x, sites, valid, compiled=wavefront)
+            x = self._attention(i, x, sites, valid, compiled=True)
         for block in prior.out_blocks:
             q = torch.empty(x.shape, dtype=torch.int8)
             fused.elu_store(block.conv1, x, q)
@@ -482,7 +482,7 @@ class ExactStepper:
         self, i: int, x: Tensor, sites: Sites, valid: Tensor | None, compiled: bool = False
     ) -> Tensor:
         """``x`` after gated block ``i``: through an attention block where one follows it; ``compiled``:
-        at a wavefront, with the elementwise work and the averages in ``fused``'s kernels."""
+        with the elementwise work and the averages in ``fused``'s kernels."""
         prior = self.prior
         if not prior.attention_every or (i + 1) % prior.attention_every:
             return x
@@ -491,12 +491,14 @@ class ExactStepper:
         attn, (keys, values) = prior.attentions[j], self._keys_values[j]
         if compiled:
             c = keys.shape[2]
-            keys, values = (
-                self._cells(keys, sites, 0, c).view(-1, c),
-                self._cells(values, sites, 0, c).view(-1, c),
-            )
-            fused.finish(attn.key, fused.linear(attn.key, x), keys, mask=sites.mask)
-            fused.finish(attn.value, fused.linear(attn.value, x), values, mask=sites.mask)
+            if len(sites.size) == 1:  # a wavefront: into the caches' cells, rows of one stride
+                keys, values = (self._cells(cache, sites, 0, c).view(-1, c) for cache in (keys, values))
+                fused.finish(attn.key, fused.linear(attn.key, x), keys, mask=sites.mask)
+                fused.finish(attn.value, fused.linear(attn.value, x), values, mask=sites.mask)
+            else:  # a band: through a copy into the float32 caches, then those as float64
+                self._store(keys, sites, fused.finish(attn.key, fused.linear(attn.key, x)))
+                self._store(values, sites, fused.finish(attn.value, fused.linear(attn.value, x)))
+                keys, values = (self._cells(cache.double(), sites, 0, c) for cache in (keys, values))
             query = fused.finish(attn.query, fused.linear(attn.query, x))
             mixed = fused.attend(query, attn.n_heads, keys, values, self._offset_cells * c, valid)
             return fused.finish(attn.proj, fused.linear(attn.proj, mixed), x, residual=True)
