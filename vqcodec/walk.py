@@ -29,9 +29,8 @@ import torch
 from vqcodec.coding import order
 from vqcodec.coding.entropy import coded_bits
 from vqcodec.coding.order import CodingOrder, Rect
-from vqcodec.exact import ExactPrior, ExactStepper, fused
+from vqcodec.exact import ExactPrior, ExactStepper
 from vqcodec.exact.encoder import WHOLE_MAP_VALUES, KnownCodes, encoder_stepper
-from vqcodec.threads import limited
 
 Progress = Callable[[int, int], None]
 """Called after every wavefront step with (steps done, steps in all)."""
@@ -69,22 +68,18 @@ def walk(
     levels = range(len(shapes)) if levels is None else levels
     total, done = coding_order.n_steps(shapes, tile, levels), 0
     level_bits: list[list[float]] = [[] for _ in codes]
-    # Decoding on the CPU, torch's products run on one thread (the matrices of a step are small: waking
-    # the others costs more than they save) and the kernels that split their work take all of them.
-    one_thread = not known and priors[0].device.type == "cpu"
-    with fused.kernel_threads(torch.get_num_threads()), limited(1 if one_thread else None):
-        for level in levels:
-            bits = np.zeros(len(codes))
-            for wave in coding_order.waves(shapes, level, tile):
-                groups = _tile_groups(priors[level], codes, level, wave, known, whole_map_values)
-                for t in range(order.wave_steps(wave)):
-                    step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
-                    _code(step, codes, level, code_step, bits)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-            for image_bits, level_total in zip(level_bits, bits.tolist(), strict=True):
-                image_bits.append(level_total)
+    for level in levels:
+        bits = np.zeros(len(codes))
+        for wave in coding_order.waves(shapes, level, tile):
+            groups = _tile_groups(priors[level], codes, level, wave, known, whole_map_values)
+            for t in range(order.wave_steps(wave)):
+                step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
+                _code(step, codes, level, code_step, bits)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        for image_bits, level_total in zip(level_bits, bits.tolist(), strict=True):
+            image_bits.append(level_total)
     return level_bits
 
 

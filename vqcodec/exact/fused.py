@@ -15,11 +15,9 @@ check that both give the same tables.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import warnings
 import weakref
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -50,26 +48,6 @@ if _kernels is not None and _kernels.ACT_MAX != ACT_MAX:
     raise ImportError(f"vqcodec.exact._kernels was built for ACT_MAX {_kernels.ACT_MAX}, not {ACT_MAX}")
 
 _CPU = torch.device("cpu")
-
-_threads: int | None = None
-"""Threads for the kernels that split their work (``kernel_threads``); None: torch's number."""
-
-
-@contextlib.contextmanager
-def kernel_threads(threads: int) -> Iterator[None]:
-    """Let the kernels split their work over ``threads`` threads meanwhile, whatever torch's number: a
-    decoder's wavefront steps run torch's small products on one thread (``Codec.walk``), which waits
-    less for the others than all of them, while a step's frequency tables still use them all."""
-    global _threads
-    saved, _threads = _threads, threads
-    try:
-        yield
-    finally:
-        _threads = saved
-
-
-def _thread_count() -> int:
-    return torch.get_num_threads() if _threads is None else _threads
 
 
 def available(device: torch.device) -> bool:
@@ -237,7 +215,7 @@ def frequencies(layer: Linear, sums: Sums) -> np.ndarray:
         TABLE_SIZE,
         PRECISION,
         out.ctypes.data,
-        _thread_count(),
+        torch.get_num_threads(),
     )
     return out
 
@@ -255,7 +233,7 @@ def logit_frequencies(logits: Tensor) -> np.ndarray:
         TABLE_SIZE,
         PRECISION,
         out.ctypes.data,
-        _thread_count(),
+        torch.get_num_threads(),
     )
     return out
 
@@ -264,7 +242,7 @@ def conv_inputs(x: Tensor, scale: float, low: int, high: int) -> tuple[Tensor, T
     """A VQ-VAE convolution's int8 operands of float64 activations ``x`` [H, W, C]: ``q = clamp(floor(x
     scale + 1/2), low, high)`` as int8 (8 bits signed), ``q - 128`` (unsigned: ``low`` 0), or the limbs
     ``hi``, ``lo - 128`` of ``q = 256 hi + lo`` (16 bits: ``high`` above 255). A large map is split over
-    threads (``kernel_threads``), as the kernels of ``conv_outputs``."""
+    torch's number of threads, as the kernels of ``conv_outputs``."""
     x = x.contiguous()
     mode = 2 if high > 255 else 1 if low == 0 else 0
     a = torch.empty(x.shape, dtype=torch.int8)
@@ -278,7 +256,7 @@ def conv_inputs(x: Tensor, scale: float, low: int, high: int) -> tuple[Tensor, T
         mode,
         a.data_ptr(),
         0 if b is None else b.data_ptr(),
-        _thread_count(),
+        torch.get_num_threads(),
     )
     return a, b
 
@@ -305,7 +283,7 @@ def conv_outputs(sums: list[Tensor], scales: list[Tensor], start: Tensor, high: 
         out.data_ptr(),
         out.stride(0),
         out.stride(1),
-        _thread_count(),
+        torch.get_num_threads(),
     )
 
 
