@@ -1,16 +1,18 @@
-"""One wavefront step's elementwise work in single passes of compiled code (execution, not normative).
+"""The elementwise work between the integer products, in single passes of compiled code (execution,
+not normative).
 
 A wavefront step on the CPU is small matrices: a few hundred positions of 64 to 512 channels. Done as
 torch calls, each layer's rounding, clamps, lookups, gate and stores are a dozen calls, and these,
 not the int8 products between them, took most of a decode. ``_kernels.c`` computes each such chain
 in one pass over the same integers: the rounding of a layer's int32 sums (``Linear.finish``), the
-8-bit inputs of the next layer (``Linear.quantise_elu``), written straight into a cache, a gated
-block's end (``gated_residual``) and the frequency tables (``float_frequencies``). The products stay
-``torch._int_mm`` calls on the caches' strided views.
+8-bit inputs of the next layer (``Linear.quantise_elu``) written straight into a cache, a gated
+block's end (``gated_residual``), the attention's averages (``attention_rows``) and the frequency
+tables (``float_frequencies``); on whole maps, a VQ-VAE convolution's int8 operands and its rounding
+(``IntegerConv``), split over threads. The products stay ``torch._int_mm`` calls.
 
 The extension is built by ``pip install`` where a C compiler is found (``pyproject.toml``); without
-it, ``available`` is false and the steppers make the same torch calls as on other devices. Tests
-check that both give the same tables.
+it, ``available`` is false and the same torch calls run as on other devices. Tests check that both
+give the same tables, codes and pixels.
 """
 
 from __future__ import annotations

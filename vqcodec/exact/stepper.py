@@ -96,6 +96,9 @@ class ExactStepper:
 
     With B images, the tables of step t are [n_t B, K] and its codes n_t B, position by position and
     image by image within a position: the same integers as each image's own stepper gives.
+
+    On the CPU with the compiled kernels (``fused``), each layer's elementwise work runs in them
+    (``_fused_freqs``); elsewhere, or without them, as torch calls (``_evaluate``).
     """
 
     def __init__(
