@@ -51,7 +51,7 @@ def encoder_stepper(
         return prior.batch_stepper(height, width, cond_codes)
     tables = np.empty((len(codes), height, width, prior.codebook_size), dtype=np.int64)
     for i, (image_codes, image_cond) in enumerate(zip(codes, cond_codes, strict=True)):
-        tables[i] = tables_full(prior, image_codes, image_cond)
+        tables_full(prior, image_codes, image_cond, tables[i])
     return KnownCodes(tables)
 
 
@@ -73,18 +73,21 @@ def logits_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> T
     return logits
 
 
-def tables_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> np.ndarray:
+def tables_full(
+    prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor], out: np.ndarray | None = None
+) -> np.ndarray:
     """The frequency tables int64 [H, W, K] of ``logits_full``'s logits, in the same bands (with the
-    kernels on the CPU, without computing the logits)."""
+    kernels on the CPU, without computing the logits), into C-contiguous ``out`` if given."""
     height, width = codes.shape
     stepper = ExactStepper(prior, height, width, [cond_codes], whole=True)
     stepper.write_all_codes(codes.to(prior.device, torch.int64))
     band = height if _reaches_below(prior) else _band_rows(prior, height, width)
-    tables = np.empty((height, width, prior.codebook_size), dtype=np.int64)
+    if out is None:
+        out = np.empty((height, width, prior.codebook_size), dtype=np.int64)
     for y in range(0, height, band):
-        rows = stepper.tables_rows(y, min(y + band, height))
-        tables[y : y + band] = rows.reshape(-1, width, prior.codebook_size)
-    return tables
+        stop = min(y + band, height)
+        stepper.tables_rows(y, stop, out[y:stop].reshape(-1, prior.codebook_size))
+    return out
 
 
 def _band_rows(prior: ExactPrior, height: int, width: int) -> int:

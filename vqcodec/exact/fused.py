@@ -201,11 +201,13 @@ def finish_gate(layer: Linear, sums: Sums, cond: Tensor | None, rows: Tensor | N
     return x
 
 
-def frequencies(layer: Linear, sums: Sums) -> np.ndarray:
-    """``float_frequencies(layer.finish(sums))`` as int64 [n, K]: the frequency tables of the logits
-    whose int32 sums are ``sums``."""
+def frequencies(layer: Linear, sums: Sums, out: np.ndarray | None = None) -> np.ndarray:
+    """``float_frequencies(layer.finish(sums))`` as int64 [n, K] (into C-contiguous ``out`` if given):
+    the frequency tables of the logits whose int32 sums are ``sums``."""
     acc, more, n, k = _sums(sums)
-    out = np.empty((n, k), dtype=np.int64)
+    if out is None:
+        out = np.empty((n, k), dtype=np.int64)
+    assert out.shape == (n, k) and out.dtype == np.int64 and out.flags.c_contiguous
     exp_table = exp_table_on(_CPU)
     _kernels.frequencies(
         acc,

@@ -324,12 +324,13 @@ class ExactStepper:
         rows above were entered and evaluated (a ``whole`` stepper)."""
         return self._evaluate(self._rows(y_start, y_stop))
 
-    def tables_rows(self, y_start: int, y_stop: int) -> np.ndarray:
-        """The frequency tables int64 [n, K] of ``evaluate_rows``' logits: with the kernels, without
-        computing the logits."""
+    def tables_rows(self, y_start: int, y_stop: int, out: np.ndarray) -> None:
+        """The frequency tables int64 [n, K] of ``evaluate_rows``' logits into ``out`` (C-contiguous):
+        with the kernels, without computing the logits."""
         if self._fused:
-            return self._fused_freqs(self._rows(y_start, y_stop))
-        return float_frequencies(self.evaluate_rows(y_start, y_stop)).to(torch.int64).cpu().numpy()
+            self._fused_freqs(self._rows(y_start, y_stop), out)
+        else:
+            out[...] = float_frequencies(self.evaluate_rows(y_start, y_stop)).to(torch.int64).cpu().numpy()
 
     def _check_code_range(self, codes: Tensor) -> None:
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
@@ -422,10 +423,10 @@ class ExactStepper:
             x = clamp(x.add_(block.conv2.on_elu(block.conv1.on_elu(x))))
         return prior.out_conv.on_elu(x)
 
-    def _fused_freqs(self, sites: Sites) -> np.ndarray:
-        """The frequency tables [n, K] at the sites, as ``float_frequencies(_evaluate(sites))`` gives
-        them, with each layer's elementwise work and the attention's averages in calls of ``fused``
-        between the products."""
+    def _fused_freqs(self, sites: Sites, out: np.ndarray | None = None) -> np.ndarray:
+        """The frequency tables [n, K] at the sites (into ``out`` if given), as
+        ``float_frequencies(_evaluate(sites))`` gives them, with each layer's elementwise work and the
+        attention's averages in calls of ``fused`` between the products."""
         prior, mask, wavefront = self.prior, sites.mask, len(sites.size) == 1
         sums = self._row_sums if wavefront else self._sums
         x = fused.finish(prior.input_conv, sums(prior.input_conv, self._embedded, sites, self._taps_a))
@@ -449,7 +450,7 @@ class ExactStepper:
             fused.finish(block.conv2, block.conv2.accumulate(None, q, slice(None)), x, residual=True)
         q = torch.empty(x.shape, dtype=torch.int8)
         fused.elu_store(prior.out_conv, x, q)
-        return fused.frequencies(prior.out_conv, prior.out_conv.accumulate(None, q, slice(None)))
+        return fused.frequencies(prior.out_conv, prior.out_conv.accumulate(None, q, slice(None)), out)
 
     def _write(self, cache: Tensor, sites: Sites, write: Callable[[Tensor], None]) -> None:
         """Let ``write`` fill the int8 values [n, C] of ``cache`` at the sites: a wavefront's cells are
