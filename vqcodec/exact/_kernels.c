@@ -1,11 +1,14 @@
-/* Fused elementwise work of one wavefront step of an integer prior on the CPU (stepper.py).
+/* The elementwise work between the integer products of exact inference on the CPU (fused.py): a
+   wavefront step's (or an encoder's band's) layers of a prior, and a VQ-VAE convolution's operands and
+   rounding over whole maps.
 
    Execution only, not normative: each function computes exactly what a chain of torch calls of
-   quantise.py and arithmetic.py computes (exact.md §3.2, §5, §7), on integers held in doubles (every
-   value and every intermediate an integer, or an integer times 2**-t_c, below 2**53: exact whatever
-   the compiler contracts or vectorises), in one pass instead of one pass and one call per operation.
-   The products between them stay torch._int_mm's. Pointers and sizes come from the caller, which owns the
-   tensors and checks their shapes: this module trusts them. */
+   quantise.py, arithmetic.py, attention.py and vqvae.py computes (exact.md §3.2, §5 to §7, §10), on
+   integers held in doubles (every value and every intermediate an integer, or an integer times
+   2**-t_c, below 2**53: exact whatever the compiler contracts or vectorises), in one pass instead of
+   one pass and one call per operation. The products between them stay torch._int_mm's. Pointers and
+   sizes come from the caller, which owns the tensors and checks their shapes: this module trusts
+   them. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -15,7 +18,7 @@
 #include <string.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
-#define KERNELS_VERSION 4 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
+#define KERNELS_VERSION 5 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -382,13 +385,8 @@ HOT static void frequency_row(const double *restrict l, Py_ssize_t k, const doub
    (float64), f = 1 + floor(e (2**precision - k) / sum e), the rest to the first largest logit. The
    quotient is the floor of the correctly rounded float64 one (e (2**precision - k) is exact), as
    arithmetic.floor_div proves. */
-HOT static void to_double(const int64_t *restrict x, Py_ssize_t count, double *restrict out) {
-    for (Py_ssize_t j = 0; j < count; j++) out[j] = (double)x[j];
-}
-
 typedef struct {
     const int32_t *acc, *more;
-    const int64_t *logits; /* or int64 logits instead of sums (logit_frequencies) */
     Py_ssize_t k, exp_size;
     Rounding r;
     const double *exp_table;
@@ -402,10 +400,7 @@ static void frequencies_part(void *context, Py_ssize_t start, Py_ssize_t stop) {
     double *row = malloc((size_t)(2 * k) * sizeof(double));
     if (!row) abort(); /* a few kilobytes */
     for (Py_ssize_t i = start; i < stop; i++) {
-        if (f->logits)
-            to_double(f->logits + i * k, k, row);
-        else
-            finish_row(&f->r, f->acc + i * k, f->more ? f->more + i * k : NULL, k, row);
+        finish_row(&f->r, f->acc + i * k, f->more ? f->more + i * k : NULL, k, row);
         frequency_row(row, k, f->exp_table, (double)(f->exp_size - 1), f->precision, row + k, f->out + i * k);
     }
     free(row);
@@ -422,23 +417,6 @@ static PyObject *frequencies(PyObject *self, PyObject *args) {
     f.acc = (const int32_t *)(uintptr_t)acc_p;
     f.more = (const int32_t *)(uintptr_t)more_p;
     f.r = rounding(scale_p, low_p, high_p);
-    f.exp_table = (const double *)(uintptr_t)exp_p;
-    f.out = (int64_t *)(uintptr_t)out_p;
-    split(frequencies_part, &f, n, n * f.k, threads);
-    Py_RETURN_NONE;
-}
-
-/* logit_frequencies(logits, n, k, exp_table, exp_size, precision, out, threads): frequencies' tables of
-   int64 logits [n, k] (below 2**52: exact as float64) rather than of a layer's sums. */
-static PyObject *logit_frequencies(PyObject *self, PyObject *args) {
-    unsigned long long logits_p, exp_p, out_p;
-    Py_ssize_t n;
-    Frequencies f = {0};
-    int threads;
-    if (!PyArg_ParseTuple(args, "KnnKniKi", &logits_p, &n, &f.k, &exp_p, &f.exp_size, &f.precision, &out_p,
-                          &threads))
-        return NULL;
-    f.logits = (const int64_t *)(uintptr_t)logits_p;
     f.exp_table = (const double *)(uintptr_t)exp_p;
     f.out = (int64_t *)(uintptr_t)out_p;
     split(frequencies_part, &f, n, n * f.k, threads);
@@ -554,7 +532,6 @@ static PyMethodDef methods[] = {
     {"attend", attend, METH_VARARGS, "Attention averages over a causal window."},
     {"finish_gate", finish_gate, METH_VARARGS, "A gated block's end: conditioning, gate, residual."},
     {"frequencies", frequencies, METH_VARARGS, "The output layer's logits as frequency tables."},
-    {"logit_frequencies", logit_frequencies, METH_VARARGS, "Frequency tables of int64 logits."},
     {"conv_inputs", conv_inputs, METH_VARARGS, "A VQ-VAE convolution's int8 operands."},
     {"conv_outputs", conv_outputs, METH_VARARGS, "A VQ-VAE convolution's outputs from its sums."},
     {NULL, NULL, 0, NULL},

@@ -30,7 +30,7 @@ from vqcodec.exact.arithmetic import ACT_MAX, FA, P_BITS, Q_MAX, TABLE_SIZE, tab
 from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.quantise import Linear, int8_products
 
-KERNELS_VERSION = 4
+KERNELS_VERSION = 5
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
 older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
 
@@ -216,24 +216,6 @@ def frequencies(layer: Linear, sums: Sums, out: np.ndarray | None = None) -> np.
         k,
         *_rounding(layer),
         exp_table.data_ptr(),
-        TABLE_SIZE,
-        PRECISION,
-        out.ctypes.data,
-        torch.get_num_threads(),
-    )
-    return out
-
-
-def logit_frequencies(logits: Tensor) -> np.ndarray:
-    """``frequencies(logits)`` (arithmetic.py) of contiguous int64 logits [n, K] below 2**52."""
-    assert logits.dtype == torch.int64 and logits.is_contiguous()
-    n, k = logits.shape
-    out = np.empty((n, k), dtype=np.int64)
-    _kernels.logit_frequencies(
-        logits.data_ptr(),
-        n,
-        k,
-        exp_table_on(_CPU).data_ptr(),
         TABLE_SIZE,
         PRECISION,
         out.ctypes.data,

@@ -393,10 +393,7 @@ class ExactStepper:
         """The int8 products of a masked convolution at a wavefront's sites, one per kernel row, in the
         two parts that ``fused``'s kernels add (a third row, of kernels wider than 3, added here)."""
         parts = [
-            torch._int_mm(
-                self._cells(cache, sites, tap.shift, tap.width).view(-1, tap.width), layer.weight8[tap.rows]
-            )
-            for tap in taps
+            layer.accumulate(None, self._view(cache, sites, tap.shift, tap.width), tap.rows) for tap in taps
         ]
         while len(parts) > 2:
             parts[-2].add_(parts.pop())
