@@ -109,6 +109,7 @@ def _rows(dst: Tensor) -> tuple[int, int]:
 def elu_store(layer: Linear, x: Tensor, dst: Tensor, mask: Tensor | None = None) -> None:
     """``dst = layer.quantise_elu(x)`` (times ``mask``, float64 [n, 1] of 0 and 1, if given), for
     contiguous float64 activations ``x`` [n, C] and an int8 view ``dst`` [n, C]."""
+    assert x.dtype == torch.float64 and x.is_contiguous() and dst.shape == x.shape
     n, c = x.shape
     _kernels.elu_store(x.data_ptr(), n, c, *_elu_inputs(layer), *_rows(dst), _mask(mask))
 
@@ -133,7 +134,7 @@ def finish(
     acc, more, n, c = _sums(sums)
     if out is None:
         out = torch.empty(n, c, dtype=torch.float64)
-    assert out.dtype == torch.float64 and out.stride(1) == 1
+    assert out.dtype == torch.float64 and out.shape == (n, c) and out.stride(1) == 1
     _kernels.finish_to(
         acc, more, n, c, *_rounding(layer), out.data_ptr(), out.stride(0), _mask(mask), residual
     )
@@ -142,6 +143,7 @@ def finish(
 
 def linear(layer: Linear, x: Tensor) -> Tensor:
     """The int32 sums of ``layer`` (a 1x1 convolution) at contiguous float64 activations ``x`` [n, C]."""
+    assert x.dtype == torch.float64 and x.is_contiguous()
     n, c = x.shape
     q = torch.empty(n, c, dtype=torch.int8)
     _kernels.quantise(x.data_ptr(), n, c, layer.in_scale, float(Q_MAX), q.data_ptr())
@@ -154,7 +156,9 @@ def attend(query: Tensor, heads: int, keys: Tensor, values: Tensor, shifts: Tens
     and its key at window offset o lies ``shifts[o]`` values (int64 [n_off]) after it (``values``
     alike, the same layout); ``valid`` [n, n_off] says which offsets lie on the map."""
     n, c = query.shape
-    assert keys.stride() == values.stride() and keys.stride(-1) == 1 and valid.is_contiguous()
+    assert query.dtype == keys.dtype == values.dtype == torch.float64 and query.is_contiguous()
+    assert keys.stride() == values.stride() and keys.stride(-1) == 1 and valid.shape == (n, len(shifts))
+    assert valid.dtype == torch.bool and valid.is_contiguous() and shifts.dtype == torch.int64
     cols, col_stride = (keys.shape[1], keys.stride(1)) if keys.dim() == 3 else (1, 0)
     out = torch.empty(n, c, dtype=torch.float64)
     _kernels.attend(
@@ -183,7 +187,9 @@ def finish_gate(layer: Linear, sums: Sums, cond: Tensor | None, rows: Tensor | N
     """``x = gated_residual(x, h)`` in place, with ``h = layer.finish(sums)`` ([n, 2C]), or where the
     block is conditioned ``h = clamp(h + cond[rows])`` (float32 ``cond``, int64 ``rows``)."""
     acc, more, n, width = _sums(sums)
-    assert x.shape == (n, width // 2) and x.is_contiguous()
+    assert x.dtype == torch.float64 and x.shape == (n, width // 2) and x.is_contiguous()
+    assert cond is None or (cond.dtype == torch.float32 and cond.is_contiguous() and rows is not None)
+    assert rows is None or (rows.dtype == torch.int64 and rows.shape == (n,) and rows.is_contiguous())
     cond_ptr, rows_ptr = (0, 0) if cond is None or rows is None else (cond.data_ptr(), rows.data_ptr())
     _kernels.finish_gate(
         acc,
