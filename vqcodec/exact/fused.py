@@ -28,6 +28,7 @@ from torch import Tensor
 from vqcodec.coding.entropy import PRECISION
 from vqcodec.exact.arithmetic import ACT_MAX, FA, P_BITS, Q_MAX, TABLE_SIZE, tables_on
 from vqcodec.exact.arithmetic import exp_table as exp_table_on
+from vqcodec.exact.gather import tap_sums
 from vqcodec.exact.quantise import Linear, int8_products
 
 KERNELS_VERSION = 5
@@ -282,16 +283,13 @@ def conv_outputs(sums: list[Tensor], scales: list[Tensor], start: Tensor, high: 
 def elu_conv(layer: Linear, x: Tensor, height: int, width: int) -> Tensor:
     """A zero-padded 3x3 ``layer`` (taps row-major, ``with_elu_inputs``) reading ``elu(x)`` of contiguous
     float64 activations ``x`` [height width, C] of a map: float64 [height width, out]. The 8-bit inputs
-    of the map, padded, then one product per tap on a flat slice of it (as ``vqvae._taps``)."""
+    of the map, padded, then the products of its taps on flat slices of it (``gather.tap_sums``)."""
     c, out_channels = x.shape[1], layer.weight8.shape[1]
     q = torch.empty(height * width, c, dtype=torch.int8)
     elu_store(layer, x, q)
-    padded = torch.nn.functional.pad(q.view(height, width, c), (0, 0, 1, 1, 1, 2)).view(-1, c)
-    n, row = height * (width + 2), width + 2
-    sums = torch.zeros(n, out_channels, dtype=torch.int32)
-    for tap, (dy, dx) in enumerate((dy, dx) for dy in range(3) for dx in range(3)):
-        start = dy * row + dx
-        sums.add_(torch._int_mm(padded[start : start + n], layer.weight8[tap * c : (tap + 1) * c]))
+    padded = torch.nn.functional.pad(q.view(height, width, c), (0, 0, 1, 1, 1, 2))
+    taps = [(dy, dx) for dy in range(3) for dx in range(3)]
+    sums = tap_sums(padded, taps, layer.weight8.view(len(taps), c, -1), layer.bias_low, height)
     out = torch.empty(height, width, out_channels, dtype=torch.float64)
-    conv_outputs([sums.view(height, row, -1)[:, :width]], [layer.scale], layer.bias_low, layer.bias_high, out)
+    conv_outputs([sums[:, :width]], [layer.scale], layer.bias_low, layer.bias_high, out)
     return out.view(-1, out_channels)

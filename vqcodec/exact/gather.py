@@ -71,3 +71,29 @@ def linear_rows(layer: Linear, inputs: Tensor, dtype: torch.dtype, chunk: int = 
     for start in range(0, len(inputs), rows):
         out[start : start + rows] = layer(inputs[start : start + rows])
     return out
+
+
+def tap_sums(
+    padded: Tensor, taps: list[tuple[int, int]], weights: Tensor, bias: Tensor, height: int
+) -> Tensor:
+    """``sum over taps (dy, dx) of padded[y + dy, x + dx] @ weights[tap]`` for ``y < height`` and every
+    column of ``padded`` (columns past the output's width are garbage): one product per tap on a flat
+    slice of the map, or one of the slices side by side, [height, padded width, out]. An int8 map gives
+    int32 sums (``torch._int_mm``, exact); a float64 one float64 sums starting from ``bias``."""
+    _, width, c = padded.shape
+    flat = padded.view(-1, c)
+    n = height * width
+    slices = [flat[dy * width + dx : dy * width + dx + n] for dy, dx in taps]
+    if padded.dtype == torch.int8 and weights.shape[2] >= c:  # the taps side by side, one product: a
+        # copy of the inputs costs less than adding up one product per tap where outputs are as wide
+        operand = torch.cat(slices, dim=1) if len(slices) > 1 else slices[0]
+        return torch._int_mm(operand, weights.reshape(-1, weights.shape[2])).view(height, width, -1)
+    if padded.dtype == torch.int8:
+        out = torch.zeros(n, weights.shape[2], dtype=torch.int32, device=padded.device)
+        for part, weight in zip(slices, weights, strict=True):
+            out.add_(torch._int_mm(part, weight))
+        return out.view(height, width, -1)
+    out = bias.expand(n, -1).clone()
+    for part, weight in zip(slices, weights, strict=True):
+        out.addmm_(part, weight)
+    return out.view(height, width, -1)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from vqcodec.exact import fused
 from vqcodec.exact.arithmetic import ACT_MAX, Q_MAX, Q_MAX_UNSIGNED, Q_MAX_WIDE
+from vqcodec.exact.gather import tap_sums
 from vqcodec.exact.quantise import Ranges, input_range, int8_products, quantise_rows8
 from vqcodec.models.config import VQVAEConfig
 from vqcodec.models.vqvae import VQVAE, Part, ResBlock, decode_in_parts
@@ -52,30 +53,6 @@ def _pad(x: Map, top: int, bottom: int, left: int, right: int, zero: float = 0.0
     """``x`` with rows and columns of ``zero`` (how it stores 0) around it, and one more row below: the
     flat tap slices of the last output row read up to ``dx`` values past the padded map's end."""
     return F.pad(x, (0, 0, left, right, top, bottom + 1), value=zero)
-
-
-def _taps(padded: Map, taps: list[tuple[int, int]], weights: Tensor, bias: Tensor, height: int) -> Tensor:
-    """``sum over taps (dy, dx) of padded[y + dy, x + dx] @ weights[tap]`` for ``y < height`` and every
-    column of ``padded`` (columns past the output's width are garbage): one product per tap on a flat
-    slice of the map, or one of the slices side by side, [height, padded width, out]. An int8 map gives
-    int32 sums (``torch._int_mm``, exact); a float64 one float64 sums starting from ``bias``."""
-    _, width, c = padded.shape
-    flat = padded.view(-1, c)
-    n = height * width
-    slices = [flat[dy * width + dx : dy * width + dx + n] for dy, dx in taps]
-    if padded.dtype == torch.int8 and weights.shape[2] >= c:  # the taps side by side, one product: a
-        # copy of the inputs costs less than adding up one product per tap where outputs are as wide
-        operand = torch.cat(slices, dim=1) if len(slices) > 1 else slices[0]
-        return torch._int_mm(operand, weights.reshape(-1, weights.shape[2])).view(height, width, -1)
-    if padded.dtype == torch.int8:
-        out = torch.zeros(n, weights.shape[2], dtype=torch.int32, device=padded.device)
-        for part, weight in zip(slices, weights, strict=True):
-            out.add_(torch._int_mm(part, weight))
-        return out.view(height, width, -1)
-    out = bias.expand(n, -1).clone()
-    for part, weight in zip(slices, weights, strict=True):
-        out.addmm_(part, weight)
-    return out.view(height, width, -1)
 
 
 _OFFSET = 128
@@ -226,15 +203,15 @@ class IntegerConv:
         if self.kind == "same":
             r = self.taps[0][-1][0] // 2
             padded = _pad(x, r, r, r, r, zero)
-            return [_taps(padded, self.taps[0], weights[0], self.bias_low, height)[:, :width]]
+            return [tap_sums(padded, self.taps[0], weights[0], self.bias_low, height)[:, :width]]
         if self.kind == "down":
             padded = _pad(x, 1, 1, 1, 1, zero)[: height + 2]  # [h + 2, w + 2, c], even sides
             s2d = padded.view(height // 2 + 1, 2, width // 2 + 1, 2, c).permute(0, 2, 1, 3, 4)
             s2d = _pad(s2d.reshape(height // 2 + 1, width // 2 + 1, 4 * c), 0, 0, 0, 0, zero)
-            return [_taps(s2d, self.taps[0], weights[0], self.bias_low, height // 2)[:, : width // 2]]
+            return [tap_sums(s2d, self.taps[0], weights[0], self.bias_low, height // 2)[:, : width // 2]]
         padded = _pad(x, 1, 1, 1, 1, zero)
         return [
-            _taps(padded, taps, parity_weights, self.bias_low, height)[:, :width]
+            tap_sums(padded, taps, parity_weights, self.bias_low, height)[:, :width]
             for taps, parity_weights in zip(self.taps, weights, strict=True)
         ]
 
