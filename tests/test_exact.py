@@ -442,22 +442,56 @@ def test_batch_stepper_of_maps_of_several_sizes(kind: str) -> None:
 @pytest.mark.skipif(not fused.available(torch.device("cpu")), reason="vqcodec.exact._kernels was not built")
 @pytest.mark.parametrize("kind", sorted(PRIORS))
 def test_compiled_kernels_give_the_torch_calls_tables(kind: str) -> None:
-    """A step's elementwise work in the compiled kernels (``fused``) or in torch calls: the same
-    tables, for maps of several sizes in one stepper (rows off a map masked)."""
+    """A step in one program of the compiled kernels (``fused.StepProgram``; its int8 products with
+    AVX-512 VNNI where the CPU has it, and in the plain loop), as the kernels between torch's int8
+    products, or in torch calls: the same tables, for maps of several sizes in one stepper (rows off a
+    map masked)."""
     prior, g = EXACT[kind], torch.Generator().manual_seed(11)
     sizes = [(7, 12), (3, 12), (7, 5)]
     images = [torch.randint(prior.codebook_size, (7, 12), generator=g) for _ in sizes]
     conds = [random_cond(PRIORS[kind], h, w, seed=i) for i, (h, w) in enumerate(sizes)]
-    steppers = [prior.batch_stepper(7, 12, conds, sizes) for _ in range(2)]
-    assert steppers[0]._fused
-    steppers[1]._fused = False  # the torch calls of every other device
+    steppers = [prior.batch_stepper(7, 12, conds, sizes) for _ in range(4)]
+    assert steppers[0]._fused and steppers[0]._program is not None
+    steppers[2]._program = None  # the kernels between torch's products
+    steppers[3]._fused, steppers[3]._program = False, None  # the torch calls of every other device
+    vnni = [True, False, True, True]
     for t in range(steppers[0].n_steps):
         ys, xs = steppers[0].positions(t)
-        tables = [stepper.freqs(t) for stepper in steppers]
-        assert np.array_equal(tables[0], tables[1]), t
+        tables = []
+        for stepper, allowed in zip(steppers, vnni, strict=True):
+            fused.use_vnni(allowed)
+            tables.append(stepper.freqs(t))
+        fused.use_vnni(True)
+        assert all(np.array_equal(tables[0], other) for other in tables[1:]), t
         codes = torch.stack([codes[ys, xs] for codes in images], dim=1).reshape(-1)
         for stepper in steppers:
             stepper.set_codes(t, codes)
+
+
+@pytest.mark.skipif(not fused.available(torch.device("cpu")), reason="vqcodec.exact._kernels was not built")
+@pytest.mark.parametrize("vnni", [True, False])
+def test_step_program_products_of_any_width(vnni: bool) -> None:
+    """The kernels' int8 products where no width is a multiple of 16 and sums span several blocks of
+    64 columns (12 channels, 24 gate channels, 72 codes), over 5x5 kernels: a step program's tables
+    are the torch calls'."""
+    torch.manual_seed(3)
+    config = PriorConfig(
+        channels=12, n_blocks=2, attention_every=1, n_heads=3, attention_radius=2, kernel_size=5
+    )
+    prior = ExactPrior.from_float(PixelSNAILPrior(config, 72).double().eval())
+    codes = torch.randint(72, (9, 11), generator=torch.Generator().manual_seed(1))
+    program, torch_calls = prior.stepper(9, 11, []), prior.stepper(9, 11, [])
+    assert program._program is not None
+    torch_calls._fused, torch_calls._program = False, None
+    try:
+        fused.use_vnni(vnni)
+        for t in range(program.n_steps):
+            ys, xs = program.positions(t)
+            assert np.array_equal(program.freqs(t), torch_calls.freqs(t)), t
+            for stepper in (program, torch_calls):
+                stepper.set_codes(t, codes[ys, xs])
+    finally:
+        fused.use_vnni(True)
 
 
 @pytest.mark.skipif(not fused.available(torch.device("cpu")), reason="vqcodec.exact._kernels was not built")

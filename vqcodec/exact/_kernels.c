@@ -18,7 +18,7 @@
 #include <string.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
-#define KERNELS_VERSION 5 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
+#define KERNELS_VERSION 6 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -115,6 +115,16 @@ static Rounding rounding(unsigned long long scale, unsigned long long low, unsig
     return r;
 }
 
+static void elu_rows(const EluInputs *e, const double *x, Py_ssize_t n, Py_ssize_t c, int8_t *dst, Py_ssize_t stride,
+                     const double *mask) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (mask && mask[i] == 0.0)
+            memset(dst + i * stride, 0, (size_t)c);
+        else
+            elu_row(e, x + i * c, c, dst + i * stride);
+    }
+}
+
 /* elu_store(x, n, c, table, size, top, dst, row_stride, mask): int8 dst[i row_stride + j] = the 8-bit
    input of elu(x[i, j]) (x float64 [n, c]; table int32), 0 where mask (float64 [n], or 0: none) is 0. */
 static PyObject *elu_store(PyObject *self, PyObject *args) {
@@ -123,16 +133,23 @@ static PyObject *elu_store(PyObject *self, PyObject *args) {
     double size, top;
     if (!PyArg_ParseTuple(args, "KnnKddKnK", &x_p, &n, &c, &table_p, &size, &top, &dst_p, &stride, &mask_p))
         return NULL;
-    const double *x = (const double *)(uintptr_t)x_p, *mask = (const double *)(uintptr_t)mask_p;
-    int8_t *dst = (int8_t *)(uintptr_t)dst_p;
     EluInputs e = {(const int32_t *)(uintptr_t)table_p, size, top};
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (mask && mask[i] == 0.0)
-            memset(dst + i * stride, 0, (size_t)c);
-        else
-            elu_row(&e, x + i * c, c, dst + i * stride);
-    }
+    elu_rows(&e, (const double *)(uintptr_t)x_p, n, c, (int8_t *)(uintptr_t)dst_p, stride,
+             (const double *)(uintptr_t)mask_p);
     Py_RETURN_NONE;
+}
+
+/* The rows of finish_elu_store; scratch h [c]. */
+static void finish_elu_rows(const Rounding *r, const int32_t *acc, const int32_t *more, Py_ssize_t n, Py_ssize_t c,
+                            const EluInputs *e, int8_t *dst, Py_ssize_t stride, const double *mask, double *h) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (mask && mask[i] == 0.0) {
+            memset(dst + i * stride, 0, (size_t)c);
+            continue;
+        }
+        finish_row(r, acc + i * c, more ? more + i * c : NULL, c, h);
+        elu_row(e, h, c, dst + i * stride);
+    }
 }
 
 /* finish_elu_store(acc, more, n, c, scale, low, high, table, size, top, dst, row_stride, mask): a layer's
@@ -144,27 +161,34 @@ static PyObject *finish_elu_store(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKnnKKKKddKnK", &acc_p, &more_p, &n, &c, &scale_p, &low_p, &high_p, &table_p, &size,
                           &top, &dst_p, &stride, &mask_p))
         return NULL;
-    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p, *more = (const int32_t *)(uintptr_t)more_p;
-    const double *mask = (const double *)(uintptr_t)mask_p;
-    int8_t *dst = (int8_t *)(uintptr_t)dst_p;
     Rounding r = rounding(scale_p, low_p, high_p);
     EluInputs e = {(const int32_t *)(uintptr_t)table_p, size, top};
     double *h = PyMem_Malloc((size_t)c * sizeof(double));
     if (!h) return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (mask && mask[i] == 0.0) {
-            memset(dst + i * stride, 0, (size_t)c);
-            continue;
-        }
-        finish_row(&r, acc + i * c, more ? more + i * c : NULL, c, h);
-        elu_row(&e, h, c, dst + i * stride);
-    }
+    finish_elu_rows(&r, (const int32_t *)(uintptr_t)acc_p, (const int32_t *)(uintptr_t)more_p, n, c, &e,
+                    (int8_t *)(uintptr_t)dst_p, stride, (const double *)(uintptr_t)mask_p, h);
     PyMem_Free(h);
     Py_RETURN_NONE;
 }
 
 HOT static void add_row(const double *restrict h, Py_ssize_t count, double *restrict out) {
     for (Py_ssize_t j = 0; j < count; j++) out[j] = clamp_act(out[j] + h[j]);
+}
+
+/* The rows of finish_to; scratch h [c]. */
+static void finish_rows(const Rounding *r, const int32_t *acc, const int32_t *more, Py_ssize_t n, Py_ssize_t c,
+                        double *out, Py_ssize_t stride, const double *mask, int residual, double *h) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double *row = out + i * stride;
+        if (mask && mask[i] == 0.0) {
+            for (Py_ssize_t j = 0; j < c; j++) row[j] = 0.0;
+        } else if (residual) {
+            finish_row(r, acc + i * c, more ? more + i * c : NULL, c, h);
+            add_row(h, c, row);
+        } else {
+            finish_row(r, acc + i * c, more ? more + i * c : NULL, c, row);
+        }
+    }
 }
 
 /* finish_to(acc, more, n, c, scale, low, high, out, row_stride, mask, residual): the layer's outputs from
@@ -177,23 +201,11 @@ static PyObject *finish_to(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKnnKKKKnKp", &acc_p, &more_p, &n, &c, &scale_p, &low_p, &high_p, &out_p, &stride, &mask_p,
                           &residual))
         return NULL;
-    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p, *more = (const int32_t *)(uintptr_t)more_p;
-    const double *mask = (const double *)(uintptr_t)mask_p;
-    double *out = (double *)(uintptr_t)out_p;
     Rounding r = rounding(scale_p, low_p, high_p);
     double *h = PyMem_Malloc((size_t)c * sizeof(double));
     if (!h) return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double *row = out + i * stride;
-        if (mask && mask[i] == 0.0) {
-            for (Py_ssize_t j = 0; j < c; j++) row[j] = 0.0;
-        } else if (residual) {
-            finish_row(&r, acc + i * c, more ? more + i * c : NULL, c, h);
-            add_row(h, c, row);
-        } else {
-            finish_row(&r, acc + i * c, more ? more + i * c : NULL, c, row);
-        }
-    }
+    finish_rows(&r, (const int32_t *)(uintptr_t)acc_p, (const int32_t *)(uintptr_t)more_p, n, c,
+                (double *)(uintptr_t)out_p, stride, (const double *)(uintptr_t)mask_p, residual, h);
     PyMem_Free(h);
     Py_RETURN_NONE;
 }
@@ -284,6 +296,19 @@ HOT static void attend_row(const double *restrict q, Py_ssize_t c, Py_ssize_t he
     for (Py_ssize_t j = 0; j < c; j++) out[j] = floor(out[j] / p_scale + 0.5);
 }
 
+/* The rows of attend; scratch [2 heads n_off + c]. */
+static void attend_rows(const double *q, Py_ssize_t n, Py_ssize_t c, Py_ssize_t heads, const double *keys,
+                        const double *values, Py_ssize_t cols, Py_ssize_t row_stride, Py_ssize_t col_stride,
+                        const int64_t *shifts, Py_ssize_t n_off, const uint8_t *valid, const double *exp_table,
+                        Py_ssize_t exp_size, int fa, int p_bits, double *out, double *scratch) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Py_ssize_t at = (i / cols) * row_stride + (i % cols) * col_stride;
+        attend_row(q + i * c, c, heads, keys + at, values + at, shifts, valid + i * n_off, n_off, exp_table,
+                   (double)(exp_size - 1), ldexp(1.0, -fa), ldexp(1.0, p_bits), scratch, scratch + heads * n_off,
+                   scratch + 2 * heads * n_off, out + i * c);
+    }
+}
+
 /* attend(q, n, c, heads, keys, values, cols, row_stride, col_stride, shifts, n_off, valid, exp_table,
    exp_size, fa, p_bits, out): attention averages out [n, c] float64 of queries q [n, c]; query i = y
    cols + x has its keys and values at the window's offset o at keys[y row_stride + x col_stride +
@@ -296,19 +321,12 @@ static PyObject *attend(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KnnnKKnnnKnKKniiK", &q_p, &n, &c, &heads, &keys_p, &values_p, &cols, &row_stride,
                           &col_stride, &shifts_p, &n_off, &valid_p, &exp_p, &exp_size, &fa, &p_bits, &out_p))
         return NULL;
-    const double *q = (const double *)(uintptr_t)q_p, *keys = (const double *)(uintptr_t)keys_p;
-    const double *values = (const double *)(uintptr_t)values_p, *exp_table = (const double *)(uintptr_t)exp_p;
-    const int64_t *shifts = (const int64_t *)(uintptr_t)shifts_p;
-    const uint8_t *valid = (const uint8_t *)(uintptr_t)valid_p;
-    double *out = (double *)(uintptr_t)out_p;
     double *scratch = PyMem_Malloc((size_t)(2 * heads * n_off + c) * sizeof(double));
     if (!scratch) return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const Py_ssize_t at = (i / cols) * row_stride + (i % cols) * col_stride;
-        attend_row(q + i * c, c, heads, keys + at, values + at, shifts, valid + i * n_off, n_off, exp_table,
-                   (double)(exp_size - 1), ldexp(1.0, -fa), ldexp(1.0, p_bits), scratch, scratch + heads * n_off,
-                   scratch + 2 * heads * n_off, out + i * c);
-    }
+    attend_rows((const double *)(uintptr_t)q_p, n, c, heads, (const double *)(uintptr_t)keys_p,
+                (const double *)(uintptr_t)values_p, cols, row_stride, col_stride, (const int64_t *)(uintptr_t)shifts_p,
+                n_off, (const uint8_t *)(uintptr_t)valid_p, (const double *)(uintptr_t)exp_p, exp_size, fa, p_bits,
+                (double *)(uintptr_t)out_p, scratch);
     PyMem_Free(scratch);
     Py_RETURN_NONE;
 }
@@ -329,6 +347,16 @@ HOT static void gate_row(double *restrict h, const float *restrict cond, const d
     }
 }
 
+/* The rows of finish_gate; scratch h [2c]. */
+static void gate_rows(const Rounding *r, const int32_t *acc, const int32_t *more, Py_ssize_t n, Py_ssize_t c,
+                      const float *cond, const int64_t *rows, const double *sigmoid, Py_ssize_t size, int fa, double *x,
+                      double *h) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        finish_row(r, acc + i * 2 * c, more ? more + i * 2 * c : NULL, 2 * c, h);
+        gate_row(h, cond ? cond + rows[i] * 2 * c : NULL, sigmoid, (double)size, ldexp(1.0, -fa), c, x + i * c);
+    }
+}
+
 /* finish_gate(acc, more, n, c, scale, low, high, cond, cond_rows, sigmoid, size, fa, x): a gated block's
    end (stepper.py, arithmetic.gated_residual): h = the layer's outputs from its sums acc [n, 2c],
    plus row cond_rows[i] (int64) of the float32 table cond [*, 2c] and clamped if cond is not 0;
@@ -341,18 +369,12 @@ static PyObject *finish_gate(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKnnKKKKKKniK", &acc_p, &more_p, &n, &c, &scale_p, &low_p, &high_p, &cond_p, &rows_p,
                           &sig_p, &size, &fa, &x_p))
         return NULL;
-    const int32_t *acc = (const int32_t *)(uintptr_t)acc_p, *more = (const int32_t *)(uintptr_t)more_p;
-    const float *cond = (const float *)(uintptr_t)cond_p;
-    const int64_t *rows = (const int64_t *)(uintptr_t)rows_p;
-    const double *sigmoid = (const double *)(uintptr_t)sig_p;
-    double *x = (double *)(uintptr_t)x_p;
     Rounding r = rounding(scale_p, low_p, high_p);
     double *h = PyMem_Malloc((size_t)(2 * c) * sizeof(double));
     if (!h) return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < n; i++) {
-        finish_row(&r, acc + i * 2 * c, more ? more + i * 2 * c : NULL, 2 * c, h);
-        gate_row(h, cond ? cond + rows[i] * 2 * c : NULL, sigmoid, (double)size, ldexp(1.0, -fa), c, x + i * c);
-    }
+    gate_rows(&r, (const int32_t *)(uintptr_t)acc_p, (const int32_t *)(uintptr_t)more_p, n, c,
+              (const float *)(uintptr_t)cond_p, (const int64_t *)(uintptr_t)rows_p, (const double *)(uintptr_t)sig_p,
+              size, fa, (double *)(uintptr_t)x_p, h);
     PyMem_Free(h);
     Py_RETURN_NONE;
 }
@@ -524,6 +546,312 @@ static PyObject *conv_outputs(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- int8 products ----------------------------------------------------------------------------------
+   out [m, n] int32 = the sum over a convolution's kernel rows (taps) of their 8-bit inputs a_t [m,
+   width_t] (rows lda apart) times the weight rows that multiply them, packed once per layer as [width_t
+   / 4][np][4] (np: n rounded up to 16; fused._packed). Integer sums, exact in any order (exact.md §8:
+   every partial sum stays below 2**31). With AVX-512 VNNI, four products of an unsigned and a signed
+   byte per lane and instruction: the inputs go in as a + 128 and 128 times each column's weight sum
+   (bias128) comes off at the end; elsewhere a plain loop of the signed bytes. */
+typedef struct {
+    const int8_t *a; /* the tap's inputs of the first position */
+    const int8_t *b; /* its weight rows, packed */
+    Py_ssize_t quads; /* width / 4 */
+} Tap;
+
+typedef struct {
+    const Tap *taps;
+    int count;
+    Py_ssize_t lda, n, np;
+    const int32_t *bias128; /* [np] */
+} Product;
+
+HOT static void product_plain(const Product *p, Py_ssize_t m, int32_t *out) {
+    const Py_ssize_t np = p->np;
+    int32_t *acc = malloc((size_t)np * sizeof(int32_t));
+    if (!acc) abort(); /* a few kilobytes */
+    for (Py_ssize_t i = 0; i < m; i++) {
+        memset(acc, 0, (size_t)np * sizeof(int32_t));
+        for (int t = 0; t < p->count; t++) {
+            const int8_t *a = p->taps[t].a + i * p->lda;
+            for (Py_ssize_t kq = 0; kq < p->taps[t].quads; kq++) {
+                const int8_t *restrict b = p->taps[t].b + kq * np * 4;
+                const int32_t a0 = a[4 * kq], a1 = a[4 * kq + 1], a2 = a[4 * kq + 2], a3 = a[4 * kq + 3];
+                for (Py_ssize_t j = 0; j < np; j++)
+                    acc[j] += a0 * b[4 * j] + a1 * b[4 * j + 1] + a2 * b[4 * j + 2] + a3 * b[4 * j + 3];
+            }
+        }
+        memcpy(out + i * p->n, acc, (size_t)p->n * sizeof(int32_t));
+    }
+    free(acc);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+/* rows x 16 vecs outputs from row i0 and column j0: all accumulators in registers. */
+VNNI static inline __attribute__((always_inline)) void vnni_block(const Product *p, Py_ssize_t i0, Py_ssize_t j0,
+                                                                 const int rows, const int vecs, int32_t *out) {
+    __m512i acc[4][4];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < vecs; v++) acc[r][v] = _mm512_setzero_si512();
+    const Py_ssize_t np4 = p->np * 4;
+    for (int t = 0; t < p->count; t++) {
+        const int8_t *a = p->taps[t].a + i0 * p->lda, *b = p->taps[t].b + j0 * 4;
+        for (Py_ssize_t kq = 0; kq < p->taps[t].quads; kq++, b += np4) {
+            __m512i w[4];
+            for (int v = 0; v < vecs; v++) w[v] = _mm512_loadu_si512((const void *)(b + 64 * v));
+            for (int r = 0; r < rows; r++) {
+                int32_t word;
+                memcpy(&word, a + r * p->lda + 4 * kq, 4);
+                const __m512i x = _mm512_set1_epi32(word ^ (int32_t)0x80808080);
+                for (int v = 0; v < vecs; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], x, w[v]);
+            }
+        }
+    }
+    for (int v = 0; v < vecs; v++) {
+        const Py_ssize_t j = j0 + 16 * v, left = p->n - j;
+        const __m512i bias = _mm512_loadu_si512((const void *)(p->bias128 + j));
+        const __mmask16 keep = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        for (int r = 0; r < rows; r++)
+            _mm512_mask_storeu_epi32(out + (i0 + r) * p->n + j, keep, _mm512_sub_epi32(acc[r][v], bias));
+    }
+}
+
+VNNI static void product_vnni(const Product *p, Py_ssize_t m, int32_t *out) {
+    for (Py_ssize_t j0 = 0; j0 < p->np; j0 += 64) {
+        const int vecs = p->np - j0 >= 64 ? 4 : (int)((p->np - j0) / 16);
+        for (Py_ssize_t i0 = 0; i0 < m; i0 += 4) {
+            const int rows = m - i0 >= 4 ? 4 : (int)(m - i0);
+            switch (rows * 8 + vecs) {
+#define BLOCK(R, V) \
+    case (R) * 8 + (V): vnni_block(p, i0, j0, R, V, out); break;
+                BLOCK(1, 1) BLOCK(1, 2) BLOCK(1, 3) BLOCK(1, 4) BLOCK(2, 1) BLOCK(2, 2) BLOCK(2, 3) BLOCK(2, 4)
+                BLOCK(3, 1) BLOCK(3, 2) BLOCK(3, 3) BLOCK(3, 4) BLOCK(4, 1) BLOCK(4, 2) BLOCK(4, 3) BLOCK(4, 4)
+#undef BLOCK
+            }
+        }
+    }
+}
+
+static int has_vnni(void) {
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vl");
+    }
+    return known;
+}
+#endif
+
+static int vnni_allowed = 1; /* products(0) turns the VNNI path off, for tests of the plain one */
+
+static void product(const Product *p, Py_ssize_t m, int32_t *out) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (vnni_allowed && has_vnni()) {
+        product_vnni(p, m, out);
+        return;
+    }
+#endif
+    product_plain(p, m, out);
+}
+
+/* use_vnni(flag): whether products may use AVX-512 VNNI where the CPU has it; returns whether it
+   does now. */
+static PyObject *use_vnni(PyObject *self, PyObject *args) {
+    int flag;
+    if (!PyArg_ParseTuple(args, "p", &flag)) return NULL;
+    vnni_allowed = flag;
+#if defined(__GNUC__) && defined(__x86_64__)
+    return PyBool_FromLong(vnni_allowed && has_vnni());
+#else
+    return PyBool_FromLong(0);
+#endif
+}
+
+/* ---- a wavefront step ---------------------------------------------------------------------------------
+   fused.StepProgram writes a prior's layers at a wavefront as a program of int64 words (doubles as
+   their bits), and step() runs it: the same calls, in the same order and on the same integers, as
+   stepper._fused_freqs makes through fused.py and torch._int_mm, without returning to Python between
+   them. Buffers of the step: x [n, C] (float64 activations), s [n, widest] (a layer's int32 sums), q [n,
+   C] (8-bit inputs of a 1x1 layer), query and mixed [n, C] (the attention's). A cache's cells at the
+   wavefront are rows of one stride: cache + first C + i slots C. */
+enum {
+    OP_CONV = 1,        /* cache, taps, (shift, width, row)*taps, LAYER: s = the masked convolution */
+    OP_LINEAR,          /* source (0 x, 1 mixed), LAYER: s = LAYER(quantise(source)) */
+    OP_PRODUCT,         /* LAYER: s = q W */
+    OP_FINISH,          /* target (0 x, 1 query, 2 x + residual), LAYER */
+    OP_FINISH_CELLS,    /* cache, LAYER: float64 cells = finish(s), masked */
+    OP_ELU,             /* cache (0: q), LAYER: cells or q = LAYER's inputs of elu(x), masked */
+    OP_FINISH_ELU,      /* cache (0: q), LAYER, READER: READER's inputs of elu(LAYER's outputs) */
+    OP_GATE,            /* cond (0: none), LAYER: x = the gated residual */
+    OP_ATTEND,          /* keys, values, heads, shifts: mixed = the averages */
+    OP_FREQUENCIES,     /* LAYER: the frequency tables */
+};
+
+/* A layer: packed weight, bias128, k, n, np, scale, low, high, ELU inputs' table (0: none), its size
+   and top, in_scale (doubles as bits). */
+enum { LAYER_WORDS = 12 };
+
+typedef struct {
+    const int8_t *packed;
+    const int32_t *bias128;
+    Py_ssize_t k, n, np;
+    Rounding r;
+    EluInputs elu;
+    double in_scale;
+} Layer;
+
+static double as_double(int64_t word) {
+    double value;
+    memcpy(&value, &word, sizeof value);
+    return value;
+}
+
+static Layer read_layer(const int64_t *w) {
+    Layer l;
+    l.packed = (const int8_t *)(uintptr_t)w[0];
+    l.bias128 = (const int32_t *)(uintptr_t)w[1];
+    l.k = w[2];
+    l.n = w[3];
+    l.np = w[4];
+    l.r = rounding((unsigned long long)w[5], (unsigned long long)w[6], (unsigned long long)w[7]);
+    l.elu = (EluInputs){(const int32_t *)(uintptr_t)w[8], as_double(w[9]), as_double(w[10])};
+    l.in_scale = as_double(w[11]);
+    return l;
+}
+
+/* Header words: channels, slots, widest sums, codebook size, exp table, its size, sigmoid table, its
+   half size, fa, p_bits, precision. */
+enum { HEADER_WORDS = 11 };
+
+/* step(program, words, n, first, mask, cond_rows, valid, out, threads): the frequency tables int64 out
+   [n, K] of the n positions of a wavefront whose first lies at cache cell `first` (mask float64 [n] or
+   0, cond_rows int64 [n] or 0, valid bool [n, offsets] or 0: as stepper._context gives them). */
+static PyObject *step(PyObject *self, PyObject *args) {
+    unsigned long long program_p, mask_p, rows_p, valid_p, out_p;
+    Py_ssize_t words, n, first;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KnnnKKKKi", &program_p, &words, &n, &first, &mask_p, &rows_p, &valid_p, &out_p,
+                          &threads))
+        return NULL;
+    const int64_t *program = (const int64_t *)(uintptr_t)program_p;
+    const double *mask = (const double *)(uintptr_t)mask_p;
+    const int64_t *cond_rows = (const int64_t *)(uintptr_t)rows_p;
+    const uint8_t *valid = (const uint8_t *)(uintptr_t)valid_p;
+    const Py_ssize_t c = program[0], stride = program[1] * c, widest = program[2];
+    const double *exp_table = (const double *)(uintptr_t)program[4], *sigmoid = (const double *)(uintptr_t)program[6];
+    const Py_ssize_t exp_size = program[5], table_size = program[7];
+    const int fa = (int)program[8], p_bits = (int)program[9], precision = (int)program[10];
+    const Py_ssize_t offsets_most = 1024; /* attention scratch: heads x offsets each, checked below */
+    const Py_ssize_t scratch_size = 2 * offsets_most + 2 * c + widest; /* attend's, a row's */
+    double *x = malloc((size_t)(3 * n * c + scratch_size) * sizeof(double) + (size_t)(n * widest) * sizeof(int32_t) +
+                       (size_t)(n * c));
+    if (!x) return PyErr_NoMemory();
+    double *query = x + n * c, *mixed = query + n * c, *scratch = mixed + n * c;
+    int32_t *s = (int32_t *)(scratch + scratch_size);
+    int8_t *q = (int8_t *)(s + n * widest);
+    Tap taps[16];
+    for (Py_ssize_t at = HEADER_WORDS; at < words;) {
+        const int64_t op = program[at++];
+        switch (op) {
+        case OP_CONV: {
+            const int8_t *cache = (const int8_t *)(uintptr_t)program[at] + first * c;
+            const int count = (int)program[at + 1];
+            const int64_t *tap = program + at + 2;
+            Layer l = read_layer(tap + 3 * count);
+            for (int t = 0; t < count; t++)
+                taps[t] = (Tap){cache + tap[3 * t] * c, l.packed + tap[3 * t + 2] * l.np, tap[3 * t + 1] / 4};
+            Product p = {taps, count, stride, l.n, l.np, l.bias128};
+            product(&p, n, s);
+            at += 2 + 3 * count + LAYER_WORDS;
+            break;
+        }
+        case OP_LINEAR: {
+            Layer l = read_layer(program + at + 1);
+            quantise_row(program[at] ? mixed : x, n * c, l.in_scale, 127.0, q);
+            taps[0] = (Tap){q, l.packed, l.k / 4};
+            Product p = {taps, 1, l.k, l.n, l.np, l.bias128};
+            product(&p, n, s);
+            at += 1 + LAYER_WORDS;
+            break;
+        }
+        case OP_PRODUCT: {
+            Layer l = read_layer(program + at);
+            taps[0] = (Tap){q, l.packed, l.k / 4};
+            Product p = {taps, 1, l.k, l.n, l.np, l.bias128};
+            product(&p, n, s);
+            at += LAYER_WORDS;
+            break;
+        }
+        case OP_FINISH: {
+            Layer l = read_layer(program + at + 1);
+            const int64_t target = program[at];
+            finish_rows(&l.r, s, NULL, n, l.n, target == 1 ? query : x, l.n, NULL, target == 2, scratch);
+            at += 1 + LAYER_WORDS;
+            break;
+        }
+        case OP_FINISH_CELLS: {
+            Layer l = read_layer(program + at + 1);
+            double *cells = (double *)(uintptr_t)program[at] + first * c;
+            finish_rows(&l.r, s, NULL, n, l.n, cells, stride, mask, 0, scratch);
+            at += 1 + LAYER_WORDS;
+            break;
+        }
+        case OP_ELU: {
+            Layer l = read_layer(program + at + 1);
+            int8_t *cache = (int8_t *)(uintptr_t)program[at];
+            if (cache)
+                elu_rows(&l.elu, x, n, c, cache + first * c, stride, mask);
+            else
+                elu_rows(&l.elu, x, n, c, q, c, NULL);
+            at += 1 + LAYER_WORDS;
+            break;
+        }
+        case OP_FINISH_ELU: {
+            Layer l = read_layer(program + at + 1), reader = read_layer(program + at + 1 + LAYER_WORDS);
+            int8_t *cache = (int8_t *)(uintptr_t)program[at];
+            if (cache)
+                finish_elu_rows(&l.r, s, NULL, n, l.n, &reader.elu, cache + first * c, stride, mask, scratch);
+            else
+                finish_elu_rows(&l.r, s, NULL, n, l.n, &reader.elu, q, l.n, NULL, scratch);
+            at += 1 + 2 * LAYER_WORDS;
+            break;
+        }
+        case OP_GATE: {
+            Layer l = read_layer(program + at + 1);
+            gate_rows(&l.r, s, NULL, n, l.n / 2, (const float *)(uintptr_t)program[at], cond_rows, sigmoid,
+                      table_size, fa, x, scratch);
+            at += 1 + LAYER_WORDS;
+            break;
+        }
+        case OP_ATTEND: {
+            const double *keys = (const double *)(uintptr_t)program[at] + first * c;
+            const double *values = (const double *)(uintptr_t)program[at + 1] + first * c;
+            const Py_ssize_t heads = program[at + 2], n_off = program[at + 3];
+            if (heads * n_off > offsets_most) abort(); /* fused.StepProgram refuses such priors */
+            attend_rows(query, n, c, heads, keys, values, 1, stride, 0, (const int64_t *)(uintptr_t)program[at + 4],
+                        n_off, valid, exp_table, exp_size, fa, p_bits, mixed, scratch);
+            at += 5;
+            break;
+        }
+        case OP_FREQUENCIES: {
+            Layer l = read_layer(program + at);
+            Frequencies f = {s, NULL, l.n, exp_size, l.r, exp_table, precision, (int64_t *)(uintptr_t)out_p};
+            split(frequencies_part, &f, n, n * l.n, threads);
+            at += LAYER_WORDS;
+            break;
+        }
+        default:
+            abort(); /* fused.StepProgram writes only the codes above */
+        }
+    }
+    free(x);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"elu_store", elu_store, METH_VARARGS, "8-bit inputs of ELU outputs, into a cache."},
     {"finish_elu_store", finish_elu_store, METH_VARARGS, "A layer's outputs as the next layer's 8-bit inputs."},
@@ -534,6 +862,8 @@ static PyMethodDef methods[] = {
     {"frequencies", frequencies, METH_VARARGS, "The output layer's logits as frequency tables."},
     {"conv_inputs", conv_inputs, METH_VARARGS, "A VQ-VAE convolution's int8 operands."},
     {"conv_outputs", conv_outputs, METH_VARARGS, "A VQ-VAE convolution's outputs from its sums."},
+    {"use_vnni", use_vnni, METH_VARARGS, "Whether int8 products may use AVX-512 VNNI."},
+    {"step", step, METH_VARARGS, "A wavefront step's frequency tables from its program."},
     {NULL, NULL, 0, NULL},
 };
 

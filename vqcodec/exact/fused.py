@@ -31,7 +31,7 @@ from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.gather import tap_sums
 from vqcodec.exact.quantise import Linear, int8_products
 
-KERNELS_VERSION = 5
+KERNELS_VERSION = 6
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
 older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
 
@@ -56,6 +56,12 @@ _CPU = torch.device("cpu")
 def available(device: torch.device) -> bool:
     """Whether steps on ``device`` run through the compiled kernels: the CPU, with int8 products."""
     return _kernels is not None and device.type == "cpu" and int8_products(device)
+
+
+def use_vnni(allowed: bool) -> bool:
+    """Whether the kernels' int8 products may use AVX-512 VNNI where the CPU has it (True unless a
+    test compares them with the plain loop); returns whether they do now."""
+    return _kernels.use_vnni(allowed)
 
 
 def _rounding(layer: Linear) -> tuple[int, int, int]:
@@ -293,3 +299,154 @@ def elu_conv(layer: Linear, x: Tensor, height: int, width: int) -> Tensor:
     out = torch.empty(height, width, out_channels, dtype=torch.float64)
     conv_outputs([sums[:, :width]], [layer.scale], layer.bias_low, layer.bias_high, out)
     return out.view(-1, out_channels)
+
+
+_PACKED: dict[int, tuple[Tensor, Tensor]] = {}
+"""Each layer's weight packed for the kernels' products (``_packed``), by the id of its int8 weight
+while it lives."""
+
+_HEADS_OFFSETS_MOST = 1024
+"""Heads times window offsets that ``_kernels.step`` holds room for."""
+
+
+def _packed(layer: Linear) -> tuple[Tensor, Tensor]:
+    """``layer``'s int8 weight [k, n] as the kernels' products read it, [k / 4, np, 4] with np = n
+    rounded up to 16 (zero columns past n), and 128 times the sum of each column (int32 [np])."""
+    weight = layer.weight8
+    packed = _PACKED.get(id(weight))
+    if packed is None:
+        k, n = weight.shape
+        np_ = -(-n // 16) * 16
+        padded = torch.zeros(k, np_, dtype=torch.int8)
+        padded[:, :n] = weight
+        bias = torch.zeros(np_, dtype=torch.int32)
+        bias[:n] = weight.sum(0, dtype=torch.int32) * 128
+        packed = _PACKED[id(weight)] = (padded.view(k // 4, 4, np_).permute(0, 2, 1).contiguous(), bias)
+        weakref.finalize(weight, _PACKED.pop, id(weight), None)
+    return packed
+
+
+def _bits(value: float) -> int:
+    """The int64 whose bits are the float64 ``value``'s: how a program holds its doubles."""
+    return int(np.array(value, dtype=np.float64).view(np.int64))
+
+
+def _pointer(tensor: Tensor | None, dtype: torch.dtype) -> int:
+    if tensor is None:
+        return 0
+    assert tensor.dtype == dtype and tensor.is_contiguous()
+    return tensor.data_ptr()
+
+
+class StepProgram:
+    """A prior's layers at a wavefront, written once per stepper as a program that ``_kernels.step``
+    runs in one call per step: the calls of ``stepper._fused_freqs``, in the same order on the same
+    integers, with the int8 products in the kernels too, so that nothing returns to Python between
+    the layers of a step.
+
+    The words hold pointers to caches, tables and packed weights, which the program keeps alive; a
+    cache's cells at a wavefront are rows ``slots`` cells apart, as in the stepper.
+    """
+
+    @staticmethod
+    def fits(channels: int, heads_offsets: int) -> bool:
+        """Whether a prior of ``channels`` channels and attention windows of ``heads_offsets`` heads
+        times offsets runs as a program (the products read their inputs four bytes at a time)."""
+        return _kernels is not None and channels % 4 == 0 and heads_offsets <= _HEADS_OFFSETS_MOST
+
+    def __init__(self, channels: int, slots: int, codebook_size: int):
+        exp_table, sigmoid = exp_table_on(_CPU), _sigmoid()
+        self._words = [channels, slots, 0, codebook_size, exp_table.data_ptr(), TABLE_SIZE]
+        self._words += [sigmoid.data_ptr(), TABLE_SIZE, FA, P_BITS, PRECISION]
+        self._keep: list[Tensor] = [exp_table, sigmoid]
+        self._array: np.ndarray | None = None
+
+    def _layer(self, layer: Linear) -> list[int]:
+        packed, bias = _packed(layer)
+        k, n = layer.weight8.shape
+        assert k % 4 == 0, "inputs in whole groups of four"
+        self._words[2] = max(self._words[2], n)  # the widest sums
+        self._keep += [packed, bias, layer.scale, layer.bias_low, layer.bias_high]
+        table, size, top = _elu_inputs(layer) if layer.elu_inputs is not None else (0, 0.0, 0.0)
+        words = [packed.data_ptr(), bias.data_ptr(), k, n, packed.shape[1], *_rounding(layer), table]
+        return words + [_bits(size), _bits(top), _bits(layer.in_scale)]
+
+    def _cache(self, cache: Tensor | None, dtype: torch.dtype) -> int:
+        if cache is not None:
+            self._keep.append(cache)
+        return _pointer(cache, dtype)
+
+    def conv(self, cache: Tensor, taps: list[tuple[int, int, int]], layer: Linear) -> None:
+        """The sums of a masked convolution reading the int8 ``cache``: per kernel row, its first tap's
+        cells after the site's, its width in values and its first row of the weight."""
+        assert 1 <= len(taps) <= 16 and all(width % 4 == 0 and row % 4 == 0 for _, width, row in taps)
+        words = [self._cache(cache, torch.int8), len(taps)] + [word for tap in taps for word in tap]
+        self._words += [1, *words, *self._layer(layer)]
+
+    def linear(self, layer: Linear, mixed: bool = False) -> None:
+        """The sums of a 1x1 ``layer`` reading the activations (or, ``mixed``, the attention's averages)."""
+        self._words += [2, int(mixed), *self._layer(layer)]
+
+    def product(self, layer: Linear) -> None:
+        """The sums of a 1x1 ``layer`` reading the 8-bit inputs of the last ``elu``."""
+        self._words += [3, *self._layer(layer)]
+
+    def finish(self, layer: Linear, target: str) -> None:
+        """``layer``'s outputs as the activations, the attention's queries, or added to the activations
+        (``target`` "x", "query", "residual")."""
+        self._words += [4, ("x", "query", "residual").index(target), *self._layer(layer)]
+
+    def finish_cells(self, cache: Tensor, layer: Linear) -> None:
+        """``layer``'s outputs into the float64 ``cache`` (keys or values)."""
+        self._words += [5, self._cache(cache, torch.float64), *self._layer(layer)]
+
+    def elu(self, cache: Tensor | None, layer: Linear) -> None:
+        """``layer``'s 8-bit inputs of the activations' ELU, into ``cache`` (None: for ``product``)."""
+        self._words += [6, self._cache(cache, torch.int8), *self._layer(layer)]
+
+    def finish_elu(self, cache: Tensor | None, layer: Linear, reader: Linear) -> None:
+        """``reader``'s 8-bit inputs of the ELU of ``layer``'s outputs, into ``cache`` (None: for
+        ``product``)."""
+        self._words += [7, self._cache(cache, torch.int8), *self._layer(layer), *self._layer(reader)]
+
+    def gate(self, layer: Linear, cond: Tensor | None) -> None:
+        """A gated block's end, from ``layer``'s sums and the conditioning table ``cond`` (or None)."""
+        self._words += [8, self._cache(cond, torch.float32), *self._layer(layer)]
+
+    def attend(self, keys: Tensor, values: Tensor, heads: int, shifts: Tensor) -> None:
+        """The attention's averages from the float64 caches; the window's offset o lies ``shifts[o]``
+        values (int64) after a site's cell."""
+        assert heads * len(shifts) <= _HEADS_OFFSETS_MOST
+        pointers = [self._cache(keys, torch.float64), self._cache(values, torch.float64)]
+        self._words += [9, *pointers, heads, len(shifts), self._cache(shifts, torch.int64)]
+
+    def frequencies(self, layer: Linear) -> None:
+        """The frequency tables of ``layer``'s outputs, the step's result."""
+        self._words += [10, *self._layer(layer)]
+
+    def run(
+        self,
+        n: int,
+        first: int,
+        mask: Tensor | None,
+        cond_rows: Tensor | None,
+        valid: Tensor | None,
+        out: np.ndarray,
+    ) -> None:
+        """The tables int64 ``out`` [n, K] of a wavefront's ``n`` sites from cache cell ``first`` (``mask``,
+        ``cond_rows`` and ``valid`` as the stepper's ``Sites`` and ``_context`` give them)."""
+        if self._array is None:
+            self._array = np.array(self._words, dtype=np.int64)
+        assert out.shape == (n, self._words[3]) and out.dtype == np.int64 and out.flags.c_contiguous
+        assert valid is None or valid.shape[0] == n
+        _kernels.step(
+            self._array.ctypes.data,
+            len(self._array),
+            n,
+            first,
+            _pointer(mask, torch.float64),
+            _pointer(cond_rows, torch.int64),
+            _pointer(valid, torch.bool),
+            out.ctypes.data,
+            torch.get_num_threads(),
+        )

@@ -159,6 +159,7 @@ class ExactStepper:
         self._condition(cond_codes, sizes)
         self._order_positions()
         self._fused = fused.available(device)
+        self._program = self._step_program() if self._fused and not whole else None
         self._computed = 0  # steps whose tables were computed
         self._known = 0  # steps whose codes were set
 
@@ -425,6 +426,12 @@ class ExactStepper:
         ``float_frequencies(_evaluate(sites))`` gives them, with each layer's elementwise work and the
         attention's averages in calls of ``fused`` between the products."""
         prior, mask, wavefront = self.prior, sites.mask, len(sites.size) == 1
+        if wavefront and self._program is not None:
+            cond_rows, valid = self._context(sites)
+            if out is None:
+                out = np.empty((len(sites.ys), prior.codebook_size), dtype=np.int64)
+            self._program.run(len(sites.ys), sites.first, mask, cond_rows, valid, out)
+            return out
         sums = self._row_sums if wavefront else self._sums
         x = fused.finish(prior.input_conv, sums(prior.input_conv, self._embedded, sites, self._taps_a))
         cond_rows, valid = self._context(sites)
@@ -448,6 +455,49 @@ class ExactStepper:
         q = torch.empty(x.shape, dtype=torch.int8)
         fused.elu_store(prior.out_conv, x, q)
         return fused.frequencies(prior.out_conv, prior.out_conv.accumulate(None, q, slice(None)), out)
+
+    def _step_program(self) -> fused.StepProgram | None:
+        """``_fused_freqs`` at a wavefront as one program of the kernels (None where the prior does not
+        fit one): the same layers in the same order."""
+        prior, c = self.prior, self.prior.channels
+        heads = max((attention.n_heads for attention in prior.attentions), default=0)
+        if not fused.StepProgram.fits(c, heads * len(self._offsets)):
+            return None
+        program = fused.StepProgram(c, self._slots, prior.codebook_size)
+
+        def taps(row_taps: list[RowTaps]) -> list[tuple[int, int, int]]:
+            return [(tap.shift, tap.width, tap.rows.start) for tap in row_taps]
+
+        program.conv(self._embedded, taps(self._taps_a), prior.input_conv)
+        program.finish(prior.input_conv, "x")
+        for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
+            program.elu(inputs, block.conv1)
+            program.conv(inputs, taps(self._taps_b), block.conv1)
+            program.finish_elu(middles, block.conv1, block.conv2)
+            program.conv(middles, taps(self._taps_b), block.conv2)
+            program.gate(block.conv2, None if self._cond is None else self._cond[i])
+            if prior.attention_every and (i + 1) % prior.attention_every == 0:
+                j = (i + 1) // prior.attention_every - 1
+                attn, (keys, values) = prior.attentions[j], self._keys_values[j]
+                program.linear(attn.key)
+                program.finish_cells(keys, attn.key)
+                program.linear(attn.value)
+                program.finish_cells(values, attn.value)
+                program.linear(attn.query)
+                program.finish(attn.query, "query")
+                program.attend(keys, values, attn.n_heads, self._offset_cells * c)
+                program.linear(attn.proj, mixed=True)
+                program.finish(attn.proj, "residual")
+        for block in prior.out_blocks:
+            program.elu(None, block.conv1)
+            program.product(block.conv1)
+            program.finish_elu(None, block.conv1, block.conv2)
+            program.product(block.conv2)
+            program.finish(block.conv2, "residual")
+        program.elu(None, prior.out_conv)
+        program.product(prior.out_conv)
+        program.frequencies(prior.out_conv)
+        return program
 
     def _write(self, cache: Tensor, sites: Sites, write: Callable[[Tensor], None]) -> None:
         """Let ``write`` fill the int8 values [n, C] of ``cache`` at the sites: a wavefront's cells are
