@@ -472,26 +472,31 @@ def test_compiled_kernels_give_the_torch_calls_tables(kind: str) -> None:
 @pytest.mark.parametrize("vnni", [True, False])
 def test_step_program_products_of_any_width(vnni: bool) -> None:
     """The kernels' int8 products where no width is a multiple of 16 and sums span several blocks of
-    64 columns (12 channels, 24 gate channels, 72 codes), over 5x5 kernels: a step program's tables
-    are the torch calls'."""
+    64 columns (12 channels, 24 gate channels, 72 codes), and a step's positions split over two threads
+    (8 images side by side; the attention's window reaches rows above on the same wavefront): a step
+    program's tables are the torch calls'. With 5x5 kernels, whose taps do, one thread."""
     torch.manual_seed(3)
-    config = PriorConfig(
-        channels=12, n_blocks=2, attention_every=1, n_heads=3, attention_radius=2, kernel_size=5
-    )
-    prior = ExactPrior.from_float(PixelSNAILPrior(config, 72).double().eval())
-    codes = torch.randint(72, (9, 11), generator=torch.Generator().manual_seed(1))
-    program, torch_calls = prior.stepper(9, 11, []), prior.stepper(9, 11, [])
-    assert program._program is not None
-    torch_calls._fused, torch_calls._program = False, None
-    try:
-        fused.use_vnni(vnni)
-        for t in range(program.n_steps):
-            ys, xs = program.positions(t)
-            assert np.array_equal(program.freqs(t), torch_calls.freqs(t)), t
-            for stepper in (program, torch_calls):
-                stepper.set_codes(t, codes[ys, xs])
-    finally:
-        fused.use_vnni(True)
+    threads = torch.get_num_threads()
+    for kernel_size in (3, 5):
+        config = PriorConfig(
+            channels=12, n_blocks=2, attention_every=1, n_heads=3, attention_radius=2, kernel_size=kernel_size
+        )
+        prior = ExactPrior.from_float(PixelSNAILPrior(config, 72).double().eval())
+        codes = torch.randint(72, (9, 11, 8), generator=torch.Generator().manual_seed(1))
+        program, torch_calls = (prior.batch_stepper(9, 11, [[]] * 8) for _ in range(2))
+        assert program._program is not None and program._program._rows_apart == (kernel_size == 3)
+        torch_calls._fused, torch_calls._program = False, None
+        try:
+            fused.use_vnni(vnni)
+            torch.set_num_threads(2)
+            for t in range(program.n_steps):
+                ys, xs = program.positions(t)
+                assert np.array_equal(program.freqs(t), torch_calls.freqs(t)), t
+                for stepper in (program, torch_calls):
+                    stepper.set_codes(t, codes[ys, xs].reshape(-1))
+        finally:
+            fused.use_vnni(True)
+            torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif(not fused.available(torch.device("cpu")), reason="vqcodec.exact._kernels was not built")

@@ -727,29 +727,41 @@ static Layer read_layer(const int64_t *w) {
    half size, fa, p_bits, precision. */
 enum { HEADER_WORDS = 11 };
 
-/* step(program, words, n, first, mask, cond_rows, valid, out, threads): the frequency tables int64 out
-   [n, K] of the n positions of a wavefront whose first lies at cache cell `first` (mask float64 [n] or
-   0, cond_rows int64 [n] or 0, valid bool [n, offsets] or 0: as stepper._context gives them). */
-static PyObject *step(PyObject *self, PyObject *args) {
-    unsigned long long program_p, mask_p, rows_p, valid_p, out_p;
+/* The job of one step: positions 0 .. n - 1 of a wavefront, whose first lies at cache cell first (the
+   arguments of step() below). */
+typedef struct {
+    const int64_t *program;
     Py_ssize_t words, n, first;
-    int threads;
-    if (!PyArg_ParseTuple(args, "KnnnKKKKi", &program_p, &words, &n, &first, &mask_p, &rows_p, &valid_p, &out_p,
-                          &threads))
-        return NULL;
-    const int64_t *program = (const int64_t *)(uintptr_t)program_p;
-    const double *mask = (const double *)(uintptr_t)mask_p;
-    const int64_t *cond_rows = (const int64_t *)(uintptr_t)rows_p;
-    const uint8_t *valid = (const uint8_t *)(uintptr_t)valid_p;
-    const Py_ssize_t c = program[0], stride = program[1] * c, widest = program[2];
+    const double *mask;
+    const int64_t *cond_rows;
+    const uint8_t *valid;
+    int64_t *out;
+} StepJob;
+
+/* The bytes of run_program's buffers for n positions. */
+static size_t buffer_bytes(const int64_t *program, Py_ssize_t n) {
+    const Py_ssize_t c = program[0], widest = program[2];
+    return (size_t)(3 * n * c + 2 * 1024 + 2 * c + widest) * sizeof(double) + (size_t)(n * widest) * sizeof(int32_t) +
+           (size_t)(n * c);
+}
+
+/* Run the program at positions start .. stop - 1 of the job's wavefront, in `buffer` (buffer_bytes);
+   threads: for the frequency tables; sync (or NULL): called before each attention, where every part
+   must have written its keys and values (a window reaches rows above on the same wavefront). */
+static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, int threads, void *buffer,
+                        void (*sync)(void)) {
+    const int64_t *program = job->program;
+    const Py_ssize_t words = job->words, n = stop - start;
+    const Py_ssize_t c = program[0], stride = program[1] * c, widest = program[2], codes = program[3];
+    const Py_ssize_t first = job->first + start * program[1];
+    const double *mask = job->mask ? job->mask + start : NULL;
+    const int64_t *cond_rows = job->cond_rows ? job->cond_rows + start : NULL;
     const double *exp_table = (const double *)(uintptr_t)program[4], *sigmoid = (const double *)(uintptr_t)program[6];
     const Py_ssize_t exp_size = program[5], table_size = program[7];
     const int fa = (int)program[8], p_bits = (int)program[9], precision = (int)program[10];
     const Py_ssize_t offsets_most = 1024; /* attention scratch: heads x offsets each, checked below */
     const Py_ssize_t scratch_size = 2 * offsets_most + 2 * c + widest; /* attend's, a row's */
-    double *x = malloc((size_t)(3 * n * c + scratch_size) * sizeof(double) + (size_t)(n * widest) * sizeof(int32_t) +
-                       (size_t)(n * c));
-    if (!x) return PyErr_NoMemory();
+    double *x = buffer;
     double *query = x + n * c, *mixed = query + n * c, *scratch = mixed + n * c;
     int32_t *s = (int32_t *)(scratch + scratch_size);
     int8_t *q = (int8_t *)(s + n * widest);
@@ -832,14 +844,15 @@ static PyObject *step(PyObject *self, PyObject *args) {
             const double *values = (const double *)(uintptr_t)program[at + 1] + first * c;
             const Py_ssize_t heads = program[at + 2], n_off = program[at + 3];
             if (heads * n_off > offsets_most) abort(); /* fused.StepProgram refuses such priors */
+            if (sync) sync();
             attend_rows(query, n, c, heads, keys, values, 1, stride, 0, (const int64_t *)(uintptr_t)program[at + 4],
-                        n_off, valid, exp_table, exp_size, fa, p_bits, mixed, scratch);
+                        n_off, job->valid + start * n_off, exp_table, exp_size, fa, p_bits, mixed, scratch);
             at += 5;
             break;
         }
         case OP_FREQUENCIES: {
             Layer l = read_layer(program + at);
-            Frequencies f = {s, NULL, l.n, exp_size, l.r, exp_table, precision, (int64_t *)(uintptr_t)out_p};
+            Frequencies f = {s, NULL, l.n, exp_size, l.r, exp_table, precision, job->out + start * codes};
             split(frequencies_part, &f, n, n * l.n, threads);
             at += LAYER_WORDS;
             break;
@@ -848,7 +861,143 @@ static PyObject *step(PyObject *self, PyObject *args) {
             abort(); /* fused.StepProgram writes only the codes above */
         }
     }
-    free(x);
+}
+
+/* Worker threads that run parts of a step: started on the first step that splits, then waiting on a
+   condition variable between steps (starting a thread per step would cost more than its part). */
+#define WORKERS_MOST 15
+
+#ifndef _WIN32
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    int started;                     /* workers running */
+    unsigned long generation;        /* steps handed out */
+    unsigned long created;           /* the generation when the last workers were started */
+    int parts, finished;             /* of the current step */
+    StepJob job;
+    char *buffers;                   /* the parts' buffers, buffer_bytes(parts' most positions) apart */
+    size_t buffer_size;
+    pthread_cond_t turn;             /* the barrier of sync_parts: */
+    int waiting;
+    unsigned long round;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, {0},
+          NULL, 0, PTHREAD_COND_INITIALIZER, 0, 0};
+
+/* Wait until every part of the step has come here. */
+static void sync_parts(void) {
+    pthread_mutex_lock(&pool.lock);
+    const unsigned long round = pool.round;
+    if (++pool.waiting == pool.parts) {
+        pool.waiting = 0;
+        pool.round++;
+        pthread_cond_broadcast(&pool.turn);
+    } else {
+        while (pool.round == round) pthread_cond_wait(&pool.turn, &pool.lock);
+    }
+    pthread_mutex_unlock(&pool.lock);
+}
+
+static Py_ssize_t part_start(Py_ssize_t n, int part, int parts) { return n * part / parts; }
+
+static void *worker(void *arg) {
+    const int part = (int)(intptr_t)arg; /* 1 .. WORKERS_MOST: part 0 is the caller's */
+    pthread_mutex_lock(&pool.lock);
+    unsigned long seen = pool.created; /* the steps before this thread's first */
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+        seen = pool.generation;
+        if (part >= pool.parts) continue; /* a step of fewer parts */
+        const StepJob job = pool.job;
+        const int parts = pool.parts;
+        char *buffer = pool.buffers + pool.buffer_size * (size_t)part;
+        pthread_mutex_unlock(&pool.lock);
+        run_program(&job, part_start(job.n, part, parts), part_start(job.n, part + 1, parts), 1, buffer, sync_parts);
+        pthread_mutex_lock(&pool.lock);
+        if (++pool.finished == parts - 1) pthread_cond_signal(&pool.done);
+    }
+    return NULL;
+}
+
+/* After fork() only the calling thread exists: the child starts its own workers. */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pthread_cond_init(&pool.turn, NULL);
+    pool.started = 0;
+}
+
+/* Run the job in `parts` parts, part 0 here: returns 0, or -1 out of memory. */
+static int run_parts(const StepJob *job, int parts) {
+    pthread_mutex_lock(&pool.lock);
+    pool.created = pool.generation;
+    while (pool.started < parts - 1) {
+        pthread_t id;
+        if (pthread_create(&id, NULL, worker, (void *)(intptr_t)(pool.started + 1)) != 0) break;
+        pthread_detach(id);
+        pool.started++;
+    }
+    parts = pool.started + 1 < parts ? pool.started + 1 : parts;
+    const size_t size = buffer_bytes(job->program, part_start(job->n, 1, parts) + 1);
+    char *buffers = malloc(size * (size_t)parts);
+    if (!buffers) {
+        pthread_mutex_unlock(&pool.lock);
+        return -1;
+    }
+    pool.job = *job;
+    pool.parts = parts;
+    pool.finished = pool.waiting = 0;
+    pool.buffers = buffers;
+    pool.buffer_size = size;
+    pool.generation++;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    run_program(job, 0, part_start(job->n, 1, parts), 1, buffers, parts > 1 ? sync_parts : NULL);
+    pthread_mutex_lock(&pool.lock);
+    while (pool.finished < parts - 1) pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+    free(buffers);
+    return 0;
+}
+#endif
+
+#define ROWS_PER_PART 16 /* positions below which a part is not worth a thread */
+
+/* step(program, words, n, first, mask, cond_rows, valid, out, threads, rows_apart): the frequency tables
+   int64 out [n, K] of the n positions of a wavefront whose first lies at cache cell `first` (mask
+   float64 [n] or 0, cond_rows int64 [n] or 0, valid bool [n, offsets] or 0: as stepper._context gives
+   them). With rows_apart (no convolution reads another position of the same wavefront), the positions
+   are split over up to `threads` threads, which wait for each other before each attention. */
+static PyObject *step(PyObject *self, PyObject *args) {
+    unsigned long long program_p, mask_p, rows_p, valid_p, out_p;
+    StepJob job;
+    int threads, rows_apart, rc;
+    if (!PyArg_ParseTuple(args, "KnnnKKKKip", &program_p, &job.words, &job.n, &job.first, &mask_p, &rows_p, &valid_p,
+                          &out_p, &threads, &rows_apart))
+        return NULL;
+    job.program = (const int64_t *)(uintptr_t)program_p;
+    job.mask = (const double *)(uintptr_t)mask_p;
+    job.cond_rows = (const int64_t *)(uintptr_t)rows_p;
+    job.valid = (const uint8_t *)(uintptr_t)valid_p;
+    job.out = (int64_t *)(uintptr_t)out_p;
+    int parts = rows_apart ? (int)(job.n / ROWS_PER_PART) : 1;
+    parts = parts > threads ? threads : parts;
+    parts = parts > WORKERS_MOST + 1 ? WORKERS_MOST + 1 : parts;
+    Py_BEGIN_ALLOW_THREADS
+#ifndef _WIN32
+    if (parts > 1) {
+        rc = run_parts(&job, parts);
+    } else
+#endif
+    {
+        void *buffer = malloc(buffer_bytes(job.program, job.n));
+        rc = buffer ? 0 : -1;
+        if (buffer) run_program(&job, 0, job.n, threads, buffer, NULL);
+        free(buffer);
+    }
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -870,6 +1019,9 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
+#ifndef _WIN32
+    pthread_atfork(NULL, NULL, pool_after_fork);
+#endif
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddObject(m, "ACT_MAX", PyFloat_FromDouble(ACT_MAX)) < 0 ||
               PyModule_AddIntConstant(m, "VERSION", KERNELS_VERSION) < 0)) {

@@ -354,12 +354,17 @@ class StepProgram:
         times offsets runs as a program (the products read their inputs four bytes at a time)."""
         return _kernels is not None and channels % 4 == 0 and heads_offsets <= _HEADS_OFFSETS_MOST
 
-    def __init__(self, channels: int, slots: int, codebook_size: int):
+    def __init__(self, channels: int, slots: int, codebook_size: int, rows_apart: bool):
+        """``rows_apart``: no convolution reads another position of the same wavefront (its taps lie
+        on earlier steps, or at the position itself), so that a step's positions may be split over
+        threads (which wait for each other before an attention: its window reaches rows above on the
+        same wavefront)."""
         exp_table, sigmoid = exp_table_on(_CPU), _sigmoid()
         self._words = [channels, slots, 0, codebook_size, exp_table.data_ptr(), TABLE_SIZE]
         self._words += [sigmoid.data_ptr(), TABLE_SIZE, FA, P_BITS, PRECISION]
         self._keep: list[Tensor] = [exp_table, sigmoid]
         self._array: np.ndarray | None = None
+        self._rows_apart = rows_apart
 
     def _layer(self, layer: Linear) -> list[int]:
         packed, bias = _packed(layer)
@@ -449,4 +454,5 @@ class StepProgram:
             _pointer(valid, torch.bool),
             out.ctypes.data,
             torch.get_num_threads(),
+            self._rows_apart,
         )

@@ -463,18 +463,21 @@ class ExactStepper:
         heads = max((attention.n_heads for attention in prior.attentions), default=0)
         if not fused.StepProgram.fits(c, heads * len(self._offsets)):
             return None
-        program = fused.StepProgram(c, self._slots, prior.codebook_size)
+        k = prior.kernel_size
+        taps = masked_offsets(k, first_layer=True) + masked_offsets(k, first_layer=False)
+        rows_apart = all(order.step_of(dy, dx) < 0 or (dy, dx) == (0, 0) for dy, dx in taps)
+        program = fused.StepProgram(c, self._slots, prior.codebook_size, rows_apart)
 
-        def taps(row_taps: list[RowTaps]) -> list[tuple[int, int, int]]:
-            return [(tap.shift, tap.width, tap.rows.start) for tap in row_taps]
+        def row_taps(kernel_rows: list[RowTaps]) -> list[tuple[int, int, int]]:
+            return [(tap.shift, tap.width, tap.rows.start) for tap in kernel_rows]
 
-        program.conv(self._embedded, taps(self._taps_a), prior.input_conv)
+        program.conv(self._embedded, row_taps(self._taps_a), prior.input_conv)
         program.finish(prior.input_conv, "x")
         for i, (block, (inputs, middles)) in enumerate(zip(prior.blocks, self._block_inputs, strict=True)):
             program.elu(inputs, block.conv1)
-            program.conv(inputs, taps(self._taps_b), block.conv1)
+            program.conv(inputs, row_taps(self._taps_b), block.conv1)
             program.finish_elu(middles, block.conv1, block.conv2)
-            program.conv(middles, taps(self._taps_b), block.conv2)
+            program.conv(middles, row_taps(self._taps_b), block.conv2)
             program.gate(block.conv2, None if self._cond is None else self._cond[i])
             if prior.attention_every and (i + 1) % prior.attention_every == 0:
                 j = (i + 1) // prior.attention_every - 1
