@@ -16,6 +16,7 @@ import torch
 
 from vqcodec.coding import entropy, order
 from vqcodec.exact import arithmetic, fused, quantise
+from vqcodec.exact import stepper as exact_stepper
 from vqcodec.exact.arithmetic import ACT_MAX, FA, FE, Q_MAX, T_MAX, TABLE_SIZE, frequencies
 from vqcodec.exact.calibrate import prior_ranges
 from vqcodec.exact.cuda_stepper import ColumnStepper
@@ -304,7 +305,7 @@ def test_stepper_matches_full_evaluation(kind: str, h: int, w: int) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(PRIORS))
-def test_full_evaluation_in_bands_of_one_row(kind: str) -> None:
+def test_full_evaluation_in_bands_of_one_row(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``logits_full`` evaluates bands of rows that read the rows above from its caches: bands of one
     row give the logits of one band (a prior with wider kernels reads the row below: one band);
     ``tables_full`` their tables."""
@@ -315,6 +316,8 @@ def test_full_evaluation_in_bands_of_one_row(kind: str) -> None:
     assert torch.equal(logits_full(one_row, codes, cond), whole)
     tables = frequencies(whole.view(-1, prior.codebook_size)).view(whole.shape).numpy()
     assert np.array_equal(tables_full(one_row, codes, cond), tables)  # in the kernels, on the CPU
+    assert np.array_equal(tables_full(prior, codes, cond), tables)
+    monkeypatch.setattr(exact_stepper, "_WHOLE_FLOAT64_BYTES", -1)  # float32 caches, torch calls
     assert np.array_equal(tables_full(prior, codes, cond), tables)
     # where a band would read the rows below it, the encoder walks the map step by step instead
     encoder = encoder_stepper(one_row, [codes], [cond])

@@ -115,13 +115,17 @@ static Rounding rounding(unsigned long long scale, unsigned long long low, unsig
     return r;
 }
 
+/* Rows i of dst lie at dst + at[i], or where at is NULL at dst + i stride (in values): elu_rows,
+   finish_elu_rows, finish_rows, attend_rows. */
+static inline Py_ssize_t row_at(const Py_ssize_t *at, Py_ssize_t i, Py_ssize_t stride) { return at ? at[i] : i * stride; }
+
 static void elu_rows(const EluInputs *e, const double *x, Py_ssize_t n, Py_ssize_t c, int8_t *dst, Py_ssize_t stride,
-                     const double *mask) {
+                     const Py_ssize_t *at, const double *mask) {
     for (Py_ssize_t i = 0; i < n; i++) {
         if (mask && mask[i] == 0.0)
-            memset(dst + i * stride, 0, (size_t)c);
+            memset(dst + row_at(at, i, stride), 0, (size_t)c);
         else
-            elu_row(e, x + i * c, c, dst + i * stride);
+            elu_row(e, x + i * c, c, dst + row_at(at, i, stride));
     }
 }
 
@@ -134,21 +138,22 @@ static PyObject *elu_store(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KnnKddKnK", &x_p, &n, &c, &table_p, &size, &top, &dst_p, &stride, &mask_p))
         return NULL;
     EluInputs e = {(const int32_t *)(uintptr_t)table_p, size, top};
-    elu_rows(&e, (const double *)(uintptr_t)x_p, n, c, (int8_t *)(uintptr_t)dst_p, stride,
+    elu_rows(&e, (const double *)(uintptr_t)x_p, n, c, (int8_t *)(uintptr_t)dst_p, stride, NULL,
              (const double *)(uintptr_t)mask_p);
     Py_RETURN_NONE;
 }
 
 /* The rows of finish_elu_store; scratch h [c]. */
 static void finish_elu_rows(const Rounding *r, const int32_t *acc, const int32_t *more, Py_ssize_t n, Py_ssize_t c,
-                            const EluInputs *e, int8_t *dst, Py_ssize_t stride, const double *mask, double *h) {
+                            const EluInputs *e, int8_t *dst, Py_ssize_t stride, const Py_ssize_t *at,
+                            const double *mask, double *h) {
     for (Py_ssize_t i = 0; i < n; i++) {
         if (mask && mask[i] == 0.0) {
-            memset(dst + i * stride, 0, (size_t)c);
+            memset(dst + row_at(at, i, stride), 0, (size_t)c);
             continue;
         }
         finish_row(r, acc + i * c, more ? more + i * c : NULL, c, h);
-        elu_row(e, h, c, dst + i * stride);
+        elu_row(e, h, c, dst + row_at(at, i, stride));
     }
 }
 
@@ -166,7 +171,7 @@ static PyObject *finish_elu_store(PyObject *self, PyObject *args) {
     double *h = PyMem_Malloc((size_t)c * sizeof(double));
     if (!h) return PyErr_NoMemory();
     finish_elu_rows(&r, (const int32_t *)(uintptr_t)acc_p, (const int32_t *)(uintptr_t)more_p, n, c, &e,
-                    (int8_t *)(uintptr_t)dst_p, stride, (const double *)(uintptr_t)mask_p, h);
+                    (int8_t *)(uintptr_t)dst_p, stride, NULL, (const double *)(uintptr_t)mask_p, h);
     PyMem_Free(h);
     Py_RETURN_NONE;
 }
@@ -177,9 +182,10 @@ HOT static void add_row(const double *restrict h, Py_ssize_t count, double *rest
 
 /* The rows of finish_to; scratch h [c]. */
 static void finish_rows(const Rounding *r, const int32_t *acc, const int32_t *more, Py_ssize_t n, Py_ssize_t c,
-                        double *out, Py_ssize_t stride, const double *mask, int residual, double *h) {
+                        double *out, Py_ssize_t stride, const Py_ssize_t *at, const double *mask, int residual,
+                        double *h) {
     for (Py_ssize_t i = 0; i < n; i++) {
-        double *row = out + i * stride;
+        double *row = out + row_at(at, i, stride);
         if (mask && mask[i] == 0.0) {
             for (Py_ssize_t j = 0; j < c; j++) row[j] = 0.0;
         } else if (residual) {
@@ -205,7 +211,7 @@ static PyObject *finish_to(PyObject *self, PyObject *args) {
     double *h = PyMem_Malloc((size_t)c * sizeof(double));
     if (!h) return PyErr_NoMemory();
     finish_rows(&r, (const int32_t *)(uintptr_t)acc_p, (const int32_t *)(uintptr_t)more_p, n, c,
-                (double *)(uintptr_t)out_p, stride, (const double *)(uintptr_t)mask_p, residual, h);
+                (double *)(uintptr_t)out_p, stride, NULL, (const double *)(uintptr_t)mask_p, residual, h);
     PyMem_Free(h);
     Py_RETURN_NONE;
 }
@@ -299,10 +305,11 @@ HOT static void attend_row(const double *restrict q, Py_ssize_t c, Py_ssize_t he
 /* The rows of attend; scratch [2 heads n_off + c]. */
 static void attend_rows(const double *q, Py_ssize_t n, Py_ssize_t c, Py_ssize_t heads, const double *keys,
                         const double *values, Py_ssize_t cols, Py_ssize_t row_stride, Py_ssize_t col_stride,
-                        const int64_t *shifts, Py_ssize_t n_off, const uint8_t *valid, const double *exp_table,
-                        Py_ssize_t exp_size, int fa, int p_bits, double *out, double *scratch) {
+                        const Py_ssize_t *cells, const int64_t *shifts, Py_ssize_t n_off, const uint8_t *valid,
+                        const double *exp_table, Py_ssize_t exp_size, int fa, int p_bits, double *out,
+                        double *scratch) {
     for (Py_ssize_t i = 0; i < n; i++) {
-        const Py_ssize_t at = (i / cols) * row_stride + (i % cols) * col_stride;
+        const Py_ssize_t at = cells ? cells[i] : (i / cols) * row_stride + (i % cols) * col_stride;
         attend_row(q + i * c, c, heads, keys + at, values + at, shifts, valid + i * n_off, n_off, exp_table,
                    (double)(exp_size - 1), ldexp(1.0, -fa), ldexp(1.0, p_bits), scratch, scratch + heads * n_off,
                    scratch + 2 * heads * n_off, out + i * c);
@@ -324,7 +331,7 @@ static PyObject *attend(PyObject *self, PyObject *args) {
     double *scratch = PyMem_Malloc((size_t)(2 * heads * n_off + c) * sizeof(double));
     if (!scratch) return PyErr_NoMemory();
     attend_rows((const double *)(uintptr_t)q_p, n, c, heads, (const double *)(uintptr_t)keys_p,
-                (const double *)(uintptr_t)values_p, cols, row_stride, col_stride, (const int64_t *)(uintptr_t)shifts_p,
+                (const double *)(uintptr_t)values_p, cols, row_stride, col_stride, NULL, (const int64_t *)(uintptr_t)shifts_p,
                 n_off, (const uint8_t *)(uintptr_t)valid_p, (const double *)(uintptr_t)exp_p, exp_size, fa, p_bits,
                 (double *)(uintptr_t)out_p, scratch);
     PyMem_Free(scratch);
@@ -562,7 +569,9 @@ typedef struct {
 typedef struct {
     const Tap *taps;
     int count;
-    Py_ssize_t lda, n, np;
+    Py_ssize_t lda;        /* position i's inputs at a + i lda, */
+    const Py_ssize_t *at;  /* or at a + at[i] if not NULL */
+    Py_ssize_t n, np;
     const int32_t *bias128; /* [np] */
 } Product;
 
@@ -573,7 +582,7 @@ HOT static void product_plain(const Product *p, Py_ssize_t m, int32_t *out) {
     for (Py_ssize_t i = 0; i < m; i++) {
         memset(acc, 0, (size_t)np * sizeof(int32_t));
         for (int t = 0; t < p->count; t++) {
-            const int8_t *a = p->taps[t].a + i * p->lda;
+            const int8_t *a = p->taps[t].a + row_at(p->at, i, p->lda);
             for (Py_ssize_t kq = 0; kq < p->taps[t].quads; kq++) {
                 const int8_t *restrict b = p->taps[t].b + kq * np * 4;
                 const int32_t a0 = a[4 * kq], a1 = a[4 * kq + 1], a2 = a[4 * kq + 2], a3 = a[4 * kq + 3];
@@ -597,14 +606,16 @@ VNNI static inline __attribute__((always_inline)) void vnni_block(const Product 
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < vecs; v++) acc[r][v] = _mm512_setzero_si512();
     const Py_ssize_t np4 = p->np * 4;
+    Py_ssize_t row[4];
+    for (int r = 0; r < rows; r++) row[r] = row_at(p->at, i0 + r, p->lda);
     for (int t = 0; t < p->count; t++) {
-        const int8_t *a = p->taps[t].a + i0 * p->lda, *b = p->taps[t].b + j0 * 4;
+        const int8_t *a = p->taps[t].a, *b = p->taps[t].b + j0 * 4;
         for (Py_ssize_t kq = 0; kq < p->taps[t].quads; kq++, b += np4) {
             __m512i w[4];
             for (int v = 0; v < vecs; v++) w[v] = _mm512_loadu_si512((const void *)(b + 64 * v));
             for (int r = 0; r < rows; r++) {
                 int32_t word;
-                memcpy(&word, a + r * p->lda + 4 * kq, 4);
+                memcpy(&word, a + row[r] + 4 * kq, 4);
                 const __m512i x = _mm512_set1_epi32(word ^ (int32_t)0x80808080);
                 for (int v = 0; v < vecs; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], x, w[v]);
             }
@@ -676,8 +687,7 @@ static PyObject *use_vnni(PyObject *self, PyObject *args) {
    their bits), and step() runs it: the same calls, in the same order and on the same integers, as
    stepper._fused_freqs makes through fused.py and torch._int_mm, without returning to Python between
    them. Buffers of the step: x [n, C] (float64 activations), s [n, widest] (a layer's int32 sums), q [n,
-   C] (8-bit inputs of a 1x1 layer), query and mixed [n, C] (the attention's). A cache's cells at the
-   wavefront are rows of one stride: cache + first C + i slots C. */
+   C] (8-bit inputs of a 1x1 layer), query and mixed [n, C] (the attention's). */
 enum {
     OP_CONV = 1,        /* cache, taps, (shift, width, row)*taps, LAYER: s = the masked convolution */
     OP_LINEAR,          /* source (0 x, 1 mixed), LAYER: s = LAYER(quantise(source)) */
@@ -723,15 +733,16 @@ static Layer read_layer(const int64_t *w) {
     return l;
 }
 
-/* Header words: channels, slots, widest sums, codebook size, exp table, its size, sigmoid table, its
-   half size, fa, p_bits, precision. */
-enum { HEADER_WORDS = 11 };
+/* Header words: channels, widest sums, codebook size, exp table, its size, sigmoid table, its half
+   size, fa, p_bits, precision. */
+enum { HEADER_WORDS = 10 };
 
-/* The job of one step: positions 0 .. n - 1 of a wavefront, whose first lies at cache cell first (the
-   arguments of step() below). */
+/* The job of one step: positions 0 .. n - 1 (a wavefront, or a band of whole rows), position i at
+   cache cell first + (i / cols) row_cells + (i % cols) col_cells (the arguments of step() below). */
 typedef struct {
     const int64_t *program;
-    Py_ssize_t words, n, first;
+    Py_ssize_t words, n, first, cols, row_cells, col_cells;
+    int sync_convs; /* whether parts wait for each other before each convolution too */
     const double *mask;
     const int64_t *cond_rows;
     const uint8_t *valid;
@@ -740,31 +751,34 @@ typedef struct {
 
 /* The bytes of run_program's buffers for n positions. */
 static size_t buffer_bytes(const int64_t *program, Py_ssize_t n) {
-    const Py_ssize_t c = program[0], widest = program[2];
+    const Py_ssize_t c = program[0], widest = program[1];
     return (size_t)(3 * n * c + 2 * 1024 + 2 * c + widest) * sizeof(double) + (size_t)(n * widest) * sizeof(int32_t) +
-           (size_t)(n * c);
+           (size_t)n * sizeof(Py_ssize_t) + (size_t)(n * c);
 }
 
-/* Run the program at positions start .. stop - 1 of the job's wavefront, in `buffer` (buffer_bytes);
+/* Run the program at positions start .. stop - 1 of the job's sites, in `buffer` (buffer_bytes);
    threads: for the frequency tables; sync (or NULL): called before each attention, where every part
-   must have written its keys and values (a window reaches rows above on the same wavefront). */
+   must have written its keys and values (a window reaches rows above on the same wavefront), and
+   with job->sync_convs before each convolution. */
 static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, int threads, void *buffer,
                         void (*sync)(void)) {
     const int64_t *program = job->program;
     const Py_ssize_t words = job->words, n = stop - start;
-    const Py_ssize_t c = program[0], stride = program[1] * c, widest = program[2], codes = program[3];
-    const Py_ssize_t first = job->first + start * program[1];
+    const Py_ssize_t c = program[0], widest = program[1], codes = program[2], first = job->first;
     const double *mask = job->mask ? job->mask + start : NULL;
     const int64_t *cond_rows = job->cond_rows ? job->cond_rows + start : NULL;
-    const double *exp_table = (const double *)(uintptr_t)program[4], *sigmoid = (const double *)(uintptr_t)program[6];
-    const Py_ssize_t exp_size = program[5], table_size = program[7];
-    const int fa = (int)program[8], p_bits = (int)program[9], precision = (int)program[10];
+    const double *exp_table = (const double *)(uintptr_t)program[3], *sigmoid = (const double *)(uintptr_t)program[5];
+    const Py_ssize_t exp_size = program[4], table_size = program[6];
+    const int fa = (int)program[7], p_bits = (int)program[8], precision = (int)program[9];
     const Py_ssize_t offsets_most = 1024; /* attention scratch: heads x offsets each, checked below */
     const Py_ssize_t scratch_size = 2 * offsets_most + 2 * c + widest; /* attend's, a row's */
     double *x = buffer;
     double *query = x + n * c, *mixed = query + n * c, *scratch = mixed + n * c;
     int32_t *s = (int32_t *)(scratch + scratch_size);
-    int8_t *q = (int8_t *)(s + n * widest);
+    Py_ssize_t *cells = (Py_ssize_t *)(s + n * widest); /* each position's cell, in values from first's */
+    int8_t *q = (int8_t *)(cells + n);
+    for (Py_ssize_t i = 0; i < n; i++)
+        cells[i] = ((start + i) / job->cols * job->row_cells + (start + i) % job->cols * job->col_cells) * c;
     Tap taps[16];
     for (Py_ssize_t at = HEADER_WORDS; at < words;) {
         const int64_t op = program[at++];
@@ -776,7 +790,8 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
             Layer l = read_layer(tap + 3 * count);
             for (int t = 0; t < count; t++)
                 taps[t] = (Tap){cache + tap[3 * t] * c, l.packed + tap[3 * t + 2] * l.np, tap[3 * t + 1] / 4};
-            Product p = {taps, count, stride, l.n, l.np, l.bias128};
+            Product p = {taps, count, 0, cells, l.n, l.np, l.bias128};
+            if (sync && job->sync_convs) sync();
             product(&p, n, s);
             at += 2 + 3 * count + LAYER_WORDS;
             break;
@@ -785,7 +800,7 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
             Layer l = read_layer(program + at + 1);
             quantise_row(program[at] ? mixed : x, n * c, l.in_scale, 127.0, q);
             taps[0] = (Tap){q, l.packed, l.k / 4};
-            Product p = {taps, 1, l.k, l.n, l.np, l.bias128};
+            Product p = {taps, 1, l.k, NULL, l.n, l.np, l.bias128};
             product(&p, n, s);
             at += 1 + LAYER_WORDS;
             break;
@@ -793,7 +808,7 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
         case OP_PRODUCT: {
             Layer l = read_layer(program + at);
             taps[0] = (Tap){q, l.packed, l.k / 4};
-            Product p = {taps, 1, l.k, l.n, l.np, l.bias128};
+            Product p = {taps, 1, l.k, NULL, l.n, l.np, l.bias128};
             product(&p, n, s);
             at += LAYER_WORDS;
             break;
@@ -801,14 +816,13 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
         case OP_FINISH: {
             Layer l = read_layer(program + at + 1);
             const int64_t target = program[at];
-            finish_rows(&l.r, s, NULL, n, l.n, target == 1 ? query : x, l.n, NULL, target == 2, scratch);
+            finish_rows(&l.r, s, NULL, n, l.n, target == 1 ? query : x, l.n, NULL, NULL, target == 2, scratch);
             at += 1 + LAYER_WORDS;
             break;
         }
         case OP_FINISH_CELLS: {
             Layer l = read_layer(program + at + 1);
-            double *cells = (double *)(uintptr_t)program[at] + first * c;
-            finish_rows(&l.r, s, NULL, n, l.n, cells, stride, mask, 0, scratch);
+            finish_rows(&l.r, s, NULL, n, l.n, (double *)(uintptr_t)program[at] + first * c, 0, cells, mask, 0, scratch);
             at += 1 + LAYER_WORDS;
             break;
         }
@@ -816,9 +830,9 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
             Layer l = read_layer(program + at + 1);
             int8_t *cache = (int8_t *)(uintptr_t)program[at];
             if (cache)
-                elu_rows(&l.elu, x, n, c, cache + first * c, stride, mask);
+                elu_rows(&l.elu, x, n, c, cache + first * c, 0, cells, mask);
             else
-                elu_rows(&l.elu, x, n, c, q, c, NULL);
+                elu_rows(&l.elu, x, n, c, q, c, NULL, NULL);
             at += 1 + LAYER_WORDS;
             break;
         }
@@ -826,9 +840,9 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
             Layer l = read_layer(program + at + 1), reader = read_layer(program + at + 1 + LAYER_WORDS);
             int8_t *cache = (int8_t *)(uintptr_t)program[at];
             if (cache)
-                finish_elu_rows(&l.r, s, NULL, n, l.n, &reader.elu, cache + first * c, stride, mask, scratch);
+                finish_elu_rows(&l.r, s, NULL, n, l.n, &reader.elu, cache + first * c, 0, cells, mask, scratch);
             else
-                finish_elu_rows(&l.r, s, NULL, n, l.n, &reader.elu, q, l.n, NULL, scratch);
+                finish_elu_rows(&l.r, s, NULL, n, l.n, &reader.elu, q, l.n, NULL, NULL, scratch);
             at += 1 + 2 * LAYER_WORDS;
             break;
         }
@@ -845,7 +859,7 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
             const Py_ssize_t heads = program[at + 2], n_off = program[at + 3];
             if (heads * n_off > offsets_most) abort(); /* fused.StepProgram refuses such priors */
             if (sync) sync();
-            attend_rows(query, n, c, heads, keys, values, 1, stride, 0, (const int64_t *)(uintptr_t)program[at + 4],
+            attend_rows(query, n, c, heads, keys, values, 1, 0, 0, cells, (const int64_t *)(uintptr_t)program[at + 4],
                         n_off, job->valid + start * n_off, exp_table, exp_size, fa, p_bits, mixed, scratch);
             at += 5;
             break;
@@ -964,24 +978,26 @@ static int run_parts(const StepJob *job, int parts) {
 
 #define ROWS_PER_PART 16 /* positions below which a part is not worth a thread */
 
-/* step(program, words, n, first, mask, cond_rows, valid, out, threads, rows_apart): the frequency tables
-   int64 out [n, K] of the n positions of a wavefront whose first lies at cache cell `first` (mask
-   float64 [n] or 0, cond_rows int64 [n] or 0, valid bool [n, offsets] or 0: as stepper._context gives
-   them). With rows_apart (no convolution reads another position of the same wavefront), the positions
-   are split over up to `threads` threads, which wait for each other before each attention. */
+/* step(program, words, n, first, cols, row_cells, col_cells, mask, cond_rows, valid, out, threads,
+   sync_convs): the frequency tables int64 out [n, K] of n positions, position i at cache cell first +
+   (i / cols) row_cells + (i % cols) col_cells (a wavefront: rows of one stride; a band of whole rows);
+   mask float64 [n] or 0, cond_rows int64 [n] or 0, valid bool [n, offsets] or 0: as stepper._context
+   gives them. The positions are split over up to `threads` threads, which wait for each other before
+   each attention (a window reaches rows above on the same wavefront) and, with sync_convs, before each
+   convolution (its taps read other positions of the same call). */
 static PyObject *step(PyObject *self, PyObject *args) {
     unsigned long long program_p, mask_p, rows_p, valid_p, out_p;
     StepJob job;
-    int threads, rows_apart, rc;
-    if (!PyArg_ParseTuple(args, "KnnnKKKKip", &program_p, &job.words, &job.n, &job.first, &mask_p, &rows_p, &valid_p,
-                          &out_p, &threads, &rows_apart))
+    int threads, rc;
+    if (!PyArg_ParseTuple(args, "KnnnnnnKKKKip", &program_p, &job.words, &job.n, &job.first, &job.cols, &job.row_cells,
+                          &job.col_cells, &mask_p, &rows_p, &valid_p, &out_p, &threads, &job.sync_convs))
         return NULL;
     job.program = (const int64_t *)(uintptr_t)program_p;
     job.mask = (const double *)(uintptr_t)mask_p;
     job.cond_rows = (const int64_t *)(uintptr_t)rows_p;
     job.valid = (const uint8_t *)(uintptr_t)valid_p;
     job.out = (int64_t *)(uintptr_t)out_p;
-    int parts = rows_apart ? (int)(job.n / ROWS_PER_PART) : 1;
+    int parts = (int)(job.n / ROWS_PER_PART);
     parts = parts > threads ? threads : parts;
     parts = parts > WORKERS_MOST + 1 ? WORKERS_MOST + 1 : parts;
     Py_BEGIN_ALLOW_THREADS

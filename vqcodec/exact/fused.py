@@ -344,8 +344,8 @@ class StepProgram:
     integers, with the int8 products in the kernels too, so that nothing returns to Python between
     the layers of a step.
 
-    The words hold pointers to caches, tables and packed weights, which the program keeps alive; a
-    cache's cells at a wavefront are rows ``slots`` cells apart, as in the stepper.
+    The words hold pointers to caches, tables and packed weights, which the program keeps alive. It
+    runs at a wavefront or at a band of whole rows (an encoder's), wherever the sites' cells lie.
     """
 
     @staticmethod
@@ -354,13 +354,13 @@ class StepProgram:
         times offsets runs as a program (the products read their inputs four bytes at a time)."""
         return _kernels is not None and channels % 4 == 0 and heads_offsets <= _HEADS_OFFSETS_MOST
 
-    def __init__(self, channels: int, slots: int, codebook_size: int, rows_apart: bool):
+    def __init__(self, channels: int, codebook_size: int, rows_apart: bool):
         """``rows_apart``: no convolution reads another position of the same wavefront (its taps lie
-        on earlier steps, or at the position itself), so that a step's positions may be split over
-        threads (which wait for each other before an attention: its window reaches rows above on the
-        same wavefront)."""
+        on earlier steps, or at the position itself), so that the threads that share a wavefront's
+        positions need not wait for each other before each convolution (they do before an attention:
+        its window reaches rows above on the same wavefront)."""
         exp_table, sigmoid = exp_table_on(_CPU), _sigmoid()
-        self._words = [channels, slots, 0, codebook_size, exp_table.data_ptr(), TABLE_SIZE]
+        self._words = [channels, 0, codebook_size, exp_table.data_ptr(), TABLE_SIZE]
         self._words += [sigmoid.data_ptr(), TABLE_SIZE, FA, P_BITS, PRECISION]
         self._keep: list[Tensor] = [exp_table, sigmoid]
         self._array: np.ndarray | None = None
@@ -370,7 +370,7 @@ class StepProgram:
         packed, bias = _packed(layer)
         k, n = layer.weight8.shape
         assert k % 4 == 0, "inputs in whole groups of four"
-        self._words[2] = max(self._words[2], n)  # the widest sums
+        self._words[1] = max(self._words[1], n)  # the widest sums
         self._keep += [packed, bias, layer.scale, layer.bias_low, layer.bias_high]
         table, size, top = _elu_inputs(layer) if layer.elu_inputs is not None else (0, 0.0, 0.0)
         words = [packed.data_ptr(), bias.data_ptr(), k, n, packed.shape[1], *_rounding(layer), table]
@@ -431,28 +431,35 @@ class StepProgram:
 
     def run(
         self,
-        n: int,
+        size: tuple[int, ...],
+        stride: tuple[int, ...],
         first: int,
         mask: Tensor | None,
         cond_rows: Tensor | None,
         valid: Tensor | None,
         out: np.ndarray,
     ) -> None:
-        """The tables int64 ``out`` [n, K] of a wavefront's ``n`` sites from cache cell ``first`` (``mask``,
+        """The tables int64 ``out`` [n, K] of the sites of a wavefront (``size`` (n,)) or a band of whole
+        rows (``size`` (h, W)), the i-th at cache cell ``first + sum(i_k stride_k)`` (``mask``,
         ``cond_rows`` and ``valid`` as the stepper's ``Sites`` and ``_context`` give them)."""
         if self._array is None:
             self._array = np.array(self._words, dtype=np.int64)
-        assert out.shape == (n, self._words[3]) and out.dtype == np.int64 and out.flags.c_contiguous
+        n, wavefront = int(np.prod(size)), len(size) == 1
+        assert out.shape == (n, self._words[2]) and out.dtype == np.int64 and out.flags.c_contiguous
         assert valid is None or valid.shape[0] == n
+        cols, row_cells, col_cells = (1, stride[0], 0) if wavefront else (size[1], *stride)
         _kernels.step(
             self._array.ctypes.data,
             len(self._array),
             n,
             first,
+            cols,
+            row_cells,
+            col_cells,
             _pointer(mask, torch.float64),
             _pointer(cond_rows, torch.int64),
             _pointer(valid, torch.bool),
             out.ctypes.data,
             torch.get_num_threads(),
-            self._rows_apart,
+            not (wavefront and self._rows_apart),  # a band's taps read its own positions
         )

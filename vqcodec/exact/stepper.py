@@ -25,6 +25,10 @@ from vqcodec.exact.quantise import Linear, QuantAttention, int8_products, masked
 if TYPE_CHECKING:
     from vqcodec.exact.prior import ExactPrior
 
+_WHOLE_FLOAT64_BYTES = 2**27
+"""The most bytes of a ``whole`` stepper's attention caches (keys and values) held as float64, for
+the compiled kernels' bands; larger ones hold float32 and their bands run as torch calls."""
+
 _SLIDE = 32
 """Steps a stepper's caches hold beyond the ones a layer reads (more when a layer reads further back),
 before they slide back."""
@@ -133,8 +137,16 @@ class ExactStepper:
         self._origin = -self._lag  # the step held in slot 0
         # The convolutions' caches hold their 8-bit inputs: int8 for int8 products, else float64; the
         # attention's keys and values are wide activations (integers below 2**20). A band's taps are
-        # copied out anyway (they overlap), so a whole map's caches can hold float32.
-        wide = torch.float32 if whole else torch.float64
+        # copied out anyway (they overlap), so a whole map's caches can hold float32, unless they are
+        # small enough for the float64 that the compiled kernels' bands read.
+        self._fused = fused.available(device)
+        wide = torch.float64
+        if whole and not (
+            self._fused
+            and 2 * len(prior.attentions) * self.whole_cache_values(prior, height, width) * 8
+            <= _WHOLE_FLOAT64_BYTES
+        ):
+            wide = torch.float32
         narrow = torch.int8 if int8_products(device) else wide
         rows = (self._top + height + bottom) * batch
         shape = (rows, self._slots, channels)
@@ -158,8 +170,7 @@ class ExactStepper:
         )
         self._condition(cond_codes, sizes)
         self._order_positions()
-        self._fused = fused.available(device)
-        self._program = self._step_program() if self._fused and not whole else None
+        self._program = self._step_program() if self._fused and wide == torch.float64 else None
         self._computed = 0  # steps whose tables were computed
         self._known = 0  # steps whose codes were set
 
@@ -426,11 +437,11 @@ class ExactStepper:
         ``float_frequencies(_evaluate(sites))`` gives them, with each layer's elementwise work and the
         attention's averages in calls of ``fused`` between the products."""
         prior, mask, wavefront = self.prior, sites.mask, len(sites.size) == 1
-        if wavefront and self._program is not None:
+        if self._program is not None:
             cond_rows, valid = self._context(sites)
             if out is None:
                 out = np.empty((len(sites.ys), prior.codebook_size), dtype=np.int64)
-            self._program.run(len(sites.ys), sites.first, mask, cond_rows, valid, out)
+            self._program.run(sites.size, sites.stride, sites.first, mask, cond_rows, valid, out)
             return out
         sums = self._row_sums if wavefront else self._sums
         x = fused.finish(prior.input_conv, sums(prior.input_conv, self._embedded, sites, self._taps_a))
@@ -466,7 +477,7 @@ class ExactStepper:
         k = prior.kernel_size
         taps = masked_offsets(k, first_layer=True) + masked_offsets(k, first_layer=False)
         rows_apart = all(order.step_of(dy, dx) < 0 or (dy, dx) == (0, 0) for dy, dx in taps)
-        program = fused.StepProgram(c, self._slots, prior.codebook_size, rows_apart)
+        program = fused.StepProgram(c, prior.codebook_size, rows_apart)
 
         def row_taps(kernel_rows: list[RowTaps]) -> list[tuple[int, int, int]]:
             return [(tap.shift, tap.width, tap.rows.start) for tap in kernel_rows]
