@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -193,6 +194,29 @@ def test_exact_tables_do_not_depend_on_threads(codec: Codec):
             prior = codec.exact_priors[1]
             logits.append(logits_full(prior, torch.from_numpy(bottom), [torch.from_numpy(top)]))
     assert torch.equal(logits[0], logits[1])
+
+
+def test_python_threads_may_code_side_by_side(codec: Codec):
+    """The compiled kernels release the GIL and share one pool of worker threads: callers on several
+    Python threads at once get the files and pixels that one at a time gets."""
+    images = [smooth(256, 192), smooth(160, 256)]
+    files = [codec.compress(image) for image in images]
+    decoded = [np.asarray(codec.decompress(data)) for data in files]
+    results: dict[int, tuple[bytes, np.ndarray]] = {}
+
+    def code(k: int) -> None:
+        data = codec.compress(images[k % 2])
+        results[k] = data, np.asarray(codec.decompress(data))
+
+    with threads(2):
+        workers = [threading.Thread(target=code, args=(k,)) for k in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    for k, (data, pixels) in sorted(results.items()):
+        assert data == files[k % 2] and np.array_equal(pixels, decoded[k % 2]), k
+    assert len(results) == 4
 
 
 def test_every_input_kind_gives_the_same_file(codec: Codec, tmp_path: Path):

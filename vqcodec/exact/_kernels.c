@@ -882,6 +882,8 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
 #define WORKERS_MOST 15
 
 #ifndef _WIN32
+static pthread_mutex_t pool_in_use = PTHREAD_MUTEX_INITIALIZER; /* one step at a time in the pool */
+
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t wake, done;
@@ -935,6 +937,7 @@ static void *worker(void *arg) {
 
 /* After fork() only the calling thread exists: the child starts its own workers. */
 static void pool_after_fork(void) {
+    pthread_mutex_init(&pool_in_use, NULL);
     pthread_mutex_init(&pool.lock, NULL);
     pthread_cond_init(&pool.wake, NULL);
     pthread_cond_init(&pool.done, NULL);
@@ -1002,8 +1005,11 @@ static PyObject *step(PyObject *self, PyObject *args) {
     parts = parts > WORKERS_MOST + 1 ? WORKERS_MOST + 1 : parts;
     Py_BEGIN_ALLOW_THREADS
 #ifndef _WIN32
-    if (parts > 1) {
+    /* Python threads may step side by side (the GIL is released): the pool serves one of them at a
+       time, the others run their step in one part. */
+    if (parts > 1 && pthread_mutex_trylock(&pool_in_use) == 0) {
         rc = run_parts(&job, parts);
+        pthread_mutex_unlock(&pool_in_use);
     } else
 #endif
     {

@@ -64,8 +64,10 @@ row ``m + dy - 1`` (``dy`` an offset into the input padded by one row) with kern
 ``_UP_TAPS[p][dy]``; columns alike."""
 
 
-_INPUTS = ((-Q_MAX, Q_MAX), (0, Q_MAX_UNSIGNED), (-Q_MAX_WIDE, Q_MAX_WIDE))
-"""The inputs a layer may round to: signed and unsigned 8 bits (the decoder), 16 bits (the encoder)."""
+_INPUTS = ((-Q_MAX, Q_MAX), (0, Q_MAX_UNSIGNED), (-Q_MAX_WIDE, Q_MAX_WIDE), (0, Q_MAX_WIDE))
+"""The inputs a layer may round to: signed and unsigned 8 bits (the decoder), 16 bits (the encoder;
+from 0 after a ReLU, which that rounding then does: floor is monotone, so rounding relu(x) and clamping
+to -32767 gives what rounding x and clamping to 0 gives)."""
 
 MAX_FAN_IN_16 = 2**15
 """Largest fan-in of a layer with 16-bit inputs: its sums ``M acc`` then stay below ``2**15 * 127 *
@@ -279,25 +281,20 @@ Layer = Callable[[Map], Map]
 def quantise_layers(net: nn.Module, ranges: Ranges, name: str, wide: bool = False) -> list[Layer]:
     """The exact layers of an ``nn.Sequential`` of convolutions, ReLUs and ResBlocks, in order, with
     the input ``ranges`` of its convolutions (at FP, by module name under ``name``): 8-bit inputs,
-    unsigned after a ReLU (the decoder's, normative), or ``wide`` 16-bit ones (the encoder's)."""
+    unsigned after a ReLU (the decoder's, normative), or ``wide`` 16-bit ones (the encoder's). A ReLU
+    whose only reader is a convolution is left to that convolution's rounding, which clamps at 0."""
 
     def conv(module: nn.Module, module_name: str, after_relu: bool) -> IntegerConv:
         in_range = input_range(ranges, f"{name}{module_name}", FP)
-        low, high = (
-            (-Q_MAX_WIDE, Q_MAX_WIDE) if wide else (0, Q_MAX_UNSIGNED) if after_relu else (-Q_MAX, Q_MAX)
-        )
-        return IntegerConv.from_float(module, in_range, low, high)
+        high = Q_MAX_WIDE if wide else Q_MAX_UNSIGNED if after_relu else Q_MAX
+        return IntegerConv.from_float(module, in_range, 0 if after_relu else -high, high)
 
     layers: list[Layer] = []
     modules = list(net)
     for i, module in enumerate(modules):
         if isinstance(module, nn.ReLU):
-            if (
-                wide
-                or i + 1 == len(modules)
-                or not isinstance(modules[i + 1], nn.Conv2d | nn.ConvTranspose2d)
-            ):
-                layers.append(_relu)  # else the next layer's unsigned rounding clamps at 0 (_relu_into)
+            if i + 1 == len(modules) or not isinstance(modules[i + 1], nn.Conv2d | nn.ConvTranspose2d):
+                layers.append(_relu)  # else the next layer's rounding clamps at 0 (_relu_into)
         elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
             layers.append(conv(module, f"{i}", i > 0 and isinstance(modules[i - 1], nn.ReLU)))
         elif isinstance(module, ResBlock):  # net: ReLU, conv1, ReLU, conv2
