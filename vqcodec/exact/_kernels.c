@@ -1,14 +1,14 @@
-/* The elementwise work between the integer products of exact inference on the CPU (fused.py): a
-   wavefront step's (or an encoder's band's) layers of a prior, and a VQ-VAE convolution's operands and
-   rounding over whole maps.
+/* Exact inference on the CPU, compiled (fused.py): the elementwise work between the integer products
+   of a prior's layers and of a VQ-VAE convolution over whole maps, and a whole wavefront step (or an
+   encoder's band of rows) in one call, its int8 products included (step()).
 
    Execution only, not normative: each function computes exactly what a chain of torch calls of
    quantise.py, arithmetic.py, attention.py and vqvae.py computes (exact.md §3.2, §5 to §7, §10), on
    integers held in doubles (every value and every intermediate an integer, or an integer times
-   2**-t_c, below 2**53: exact whatever the compiler contracts or vectorises), in one pass instead of
-   one pass and one call per operation. The products between them stay torch._int_mm's. Pointers and
-   sizes come from the caller, which owns the tensors and checks their shapes: this module trusts
-   them. */
+   2**-t_c, below 2**53: exact whatever the compiler contracts or vectorises) and int32 sums, in one pass
+   instead of one pass and one call per operation. Outside step(), the products stay torch._int_mm's.
+   Pointers and sizes come from the caller, which owns the tensors and checks their shapes: this
+   module trusts them. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -8,7 +8,9 @@ in one pass over the same integers: the rounding of a layer's int32 sums (``Line
 8-bit inputs of the next layer (``Linear.quantise_elu``) written straight into a cache, a gated
 block's end (``gated_residual``), the attention's averages (``attention_rows``) and the frequency
 tables (``float_frequencies``); on whole maps, a VQ-VAE convolution's int8 operands and its rounding
-(``IntegerConv``), split over threads. The products stay ``torch._int_mm`` calls.
+(``IntegerConv``), split over threads. Between these calls the products stay ``torch._int_mm``'s;
+``StepProgram`` goes further and runs a prior's whole step (or an encoder's band) in one call, its
+int8 products in the kernels too, its positions split over threads.
 
 The extension is built by ``pip install`` where a C compiler is found (``pyproject.toml``); without
 it, ``available`` is false and the same torch calls run as on other devices. Tests check that both

@@ -101,8 +101,9 @@ class ExactStepper:
     With B images, the tables of step t are [n_t B, K] and its codes n_t B, position by position and
     image by image within a position: the same integers as each image's own stepper gives.
 
-    On the CPU with the compiled kernels (``fused``), each layer's elementwise work runs in them
-    (``_fused_freqs``); elsewhere, or without them, as torch calls (``_evaluate``).
+    On the CPU with the compiled kernels (``fused``), a step (or a band) runs as one call of a
+    ``fused.StepProgram`` where the prior fits one, else with each layer's elementwise work in the
+    kernels (``_fused_freqs``); elsewhere, or without them, as torch calls (``_evaluate``).
     """
 
     def __init__(
@@ -434,8 +435,9 @@ class ExactStepper:
 
     def _fused_freqs(self, sites: Sites, out: np.ndarray | None = None) -> np.ndarray:
         """The frequency tables [n, K] at the sites (into ``out`` if given), as
-        ``float_frequencies(_evaluate(sites))`` gives them, with each layer's elementwise work and the
-        attention's averages in calls of ``fused`` between the products."""
+        ``float_frequencies(_evaluate(sites))`` gives them: in one call of the stepper's program, or
+        with each layer's elementwise work and the attention's averages in calls of ``fused`` between
+        the products."""
         prior, mask, wavefront = self.prior, sites.mask, len(sites.size) == 1
         if self._program is not None:
             cond_rows, valid = self._context(sites)
@@ -468,8 +470,9 @@ class ExactStepper:
         return fused.frequencies(prior.out_conv, prior.out_conv.accumulate(None, q, slice(None)), out)
 
     def _step_program(self) -> fused.StepProgram | None:
-        """``_fused_freqs`` at a wavefront as one program of the kernels (None where the prior does not
-        fit one): the same layers in the same order."""
+        """``_fused_freqs``' calls between the products, and the products, as one program of the kernels
+        for a wavefront or a band (None where the prior does not fit one): the same layers in the same
+        order."""
         prior, c = self.prior, self.prior.channels
         heads = max((attention.n_heads for attention in prior.attentions), default=0)
         if not fused.StepProgram.fits(c, heads * len(self._offsets)):
