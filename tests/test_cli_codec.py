@@ -396,3 +396,14 @@ def test_every_command_wears_the_error_decorator():
     }
     for name, command in commands:
         assert command.callback is not None and command.callback.__code__ is decorated, name
+
+
+def test_version_says_whether_the_compiled_kernels_run(monkeypatch: pytest.MonkeyPatch):
+    from vqcodec.exact import fused
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("vqcodec, version ")
+    in_use = "compiled kernels: in use" if fused.available(torch.device("cpu")) else "not in use"
+    assert in_use in result.output
+    monkeypatch.setattr(fused, "_kernels", None)
+    assert "compiled kernels: not in use" in CliRunner().invoke(main, ["--version"]).output

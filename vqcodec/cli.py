@@ -34,12 +34,28 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     return width, height
 
 
+def _print_version(ctx: click.Context) -> None:
+    from importlib.metadata import version
+
+    from vqcodec.exact import fused  # imports torch: only when asked
+
+    click.echo(f"vqcodec, version {version('vqcodec')}\n{fused.describe()}")
+    ctx.exit()
+
+
 @click.group(
     cls=Group,
     epilog=EXIT_STATUS,
     context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
 )
-@click.version_option(package_name="vqcodec")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _print_version(ctx) if value else None,
+    help="Show the version, and whether the compiled kernels are in use, and exit.",
+)
 def main() -> None:
     """vqcodec: a learned lossy image codec (hierarchical VQ-VAE codes + PixelSNAIL priors).
 

@@ -15,6 +15,8 @@ module                        exact.md     role
 ``stepper.py``                §9           evaluation one wavefront at a time (execution)
 ``cuda_stepper.py``           §9           the same steps as CUDA graphs (execution)
 ``gather.py``                 §8           gathering and chunked GEMMs (execution)
+``fused.py``, ``_kernels.c``  §8, §9       the CPU's steps and maps compiled, a step in one
+                                           call, int8 products included (execution)
 ``encoder.py``                §11          pixels to codes, whole-map tables (encoder only)
 ``calibrate.py``              §3.2         a model's input ranges, measured (informative)
 ============================  ===========  ==================================================
