@@ -55,12 +55,16 @@ def _reference(
         nn.Conv2d(6, 5, 1),
         nn.Conv2d(6, 5, 4, stride=2, padding=1),
         nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1),
+        nn.Conv2d(8, 20, 3, padding=1),
+        nn.ConvTranspose2d(8, 5, 4, stride=2, padding=1),
     ],
-    ids=["3x3", "1x1", "down", "up"],
+    ids=["3x3", "1x1", "down", "up", "3x3, 8 in", "up, 8 in"],  # 8 in: the kernels' tap products
 )
 @pytest.mark.parametrize("products", ["kernels", "int8", "float64"])
 @pytest.mark.parametrize(
-    ("low", "high"), [(-127, 127), (0, 255), (-32767, 32767)], ids=["signed", "unsigned", "16-bit"]
+    ("low", "high"),
+    [(-127, 127), (0, 255), (-32767, 32767), (0, 32767)],
+    ids=["signed", "unsigned", "16-bit", "16-bit after a ReLU"],
 )
 def test_each_convolution_is_the_one_it_mirrors(
     conv: nn.Module, products: str, low: int, high: int, monkeypatch
@@ -70,7 +74,7 @@ def test_each_convolution_is_the_one_it_mirrors(
     negative. ``products``: int8 ones rounded in the compiled kernels (``fused``) or by torch calls,
     or float64 ones (CUDA's)."""
     torch.manual_seed(0)
-    x = torch.randint(0 if low == 0 else -(2**17), 2**17, (10, 14, 6)).double()
+    x = torch.randint(0 if low == 0 else -(2**17), 2**17, (10, 14, conv.in_channels)).double()
     if products == "kernels" and not fused.available(torch.device("cpu")):
         pytest.skip("vqcodec.exact._kernels was not built")
     if products != "kernels":

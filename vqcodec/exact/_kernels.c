@@ -18,7 +18,7 @@
 #include <string.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
-#define KERNELS_VERSION 6 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
+#define KERNELS_VERSION 7 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -1023,6 +1023,51 @@ static PyObject *step(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The products of a convolution over a whole map, split by rows over threads. */
+typedef struct {
+    Product p;
+    int32_t *out;
+} MapProduct;
+
+static void map_product_part(void *context, Py_ssize_t start, Py_ssize_t stop) {
+    const MapProduct *m = context;
+    Tap taps[16];
+    for (int t = 0; t < m->p.count; t++) {
+        taps[t] = m->p.taps[t];
+        taps[t].a += start * m->p.lda;
+    }
+    Product p = m->p;
+    p.taps = taps;
+    product(&p, stop - start, m->out + start * p.n);
+}
+
+/* tap_product(map, rows, width, c, taps, shifts, packed, n, np, bias128, out, threads): int32 out [rows,
+   n] = the sum over taps t of the int8 map's rows i + shifts[t] (int64, in rows of c values: a tap's flat
+   slice, gather.tap_sums) times the weight rows t c .. (t + 1) c - 1, packed [taps c / 4][np][4]
+   (fused._packed). c is a multiple of 4; at most 16 taps. */
+static PyObject *tap_product(PyObject *self, PyObject *args) {
+    unsigned long long map_p, shifts_p, packed_p, bias_p, out_p;
+    Py_ssize_t rows, c, count, n, np;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KnnnKKnnKKi", &map_p, &rows, &c, &count, &shifts_p, &packed_p, &n, &np, &bias_p,
+                          &out_p, &threads))
+        return NULL;
+    if (count < 1 || count > 16 || c % 4) {
+        PyErr_SetString(PyExc_ValueError, "1 to 16 taps of a multiple of 4 channels");
+        return NULL;
+    }
+    const int8_t *map = (const int8_t *)(uintptr_t)map_p, *packed = (const int8_t *)(uintptr_t)packed_p;
+    const int64_t *shifts = (const int64_t *)(uintptr_t)shifts_p;
+    Tap taps[16];
+    for (Py_ssize_t t = 0; t < count; t++) taps[t] = (Tap){map + shifts[t] * c, packed + t * c * np, c / 4};
+    MapProduct m = {{taps, (int)count, c, NULL, n, np, (const int32_t *)(uintptr_t)bias_p},
+                    (int32_t *)(uintptr_t)out_p};
+    Py_BEGIN_ALLOW_THREADS
+    split(map_product_part, &m, rows, rows * c * count * n / 64, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"elu_store", elu_store, METH_VARARGS, "8-bit inputs of ELU outputs, into a cache."},
     {"finish_elu_store", finish_elu_store, METH_VARARGS, "A layer's outputs as the next layer's 8-bit inputs."},
@@ -1033,6 +1078,7 @@ static PyMethodDef methods[] = {
     {"frequencies", frequencies, METH_VARARGS, "The output layer's logits as frequency tables."},
     {"conv_inputs", conv_inputs, METH_VARARGS, "A VQ-VAE convolution's int8 operands."},
     {"conv_outputs", conv_outputs, METH_VARARGS, "A VQ-VAE convolution's outputs from its sums."},
+    {"tap_product", tap_product, METH_VARARGS, "A convolution's int8 products over a whole map."},
     {"use_vnni", use_vnni, METH_VARARGS, "Whether int8 products may use AVX-512 VNNI."},
     {"step", step, METH_VARARGS, "A wavefront step's frequency tables from its program."},
     {NULL, NULL, 0, NULL},
@@ -1052,3 +1098,4 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     }
     return m;
 }
+

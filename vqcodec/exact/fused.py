@@ -33,7 +33,7 @@ from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.gather import tap_sums
 from vqcodec.exact.quantise import Linear, int8_products
 
-KERNELS_VERSION = 6
+KERNELS_VERSION = 7
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
 older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
 
@@ -299,16 +299,53 @@ def conv_outputs(sums: list[Tensor], scales: list[Tensor], start: Tensor, high: 
     )
 
 
+def tap_products(padded: Tensor, taps: list[tuple[int, int]], weights: Tensor, height: int) -> Tensor:
+    """``gather.tap_sums`` of an int8 map ``padded`` [H, W, C] and int8 ``weights`` [taps, C, out] (or
+    [taps C, out]; a tensor that lives on, whose packing is kept): the int32 sums [height, W, out] of the
+    taps' flat slices, in the kernels' products (no copies of the slices, no sum of a product per tap),
+    split over torch's threads. C a multiple of 4, at most 16 taps (``tap_products_fit``)."""
+    _, width, c = padded.shape
+    assert padded.dtype == weights.dtype == torch.int8 and padded.is_contiguous()
+    assert tap_products_fit(c, len(taps)) and weights.numel() == len(taps) * c * weights.shape[-1]
+    packed, bias = _packed(weights)
+    out_channels = weights.shape[-1]
+    shifts = torch.tensor([dy * width + dx for dy, dx in taps], dtype=torch.int64)
+    out = torch.empty(height, width, out_channels, dtype=torch.int32)
+    _kernels.tap_product(
+        padded.data_ptr(),
+        height * width,
+        c,
+        len(taps),
+        shifts.data_ptr(),
+        packed.data_ptr(),
+        out_channels,
+        packed.shape[1],
+        bias.data_ptr(),
+        out.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def tap_products_fit(channels: int, taps: int) -> bool:
+    """Whether ``tap_products`` takes maps of ``channels`` channels read at ``taps`` taps."""
+    return _kernels is not None and channels % 4 == 0 and 1 <= taps <= 16
+
+
 def elu_conv(layer: Linear, x: Tensor, height: int, width: int) -> Tensor:
     """A zero-padded 3x3 ``layer`` (taps row-major, ``with_elu_inputs``) reading ``elu(x)`` of contiguous
     float64 activations ``x`` [height width, C] of a map: float64 [height width, out]. The 8-bit inputs
-    of the map, padded, then the products of its taps on flat slices of it (``gather.tap_sums``)."""
+    of the map, padded, then the products of its taps on flat slices of it (``tap_products``, else
+    ``gather.tap_sums``)."""
     c, out_channels = x.shape[1], layer.weight8.shape[1]
     q = torch.empty(height * width, c, dtype=torch.int8)
     elu_store(layer, x, q)
     padded = torch.nn.functional.pad(q.view(height, width, c), (0, 0, 1, 1, 1, 2))
     taps = [(dy, dx) for dy in range(3) for dx in range(3)]
-    sums = tap_sums(padded, taps, layer.weight8.view(len(taps), c, -1), layer.bias_low, height)
+    if tap_products_fit(c, len(taps)):
+        sums = tap_products(padded, taps, layer.weight8, height)
+    else:
+        sums = tap_sums(padded, taps, layer.weight8.view(len(taps), c, -1), layer.bias_low, height)
     out = torch.empty(height, width, out_channels, dtype=torch.float64)
     conv_outputs([sums[:, :width]], [layer.scale], layer.bias_low, layer.bias_high, out)
     return out.view(-1, out_channels)
@@ -322,18 +359,19 @@ _HEADS_OFFSETS_MOST = 1024
 """Heads times window offsets that ``_kernels.step`` holds room for."""
 
 
-def _packed(layer: Linear) -> tuple[Tensor, Tensor]:
-    """``layer``'s int8 weight [k, n] as the kernels' products read it, [k / 4, np, 4] with np = n
-    rounded up to 16 (zero columns past n), and 128 times the sum of each column (int32 [np])."""
-    weight = layer.weight8
+def _packed(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """An int8 weight [..., k, n] (its rows: all but the last dimension) as the kernels' products read it,
+    [k / 4, np, 4] with np = n rounded up to 16 (zero columns past n), and 128 times the sum of each
+    column (int32 [np])."""
     packed = _PACKED.get(id(weight))
     if packed is None:
-        k, n = weight.shape
+        rows = weight.reshape(-1, weight.shape[-1])
+        k, n = rows.shape
         np_ = -(-n // 16) * 16
         padded = torch.zeros(k, np_, dtype=torch.int8)
-        padded[:, :n] = weight
+        padded[:, :n] = rows
         bias = torch.zeros(np_, dtype=torch.int32)
-        bias[:n] = weight.sum(0, dtype=torch.int32) * 128
+        bias[:n] = rows.sum(0, dtype=torch.int32) * 128
         packed = _PACKED[id(weight)] = (padded.view(k // 4, 4, np_).permute(0, 2, 1).contiguous(), bias)
         weakref.finalize(weight, _PACKED.pop, id(weight), None)
     return packed
@@ -380,7 +418,7 @@ class StepProgram:
         self._rows_apart = rows_apart
 
     def _layer(self, layer: Linear) -> list[int]:
-        packed, bias = _packed(layer)
+        packed, bias = _packed(layer.weight8)
         k, n = layer.weight8.shape
         assert k % 4 == 0, "inputs in whole groups of four"
         self._words[1] = max(self._words[1], n)  # the widest sums

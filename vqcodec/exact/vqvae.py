@@ -205,17 +205,24 @@ class IntegerConv:
         if self.kind == "same":
             r = self.taps[0][-1][0] // 2
             padded = _pad(x, r, r, r, r, zero)
-            return [tap_sums(padded, self.taps[0], weights[0], self.bias_low, height)[:, :width]]
+            return [self._tap_sums(padded, self.taps[0], weights[0], height)[:, :width]]
         if self.kind == "down":
             padded = _pad(x, 1, 1, 1, 1, zero)[: height + 2]  # [h + 2, w + 2, c], even sides
             s2d = padded.view(height // 2 + 1, 2, width // 2 + 1, 2, c).permute(0, 2, 1, 3, 4)
             s2d = _pad(s2d.reshape(height // 2 + 1, width // 2 + 1, 4 * c), 0, 0, 0, 0, zero)
-            return [tap_sums(s2d, self.taps[0], weights[0], self.bias_low, height // 2)[:, : width // 2]]
+            return [self._tap_sums(s2d, self.taps[0], weights[0], height // 2)[:, : width // 2]]
         padded = _pad(x, 1, 1, 1, 1, zero)
         return [
-            tap_sums(padded, taps, parity_weights, self.bias_low, height)[:, :width]
+            self._tap_sums(padded, taps, parity_weights, height)[:, :width]
             for taps, parity_weights in zip(self.taps, weights, strict=True)
         ]
+
+    def _tap_sums(self, padded: Map, taps: list[tuple[int, int]], weights: Tensor, height: int) -> Tensor:
+        """``tap_sums``, in the compiled kernels' products where they take the map."""
+        fits = fused.tap_products_fit(padded.shape[2], len(taps))
+        if padded.dtype == torch.int8 and fits and fused.available(padded.device):
+            return fused.tap_products(padded, taps, weights, height)
+        return tap_sums(padded, taps, weights, self.bias_low, height)
 
     def __call__(self, x: Map) -> Map:
         h, w, _ = x.shape
