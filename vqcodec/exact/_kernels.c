@@ -786,6 +786,7 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
         case OP_CONV: {
             const int8_t *cache = (const int8_t *)(uintptr_t)program[at] + first * c;
             const int count = (int)program[at + 1];
+            if (count < 1 || count > 16) abort(); /* fused.StepProgram.conv refuses such layers */
             const int64_t *tap = program + at + 2;
             Layer l = read_layer(tap + 3 * count);
             for (int t = 0; t < count; t++)
