@@ -116,8 +116,12 @@ def _sums(sums: Sums) -> tuple[int, int, int, int]:
     return parts[0].data_ptr(), parts[1].data_ptr() if len(parts) == 2 else 0, n, c
 
 
-def _mask(mask: Tensor | None) -> int:
-    return 0 if mask is None else mask.data_ptr()
+def _pointer(tensor: Tensor | None, dtype: torch.dtype) -> int:
+    """A contiguous tensor's data pointer for the kernels (0: None), its dtype checked."""
+    if tensor is None:
+        return 0
+    assert tensor.dtype == dtype and tensor.is_contiguous()
+    return tensor.data_ptr()
 
 
 def _rows(dst: Tensor) -> tuple[int, int]:
@@ -131,7 +135,7 @@ def elu_store(layer: Linear, x: Tensor, dst: Tensor, mask: Tensor | None = None)
     contiguous float64 activations ``x`` [n, C] and an int8 view ``dst`` [n, C]."""
     assert x.dtype == torch.float64 and x.is_contiguous() and dst.shape == x.shape
     n, c = x.shape
-    _kernels.elu_store(x.data_ptr(), n, c, *_elu_inputs(layer), *_rows(dst), _mask(mask))
+    _kernels.elu_store(x.data_ptr(), n, c, *_elu_inputs(layer), *_rows(dst), _pointer(mask, torch.float64))
 
 
 def finish_elu_store(
@@ -139,7 +143,8 @@ def finish_elu_store(
 ) -> None:
     """``dst = reader.quantise_elu(layer.finish(sums))`` (times ``mask``), from ``layer``'s int32
     sums [n, C]."""
-    _kernels.finish_elu_store(*_sums(sums), *_rounding(layer), *_elu_inputs(reader), *_rows(dst), _mask(mask))
+    mask_ptr = _pointer(mask, torch.float64)
+    _kernels.finish_elu_store(*_sums(sums), *_rounding(layer), *_elu_inputs(reader), *_rows(dst), mask_ptr)
 
 
 def finish(
@@ -155,9 +160,8 @@ def finish(
     if out is None:
         out = torch.empty(n, c, dtype=torch.float64)
     assert out.dtype == torch.float64 and out.shape == (n, c) and out.stride(1) == 1
-    _kernels.finish_to(
-        acc, more, n, c, *_rounding(layer), out.data_ptr(), out.stride(0), _mask(mask), residual
-    )
+    mask_ptr = _pointer(mask, torch.float64)
+    _kernels.finish_to(acc, more, n, c, *_rounding(layer), out.data_ptr(), out.stride(0), mask_ptr, residual)
     return out
 
 
@@ -380,13 +384,6 @@ def _packed(weight: Tensor) -> tuple[Tensor, Tensor]:
 def _bits(value: float) -> int:
     """The int64 whose bits are the float64 ``value``'s: how a program holds its doubles."""
     return int(np.array(value, dtype=np.float64).view(np.int64))
-
-
-def _pointer(tensor: Tensor | None, dtype: torch.dtype) -> int:
-    if tensor is None:
-        return 0
-    assert tensor.dtype == dtype and tensor.is_contiguous()
-    return tensor.data_ptr()
 
 
 class StepProgram:
