@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def compressai_times(paths: list[Path]) -> dict[str, dict[str, Any]]:
         net.update(force=True)
         encode, decode = [], []
         for path in paths:
-            x = _tensor(path)
+            x = image_tensor(np.array(Image.open(path).convert("RGB")))
             with torch.no_grad():
                 tick = time.perf_counter()
                 out = net.compress(x)
@@ -78,27 +79,28 @@ def factorized_transforms(n: int = 128, m: int = 192) -> tuple[nn.Module, nn.Mod
     return analysis, synthesis
 
 
-def factorized_transforms_times(paths: list[Path]) -> dict[str, float]:
-    """Median seconds of bmshj2018-factorized's transforms rebuilt in torch (random weights): a lower
-    bound on that codec's encode and decode times (its entropy coder is left out), for a ratio on a
-    machine without CompressAI (it cannot be installed beside every torch)."""
-    analysis, synthesis = factorized_transforms()
-    encode, decode = [], []
-    with torch.inference_mode():
-        for path in paths:
-            x = _tensor(path)
-            analysis(x[..., :64, :64])  # warm-up
-            tick = time.perf_counter()
-            y = analysis(x).round()
-            encode.append(time.perf_counter() - tick)
-            tick = time.perf_counter()
-            synthesis(y)
-            decode.append(time.perf_counter() - tick)
-    return {"encode_s": statistics.median(encode), "decode_s": statistics.median(decode)}
+def bmshj2018_sides() -> tuple[str, Callable[[torch.Tensor], Any], Callable[[Any], Any]]:
+    """The baseline of issue #19's targets as (what it is, encode, decode) on a (1, 3, H, W) tensor:
+    CompressAI's bmshj2018-factorized (random weights) where it is installed; without it, its
+    transforms rebuilt here with the latent rounded, a lower bound on that codec's times (its entropy
+    coder is left out), since CompressAI cannot be installed beside every torch."""
+    try:
+        from compressai.zoo import bmshj2018_factorized
+    except ImportError:
+        analysis, synthesis = factorized_transforms()
+        what = (
+            "bmshj2018-factorized's transforms rebuilt in torch (N=128, M=192, GDN, random weights), without"
+            " its entropy coder, so a lower bound on its times"
+        )
+        return what, lambda x: analysis(x).round(), synthesis
+    net = bmshj2018_factorized(quality=1, pretrained=False).eval()
+    net.update(force=True)
+    what = "CompressAI's bmshj2018-factorized (random weights, its entropy coder included)"
+    return what, net.compress, lambda out: net.decompress(out["strings"], out["shape"])
 
 
-def _tensor(path: Path) -> torch.Tensor:
-    rgb = np.array(Image.open(path).convert("RGB"))
+def image_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """8-bit RGB pixels as the (1, 3, H, W) float tensor in [0, 1] that CompressAI's codecs take."""
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
 
 

@@ -2,7 +2,9 @@
 
 ``vqcodec.bench.speed`` starts it with ``run_child``; the child prints one JSON line: the seconds of
 every call, the files' sizes, the peak resident memory (``ru_maxrss``: model and Python included) and,
-on a GPU, the peak of the memory torch allocated there.
+on a GPU, the peak of the memory torch allocated there. "versus" times vqcodec and the baseline of
+issue #19's targets (``baselines.bmshj2018_sides``) image by image in one process, alternating which
+goes first, so that a ratio of the two holds while the machine's speed drifts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 import numpy as np
 
 WARM_UP_SIDE = 64
-OPERATIONS = ("encode", "decode", "decode-batch")
+OPERATIONS = ("encode", "decode", "decode-batch", "versus")
+VERSUS_ROUNDS = 2
+"""Rounds of "versus" over the images; each round swaps which of the two codecs goes first."""
 
 START = "import torch; from vqcodec.bench.child import main; main()"
 """torch first: OpenMP reads its wait variables when torch loads, and importing vqcodec first would set
@@ -75,7 +79,11 @@ def main() -> None:
     job = json.loads(sys.argv[1])
     threads, operation = job.pop("threads"), job.pop("operation")
     paths = [Path(path) for path in job.pop("paths")]
-    print(json.dumps(timed(operation, paths, Settings(**job), threads)))
+    settings = Settings(**job)
+    if operation == "versus":
+        print(json.dumps(versus(paths, settings)))
+    else:
+        print(json.dumps(timed(operation, paths, settings, threads)))
 
 
 def timed(operation: str, paths: list[Path], settings: Settings, threads: int | None) -> dict[str, Any]:
@@ -113,3 +121,47 @@ def timed(operation: str, paths: list[Path], settings: Settings, threads: int | 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if settings.device.startswith("cuda") else None
     return {"seconds": seconds, "bytes": sizes, "peak_mb": peak_mb, "gpu_peak_mb": gpu_mb}
+
+
+def versus(paths: list[Path], settings: Settings) -> dict[str, Any]:
+    """Seconds of vqcodec's compress and decompress and of the baseline's encode and decode, for every
+    image in ``VERSUS_ROUNDS`` rounds, each side once before and once after the other."""
+    import torch
+    from PIL import Image
+
+    import vqcodec
+    from vqcodec.bench.baselines import bmshj2018_sides, image_tensor
+
+    codec = vqcodec.load_model(settings.model, device=settings.device)
+    codec.decompress(codec.compress(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)))
+    baseline, encode, decode = bmshj2018_sides()
+
+    def ours(rgb: np.ndarray) -> tuple[float, float]:
+        tick = time.perf_counter()
+        data = codec.compress(rgb, quality=settings.quality, tile=settings.tile or None)
+        middle = time.perf_counter()
+        codec.decompress(data)
+        return middle - tick, time.perf_counter() - middle
+
+    def theirs(x: torch.Tensor) -> tuple[float, float]:
+        with torch.inference_mode():
+            tick = time.perf_counter()
+            coded = encode(x)
+            middle = time.perf_counter()
+            decode(coded)
+            return middle - tick, time.perf_counter() - middle
+
+    with torch.inference_mode():
+        decode(encode(image_tensor(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8))))
+    sides: dict[str, list[float]] = {key: [] for key in ("encode", "decode", "base_encode", "base_decode")}
+    for round_ in range(VERSUS_ROUNDS):
+        for index, path in enumerate(paths):
+            rgb = np.array(Image.open(path).convert("RGB"))
+            x = image_tensor(rgb)
+            if (round_ + index) % 2 == 0:
+                mine, base = ours(rgb), theirs(x)
+            else:
+                base, mine = theirs(x), ours(rgb)
+            for key, seconds in zip(sides, mine + base, strict=True):
+                sides[key].append(seconds)
+    return {"baseline": baseline, **sides}

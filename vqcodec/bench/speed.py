@@ -4,10 +4,12 @@ Encoding and decoding each run in a fresh child process (``vqcodec.bench.child``
 model, warms it up untimed, then times every image from pixels in memory to bytes and back. The
 3840x2160 image is kodim05 resized up with Lanczos; it is smoother than a real 4K photograph, so its
 codes are somewhat cheaper to code, but the work of the priors depends on the map size only. The same
-run times CompressAI (or, without it, bmshj2018-factorized's transforms) and the products' compute floor
-(``vqcodec.bench.baselines``), batch decoding (``decompress_many``) for the throughput, and the images
-coded whole (tile 0) for what the tiles cost in bits and save in time. Writes ``speed.json`` and
-``results.md``; on the CPU also the threads under a parallel load (``threads.json``, ``threads.md``).
+run times vqcodec against bmshj2018-factorized (CompressAI's, or without it its transforms) image by
+image in one process, for the ratios of issue #19's targets; CompressAI's codecs on their own where it
+is installed; the products' compute floor (``vqcodec.bench.baselines``); batch decoding
+(``decompress_many``) for the throughput; and the images coded whole (tile 0) for what the tiles cost
+in bits and save in time. Writes ``speed.json`` and ``results.md``; on the CPU also the threads under
+a parallel load (``threads.json``, ``threads.md``).
 
 ``run_threads`` alone: the first 4 Kodak images coded with torch's default threads waiting as OpenMP
 does by default (long spins), with short spins (vqcodec's default, ``vqcodec/threads.py``), with
@@ -59,7 +61,7 @@ def run_speed(
     On the CPU, then the threads' test beside ``load`` busy processes (0: none). Returns the
     markdown (both) and the files.
     """
-    from vqcodec.bench.baselines import compressai_times, compute_floor, factorized_transforms_times
+    from vqcodec.bench.baselines import compressai_times, compute_floor
 
     cpu = settings.device == "cpu"
     with tempfile.TemporaryDirectory() as scratch:
@@ -80,7 +82,7 @@ def run_speed(
             "rows": rows,
             "batch_decode": batch_decode(copies, settings),
             "compressai": compressai_times(copies) if cpu else {},
-            "factorized_transforms": factorized_transforms_times(copies) if cpu else {},
+            "versus": versus_bmshj2018(copies, settings) if cpu else {},
             "compute_floor": compute_floor(settings.model, settings.device),
         }
     text = speed_markdown(report)
@@ -120,6 +122,26 @@ def time_images(name: str, paths: list[Path], settings: Settings) -> dict[str, A
     }
     say(f"{name}: encode {row['encode_s']:.2f} s, decode {row['decode_s']:.2f} s")
     return row
+
+
+def versus_bmshj2018(paths: list[Path], settings: Settings) -> dict[str, Any]:
+    """vqcodec's encode and decode times as multiples of bmshj2018-factorized's, measured alternately in
+    one process (``child.versus``): the medians of the per-image ratios, and their quartiles."""
+    sides = run_child("versus", paths, settings, DEFAULT_WAITS)
+    result: dict[str, Any] = {"baseline": sides["baseline"], "images": len(paths)}
+    for side in ("encode", "decode"):
+        ratios = [ours / theirs for ours, theirs in zip(sides[side], sides[f"base_{side}"], strict=True)]
+        quartiles = statistics.quantiles(ratios, n=4)
+        result[side] = {
+            "ratio": statistics.median(ratios),
+            "ratio_quartiles": [quartiles[0], quartiles[2]],
+            "vqcodec_s": statistics.median(sides[side]),
+            "baseline_s": statistics.median(sides[f"base_{side}"]),
+            "ratios": ratios,
+        }
+    encode, decode = result["encode"]["ratio"], result["decode"]["ratio"]
+    say(f"against bmshj2018-factorized: encode {encode:.2f}x, decode {decode:.2f}x")
+    return result
 
 
 def batch_decode(paths: list[Path], settings: Settings) -> dict[str, Any]:
@@ -256,37 +278,37 @@ def _tiles_section(report: dict[str, Any]) -> list[str]:
 
 
 def _compressai_section(report: dict[str, Any]) -> list[str]:
-    kodak = report["rows"][0]
     lines = []
+    versus = report.get("versus")
+    if versus:
+        ratios = [
+            f"{side} **{versus[side]['ratio']:.2f}x** (quartiles {versus[side]['ratio_quartiles'][0]:.2f}"
+            f"-{versus[side]['ratio_quartiles'][1]:.2f}; medians {versus[side]['vqcodec_s']:.2f} s against"
+            f" {versus[side]['baseline_s']:.2f} s)"
+            for side in ("encode", "decode")
+        ]
+        rounds = len(versus["encode"]["ratios"]) // versus["images"]
+        lines += [
+            f"Against {versus['baseline']}: both timed in one process, image by image over the"
+            f" {versus['images']} Kodak images in {rounds} rounds, each side once first and once second, so"
+            " that the machine's drift cancels. vqcodec's time as a multiple of bmshj2018-factorized's, the"
+            f" median of the {len(versus['encode']['ratios'])} per-image ratios (issue #19's target: 1.0x):"
+            f" {ratios[0]}, {ratios[1]}.",
+            "",
+        ]
     if report["compressai"]:
         version = next(iter(report["compressai"].values())).get("version")  # absent from older runs
-        header = ["architecture", "encode (s)", "decode (s)", "vqcodec encode ratio", "vqcodec decode ratio"]
         rows = [
-            [name, f"{t['encode_s']:.2f}", f"{t['decode_s']:.2f}"]
-            + [f"{kodak['encode_s'] / t['encode_s']:.1f}x", f"{kodak['decode_s'] / t['decode_s']:.1f}x"]
-            for name, t in report["compressai"].items()
+            [name, f"{t['encode_s']:.2f}", f"{t['decode_s']:.2f}"] for name, t in report["compressai"].items()
         ]
         lines += [
-            f"CompressAI{f' {version}' if version else ''} on the same Kodak images (random weights), and"
-            " vqcodec's time as a multiple of its:",
+            f"CompressAI{f' {version}' if version else ''} on the same Kodak images (random weights), timed"
+            " apart from vqcodec:",
             "",
-            *table(header, "lrrrr", rows),
+            *table(["architecture", "encode (s)", "decode (s)"], "lrr", rows),
         ]
-    else:
-        lines.append(
-            "CompressAI is not installed: no in-run comparison with bmshj2018-factorized and mbt2018."
-        )
-    if report.get("factorized_transforms"):
-        t = report["factorized_transforms"]
-        lines += [
-            "",
-            ("Also" if report["compressai"] else "Instead,")
-            + " bmshj2018-factorized's transforms rebuilt in torch (N=128, M=192, GDN, random"
-            " weights), without its entropy coder, so a lower bound on its times, on the same Kodak images:"
-            f" analysis (encode) {t['encode_s']:.2f} s, synthesis (decode) {t['decode_s']:.2f} s;"
-            f" vqcodec takes {kodak['encode_s'] / t['encode_s']:.1f}x and"
-            f" {kodak['decode_s'] / t['decode_s']:.1f}x those.",
-        ]
+    elif not versus or not versus["baseline"].startswith("CompressAI"):
+        lines.append("CompressAI is not installed: its bmshj2018-factorized and mbt2018 were not timed.")
     return lines
 
 
