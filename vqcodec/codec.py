@@ -315,7 +315,7 @@ class Codec:
 
         def encode(freqs: np.ndarray, image: int, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
             symbols = codes[level][ys, xs]
-            encoder.encode(symbols, freqs)
+            encoder.encode(symbols, freqs, valid=True)  # the priors' tables (exact.md §7)
             return symbols
 
         self.walk([codes], encode, tile, known=True, progress=progress)
@@ -394,7 +394,7 @@ class Codec:
         codes = [[np.zeros(shape, dtype=np.int64) for shape in file.level_shapes] for file in files]
 
         def decode(freqs: np.ndarray, image: int, *where: Any) -> np.ndarray:
-            return decoders[image].decode(freqs)
+            return decoders[image].decode(freqs, valid=True)  # the priors' tables (exact.md §7)
 
         level_bits = self.walk(codes, decode, files[0].tile, progress=progress)
         for file, decoder, maps in zip(files, decoders, codes, strict=True):
