@@ -46,6 +46,10 @@ def reach(prior: ExactPrior) -> tuple[int, int, int]:
     return max(0, -min(dys)), max(0, max(dys)), max(-order.step_of(dy, dx) for dy, dx in offsets)
 
 
+_STEP_CONTEXT_VALUES = 2**24
+"""Largest positions x (1 + attention offsets) of a stepper whose steps' contexts are computed at once."""
+
+
 class RowTaps(NamedTuple):
     """The taps of a masked convolution in one kernel row: ``count`` neighbouring cache slots."""
 
@@ -74,6 +78,8 @@ class Sites(NamedTuple):
     mask: Tensor | None = None
     limits: Tensor | None = None
     """[n, 2, 1] the height and width of the map each position's attention sees; None: the stepper's."""
+    step: int | None = None
+    """The wavefront step of the positions, if they are one (``ExactStepper._wavefront``)."""
 
 
 class ExactStepper:
@@ -171,6 +177,8 @@ class ExactStepper:
         )
         self._condition(cond_codes, sizes)
         self._order_positions()
+        self._step_context: tuple[Tensor | None, Tensor | None] | None = None  # ``_context``'s, all steps
+        self._last_wavefront = Sites(self._ys[:0], self._xs[:0], self._images[:0], (0,), (0,), 0, 0)
         self._program = self._step_program() if self._fused and wide == torch.float64 else None
         self._computed = 0  # steps whose tables were computed
         self._known = 0  # steps whose codes were set
@@ -277,7 +285,7 @@ class ExactStepper:
         mask = limits = None  # all on the map, unless the maps' sizes differ
         if self._on_map is not None:
             mask, limits = self._on_map[where], self._limits[where]
-        return Sites(*sites, (hi - lo,), (self._slots,), first, t - self._origin, mask, limits)
+        return Sites(*sites, (hi - lo,), (self._slots,), first, t - self._origin, mask, limits, t)
 
     def on_map(self, t: int) -> np.ndarray | None:
         """Which of the n_t B positions of step ``t`` lie on their image's map (None: all of them).
@@ -300,7 +308,7 @@ class ExactStepper:
         image by image within each position)."""
         self._check_tables_step(t)
         self._slide(t)
-        sites = self._wavefront(t)
+        sites = self._last_wavefront = self._wavefront(t)
         self._computed += 1
         if len(sites.ys) == 0:  # a step without codes (a map one column wide has them at odd steps)
             return np.zeros((0, self.prior.codebook_size), dtype=np.int64)
@@ -311,11 +319,17 @@ class ExactStepper:
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
         """Record the n_t B codes of step ``t`` (in the order of its tables), after its tables."""
         self._check_codes_step(t)
-        sites = self._wavefront(t)
-        codes = torch.as_tensor(codes, device=self.prior.device).to(torch.int64).reshape(-1)
+        sites = self._last_wavefront if self._last_wavefront.step == t else self._wavefront(t)
+        if isinstance(codes, np.ndarray):  # the walk's: checked in numpy, cheaper for a step's few codes
+            codes = codes.reshape(-1)
+            self._check_code_range(codes)
+            codes = torch.from_numpy(codes.astype(np.int64, copy=False)).to(self.prior.device)
+        else:
+            codes = torch.as_tensor(codes, device=self.prior.device).to(torch.int64).reshape(-1)
+            self._check_code_range(codes)
         if len(codes) != len(sites.ys):
             raise ValueError(f"step {t} has {len(sites.ys)} codes, got {len(codes)}")
-        self._write_codes(sites, codes)
+        self._store(self._embedded, sites, self.prior.embed.index_select(0, codes))
         self._known += 1
 
     def _check_tables_step(self, t: int) -> None:
@@ -330,7 +344,9 @@ class ExactStepper:
 
     def write_all_codes(self, codes: Tensor) -> None:
         """Enter every code [H, W] at once (a ``whole`` stepper, before ``evaluate_rows``)."""
-        self._write_codes(self._rows(0, self.height), codes.reshape(-1))
+        codes = codes.reshape(-1)
+        self._check_code_range(codes)
+        self._store(self._embedded, self._rows(0, self.height), self.prior.embed.index_select(0, codes))
 
     def evaluate_rows(self, y_start: int, y_stop: int) -> Tensor:
         """Logits [n, K] (integer-valued float64) of rows ``y_start .. y_stop - 1``, whose codes and
@@ -345,13 +361,9 @@ class ExactStepper:
         else:
             out[...] = float_frequencies(self.evaluate_rows(y_start, y_stop)).to(torch.int64).cpu().numpy()
 
-    def _check_code_range(self, codes: Tensor) -> None:
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
+    def _check_code_range(self, codes: Tensor | np.ndarray) -> None:
+        if len(codes) and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
             raise ValueError(f"codes must lie in 0..{self.prior.codebook_size - 1}")
-
-    def _write_codes(self, sites: Sites, codes: Tensor) -> None:
-        self._check_code_range(codes)
-        self._store(self._embedded, sites, self.prior.embed.index_select(0, codes))
 
     def _slide(self, t: int) -> None:
         """Before step t: if its slot is past the last, keep the steps its taps read and clear the rest."""
@@ -530,7 +542,15 @@ class ExactStepper:
 
     def _context(self, sites: Sites) -> tuple[Tensor | None, Tensor | None]:
         """Each site's row of the conditioning tables (None for the top prior), and which attention
-        offsets of each lie on its map [n, n_off] (None without attention)."""
+        offsets of each lie on its map [n, n_off] (None without attention). A wavefront's are cut from
+        those of every position, computed at its first step: a decode's steps spare their ten-odd
+        small calls."""
+        if sites.step is not None and len(self._ys) * (1 + len(self._offsets)) <= _STEP_CONTEXT_VALUES:
+            if self._step_context is None:
+                everywhere = Sites(self._ys, self._xs, self._images, (0,), (0,), 0, 0, limits=self._limits)
+                self._step_context = self._context(everywhere)
+            lo, hi = self._bounds[sites.step], self._bounds[sites.step + 1]
+            return tuple(None if part is None else part[lo:hi] for part in self._step_context)  # type: ignore[return-value]
         ys, xs = sites.ys, sites.xs
         cond_rows = valid = None
         if self._cond is not None and self._sizes is None:
