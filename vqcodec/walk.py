@@ -146,7 +146,9 @@ def _tile_groups(
             stepper = encoder_stepper(prior, maps, upper, whole_map_values)
         else:
             stepper = prior.batch_stepper(h, w, upper, [(th, tw) for *_, th, tw in members])
-        groups.append(_TileGroup(stepper, *np.array(members, dtype=np.int64)[:, :4].T))
+        columns = np.array(members, dtype=np.int64)[:, :4].T  # images, ranks, ys, xs
+        rows = stepper.height  # a step has at most a position per row
+        groups.append(_TileGroup(stepper, *columns, *(np.tile(column, rows) for column in columns)))
     return groups
 
 
@@ -163,6 +165,12 @@ class _TileGroup:
     ys: np.ndarray
     """The map row and column of each tile's top-left code."""
     xs: np.ndarray
+    each_images: np.ndarray
+    """The four above repeated for every row of the stepper's maps, tile by tile within each: a step's
+    positions take the first of them (``_Step``), without a copy."""
+    each_ranks: np.ndarray
+    each_ys: np.ndarray
+    each_xs: np.ndarray
 
 
 class _Step:
@@ -175,20 +183,21 @@ class _Step:
         freqs, images, ranks, rows, ys, xs = columns
         for group in groups:
             local_ys, local_xs = _positions(t, group.stepper.height, group.stepper.width)
-            n, tiles = len(local_ys), len(group.images)
+            tiles = len(group.images)
+            n = len(local_ys) * tiles
             tile_rows = np.repeat(local_ys, tiles)
             parts = [
                 group.stepper.freqs(t),  # position by position, tile by tile within each
-                np.tile(group.images, n),
-                np.tile(group.ranks, n),
+                group.each_images[:n],
+                group.each_ranks[:n],
                 tile_rows,
-                tile_rows + np.tile(group.ys, n),
-                np.repeat(local_xs, tiles) + np.tile(group.xs, n),
+                tile_rows + group.each_ys[:n],
+                np.repeat(local_xs, tiles) + group.each_xs[:n],
             ]
             on_map = group.stepper.on_map(t)
             if on_map is not None:  # a smaller tile's positions outside it
                 parts = [part[on_map] for part in parts]
-            self._counts.append(n * tiles)
+            self._counts.append(n)
             self._on_map.append(on_map)
             for part, into in zip(parts, (freqs, images, ranks, rows, ys, xs), strict=True):
                 into.append(part)
