@@ -409,10 +409,15 @@ def test_batch_stepper_gives_each_image_its_own_tables(kind: str, h: int, w: int
         batch.set_codes(t, torch.stack([codes[ys, xs] for codes in images], dim=1).reshape(-1))
 
 
+@pytest.mark.parametrize("context", ["cut", "per step"])
 @pytest.mark.parametrize("kind", sorted(PRIORS))
-def test_batch_stepper_of_maps_of_several_sizes(kind: str) -> None:
+def test_batch_stepper_of_maps_of_several_sizes(kind: str, context: str, monkeypatch) -> None:
     """Maps smaller than the stepper's, inside it: on every step, the tables of the positions on each
-    map are that map's own; the others are ignored, whatever codes they are given."""
+    map are that map's own; the others are ignored, whatever codes they are given. ``context``: each
+    step's conditioning rows and attention window cut from those of every position, or computed step
+    by step (a stepper too large for the first)."""
+    if context == "per step":
+        monkeypatch.setattr(exact_stepper, "_STEP_CONTEXT_VALUES", 0)
     prior, g = EXACT[kind], torch.Generator().manual_seed(7)
     sizes = [(6, 9), (3, 9), (6, 4), (1, 2), (6, 9)]
     images = [torch.randint(prior.codebook_size, size, generator=g) for size in sizes]

@@ -29,6 +29,9 @@ _WHOLE_FLOAT64_BYTES = 2**27
 """The most bytes of a ``whole`` stepper's attention caches (keys and values) held as float64, for
 the compiled kernels' bands; larger ones hold float32 and their bands run as torch calls."""
 
+_STEP_CONTEXT_VALUES = 2**24
+"""Largest positions x (1 + attention offsets) of a stepper whose steps' contexts are computed at once."""
+
 _SLIDE = 32
 """Steps a stepper's caches hold beyond the ones a layer reads (more when a layer reads further back),
 before they slide back."""
@@ -44,10 +47,6 @@ def reach(prior: ExactPrior) -> tuple[int, int, int]:
     offsets += prior.attention_offsets
     dys = [dy for dy, _ in offsets]
     return max(0, -min(dys)), max(0, max(dys)), max(-order.step_of(dy, dx) for dy, dx in offsets)
-
-
-_STEP_CONTEXT_VALUES = 2**24
-"""Largest positions x (1 + attention offsets) of a stepper whose steps' contexts are computed at once."""
 
 
 class RowTaps(NamedTuple):
