@@ -17,9 +17,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vqcodec.codec import Codec
 
 WARM_UP_SIDE = 64
 OPERATIONS = ("encode", "decode", "decode-batch", "versus")
@@ -92,12 +95,9 @@ def timed(operation: str, paths: list[Path], settings: Settings, threads: int | 
     import torch
     from PIL import Image
 
-    import vqcodec
-
     if threads is not None:
         torch.set_num_threads(threads)
-    codec = vqcodec.load_model(settings.model, device=settings.device)
-    codec.decompress(codec.compress(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)))
+    codec = _warm_codec(settings)
     seconds, sizes = [], []
     suffix = f".q{settings.quality}.t{settings.tile}.vqz"
     if operation == "encode":
@@ -129,11 +129,9 @@ def versus(paths: list[Path], settings: Settings) -> dict[str, Any]:
     import torch
     from PIL import Image
 
-    import vqcodec
     from vqcodec.bench.baselines import bmshj2018_sides, image_tensor
 
-    codec = vqcodec.load_model(settings.model, device=settings.device)
-    codec.decompress(codec.compress(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)))
+    codec = _warm_codec(settings)
     baseline, encode, decode = bmshj2018_sides()
 
     def ours(rgb: np.ndarray) -> tuple[float, float]:
@@ -165,3 +163,12 @@ def versus(paths: list[Path], settings: Settings) -> dict[str, Any]:
             for key, seconds in zip(sides, mine + base, strict=True):
                 sides[key].append(seconds)
     return {"baseline": baseline, **sides}
+
+
+def _warm_codec(settings: Settings) -> Codec:
+    """The codec of ``settings``, loaded and run once untimed on a small image."""
+    import vqcodec
+
+    codec = vqcodec.load_model(settings.model, device=settings.device)
+    codec.decompress(codec.compress(np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)))
+    return codec
