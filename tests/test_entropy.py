@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vqcodec.coding.entropy import MAX_ALPHABET, PRECISION, RangeDecoder, RangeEncoder, ideal_bits
+from vqcodec.coding.entropy import (
+    MAX_ALPHABET,
+    PRECISION,
+    RangeDecoder,
+    RangeEncoder,
+    coded_bits,
+    ideal_bits,
+    span_bits,
+    spans,
+)
 from vqcodec.errors import CorruptDataError
 
 TOTAL = 2**PRECISION
@@ -147,6 +156,31 @@ def test_extreme_tables(k: int) -> None:
     symbols = np.array([0, k - 1, 0, k - 1, 0, k - 1, 1, 1, k - 2, k // 2, 0, 0])
     payload = round_trip([(symbols, freqs)])
     assert np.frombuffer(payload, "<u4").tolist() == spec_encode(symbols, freqs)
+
+
+@pytest.mark.parametrize("k", [3, 4, 512, MAX_ALPHABET])
+def test_spans_code_as_their_tables(k: int) -> None:
+    """A symbol coded from its span alone (a three-entry table) gives the words its whole table gives:
+    random tables, and the extreme ones with every edge symbol (nothing below or above it)."""
+    rng = np.random.default_rng(k)
+    random = random_tables(rng, 200, k, spread=4.0)
+    first_heavy = np.r_[TOTAL - (k - 1), np.ones(k - 1, dtype=np.int64)]
+    even = np.full(k, TOTAL // k)
+    even[0] += TOTAL - even.sum()
+    extreme = np.stack([first_heavy, first_heavy[::-1], even] * 2)
+    freqs = np.concatenate([random, extreme])
+    symbols = np.r_[symbols_with_ones(rng, random), [0, k - 1, k - 1, 0, 1, k - 2]]
+    whole, alone = RangeEncoder(), RangeEncoder()
+    whole.encode(symbols, freqs)
+    alone.encode_spans(spans(freqs, symbols))
+    assert alone.finish() == whole.finish()
+    assert span_bits(spans(freqs, symbols)) == coded_bits(symbols, freqs)
+
+
+def test_spans_of_two_symbol_tables_are_refused() -> None:
+    """A span with one unit of frequency beside it has no three-entry table."""
+    with pytest.raises(ValueError, match="at least 3 symbols"):
+        RangeEncoder().encode_spans(np.array([[0, TOTAL - 1]]))
 
 
 def test_empty_stream() -> None:

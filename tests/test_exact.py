@@ -315,10 +315,13 @@ def test_full_evaluation_in_bands_of_one_row(kind: str, monkeypatch: pytest.Monk
     whole, one_row = logits_full(prior, codes, cond), dataclasses.replace(prior, chunk=1)
     assert torch.equal(logits_full(one_row, codes, cond), whole)
     tables = frequencies(whole.view(-1, prior.codebook_size)).view(whole.shape).numpy()
-    assert np.array_equal(tables_full(one_row, codes, cond), tables)  # in the kernels, on the CPU
-    assert np.array_equal(tables_full(prior, codes, cond), tables)
+    spans = entropy.spans(tables.reshape(-1, prior.codebook_size), codes.reshape(-1).numpy()).reshape(7, 6, 2)
+    for spread in (one_row, prior):  # in the kernels, on the CPU
+        assert np.array_equal(tables_full(spread, codes, cond), tables)
+        assert np.array_equal(tables_full(spread, codes, cond, spans=True), spans)
     monkeypatch.setattr(exact_stepper, "_WHOLE_FLOAT64_BYTES", -1)  # float32 caches, torch calls
     assert np.array_equal(tables_full(prior, codes, cond), tables)
+    assert np.array_equal(tables_full(prior, codes, cond, spans=True), spans)
     # where a band would read the rows below it, the encoder walks the map step by step instead
     encoder = encoder_stepper(one_row, [codes], [cond])
     assert isinstance(encoder, KnownCodes) == (prior.kernel_size == 3)
@@ -576,19 +579,24 @@ def test_moved_copy_and_refused_models() -> None:
 
 
 @pytest.mark.parametrize(("kind", "limit"), [("top", 2**24), ("bottom", 2**24), ("bottom", 1)])
-def test_encoder_tables_equal_the_decoders(kind: str, limit: int) -> None:
+@pytest.mark.parametrize("spans", [False, True])
+def test_encoder_tables_equal_the_decoders(kind: str, limit: int, spans: bool) -> None:
     """The encoder's one-pass tables (or its stepper, for maps over the limit) are the decoder's, for
-    two maps at once as for one."""
+    two maps at once as for one; or, with ``spans``, the spans of their codes in them."""
     prior, codes = EXACT[kind], torch.randint(32, (2, 5, 7), generator=torch.Generator().manual_seed(1))
     cond = [random_cond(PRIORS[kind], 5, 7, seed) for seed in (0, 1)]
     for maps, conds in ((codes, cond), (codes[:1], cond[:1])):
-        encoder, decoder = encoder_stepper(prior, list(maps), conds, limit), prior.batch_stepper(5, 7, conds)
+        encoder = encoder_stepper(prior, list(maps), conds, limit, spans)
+        decoder = prior.batch_stepper(5, 7, conds)
         assert isinstance(encoder, KnownCodes) == (limit > 1)
         for t in range(decoder.n_steps):
             ys, xs = decoder.positions(t)
-            assert np.array_equal(encoder.freqs(t), decoder.freqs(t)), t
-            encoder.set_codes(t, maps[:, ys, xs].T.reshape(-1))
-            decoder.set_codes(t, maps[:, ys, xs].T.reshape(-1))
+            step_codes = maps[:, ys, xs].T.reshape(-1)
+            tables = decoder.freqs(t)
+            expected = entropy.spans(tables, step_codes.numpy()) if spans else tables
+            assert np.array_equal(encoder.freqs(t), expected), t
+            encoder.set_codes(t, step_codes)
+            decoder.set_codes(t, step_codes)
 
 
 def test_round_trip_through_the_range_coder() -> None:

@@ -312,13 +312,17 @@ class Codec:
         (width, height) the codes describe when the image was resized before coding, ``tile`` the
         (width, height) in pixels of the tiles coded as independent images (``tile_size``)."""
         encoder = RangeEncoder()
+        spans = min(prior.codebook_size for prior in self.exact_priors) >= 3  # ``encode_spans``
 
         def encode(freqs: np.ndarray, image: int, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
             symbols = codes[level][ys, xs]
-            encoder.encode(symbols, freqs, valid=True)  # the priors' tables (exact.md §7)
+            if spans:
+                encoder.encode_spans(freqs)
+            else:
+                encoder.encode(symbols, freqs, valid=True)  # the priors' tables (exact.md §7)
             return symbols
 
-        self.walk([codes], encode, tile, known=True, progress=progress)
+        self.walk([codes], encode, tile, known=True, spans=spans, progress=progress)
         alpha = None if source.alpha is None else np.ascontiguousarray(source.alpha, dtype=np.uint8).tobytes()
         return VQZFile(
             model_id=self.model_id,
@@ -428,6 +432,7 @@ class Codec:
         tile: tuple[int, int] | None,
         *,
         known: bool = False,
+        spans: bool = False,
         levels: Sequence[int] | None = None,
         progress: Progress | None = None,
     ) -> list[list[float]]:
@@ -439,6 +444,7 @@ class Codec:
             code_step,
             tile,
             known=known,
+            spans=spans,
             levels=levels,
             progress=progress,
             whole_map_values=self.budgets.whole_map_values,

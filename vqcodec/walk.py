@@ -27,18 +27,18 @@ import numpy as np
 import torch
 
 from vqcodec.coding import order
-from vqcodec.coding.entropy import coded_bits
+from vqcodec.coding.entropy import coded_bits, span_bits
 from vqcodec.coding.order import CodingOrder, Rect
 from vqcodec.exact import ExactPrior, ExactStepper
-from vqcodec.exact.encoder import WHOLE_MAP_VALUES, KnownCodes, encoder_stepper
+from vqcodec.exact.encoder import WHOLE_MAP_VALUES, KnownCodes, KnownSpans, encoder_stepper
 
 Progress = Callable[[int, int], None]
 """Called after every wavefront step with (steps done, steps in all)."""
 
 CodeStep = Callable[[np.ndarray, int, int, np.ndarray, np.ndarray], np.ndarray]
 """``code_step(freqs, image, level, ys, xs)``: codes one image's step at map positions (ys, xs) with
-the frequency tables ``freqs`` [n, K] (tile by tile, each tile's positions by increasing row), and
-returns the n codes."""
+the frequency tables ``freqs`` [n, K] (or the known codes' spans [n, 2]: ``walk``'s ``spans``; tile by
+tile, each tile's positions by increasing row), and returns the n codes."""
 
 
 @torch.inference_mode()  # integers need no autograd, whose bookkeeping every one of many small ops pays
@@ -50,6 +50,7 @@ def walk(
     tile: tuple[int, int] | None,
     *,
     known: bool = False,
+    spans: bool = False,
     levels: Sequence[int] | None = None,
     progress: Progress | None = None,
     whole_map_values: int = WHOLE_MAP_VALUES,
@@ -61,8 +62,9 @@ def walk(
 
     ``known``: one image whose ``codes`` already hold every code (encoding), so the priors may compute
     the tables of a whole tile in one pass of at most ``whole_map_values`` values; they are the same
-    integers either way. ``levels``: visit only these (with ``known``). Returns the ideal bits of each
-    image's levels visited.
+    integers either way. ``spans`` (with ``known``): ``code_step`` gets only each known code's span in
+    its table, [n, 2] (``entropy.spans``), all that a range encoder needs: no table is kept whole.
+    ``levels``: visit only these (with ``known``). Returns the ideal bits of each image's levels visited.
     """
     shapes = [level.shape for level in codes[0]]
     levels = range(len(shapes)) if levels is None else levels
@@ -71,10 +73,10 @@ def walk(
     for level in levels:
         bits = np.zeros(len(codes))
         for wave in coding_order.waves(shapes, level, tile):
-            groups = _tile_groups(priors[level], codes, level, wave, known, whole_map_values)
+            groups = _tile_groups(priors[level], codes, level, wave, known, spans, whole_map_values)
             for t in range(order.wave_steps(wave)):
                 step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
-                _code(step, codes, level, code_step, bits)
+                _code(step, codes, level, code_step, bits, spans)
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -89,7 +91,12 @@ def shifted(progress: Progress, done: int, total: int) -> Progress:
 
 
 def _code(
-    step: _Step, codes: list[list[np.ndarray]], level: int, code_step: CodeStep, bits: np.ndarray
+    step: _Step,
+    codes: list[list[np.ndarray]],
+    level: int,
+    code_step: CodeStep,
+    bits: np.ndarray,
+    spans: bool,
 ) -> None:
     """Code one step of every image, feed its codes to the priors, store them and count their bits."""
     step_codes = np.empty(len(step.images), dtype=np.int64)
@@ -102,7 +109,7 @@ def _code(
     step.set_codes(step_codes)  # a GPU starts on the next step: store and count meanwhile
     for image, (ys, xs, tables, symbols) in enumerate(coded):
         codes[image][level][ys, xs] = symbols
-        bits[image] += coded_bits(symbols, tables)
+        bits[image] += span_bits(tables) if spans else coded_bits(symbols, tables)
 
 
 def _crop(
@@ -120,6 +127,7 @@ def _tile_groups(
     level: int,
     wave: list[Rect],
     known: bool,
+    spans: bool,
     whole_map_values: int,
 ) -> list[_TileGroup]:
     """A wave of a level's tiles of every image, evaluated together: by one stepper on the CPU, the
@@ -143,7 +151,7 @@ def _tile_groups(
         ]
         if known:
             maps = [_crop(codes[image][level], (y, x, h, w), 1, device) for image, _, y, x, _, _ in members]
-            stepper = encoder_stepper(prior, maps, upper, whole_map_values)
+            stepper = encoder_stepper(prior, maps, upper, whole_map_values, spans)
         else:
             stepper = prior.batch_stepper(h, w, upper, [(th, tw) for *_, th, tw in members])
         columns = np.array(members, dtype=np.int64)[:, :4].T  # images, ranks, ys, xs
@@ -157,7 +165,7 @@ class _TileGroup:
     """Tiles of a level's wave, of every image walked, evaluated together by one stepper: those of
     one size, or on the CPU all of them (``_tile_groups``)."""
 
-    stepper: ExactStepper | KnownCodes
+    stepper: ExactStepper | KnownCodes | KnownSpans
     images: np.ndarray
     """The image of each tile (the stepper's images, in order)."""
     ranks: np.ndarray

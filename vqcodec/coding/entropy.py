@@ -66,6 +66,19 @@ def _check_symbols(symbols: np.ndarray, freqs: np.ndarray) -> np.ndarray:
     return symbols.astype(np.int32)
 
 
+def spans(freqs: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """Each symbol's span in its table, int64 [n, 2]: the frequencies below it and its own. A range
+    coder's step depends on these two numbers only (``RangeEncoder.encode_spans``)."""
+    rows = np.arange(len(symbols))
+    below = np.cumsum(freqs, axis=1, dtype=np.int64) - freqs
+    return np.stack([below[rows, symbols], freqs[rows, symbols]], axis=1).astype(np.int64)
+
+
+def span_bits(spans: np.ndarray) -> float:
+    """:func:`coded_bits` of the symbols whose ``spans`` a :class:`RangeEncoder` has just coded."""
+    return float(-np.log2(spans[:, 1] / _TOTAL).sum())
+
+
 class RangeEncoder:
     """Codes batches of symbols (one wavefront per call) into one range-coder payload."""
 
@@ -79,6 +92,22 @@ class RangeEncoder:
         freqs = freqs if valid else _check_freqs(freqs)
         symbols = _check_symbols(symbols, freqs)
         self._coder.encode(symbols, self._family, _constriction_probabilities(freqs))
+
+    def encode_spans(self, spans: np.ndarray) -> None:
+        """Append the symbols whose spans in valid tables are ``spans`` int64 [n, 2] (``spans``): the
+        same words as ``encode`` with their whole tables, from a three-entry table each, (below, own,
+        above) with the symbol in the middle, or at an end where nothing lies below or above it (the
+        other two entries then share the rest, each at least 1: an alphabet of at least 3)."""
+        below, own = spans[:, 0], spans[:, 1]
+        above = _TOTAL - below - own
+        tables = np.stack([below, own, above], axis=1)
+        first, last = below == 0, above == 0
+        tables[first, 0], tables[first, 1], tables[first, 2] = own[first], 1, above[first] - 1
+        tables[last, 0], tables[last, 1], tables[last, 2] = 1, below[last] - 1, own[last]
+        symbols = (1 - first + last).astype(np.int32)
+        if len(tables) and tables.min() < 1:
+            raise ValueError("spans must lie in tables of at least 3 symbols, each of frequency at least 1")
+        self._coder.encode(symbols, self._family, _constriction_probabilities(tables))
 
     def finish(self) -> bytes:
         """The payload: the coder's 32-bit words, little-endian. Call once, after the last symbol."""

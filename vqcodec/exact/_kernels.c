@@ -18,7 +18,7 @@
 #include <string.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
-#define KERNELS_VERSION 7 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
+#define KERNELS_VERSION 8 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -386,9 +386,11 @@ static PyObject *finish_gate(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* The frequency table f [k] of one row of logits l [k], using e [k] (all integers as float64). */
+/* The frequency table f [k] of one row of logits l [k], using e [k] (all integers as float64); where
+   code >= 0, only that code's span f [2]: the frequencies below it and its own, all that a range
+   encoder needs of the table (the encoder knows its codes). */
 HOT static void frequency_row(const double *restrict l, Py_ssize_t k, const double *restrict exp_table,
-                              double last, int precision, double *restrict e, int64_t *restrict f) {
+                              double last, int precision, int64_t code, double *restrict e, int64_t *restrict f) {
     const double largest = largest_of(l, k);
     for (Py_ssize_t j = 0; j < k; j++) {
         double z = largest - l[j];
@@ -397,15 +399,21 @@ HOT static void frequency_row(const double *restrict l, Py_ssize_t k, const doub
     const double total = sum_of(e, k), spread = (double)(((int64_t)1 << precision) - k);
     for (Py_ssize_t j = 0; j < k; j++) e[j] = 1.0 + floor(e[j] * spread / total);
     const double used = sum_of(e, k);
+    Py_ssize_t first = 0;
+    while (l[first] != largest) first++;
+    const int64_t rest = ((int64_t)1 << precision) - (int64_t)used;
+    if (code >= 0) {
+        f[0] = (int64_t)sum_of(e, code) + (first < code ? rest : 0);
+        f[1] = (int64_t)e[code] + (first == code ? rest : 0);
+        return;
+    }
     for (Py_ssize_t j = 0; j < k; j++) { /* e[j] in 1 .. 2**24 as int64: the low bits of e + 2**52 */
         double shifted = e[j] + 4503599627370496.0;
         int64_t bits;
         memcpy(&bits, &shifted, sizeof bits);
         f[j] = bits - (int64_t)0x4330000000000000;
     }
-    Py_ssize_t first = 0;
-    while (l[first] != largest) first++;
-    f[first] += ((int64_t)1 << precision) - (int64_t)used;
+    f[first] += rest;
 }
 
 /* frequencies(acc, more, n, k, scale, low, high, exp_table, exp_size, precision, out, threads): the output layer's
@@ -420,6 +428,7 @@ typedef struct {
     Rounding r;
     const double *exp_table;
     int precision;
+    const int64_t *codes; /* or NULL: tables [n, k], else spans [n, 2] of these codes */
     int64_t *out;
 } Frequencies;
 
@@ -430,7 +439,8 @@ static void frequencies_part(void *context, Py_ssize_t start, Py_ssize_t stop) {
     if (!row) abort(); /* a few kilobytes */
     for (Py_ssize_t i = start; i < stop; i++) {
         finish_row(&f->r, f->acc + i * k, f->more ? f->more + i * k : NULL, k, row);
-        frequency_row(row, k, f->exp_table, (double)(f->exp_size - 1), f->precision, row + k, f->out + i * k);
+        frequency_row(row, k, f->exp_table, (double)(f->exp_size - 1), f->precision, f->codes ? f->codes[i] : -1,
+                      row + k, f->out + i * (f->codes ? 2 : k));
     }
     free(row);
 }
@@ -746,6 +756,7 @@ typedef struct {
     const double *mask;
     const int64_t *cond_rows;
     const uint8_t *valid;
+    const int64_t *codes; /* or NULL: out holds tables [n, K], else spans [n, 2] of these codes */
     int64_t *out;
 } StepJob;
 
@@ -867,7 +878,9 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
         }
         case OP_FREQUENCIES: {
             Layer l = read_layer(program + at);
-            Frequencies f = {s, NULL, l.n, exp_size, l.r, exp_table, precision, job->out + start * codes};
+            const int64_t *known = job->codes ? job->codes + start : NULL;
+            Frequencies f = {s, NULL, l.n, exp_size, l.r, exp_table, precision, known,
+                             job->out + start * (known ? 2 : codes)};
             split(frequencies_part, &f, n, n * l.n, threads);
             at += LAYER_WORDS;
             break;
@@ -982,24 +995,27 @@ static int run_parts(const StepJob *job, int parts) {
 
 #define ROWS_PER_PART 16 /* positions below which a part is not worth a thread */
 
-/* step(program, words, n, first, cols, row_cells, col_cells, mask, cond_rows, valid, out, threads,
-   sync_convs): the frequency tables int64 out [n, K] of n positions, position i at cache cell first +
+/* step(program, words, n, first, cols, row_cells, col_cells, mask, cond_rows, valid, codes, out, threads,
+   sync_convs): the frequency tables int64 out [n, K] of n positions (with codes int64 [n], not 0:
+   only each code's span out [n, 2], frequency_row), position i at cache cell first +
    (i / cols) row_cells + (i % cols) col_cells (a wavefront: rows of one stride; a band of whole rows);
    mask float64 [n] or 0, cond_rows int64 [n] or 0, valid bool [n, offsets] or 0: as stepper._context
    gives them. The positions are split over up to `threads` threads, which wait for each other before
    each attention (a window reaches rows above on the same wavefront) and, with sync_convs, before each
    convolution (its taps read other positions of the same call). */
 static PyObject *step(PyObject *self, PyObject *args) {
-    unsigned long long program_p, mask_p, rows_p, valid_p, out_p;
+    unsigned long long program_p, mask_p, rows_p, valid_p, codes_p, out_p;
     StepJob job;
     int threads, rc;
-    if (!PyArg_ParseTuple(args, "KnnnnnnKKKKip", &program_p, &job.words, &job.n, &job.first, &job.cols, &job.row_cells,
-                          &job.col_cells, &mask_p, &rows_p, &valid_p, &out_p, &threads, &job.sync_convs))
+    if (!PyArg_ParseTuple(args, "KnnnnnnKKKKKip", &program_p, &job.words, &job.n, &job.first, &job.cols,
+                          &job.row_cells, &job.col_cells, &mask_p, &rows_p, &valid_p, &codes_p, &out_p, &threads,
+                          &job.sync_convs))
         return NULL;
     job.program = (const int64_t *)(uintptr_t)program_p;
     job.mask = (const double *)(uintptr_t)mask_p;
     job.cond_rows = (const int64_t *)(uintptr_t)rows_p;
     job.valid = (const uint8_t *)(uintptr_t)valid_p;
+    job.codes = (const int64_t *)(uintptr_t)codes_p;
     job.out = (int64_t *)(uintptr_t)out_p;
     int parts = (int)(job.n / ROWS_PER_PART);
     parts = parts > threads ? threads : parts;

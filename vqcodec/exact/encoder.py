@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vqcodec.coding import order
+from vqcodec.coding import entropy, order
 from vqcodec.exact.arithmetic import Q_MAX_WIDE
 from vqcodec.exact.prior import ExactPrior
 from vqcodec.exact.quantise import Ranges, input_range
@@ -39,19 +39,22 @@ def encoder_stepper(
     codes: list[Tensor],
     cond_codes: list[list[Tensor]],
     whole_map_values: int = WHOLE_MAP_VALUES,
-) -> ExactStepper | KnownCodes:
+    spans: bool = False,
+) -> ExactStepper | KnownCodes | KnownSpans:
     """Tables of maps of one size whose codes are all known, as the encoder has them (``codes`` [H, W]
     and ``cond_codes``, the levels above, of each), in the order of ``ExactPrior.batch_stepper``: each
     map in one parallel pass (``logits_full``) when its logits and caches hold at most
-    ``whole_map_values`` values, else step by step."""
+    ``whole_map_values`` values, else step by step. ``spans``: only each code's span in its table
+    [n, 2] (``entropy.spans``), all that a range encoder needs."""
     height, width = codes[0].shape
     logits = len(codes) * height * width * prior.codebook_size
     too_large = max(logits, ExactStepper.whole_cache_values(prior, height, width)) > whole_map_values
     if too_large or _band_rows(prior, height, width) < height and _reaches_below(prior):
-        return prior.batch_stepper(height, width, cond_codes)
-    tables = np.empty((len(codes), height, width, prior.codebook_size), dtype=np.int64)
+        stepper = prior.batch_stepper(height, width, cond_codes)
+        return KnownSpans(stepper, codes) if spans else stepper
+    tables = np.empty((len(codes), height, width, 2 if spans else prior.codebook_size), dtype=np.int64)
     for i, (image_codes, image_cond) in enumerate(zip(codes, cond_codes, strict=True)):
-        tables_full(prior, image_codes, image_cond, tables[i])
+        tables_full(prior, image_codes, image_cond, tables[i], spans)
     return KnownCodes(tables)
 
 
@@ -74,19 +77,24 @@ def logits_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> T
 
 
 def tables_full(
-    prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor], out: np.ndarray | None = None
+    prior: ExactPrior,
+    codes: Tensor,
+    cond_codes: list[Tensor],
+    out: np.ndarray | None = None,
+    spans: bool = False,
 ) -> np.ndarray:
     """The frequency tables int64 [H, W, K] of ``logits_full``'s logits, in the same bands (with the
-    kernels on the CPU, without computing the logits), into C-contiguous ``out`` if given."""
+    kernels on the CPU, without computing the logits), into C-contiguous ``out`` if given; ``spans``:
+    only each code's span [H, W, 2] (``entropy.spans``)."""
     height, width = codes.shape
     stepper = ExactStepper(prior, height, width, [cond_codes], whole=True)
     stepper.write_all_codes(codes.to(prior.device, torch.int64))
     band = height if _reaches_below(prior) else _band_rows(prior, height, width)
     if out is None:
-        out = np.empty((height, width, prior.codebook_size), dtype=np.int64)
+        out = np.empty((height, width, 2 if spans else prior.codebook_size), dtype=np.int64)
     for y in range(0, height, band):
         stop = min(y + band, height)
-        stepper.tables_rows(y, stop, out[y:stop].reshape(-1, prior.codebook_size))
+        stepper.tables_rows(y, stop, out[y:stop].reshape(-1, out.shape[-1]), spans)
     return out
 
 
@@ -103,10 +111,11 @@ def _reaches_below(prior: ExactPrior) -> bool:
 
 
 class KnownCodes:
-    """The stepper interface over tables computed in advance, all at once (``encoder_stepper``)."""
+    """The stepper interface over tables (or spans) computed in advance, all at once
+    (``encoder_stepper``)."""
 
     def __init__(self, tables: np.ndarray):
-        self._tables = tables  # int64 [B, H, W, K]
+        self._tables = tables  # int64 [B, H, W, K or 2]
         _, self.height, self.width, self._k = tables.shape
         self.n_steps = order.n_steps(self.height, self.width)
 
@@ -120,6 +129,28 @@ class KnownCodes:
 
     def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
         """Nothing to do: the tables already saw every code."""
+
+    def on_map(self, t: int) -> None:
+        """Every position lies on its map (``ExactStepper.on_map``)."""
+
+
+class KnownSpans:
+    """A stepper's tables of known codes as the codes' spans (``encoder_stepper``)."""
+
+    def __init__(self, stepper: ExactStepper, codes: list[Tensor]):
+        self._stepper, self._codes = stepper, torch.stack(codes).cpu().numpy()  # [B, H, W]
+        self.height, self.width, self.n_steps = stepper.height, stepper.width, stepper.n_steps
+
+    def positions(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._stepper.positions(t)
+
+    def freqs(self, t: int) -> np.ndarray:
+        """The spans [n, 2], in the order of ``ExactStepper.freqs``."""
+        ys, xs = self.positions(t)
+        return entropy.spans(self._stepper.freqs(t), self._codes[:, ys, xs].T.reshape(-1))
+
+    def set_codes(self, t: int, codes: Tensor | np.ndarray) -> None:
+        self._stepper.set_codes(t, codes)
 
     def on_map(self, t: int) -> None:
         """Every position lies on its map (``ExactStepper.on_map``)."""

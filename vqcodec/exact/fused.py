@@ -33,7 +33,7 @@ from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.gather import tap_sums
 from vqcodec.exact.quantise import Linear, int8_products
 
-KERNELS_VERSION = 7
+KERNELS_VERSION = 8
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
 older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
 
@@ -486,14 +486,19 @@ class StepProgram:
         cond_rows: Tensor | None,
         valid: Tensor | None,
         out: np.ndarray,
+        codes: np.ndarray | None = None,
     ) -> None:
         """The tables int64 ``out`` [n, K] of the sites of a wavefront (``size`` (n,)) or a band of whole
         rows (``size`` (h, W)), the i-th at cache cell ``first + sum(i_k stride_k)`` (``mask``,
-        ``cond_rows`` and ``valid`` as the stepper's ``Sites`` and ``_context`` give them)."""
+        ``cond_rows`` and ``valid`` as the stepper's ``Sites`` and ``_context`` give them); given the
+        sites' ``codes`` (int64 [n]), only each code's span ``out`` [n, 2]: the frequencies below it and
+        its own."""
         if self._array is None:
             self._array = np.array(self._words, dtype=np.int64)
         n, wavefront = int(np.prod(size)), len(size) == 1
-        assert out.shape == (n, self._words[2]) and out.dtype == np.int64 and out.flags.c_contiguous
+        width = self._words[2] if codes is None else 2
+        assert out.shape == (n, width) and out.dtype == np.int64 and out.flags.c_contiguous
+        assert codes is None or (codes.shape == (n,) and codes.dtype == np.int64 and codes.flags.c_contiguous)
         assert valid is None or valid.shape[0] == n
         cols, row_cells, col_cells = (1, stride[0], 0) if wavefront else (size[1], *stride)
         _kernels.step(
@@ -507,6 +512,7 @@ class StepProgram:
             _pointer(mask, torch.float64),
             _pointer(cond_rows, torch.int64),
             _pointer(valid, torch.bool),
+            0 if codes is None else codes.ctypes.data,
             out.ctypes.data,
             torch.get_num_threads(),
             not (wavefront and self._rows_apart),  # a band's taps read its own positions

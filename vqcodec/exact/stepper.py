@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vqcodec.coding import order
+from vqcodec.coding import entropy, order
 from vqcodec.exact import fused
 from vqcodec.exact.arithmetic import P_BITS, clamp, float_frequencies, gated_residual, round_shift
 from vqcodec.exact.attention import attend, attention_weights
@@ -181,6 +181,7 @@ class ExactStepper:
         self._program = self._step_program() if self._fused and wide == torch.float64 else None
         self._computed = 0  # steps whose tables were computed
         self._known = 0  # steps whose codes were set
+        self._all_codes: Tensor | None = None  # ``write_all_codes``'
 
     def _condition(self, cond_codes: list[list[Tensor]], sizes: list[tuple[int, int]] | None) -> None:
         """The conditioning tables of every image (``ExactPrior.condition``), one after the other, and
@@ -346,19 +347,31 @@ class ExactStepper:
         codes = codes.reshape(-1)
         self._check_code_range(codes)
         self._store(self._embedded, self._rows(0, self.height), self.prior.embed.index_select(0, codes))
+        self._all_codes = codes
 
     def evaluate_rows(self, y_start: int, y_stop: int) -> Tensor:
         """Logits [n, K] (integer-valued float64) of rows ``y_start .. y_stop - 1``, whose codes and
         rows above were entered and evaluated (a ``whole`` stepper)."""
         return self._evaluate(self._rows(y_start, y_stop))
 
-    def tables_rows(self, y_start: int, y_stop: int, out: np.ndarray) -> None:
+    def tables_rows(self, y_start: int, y_stop: int, out: np.ndarray, spans: bool = False) -> None:
         """The frequency tables int64 [n, K] of ``evaluate_rows``' logits into ``out`` (C-contiguous):
-        with the kernels, without computing the logits."""
-        if self._fused:
-            self._fused_freqs(self._rows(y_start, y_stop), out)
-        else:
-            out[...] = float_frequencies(self.evaluate_rows(y_start, y_stop)).to(torch.int64).cpu().numpy()
+        with the kernels, without computing the logits. ``spans``: only the span of each code that
+        ``write_all_codes`` entered, [n, 2] (``entropy.spans``)."""
+        sites = self._rows(y_start, y_stop)
+        codes = None
+        if spans:
+            assert self._all_codes is not None, "spans of codes never entered"
+            codes = self._all_codes[y_start * self.width : y_stop * self.width].cpu().numpy()
+        if self._program is not None:
+            self._fused_freqs(sites, out, codes)
+            return
+        tables = (
+            self._fused_freqs(sites)
+            if self._fused
+            else float_frequencies(self._evaluate(sites)).to(torch.int64).cpu().numpy()
+        )
+        out[...] = tables if codes is None else entropy.spans(tables, codes)
 
     def _check_code_range(self, codes: Tensor | np.ndarray) -> None:
         if len(codes) and (codes.min() < 0 or codes.max() >= self.prior.codebook_size):
@@ -444,17 +457,20 @@ class ExactStepper:
             x = clamp(x.add_(block.conv2.on_elu(block.conv1.on_elu(x))))
         return prior.out_conv.on_elu(x)
 
-    def _fused_freqs(self, sites: Sites, out: np.ndarray | None = None) -> np.ndarray:
+    def _fused_freqs(
+        self, sites: Sites, out: np.ndarray | None = None, codes: np.ndarray | None = None
+    ) -> np.ndarray:
         """The frequency tables [n, K] at the sites (into ``out`` if given), as
         ``float_frequencies(_evaluate(sites))`` gives them: in one call of the stepper's program, or
         with each layer's elementwise work and the attention's averages in calls of ``fused`` between
-        the products."""
+        the products. ``codes`` (the sites', with the program only): their spans [n, 2] instead."""
         prior, mask, wavefront = self.prior, sites.mask, len(sites.size) == 1
         if self._program is not None:
             cond_rows, valid = self._context(sites)
             if out is None:
-                out = np.empty((len(sites.ys), prior.codebook_size), dtype=np.int64)
-            self._program.run(sites.size, sites.stride, sites.first, mask, cond_rows, valid, out)
+                width = prior.codebook_size if codes is None else 2
+                out = np.empty((len(sites.ys), width), dtype=np.int64)
+            self._program.run(sites.size, sites.stride, sites.first, mask, cond_rows, valid, out, codes)
             return out
         sums = self._row_sums if wavefront else self._sums
         x = fused.finish(prior.input_conv, sums(prior.input_conv, self._embedded, sites, self._taps_a))
