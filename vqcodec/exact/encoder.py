@@ -156,6 +156,28 @@ class KnownSpans:
         """Every position lies on its map (``ExactStepper.on_map``)."""
 
 
+NEAREST_ROWS = 1024
+"""Rows whose distances to every codeword ``nearest_codewords`` computes at a time: a block that stays
+in the caches, where a whole map's (100 MB for a Kodak image's bottom level) would be fresh memory."""
+
+
+def _scores(z: Tensor, book: Tensor, out: Tensor | None = None) -> Tensor:
+    """``|z - e|^2 - |z|^2 = |e|^2 - 2 z.e`` [n, K] of rows z [n, D] and codewords ``book`` [K, D], all
+    integer-valued float64: integers below 2**48, so exact in any order of summation."""
+    return torch.addmm(book.square().sum(1), z, book.t(), alpha=-2.0, out=out)
+
+
+def nearest_codewords(z: Tensor, book: Tensor) -> Tensor:
+    """int64 [n]: the index of each row of ``z`` [n, D]'s nearest codeword in ``book`` [K, D], the
+    first of equal distances (argmin's, on every device), ``NEAREST_ROWS`` rows at a time."""
+    codes = torch.empty(len(z), dtype=torch.int64, device=z.device)
+    scores = torch.empty(min(len(z), NEAREST_ROWS), len(book), dtype=z.dtype, device=z.device)
+    for start in range(0, len(z), NEAREST_ROWS):
+        rows = z[start : start + NEAREST_ROWS]
+        torch.argmin(_scores(rows, book, scores[: len(rows)]), 1, out=codes[start : start + len(rows)])
+    return codes
+
+
 def _input_table() -> Tensor:
     """``rhe((p / 255 - 1/2) 2**FP)`` for p = 0..255 (no ties: 255 is odd), in exact integers."""
     values = []
@@ -250,16 +272,13 @@ class ExactEncoder:
         for level, feature in enumerate(features):
             z = self.quant_convs[level](torch.cat([feature, context], dim=2))
             book = self.codebooks[level]
-            # |z|^2 - 2 z.e + |e|^2 without |z|^2: integers below 2**48, so exact; argmin and the stable
-            # sort take the first of equal distances on every device
-            scores = torch.addmm(book.square().sum(1), z.flatten(0, 1), book.t(), alpha=-2.0)
             if level < len(fixed):
                 level_codes = fixed[level].to(self.device)
             else:
-                level_codes = scores.argmin(1).view(z.shape[:2])
+                level_codes = nearest_codewords(z.flatten(0, 1), book).view(z.shape[:2])
             codes.append(level_codes)
             if candidates:
-                nearest, order = torch.sort(scores, dim=1, stable=True)
+                nearest, order = torch.sort(_scores(z.flatten(0, 1), book), dim=1, stable=True)
                 for kept in (order, nearest.long()):
                     ranked.append(kept[:, :candidates].t().reshape(-1, *z.shape[:2]).contiguous())
             if level < len(self.context_decoders):
