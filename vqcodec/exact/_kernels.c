@@ -18,7 +18,7 @@
 #include <string.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
-#define KERNELS_VERSION 8 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
+#define KERNELS_VERSION 10 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -34,43 +34,162 @@ static inline double clamp_act(double v) {
 }
 
 /* Work split by rows (or values) over up to `threads` threads where it is large (a VQ-VAE map, a
-   step's frequency tables), for which starting a thread per part costs little. */
+   step's frequency tables), run by the pool's workers below. */
 typedef void (*Part)(void *context, Py_ssize_t start, Py_ssize_t stop);
 
 #define SPLIT_MIN 65536 /* values of work below which one thread does it all */
+#define WORKERS_MOST 15
 
 #ifndef _WIN32
 #include <pthread.h>
 
+/* Worker threads, started when a job first needs them, then waiting on a condition variable between
+   jobs: starting a thread per call cost about 90 us here, more than a part of a small map takes. A
+   job is run(context, part, parts) for part 0 .. parts - 1, part 0 in the calling thread. */
+typedef void (*PoolRun)(void *context, int part, int parts);
+
+static pthread_mutex_t pool_in_use = PTHREAD_MUTEX_INITIALIZER; /* one job at a time in the pool */
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    int started;                     /* workers running */
+    unsigned long generation;        /* jobs handed out */
+    unsigned long created;           /* the generation when the last workers were started */
+    int parts;                       /* of the current job */
+    unsigned long finished;          /* its parts done, but the caller's */
+    PoolRun run;
+    void *context;
+    pthread_cond_t turn;             /* the barrier of sync_parts: */
+    int waiting;
+    unsigned long round;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, NULL, NULL,
+          PTHREAD_COND_INITIALIZER, 0, 0};
+
+/* Before blocking on a condition variable, a thread spins this many pauses (some tens of us) for
+   the value it waits on to change: a thread woken from sleep started its part about 60 us late here (a
+   virtual machine's idle core), longer than a step's part of a small wavefront takes. */
+#define SPINS 4000
+
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void spin_while_equal(const unsigned long *value, unsigned long old) {
+    for (int i = 0; i < SPINS && __atomic_load_n(value, __ATOMIC_ACQUIRE) == old; i++) relax();
+}
+
+/* Wait until every part of the job has come here. */
+static void sync_parts(void) {
+    pthread_mutex_lock(&pool.lock);
+    const unsigned long round = pool.round;
+    if (++pool.waiting == pool.parts) {
+        pool.waiting = 0;
+        __atomic_store_n(&pool.round, round + 1, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&pool.turn);
+        pthread_mutex_unlock(&pool.lock);
+        return;
+    }
+    pthread_mutex_unlock(&pool.lock);
+    spin_while_equal(&pool.round, round);
+    pthread_mutex_lock(&pool.lock);
+    while (pool.round == round) pthread_cond_wait(&pool.turn, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+}
+
+static void *worker(void *arg) {
+    const int part = (int)(intptr_t)arg; /* 1 .. WORKERS_MOST: part 0 is the caller's */
+    pthread_mutex_lock(&pool.lock);
+    unsigned long seen = pool.created; /* the jobs before this thread's first */
+    for (;;) {
+        if (pool.generation == seen) {
+            pthread_mutex_unlock(&pool.lock);
+            spin_while_equal(&pool.generation, seen);
+            pthread_mutex_lock(&pool.lock);
+        }
+        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+        seen = pool.generation;
+        if (part >= pool.parts) continue; /* a job of fewer parts */
+        const PoolRun run = pool.run;
+        void *context = pool.context;
+        const int parts = pool.parts;
+        pthread_mutex_unlock(&pool.lock);
+        run(context, part, parts);
+        pthread_mutex_lock(&pool.lock);
+        if (__atomic_add_fetch(&pool.finished, 1, __ATOMIC_RELEASE) == (unsigned long)parts - 1)
+            pthread_cond_signal(&pool.done);
+    }
+    return NULL;
+}
+
+/* After fork() only the calling thread exists: the child starts its own workers. */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool_in_use, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pthread_cond_init(&pool.turn, NULL);
+    pool.started = 0;
+}
+
+/* Workers for a job of `parts` parts (the caller holds pool_in_use): returns the parts it may have,
+   fewer where threads could not start. */
+static int pool_start(int parts) {
+    parts = parts > WORKERS_MOST + 1 ? WORKERS_MOST + 1 : parts;
+    pthread_mutex_lock(&pool.lock);
+    pool.created = pool.generation;
+    while (pool.started < parts - 1) {
+        pthread_t id;
+        if (pthread_create(&id, NULL, worker, (void *)(intptr_t)(pool.started + 1)) != 0) break;
+        pthread_detach(id);
+        pool.started++;
+    }
+    parts = pool.started + 1 < parts ? pool.started + 1 : parts;
+    pthread_mutex_unlock(&pool.lock);
+    return parts;
+}
+
+/* Run a job of `parts` parts (at most pool_start's), part 0 here, and wait for all of them. */
+static void pool_run(PoolRun run, void *context, int parts) {
+    const unsigned long others = (unsigned long)parts - 1;
+    pthread_mutex_lock(&pool.lock);
+    pool.run = run;
+    pool.context = context;
+    pool.parts = parts;
+    pool.waiting = 0;
+    __atomic_store_n(&pool.finished, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&pool.generation, pool.generation + 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    run(context, 0, parts);
+    for (int i = 0; i < SPINS && __atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE) < others; i++) relax();
+    pthread_mutex_lock(&pool.lock);
+    while (pool.finished < others) pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+}
+
 typedef struct {
     Part part;
     void *context;
-    Py_ssize_t start, stop;
-} Chunk;
+    Py_ssize_t n;
+} Split;
 
-static void *run_chunk(void *arg) {
-    Chunk *chunk = arg;
-    chunk->part(chunk->context, chunk->start, chunk->stop);
-    return NULL;
+static void split_part(void *context, int part, int parts) {
+    const Split *s = context;
+    s->part(s->context, s->n * part / parts, s->n * (part + 1) / parts);
 }
 #endif
 
+/* part(context, 0, n), in parts on the pool where the work is large and the pool free (another
+   Python thread's job may hold it: then here, in one part). */
 static void split(Part part, void *context, Py_ssize_t n, Py_ssize_t work, int threads) {
 #ifndef _WIN32
-    enum { MOST = 16 };
-    threads = threads > MOST ? MOST : threads;
-    if (threads > 1 && work >= SPLIT_MIN && n >= threads) {
-        pthread_t ids[MOST];
-        Chunk chunks[MOST];
-        int started[MOST] = {0};
-        for (int t = 1; t < threads; t++) {
-            chunks[t] = (Chunk){part, context, n * t / threads, n * (t + 1) / threads};
-            started[t] = pthread_create(&ids[t], NULL, run_chunk, &chunks[t]) == 0;
-            if (!started[t]) part(context, chunks[t].start, chunks[t].stop); /* no thread: here */
-        }
-        part(context, 0, n / threads);
-        for (int t = 1; t < threads; t++)
-            if (started[t]) pthread_join(ids[t], NULL);
+    if (threads > 1 && work >= SPLIT_MIN && n >= threads && pthread_mutex_trylock(&pool_in_use) == 0) {
+        Split s = {part, context, n};
+        pool_run(split_part, &s, pool_start(threads));
+        pthread_mutex_unlock(&pool_in_use);
         return;
     }
 #endif
@@ -891,104 +1010,30 @@ static void run_program(const StepJob *job, Py_ssize_t start, Py_ssize_t stop, i
     }
 }
 
-/* Worker threads that run parts of a step: started on the first step that splits, then waiting on a
-   condition variable between steps (starting a thread per step would cost more than its part). */
-#define WORKERS_MOST 15
-
 #ifndef _WIN32
-static pthread_mutex_t pool_in_use = PTHREAD_MUTEX_INITIALIZER; /* one step at a time in the pool */
-
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t wake, done;
-    int started;                     /* workers running */
-    unsigned long generation;        /* steps handed out */
-    unsigned long created;           /* the generation when the last workers were started */
-    int parts, finished;             /* of the current step */
+/* A step in parts on the pool: each part's positions in a buffer of its own. */
+typedef struct {
     StepJob job;
-    char *buffers;                   /* the parts' buffers, buffer_bytes(parts' most positions) apart */
-    size_t buffer_size;
-    pthread_cond_t turn;             /* the barrier of sync_parts: */
-    int waiting;
-    unsigned long round;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, {0},
-          NULL, 0, PTHREAD_COND_INITIALIZER, 0, 0};
-
-/* Wait until every part of the step has come here. */
-static void sync_parts(void) {
-    pthread_mutex_lock(&pool.lock);
-    const unsigned long round = pool.round;
-    if (++pool.waiting == pool.parts) {
-        pool.waiting = 0;
-        pool.round++;
-        pthread_cond_broadcast(&pool.turn);
-    } else {
-        while (pool.round == round) pthread_cond_wait(&pool.turn, &pool.lock);
-    }
-    pthread_mutex_unlock(&pool.lock);
-}
+    char *buffers; /* buffer_bytes(the most positions of a part) apart */
+    size_t size;
+} StepParts;
 
 static Py_ssize_t part_start(Py_ssize_t n, int part, int parts) { return n * part / parts; }
 
-static void *worker(void *arg) {
-    const int part = (int)(intptr_t)arg; /* 1 .. WORKERS_MOST: part 0 is the caller's */
-    pthread_mutex_lock(&pool.lock);
-    unsigned long seen = pool.created; /* the steps before this thread's first */
-    for (;;) {
-        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
-        seen = pool.generation;
-        if (part >= pool.parts) continue; /* a step of fewer parts */
-        const StepJob job = pool.job;
-        const int parts = pool.parts;
-        char *buffer = pool.buffers + pool.buffer_size * (size_t)part;
-        pthread_mutex_unlock(&pool.lock);
-        run_program(&job, part_start(job.n, part, parts), part_start(job.n, part + 1, parts), 1, buffer, sync_parts);
-        pthread_mutex_lock(&pool.lock);
-        if (++pool.finished == parts - 1) pthread_cond_signal(&pool.done);
-    }
-    return NULL;
+static void step_part(void *context, int part, int parts) {
+    const StepParts *s = context;
+    run_program(&s->job, part_start(s->job.n, part, parts), part_start(s->job.n, part + 1, parts), 1,
+                s->buffers + s->size * (size_t)part, parts > 1 ? sync_parts : NULL);
 }
 
-/* After fork() only the calling thread exists: the child starts its own workers. */
-static void pool_after_fork(void) {
-    pthread_mutex_init(&pool_in_use, NULL);
-    pthread_mutex_init(&pool.lock, NULL);
-    pthread_cond_init(&pool.wake, NULL);
-    pthread_cond_init(&pool.done, NULL);
-    pthread_cond_init(&pool.turn, NULL);
-    pool.started = 0;
-}
-
-/* Run the job in `parts` parts, part 0 here: returns 0, or -1 out of memory. */
+/* Run the job in up to `parts` parts (the caller holds pool_in_use): returns 0, or -1 out of memory. */
 static int run_parts(const StepJob *job, int parts) {
-    pthread_mutex_lock(&pool.lock);
-    pool.created = pool.generation;
-    while (pool.started < parts - 1) {
-        pthread_t id;
-        if (pthread_create(&id, NULL, worker, (void *)(intptr_t)(pool.started + 1)) != 0) break;
-        pthread_detach(id);
-        pool.started++;
-    }
-    parts = pool.started + 1 < parts ? pool.started + 1 : parts;
+    parts = pool_start(parts);
     const size_t size = buffer_bytes(job->program, part_start(job->n, 1, parts) + 1);
-    char *buffers = malloc(size * (size_t)parts);
-    if (!buffers) {
-        pthread_mutex_unlock(&pool.lock);
-        return -1;
-    }
-    pool.job = *job;
-    pool.parts = parts;
-    pool.finished = pool.waiting = 0;
-    pool.buffers = buffers;
-    pool.buffer_size = size;
-    pool.generation++;
-    pthread_cond_broadcast(&pool.wake);
-    pthread_mutex_unlock(&pool.lock);
-    run_program(job, 0, part_start(job->n, 1, parts), 1, buffers, parts > 1 ? sync_parts : NULL);
-    pthread_mutex_lock(&pool.lock);
-    while (pool.finished < parts - 1) pthread_cond_wait(&pool.done, &pool.lock);
-    pthread_mutex_unlock(&pool.lock);
-    free(buffers);
+    StepParts s = {*job, malloc(size * (size_t)parts), size};
+    if (!s.buffers) return -1;
+    pool_run(step_part, &s, parts);
+    free(s.buffers);
     return 0;
 }
 #endif

@@ -33,7 +33,7 @@ from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.gather import tap_sums
 from vqcodec.exact.quantise import Linear, int8_products
 
-KERNELS_VERSION = 8
+KERNELS_VERSION = 10
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
 older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
 
