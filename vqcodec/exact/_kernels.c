@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
 #define KERNELS_VERSION 10 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
@@ -66,19 +67,30 @@ static struct {
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, NULL, NULL,
           PTHREAD_COND_INITIALIZER, 0, 0};
 
-/* Before blocking on a condition variable, a thread spins this many pauses (some tens of us) for
-   the value it waits on to change: a thread woken from sleep started its part about 60 us late here (a
-   virtual machine's idle core), longer than a step's part of a small wavefront takes. */
-#define SPINS 4000
+/* Before blocking on a condition variable, a thread spins up to SPIN_NS for the value it waits on to
+   change: a thread woken from sleep started its part about 60 us late here (a virtual machine's idle
+   core), longer than a step's part of a small wavefront takes. */
+#define SPIN_NS 100000
 
-static inline void relax(void) {
+typedef struct {
+    struct timespec start;
+    int pauses;
+} Spin;
+
+/* Pause once; whether the spin that `spin` counts may go on (start it zeroed). */
+static int spinning(Spin *spin) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+    if (spin->pauses++ % 64) return 1;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (spin->pauses == 1) spin->start = now;
+    return (now.tv_sec - spin->start.tv_sec) * 1000000000L + (now.tv_nsec - spin->start.tv_nsec) < SPIN_NS;
 }
 
 static void spin_while_equal(const unsigned long *value, unsigned long old) {
-    for (int i = 0; i < SPINS && __atomic_load_n(value, __ATOMIC_ACQUIRE) == old; i++) relax();
+    for (Spin spin = {0}; __atomic_load_n(value, __ATOMIC_ACQUIRE) == old && spinning(&spin);) continue;
 }
 
 /* Wait until every part of the job has come here. */
@@ -164,7 +176,7 @@ static void pool_run(PoolRun run, void *context, int parts) {
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     run(context, 0, parts);
-    for (int i = 0; i < SPINS && __atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE) < others; i++) relax();
+    for (Spin spin = {0}; __atomic_load_n(&pool.finished, __ATOMIC_ACQUIRE) < others && spinning(&spin);) continue;
     pthread_mutex_lock(&pool.lock);
     while (pool.finished < others) pthread_cond_wait(&pool.done, &pool.lock);
     pthread_mutex_unlock(&pool.lock);
