@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vqcodec.allocator import keep_freed_memory
 from vqcodec.bench import cli as bench_cli
 from vqcodec.cli_codec import compress, decompress
 from vqcodec.cli_errors import EXIT_STATUS, Group, reports_errors
@@ -70,6 +71,7 @@ def main() -> None:
       vqcodec compress --model a.safetensors photo.png photo.vqz
       vqcodec decompress --model a.safetensors photo.vqz photo.png
     """
+    keep_freed_memory()  # the process ends with the command (vqcodec.allocator)
 
 
 # --- training: a run folder -----------------------------------------------------------------------

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vqcodec.allocator import keep_freed_memory
+
 if TYPE_CHECKING:
     from vqcodec.codec import Codec
 
@@ -78,7 +80,9 @@ def run_child(
 
 
 def main() -> None:
-    """The child's side: read the job from argv, time it, print the result."""
+    """The child's side: read the job from argv, time it, print the result. The process's allocator
+    keeps freed memory, as in the command's process (``vqcodec.allocator``)."""
+    keep_freed_memory()
     job = json.loads(sys.argv[1])
     threads, operation = job.pop("threads"), job.pop("operation")
     paths = [Path(path) for path in job.pop("paths")]
