@@ -192,7 +192,9 @@ class ExactEncoder:
 
     def __init__(self, vqvae: VQVAE, ranges: Ranges | None = None) -> None:
         """The encoder of ``vqvae`` whose convolutions' inputs have ``ranges`` (at FP, by module name in
-        ``vqvae``; ``DEFAULT_RANGE`` where none is given), rounded to 16 bits."""
+        ``vqvae``; ``DEFAULT_RANGE`` where none is given), rounded to 16 bits in the encoders' plain
+        convolutions and quant_convs, to 8 in their residual blocks and the context decoders (exact.md
+        §11: what the codes need)."""
         ranges = ranges or {}
         self.config = vqvae.config
         self._encode_halo = vqvae.encode_halo()
@@ -208,7 +210,7 @@ class ExactEncoder:
             for level, conv in enumerate(vqvae.quant_convs)
         ]
         self.context_decoders = [
-            quantise_layers(decoder.net, ranges, f"context_decoders.{level}.net.", wide=True)
+            quantise_layers(decoder.net, ranges, f"context_decoders.{level}.net.")
             for level, decoder in enumerate(vqvae.context_decoders)
         ]
         self.inputs = _input_table()

@@ -12,8 +12,8 @@ The integer mirror of ``models/vqvae.py``'s decoder (codes to pixels), in the pr
 * ReLU, residual sums, clamps and the final rounding to 8-bit pixels are exact float64 operations on
   integers below ``2**53``.
 
-The encoder's wide layers (§11: 15-bit weights, wide inputs, also stride-2 convolutions) are
-``IntegerConv``s too; the rest of the encoder is in ``encoder.py``: a decoder needs none of it.
+The encoder's layers (§11: 16-bit inputs where its codes need them, also stride-2 convolutions)
+are ``IntegerConv``s too; the rest of the encoder is in ``encoder.py``: a decoder needs none of it.
 """
 
 from __future__ import annotations
@@ -288,10 +288,11 @@ Layer = Callable[[Map], Map]
 def quantise_layers(net: nn.Module, ranges: Ranges, name: str, wide: bool = False) -> list[Layer]:
     """The exact layers of an ``nn.Sequential`` of convolutions, ReLUs and ResBlocks, in order, with
     the input ``ranges`` of its convolutions (at FP, by module name under ``name``): 8-bit inputs,
-    unsigned after a ReLU (the decoder's, normative), or ``wide`` 16-bit ones (the encoder's). A ReLU
-    whose only reader is a convolution is left to that convolution's rounding, which clamps at 0."""
+    unsigned after a ReLU (the decoder's, normative), or for the plain convolutions ``wide`` 16-bit
+    ones (the encoder's: a ResBlock's keep 8 bits, exact.md §11). A ReLU whose only reader is a
+    convolution is left to that convolution's rounding, which clamps at 0."""
 
-    def conv(module: nn.Module, module_name: str, after_relu: bool) -> IntegerConv:
+    def conv(module: nn.Module, module_name: str, after_relu: bool, wide: bool = wide) -> IntegerConv:
         in_range = input_range(ranges, f"{name}{module_name}", FP)
         high = Q_MAX_WIDE if wide else Q_MAX_UNSIGNED if after_relu else Q_MAX
         return IntegerConv.from_float(module, in_range, 0 if after_relu else -high, high)
@@ -305,7 +306,8 @@ def quantise_layers(net: nn.Module, ranges: Ranges, name: str, wide: bool = Fals
         elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
             layers.append(conv(module, f"{i}", i > 0 and isinstance(modules[i - 1], nn.ReLU)))
         elif isinstance(module, ResBlock):  # net: ReLU, conv1, ReLU, conv2
-            conv1, conv2 = conv(module.net[1], f"{i}.net.1", True), conv(module.net[3], f"{i}.net.3", True)
+            conv1 = conv(module.net[1], f"{i}.net.1", True, wide=False)
+            conv2 = conv(module.net[3], f"{i}.net.3", True, wide=False)
             layers.append(_Res(conv1, conv2))
         else:
             raise ValueError(f"no exact form for {type(module).__name__}")
