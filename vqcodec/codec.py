@@ -313,16 +313,19 @@ class Codec:
         (width, height) in pixels of the tiles coded as independent images (``tile_size``)."""
         encoder = RangeEncoder()
         spans = min(prior.codebook_size for prior in self.exact_priors) >= 3  # ``encode_spans``
+        walked: list[np.ndarray] = []  # the spans in coding order, coded in one call at the end
 
         def encode(freqs: np.ndarray, image: int, level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
             symbols = codes[level][ys, xs]
             if spans:
-                encoder.encode_spans(freqs)
+                walked.append(freqs)
             else:
                 encoder.encode(symbols, freqs, valid=True)  # the priors' tables (exact.md §7)
             return symbols
 
         self.walk([codes], encode, tile, known=True, spans=spans, progress=progress)
+        if walked:
+            encoder.encode_spans(np.concatenate(walked))
         alpha = None if source.alpha is None else np.ascontiguousarray(source.alpha, dtype=np.uint8).tobytes()
         return VQZFile(
             model_id=self.model_id,
