@@ -244,9 +244,20 @@ def test_bench_speed_times_the_codec_in_fresh_processes(tmp_path: Path, tiny_mod
     assert row["image"].startswith("Kodak (2 images") and len(row["decode_seconds"]) == 2
     assert sum(row["bytes"]) > 0 and sum(row["whole_bytes"]) > 0  # in 64-pixel tiles, and whole
     assert report["batch_decode"]["files_per_batch"] == 2 and report["compute_floor"]["kodak_gmac"] > 0
-    versus = report["versus"]  # alternated in one process: each image twice, each side first once
-    assert versus["images"] == 2 and all(len(versus[side]["ratios"]) == 4 for side in ("encode", "decode"))
+    for key in (
+        "versus",
+        "versus_allocator",
+    ):  # alternated in one process: each image twice, each side first once
+        versus = report[key]
+        assert versus["images"] == 2 and all(
+            len(versus[side]["ratios"]) == 4 for side in ("encode", "decode")
+        )
+    assert not report["versus"]["allocator"] and report["versus_allocator"]["allocator"]
     markdown = (out / "results.md").read_text()
     assert "`vqcodec bench speed`" in markdown and "tiles of 64 pixels" in markdown
-    assert "bmshj2018-factorized" in markdown and "per-image ratios" in markdown
+    assert (
+        "bmshj2018-factorized" in markdown
+        and "per-image ratios" in markdown
+        and "as the `vqcodec` command" in markdown
+    )
     assert not (out / "threads.md").exists()  # --load 0: no threads' test

@@ -55,15 +55,19 @@ def run_child(
     settings: Settings,
     waits: dict[str, str],
     threads: int | None = None,
+    allocator: bool = True,
 ) -> dict[str, Any]:
     """Run ``operation`` on ``paths`` in a fresh process with ``threads`` CPU threads (None: torch's
-    default) and ``waits``, the OpenMP variables (none: OpenMP's defaults); its JSON result."""
+    default), ``waits``, the OpenMP variables (none: OpenMP's defaults), and ``allocator``: glibc's
+    malloc set as the command sets it (``vqcodec.allocator``; False: as a plain Python process has it);
+    its JSON result."""
     from vqcodec.threads import SPIN_COUNT, WAIT_POLICY
 
     job = {
         "operation": operation,
         "paths": [str(path) for path in paths],
         "threads": threads,
+        "allocator": allocator,
         **asdict(settings),
     }
     env = {key: value for key, value in os.environ.items() if key not in (WAIT_POLICY, SPIN_COUNT)}
@@ -80,10 +84,10 @@ def run_child(
 
 
 def main() -> None:
-    """The child's side: read the job from argv, time it, print the result. The process's allocator
-    keeps freed memory, as in the command's process (``vqcodec.allocator``)."""
-    keep_freed_memory()
+    """The child's side: read the job from argv, time it, print the result."""
     job = json.loads(sys.argv[1])
+    if job.pop("allocator"):
+        keep_freed_memory()
     threads, operation = job.pop("threads"), job.pop("operation")
     paths = [Path(path) for path in job.pop("paths")]
     settings = Settings(**job)

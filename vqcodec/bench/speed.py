@@ -82,7 +82,8 @@ def run_speed(
             "rows": rows,
             "batch_decode": batch_decode(copies, settings),
             "compressai": compressai_times(copies) if cpu else {},
-            "versus": versus_bmshj2018(copies, settings) if cpu else {},
+            "versus": versus_bmshj2018(copies, settings, allocator=False) if cpu else {},
+            "versus_allocator": versus_bmshj2018(copies, settings, allocator=True) if cpu else {},
             "compute_floor": compute_floor(settings.model, settings.device),
         }
     text = speed_markdown(report)
@@ -124,11 +125,12 @@ def time_images(name: str, paths: list[Path], settings: Settings) -> dict[str, A
     return row
 
 
-def versus_bmshj2018(paths: list[Path], settings: Settings) -> dict[str, Any]:
+def versus_bmshj2018(paths: list[Path], settings: Settings, allocator: bool) -> dict[str, Any]:
     """vqcodec's encode and decode times as multiples of bmshj2018-factorized's, measured alternately in
-    one process (``child.versus``): the medians of the per-image ratios, and their quartiles."""
-    sides = run_child("versus", paths, settings, DEFAULT_WAITS)
-    result: dict[str, Any] = {"baseline": sides["baseline"], "images": len(paths)}
+    one process (``child.versus``), whose malloc is set as the command's (``allocator``) or left as a
+    plain Python process has it: the medians of the per-image ratios, and their quartiles."""
+    sides = run_child("versus", paths, settings, DEFAULT_WAITS, allocator=allocator)
+    result: dict[str, Any] = {"baseline": sides["baseline"], "images": len(paths), "allocator": allocator}
     for side in ("encode", "decode"):
         ratios = [ours / theirs for ours, theirs in zip(sides[side], sides[f"base_{side}"], strict=True)]
         quartiles = statistics.quantiles(ratios, n=4)
@@ -140,7 +142,8 @@ def versus_bmshj2018(paths: list[Path], settings: Settings) -> dict[str, Any]:
             "ratios": ratios,
         }
     encode, decode = result["encode"]["ratio"], result["decode"]["ratio"]
-    say(f"against bmshj2018-factorized: encode {encode:.2f}x, decode {decode:.2f}x")
+    where = "the command's allocator" if allocator else "a plain process"
+    say(f"against bmshj2018-factorized, in {where}: encode {encode:.2f}x, decode {decode:.2f}x")
     return result
 
 
@@ -277,23 +280,35 @@ def _tiles_section(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ratios(versus: dict[str, Any]) -> str:
+    """The encode and decode ratios of a ``versus_bmshj2018`` result, with their quartiles and medians."""
+    return ", ".join(
+        f"{side} **{versus[side]['ratio']:.2f}x** (quartiles {versus[side]['ratio_quartiles'][0]:.2f}"
+        f"-{versus[side]['ratio_quartiles'][1]:.2f}; medians {versus[side]['vqcodec_s']:.2f} s against"
+        f" {versus[side]['baseline_s']:.2f} s)"
+        for side in ("encode", "decode")
+    )
+
+
 def _compressai_section(report: dict[str, Any]) -> list[str]:
     lines = []
     versus = report.get("versus")
     if versus:
-        ratios = [
-            f"{side} **{versus[side]['ratio']:.2f}x** (quartiles {versus[side]['ratio_quartiles'][0]:.2f}"
-            f"-{versus[side]['ratio_quartiles'][1]:.2f}; medians {versus[side]['vqcodec_s']:.2f} s against"
-            f" {versus[side]['baseline_s']:.2f} s)"
-            for side in ("encode", "decode")
-        ]
         rounds = len(versus["encode"]["ratios"]) // versus["images"]
         lines += [
             f"Against {versus['baseline']}: both timed in one process, image by image over the"
             f" {versus['images']} Kodak images in {rounds} rounds, each side once first and once second, so"
             " that the machine's drift cancels. vqcodec's time as a multiple of bmshj2018-factorized's, the"
-            f" median of the {len(versus['encode']['ratios'])} per-image ratios (issue #19's target: 1.0x):"
-            f" {ratios[0]}, {ratios[1]}.",
+            f" median of the {len(versus['encode']['ratios'])} per-image ratios (issue #19's target: 1.0x),"
+            f" in a plain Python process (glibc's malloc as it comes, both imported as libraries):"
+            f" {_ratios(versus)}.",
+            "",
+        ]
+    with_allocator = report.get("versus_allocator")  # absent from older runs
+    if with_allocator:
+        lines += [
+            "The same in a process whose malloc keeps freed memory, as the `vqcodec` command sets it"
+            f" (`vqcodec.allocator`), for both sides: {_ratios(with_allocator)}.",
             "",
         ]
     if report["compressai"]:
