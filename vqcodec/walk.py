@@ -63,7 +63,9 @@ def walk(
     ``known``: one image whose ``codes`` already hold every code (encoding), so the priors may compute
     the tables of a whole tile in one pass of at most ``whole_map_values`` values; they are the same
     integers either way. ``spans`` (with ``known``): ``code_step`` gets only each known code's span in
-    its table, [n, 2] (``entropy.spans``), all that a range encoder needs: no table is kept whole.
+    its table, [n, 2] (``entropy.spans``), all that a range encoder needs: no table is kept whole; and
+    where a wave's spans were all computed in advance, it gets them in one call, in the order of the
+    wave's steps (nothing between two steps depends on the codes: they are known).
     ``levels``: visit only these (with ``known``). Returns the ideal bits of each image's levels visited.
     """
     shapes = [level.shape for level in codes[0]]
@@ -74,9 +76,13 @@ def walk(
         bits = np.zeros(len(codes))
         for wave in coding_order.waves(shapes, level, tile):
             groups = _tile_groups(priors[level], codes, level, wave, known, spans, whole_map_values)
+            at_once = spans and all(isinstance(group.stepper, KnownCodes) for group in groups)
+            if at_once:
+                _code_wave(groups, level, code_step, bits)
             for t in range(order.wave_steps(wave)):
-                step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
-                _code(step, codes, level, code_step, bits, spans)
+                if not at_once:
+                    step = _Step([group for group in groups if t < group.stepper.n_steps], t, len(codes))
+                    _code(step, codes, level, code_step, bits, spans)
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -110,6 +116,20 @@ def _code(
     for image, (ys, xs, tables, symbols) in enumerate(coded):
         codes[image][level][ys, xs] = symbols
         bits[image] += span_bits(tables) if spans else coded_bits(symbols, tables)
+
+
+def _code_wave(groups: list[_TileGroup], level: int, code_step: CodeStep, bits: np.ndarray) -> None:
+    """Code a wave of one image's known codes whose spans were all computed in advance, in one call: the
+    order of its steps, and within each step of ``_Step``'s (tile by tile, rows ascending)."""
+    parts = []
+    for group in groups:
+        assert isinstance(group.stepper, KnownCodes)
+        steps, maps, rows, cols, spans = group.stepper.everything()
+        parts.append((steps, group.ranks[maps], rows, rows + group.ys[maps], cols + group.xs[maps], spans))
+    steps, ranks, rows, ys, xs, spans = (np.concatenate(column) for column in zip(*parts, strict=True))
+    coding = np.lexsort((rows, ranks, steps))
+    code_step(spans[coding], 0, level, ys[coding], xs[coding])
+    bits[0] += span_bits(spans[coding])
 
 
 def _crop(

@@ -122,6 +122,15 @@ class KnownCodes:
     def positions(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         return order.wavefront(t, self.height, self.width)
 
+    def everything(self) -> tuple[np.ndarray, ...]:
+        """Every position of every map at once, map by map, row-major: its step, map, row and column
+        (int64 [n] each) and its table or span [n, K or 2]."""
+        maps, h, w = self._tables.shape[:3]
+        steps = np.tile(order.step_map(h, w).ravel(), maps)
+        rows = np.tile(np.repeat(np.arange(h, dtype=np.int64), w), maps)
+        cols = np.tile(np.arange(w, dtype=np.int64), maps * h)
+        return steps, np.repeat(np.arange(maps), h * w), rows, cols, self._tables.reshape(maps * h * w, -1)
+
     def freqs(self, t: int) -> np.ndarray:
         """Position by position, image by image within each, as ``ExactStepper.freqs``."""
         ys, xs = self.positions(t)
