@@ -128,8 +128,9 @@ def _code_wave(groups: list[_TileGroup], level: int, code_step: CodeStep, bits: 
         parts.append((steps, group.ranks[maps], rows, rows + group.ys[maps], cols + group.xs[maps], spans))
     steps, ranks, rows, ys, xs, spans = (np.concatenate(column) for column in zip(*parts, strict=True))
     coding = np.lexsort((rows, ranks, steps))
-    code_step(spans[coding], 0, level, ys[coding], xs[coding])
-    bits[0] += span_bits(spans[coding])
+    ordered = spans[coding]
+    code_step(ordered, 0, level, ys[coding], xs[coding])
+    bits[0] += span_bits(ordered)
 
 
 def _crop(
