@@ -512,13 +512,17 @@ def test_step_program_products_of_any_width(vnni: bool) -> None:
 
 @pytest.mark.skipif(not fused.available(torch.device("cpu")), reason="vqcodec.exact._kernels was not built")
 @pytest.mark.parametrize("kind", ["bottom", "three_bottom"])
-def test_compiled_kernels_give_the_torch_calls_conditioning(kind: str, monkeypatch) -> None:
+@pytest.mark.parametrize(("h", "w"), [(9, 14), (1, 1), (2, 5)])
+def test_compiled_kernels_give_the_torch_calls_conditioning(kind: str, h: int, w: int, monkeypatch) -> None:
+    """The kernels' stack on three maps at once (stacked, each padded apart) gives each map's tables
+    of the torch calls, map by map."""
     prior = EXACT[kind]
-    cond = random_cond(PRIORS[kind], 9, 14)
-    compiled = prior.condition(cond, 9, 14)
+    maps = [random_cond(PRIORS[kind], h, w, seed=i) for i in range(3)]
+    compiled = prior.condition_maps(maps, h, w)
     monkeypatch.setattr(fused, "_kernels", None)
+    alone = [prior.condition(cond, h, w) for cond in maps]
     assert compiled is not None and all(
-        torch.equal(a, b) for a, b in zip(compiled, prior.condition(cond, 9, 14), strict=True)
+        torch.equal(a, torch.cat(b)) for a, *b in zip(compiled, *alone, strict=True)
     )
 
 

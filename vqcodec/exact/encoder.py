@@ -53,9 +53,20 @@ def encoder_stepper(
         stepper = prior.batch_stepper(height, width, cond_codes)
         return KnownSpans(stepper, codes) if spans else stepper
     tables = np.empty((len(codes), height, width, 2 if spans else prior.codebook_size), dtype=np.int64)
-    for i, (image_codes, image_cond) in enumerate(zip(codes, cond_codes, strict=True)):
-        tables_full(prior, image_codes, image_cond, tables[i], spans)
+    per_map = -(-height // 2) * -(-width // 2)  # rows of a map's conditioning tables
+    for first in range(0, len(codes), CONDITION_MAPS):
+        cond_tables = prior.condition_maps(cond_codes[first : first + CONDITION_MAPS], height, width)
+        for i, image_codes in enumerate(codes[first : first + CONDITION_MAPS]):
+            image_tables = (
+                None if cond_tables is None else [t[i * per_map : (i + 1) * per_map] for t in cond_tables]
+            )
+            tables_full(prior, image_codes, cond_codes[first + i], tables[first + i], spans, image_tables)
     return KnownCodes(tables)
+
+
+CONDITION_MAPS = 8
+"""Maps whose conditioning stack ``encoder_stepper`` runs at once: a tile's small map costs mostly calls,
+and eight share them; the tables of more would only take memory."""
 
 
 def logits_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> Tensor:
@@ -82,12 +93,14 @@ def tables_full(
     cond_codes: list[Tensor],
     out: np.ndarray | None = None,
     spans: bool = False,
+    cond_tables: list[Tensor] | None = None,
 ) -> np.ndarray:
     """The frequency tables int64 [H, W, K] of ``logits_full``'s logits, in the same bands (with the
     kernels on the CPU, without computing the logits), into C-contiguous ``out`` if given; ``spans``:
-    only each code's span [H, W, 2] (``entropy.spans``)."""
+    only each code's span [H, W, 2] (``entropy.spans``); ``cond_tables``: the conditioning tables of
+    ``cond_codes`` if computed already."""
     height, width = codes.shape
-    stepper = ExactStepper(prior, height, width, [cond_codes], whole=True)
+    stepper = ExactStepper(prior, height, width, [cond_codes], whole=True, cond_tables=cond_tables)
     stepper.write_all_codes(codes.to(prior.device, torch.int64))
     band = height if _reaches_below(prior) else _band_rows(prior, height, width)
     if out is None:

@@ -336,23 +336,26 @@ def tap_products_fit(channels: int, taps: int) -> bool:
     return _kernels is not None and channels % 4 == 0 and 1 <= taps <= 16
 
 
-def elu_conv(layer: Linear, x: Tensor, height: int, width: int) -> Tensor:
+def elu_conv(layer: Linear, x: Tensor, height: int, width: int, maps: int = 1) -> Tensor:
     """A zero-padded 3x3 ``layer`` (taps row-major, ``with_elu_inputs``) reading ``elu(x)`` of contiguous
-    float64 activations ``x`` [height width, C] of a map: float64 [height width, out]. The 8-bit inputs
-    of the map, padded, then the products of its taps on flat slices of it (``tap_products``, else
-    ``gather.tap_sums``)."""
+    float64 activations ``x`` [maps height width, C] of ``maps`` maps one after the other: float64
+    [maps height width, out]. The 8-bit inputs of the maps, each padded, stacked into one tall map,
+    then the products of its taps on flat slices of it (``tap_products``, else ``gather.tap_sums``):
+    the two rows of outputs between two maps are computed and dropped."""
     c, out_channels = x.shape[1], layer.weight8.shape[1]
-    q = torch.empty(height * width, c, dtype=torch.int8)
+    q = torch.empty(maps * height * width, c, dtype=torch.int8)
     elu_store(layer, x, q)
-    padded = torch.nn.functional.pad(q.view(height, width, c), (0, 0, 1, 1, 1, 2))
+    rows = maps * (height + 2)  # each map's rows, padded above and below
+    padded = torch.zeros(rows + 1, width + 2, c, dtype=torch.int8)  # + 1: the last slices run on
+    padded[:rows].view(maps, height + 2, width + 2, c)[:, 1:-1, 1:-1] = q.view(maps, height, width, c)
     taps = [(dy, dx) for dy in range(3) for dx in range(3)]
     if tap_products_fit(c, len(taps)):
-        sums = tap_products(padded, taps, layer.weight8, height)
+        sums = tap_products(padded, taps, layer.weight8, rows - 2)
     else:
-        sums = tap_sums(padded, taps, layer.weight8.view(len(taps), c, -1), layer.bias_low, height)
-    out = torch.empty(height, width, out_channels, dtype=torch.float64)
-    conv_outputs([sums[:, :width]], [layer.scale], layer.bias_low, layer.bias_high, out)
-    return out.view(-1, out_channels)
+        sums = tap_sums(padded, taps, layer.weight8.view(len(taps), c, -1), layer.bias_low, rows - 2)
+    out = torch.empty(rows, width, out_channels, dtype=torch.float64)
+    conv_outputs([sums[:, :width]], [layer.scale], layer.bias_low, layer.bias_high, out[: rows - 2])
+    return out.view(maps, height + 2, width, out_channels)[:, :height].reshape(-1, out_channels).contiguous()
 
 
 _PACKED: dict[int, tuple[Tensor, Tensor]] = {}

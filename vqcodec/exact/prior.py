@@ -154,10 +154,34 @@ class ExactPrior:
         ``cond_proj``, so the value at (y, x) is row (y // 2) * ceil(W/2) + x // 2: a quarter of the
         work and memory.
         """
+        return self.condition_maps([cond_codes], height, width)
+
+    def condition_maps(self, maps: list[list[Tensor]], height: int, width: int) -> list[Tensor] | None:
+        """``condition`` of several height x width maps, one per image of ``maps`` (the levels above
+        of each): per gated block, the images' tables one after the other. With the compiled kernels
+        the stack runs on all the maps at once (``fused.elu_conv``), where one small map at a time
+        cost mostly calls."""
         n = len(self.cond_codebook_sizes)
-        check_cond_codes(n, cond_codes)
+        for cond_codes in maps:
+            check_cond_codes(n, cond_codes)
         if n == 0:
             return None
+        h2, w2 = -(-height // 2), -(-width // 2)
+        features = torch.stack([self._cond_features(cond_codes, height, width) for cond_codes in maps])
+        c = self.cond_conv(features.view(len(maps) * h2 * w2, -1))
+        for block in self.cond_stack:
+            if fused.available(self.device):
+                h = fused.elu_conv(block.conv1, c, h2, w2, len(maps))
+                h = fused.elu_conv(block.conv2, h, h2, w2, len(maps))
+            else:  # map by map
+                h = torch.cat([self._branch(block, m) for m in c.view(len(maps), h2, w2, -1)])
+            c = clamp(c + h)
+        return [linear_rows(block.cond_proj, c, COND_DTYPE, self.chunk) for block in self.blocks]
+
+    def _cond_features(self, cond_codes: list[Tensor], height: int, width: int) -> Tensor:
+        """The embedded codes of the levels above [ceil(H/2), ceil(W/2), n D], each upsampled to this
+        level's half resolution; ValueError for maps of the wrong shape or codes outside a codebook."""
+        n = len(self.cond_codebook_sizes)
         h2, w2 = -(-height // 2), -(-width // 2)
         ys, xs = torch.arange(h2, device=self.device), torch.arange(w2, device=self.device)
         embedded = []
@@ -170,16 +194,13 @@ class ExactPrior:
                 raise ValueError(f"upper level {i} has codes outside its codebook")
             g = f // 2  # nearest upsampling by g to this level's half resolution
             embedded.append(table[codes[ys // g][:, xs // g]])
-        features = torch.cat(embedded, dim=-1)  # [h2, w2, n * D]
-        c = self.cond_conv(features.view(h2 * w2, -1))
-        for block in self.cond_stack:
-            if fused.available(self.device):
-                h = fused.elu_conv(block.conv2, fused.elu_conv(block.conv1, c, h2, w2), h2, w2)
-            else:
-                h = self._conv_full(block.conv1, elu(c).view(h2, w2, -1))
-                h = self._conv_full(block.conv2, elu(h).view(h2, w2, -1))
-            c = clamp(c + h)
-        return [linear_rows(block.cond_proj, c, COND_DTYPE, self.chunk) for block in self.blocks]
+        return torch.cat(embedded, dim=-1)
+
+    def _branch(self, block: QuantResBlock, c: Tensor) -> Tensor:
+        """A conditioning block's two convolutions of ELUs on one map's activations c [h, w, C], as
+        torch calls: [h * w, C]."""
+        h, w, _ = c.shape
+        return self._conv_full(block.conv2, elu(self._conv_full(block.conv1, elu(c))).view(h, w, -1))
 
     def _conv_full(self, layer: Linear, features: Tensor) -> Tensor:
         """A zero-padded 3x3 ``layer`` at every position of float64 features [h, w, C] -> [h * w, out]."""

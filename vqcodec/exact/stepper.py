@@ -119,10 +119,13 @@ class ExactStepper:
         cond_codes: list[list[Tensor]],
         whole: bool = False,
         sizes: list[tuple[int, int]] | None = None,
+        cond_tables: list[Tensor] | None = None,
     ):
         """``cond_codes``: the levels above of each image; ``whole``: one image, a slot for every step
         (the caches never slide), to evaluate bands of whole rows; ``sizes``: the (h, w) of each
-        image's map, at most height x width, when they differ (None: all height x width)."""
+        image's map, at most height x width, when they differ (None: all height x width);
+        ``cond_tables``: the images' conditioning tables if computed already (``ExactPrior.condition_maps``
+        of ``cond_codes``)."""
         if height < 1 or width < 1:
             raise ValueError(f"empty map {height}x{width}")
         if not cond_codes or (whole and len(cond_codes) > 1):
@@ -174,7 +177,7 @@ class ExactStepper:
         self._sizes = (
             None if sizes is None or set(sizes) == {(height, width)} else torch.tensor(sizes, device=device)
         )
-        self._condition(cond_codes, sizes)
+        self._condition(cond_codes, sizes, cond_tables)
         self._order_positions()
         self._step_context: tuple[Tensor | None, Tensor | None] | None = None  # ``_context``'s, all steps
         self._last_wavefront = Sites(self._ys[:0], self._xs[:0], self._images[:0], (0,), (0,), 0, 0)
@@ -183,17 +186,25 @@ class ExactStepper:
         self._known = 0  # steps whose codes were set
         self._all_codes: Tensor | None = None  # ``write_all_codes``'
 
-    def _condition(self, cond_codes: list[list[Tensor]], sizes: list[tuple[int, int]] | None) -> None:
-        """The conditioning tables of every image (``ExactPrior.condition``), one after the other, and
-        where each image's table starts and how wide it is."""
+    def _condition(
+        self, cond_codes: list[list[Tensor]], sizes: list[tuple[int, int]] | None, tables: list[Tensor] | None
+    ) -> None:
+        """The conditioning tables of every image (``ExactPrior.condition``), one after the other, unless
+        given, and where each image's table starts and how wide it is."""
         height, width, device = self.height, self.width, self.prior.device
-        shapes = [(height, width)] * self.batch if sizes is None or self._sizes is None else sizes
-        per_image = [
-            self.prior.condition(codes, h, w) for codes, (h, w) in zip(cond_codes, shapes, strict=True)
-        ]
-        self._cond = (
-            None if per_image[0] is None else [torch.cat(tables) for tables in zip(*per_image, strict=True)]
-        )
+        if tables is not None:
+            self._cond = tables
+        elif sizes is None or self._sizes is None:
+            self._cond = self.prior.condition_maps(cond_codes, height, width)
+        else:
+            per_image = [
+                self.prior.condition(codes, h, w) for codes, (h, w) in zip(cond_codes, sizes, strict=True)
+            ]
+            self._cond = (
+                None
+                if per_image[0] is None
+                else [torch.cat(tables) for tables in zip(*per_image, strict=True)]
+            )
         self._cond_width = -(-width // 2)
         self._cond_size = -(-height // 2) * self._cond_width
         if sizes is not None and self._sizes is not None:  # each image's table: its first row, its width
