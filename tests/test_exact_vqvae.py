@@ -18,7 +18,7 @@ from vqcodec.exact import fused, quantise
 from vqcodec.exact.calibrate import calibrate
 from vqcodec.exact.encoder import ExactEncoder
 from vqcodec.exact.quantise import input_quantiser, quantise_rows8, ranges_under
-from vqcodec.exact.vqvae import FP, ExactDecoder, IntegerConv
+from vqcodec.exact.vqvae import FP, ExactDecoder, IntegerConv, run_layers
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel, to_uint8
 from vqcodec.models.vqvae import part_shape
@@ -83,6 +83,38 @@ def test_each_convolution_is_the_one_it_mirrors(
         monkeypatch.setattr(quantise, "INT8_DEVICES", frozenset())
     layer = IntegerConv.from_float(conv, 2**16, low, high)
     np.testing.assert_array_equal(layer(x).numpy(), _reference(conv, x, 2**16, low, high).numpy())
+
+
+@pytest.mark.skipif(not fused.available(torch.device("cpu")), reason="vqcodec.exact._kernels was not built")
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (nn.Conv2d(8, 12, 4, stride=2, padding=1), nn.Conv2d(12, 8, 4, stride=2, padding=1)),
+        (nn.Conv2d(8, 12, 3, padding=1), nn.Conv2d(12, 4, 1)),
+        (
+            nn.ConvTranspose2d(8, 12, 4, stride=2, padding=1),
+            nn.ConvTranspose2d(12, 3, 4, stride=2, padding=1),
+        ),
+    ],
+    ids=["down, down", "3x3, 1x1", "up, up"],
+)
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [(-127, 127), (0, 255), (-32767, 32767), (0, 32767)],
+    ids=["signed", "unsigned", "16", "16 ReLU"],
+)
+def test_a_convolution_read_by_the_next_alone_hands_it_the_same_operands(
+    first: nn.Module, second: nn.Module, low: int, high: int
+) -> None:
+    """``run_layers`` of two convolutions in a row (the first's rounding writes the second's int8
+    operands, no map between) gives what one after the other gives."""
+    torch.manual_seed(1)
+    x = torch.randint(-(2**17), 2**17, (12, 16, first.in_channels)).double()  # twice down: even sides
+    layers = [
+        IntegerConv.from_float(first, 2**16, -127, 127),
+        IntegerConv.from_float(second, 2**15, low, high),
+    ]
+    assert torch.equal(run_layers(layers, x), layers[1](layers[0](x)))
 
 
 def test_unsupported_convolutions_are_refused() -> None:

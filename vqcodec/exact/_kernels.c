@@ -19,7 +19,7 @@
 #include <time.h>
 
 #define ACT_MAX 1048575.0 /* arithmetic.ACT_MAX, checked by fused.py on import */
-#define KERNELS_VERSION 10 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
+#define KERNELS_VERSION 11 /* fused.KERNELS_VERSION: a build older than the Python code is not used */
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
 /* Every loop in two versions, chosen when the module loads: AVX2 (packed rounding, 4 doubles at a
@@ -660,28 +660,47 @@ typedef struct {
     Py_ssize_t cols, c, stride, out_row_stride, out_col_stride;
     const double *scale_a, *scale_b, *start, *high;
     double *out;
+    ConvInputs next; /* next.a: the reader's operands instead of out (conv_outputs) */
 } ConvOutputs;
 
 static void conv_outputs_part(void *context, Py_ssize_t start, Py_ssize_t stop) {
     const ConvOutputs *o = context;
-    for (Py_ssize_t y = start; y < stop; y++)
-        finish_map_row(o->a + y * o->stride, o->b ? o->b + y * o->stride : NULL, o->cols, o->c, o->scale_a,
-                       o->scale_b, o->start, o->high, o->out + y * o->out_row_stride, o->out_col_stride);
+    const ConvInputs *next = o->next.a ? &o->next : NULL;
+    double *row = next ? malloc((size_t)(o->cols * o->c) * sizeof(double)) : NULL; /* one row's outputs */
+    if (next && !row) abort();
+    for (Py_ssize_t y = start; y < stop; y++) {
+        const int32_t *a = o->a + y * o->stride, *b = o->b ? o->b + y * o->stride : NULL;
+        if (!next) {
+            finish_map_row(a, b, o->cols, o->c, o->scale_a, o->scale_b, o->start, o->high,
+                           o->out + y * o->out_row_stride, o->out_col_stride);
+            continue;
+        }
+        finish_map_row(a, b, o->cols, o->c, o->scale_a, o->scale_b, o->start, o->high, row, o->c);
+        for (Py_ssize_t x = 0; x < o->cols; x++) {
+            const Py_ssize_t at = y * o->out_row_stride + x * o->out_col_stride;
+            quantise_map(row + x * o->c, o->c, next->scale, next->low, next->high, next->mode, next->a + at,
+                         next->b ? next->b + at : NULL);
+        }
+    }
+    free(row);
 }
 
 /* conv_outputs(a, b, rows, cols, c, row_stride, scale_a, scale_b, start, high, out, out_row_stride,
-   out_col_stride, threads): a convolution's outputs from the int32 sums of its one or two int8
-   operands (b: 0 or the low limb's, laid out as a), [rows, cols, c] at row_stride (in values): out =
-   clamp(floor(a scale_a + b scale_b + start) + high) per channel (vqvae.IntegerConv.__call__: every sum
-   a multiple of 2**-t_c below 2**53 of them, exact), written at out + y out_row_stride + x
-   out_col_stride. */
+   out_col_stride, next_scale, next_low, next_high, next_mode, next_a, next_b, threads): a convolution's
+   outputs from the int32 sums of its one or two int8 operands (b: 0 or the low limb's, laid out as a),
+   [rows, cols, c] at row_stride (in values): out = clamp(floor(a scale_a + b scale_b + start) + high)
+   per channel (vqvae.IntegerConv.__call__: every sum a multiple of 2**-t_c below 2**53 of them, exact),
+   written at out + y out_row_stride + x out_col_stride; or, where next_a is not 0, not written but
+   rounded at once into the int8 operands of the convolution that reads them (conv_inputs' with the
+   next_ arguments), at next_a (and next_b) + the same offsets. */
 static PyObject *conv_outputs(PyObject *self, PyObject *args) {
-    unsigned long long a_p, b_p, sa_p, sb_p, start_p, high_p, out_p;
+    unsigned long long a_p, b_p, sa_p, sb_p, start_p, high_p, out_p, next_a_p, next_b_p;
     Py_ssize_t rows;
     ConvOutputs o;
     int threads;
-    if (!PyArg_ParseTuple(args, "KKnnnnKKKKKnni", &a_p, &b_p, &rows, &o.cols, &o.c, &o.stride, &sa_p, &sb_p,
-                          &start_p, &high_p, &out_p, &o.out_row_stride, &o.out_col_stride, &threads))
+    if (!PyArg_ParseTuple(args, "KKnnnnKKKKKnndddiKKi", &a_p, &b_p, &rows, &o.cols, &o.c, &o.stride, &sa_p, &sb_p,
+                          &start_p, &high_p, &out_p, &o.out_row_stride, &o.out_col_stride, &o.next.scale,
+                          &o.next.low, &o.next.high, &o.next.mode, &next_a_p, &next_b_p, &threads))
         return NULL;
     o.a = (const int32_t *)(uintptr_t)a_p;
     o.b = (const int32_t *)(uintptr_t)b_p;
@@ -690,6 +709,9 @@ static PyObject *conv_outputs(PyObject *self, PyObject *args) {
     o.start = (const double *)(uintptr_t)start_p;
     o.high = (const double *)(uintptr_t)high_p;
     o.out = (double *)(uintptr_t)out_p;
+    o.next.x = NULL;
+    o.next.a = (int8_t *)(uintptr_t)next_a_p;
+    o.next.b = (int8_t *)(uintptr_t)next_b_p;
     split(conv_outputs_part, &o, rows, rows * o.cols * o.c, threads);
     Py_RETURN_NONE;
 }

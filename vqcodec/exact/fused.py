@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import warnings
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.gather import tap_sums
 from vqcodec.exact.quantise import Linear, int8_products
 
-KERNELS_VERSION = 10
+KERNELS_VERSION = 11
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
 older sources (before a ``pip install -e .`` again) is left unused, with a warning."""
 
@@ -260,7 +261,7 @@ def conv_inputs(x: Tensor, scale: float, low: int, high: int) -> tuple[Tensor, T
     ``hi``, ``lo - 128`` of ``q = 256 hi + lo`` (16 bits: ``high`` above 255). A large map is split over
     torch's number of threads, as the kernels of ``conv_outputs``."""
     x = x.contiguous()
-    mode = 2 if high > 255 else 1 if low == 0 else 0
+    mode = _input_mode(low, high)
     a = torch.empty(x.shape, dtype=torch.int8)
     b = torch.empty(x.shape, dtype=torch.int8) if mode == 2 else None
     _kernels.conv_inputs(
@@ -277,14 +278,36 @@ def conv_inputs(x: Tensor, scale: float, low: int, high: int) -> tuple[Tensor, T
     return a, b
 
 
-def conv_outputs(sums: list[Tensor], scales: list[Tensor], start: Tensor, high: Tensor, out: Tensor) -> None:
+def _input_mode(low: int, high: int) -> int:
+    """How ``conv_inputs`` stores inputs of ``low .. high``: 0 as int8, 1 as q - 128, 2 as two limbs."""
+    return 2 if high > 255 else 1 if low == 0 else 0
+
+
+class NextInputs(NamedTuple):
+    """The int8 operands (``conv_inputs``' ``a`` and ``b`` or None, rounded by ``scale``, ``low``,
+    ``high``) of the convolution that reads a convolution's outputs, for ``conv_outputs`` to write."""
+
+    a: Tensor
+    b: Tensor | None
+    scale: float
+    low: int
+    high: int
+
+
+def conv_outputs(
+    sums: list[Tensor], scales: list[Tensor], start: Tensor, high: Tensor, out: Tensor | NextInputs
+) -> None:
     """``out = clamp(floor(sum_i sums[i] scales[i] + start) + high)`` per channel, for one or two int32
     sums [h, w, C] with contiguous positions (rows of any stride) and a float64 view ``out`` [h, w, C]
-    whose channels are contiguous."""
+    whose channels are contiguous; or, for ``NextInputs``, the int8 operands of those outputs (views [h,
+    w, C] alike) instead: the outputs themselves are never stored."""
     a, b = sums[0], sums[1] if len(sums) == 2 else None
     rows, cols, c = a.shape
     assert a.dtype == torch.int32 and a.stride()[1:] == (c, 1) and (b is None or b.stride() == a.stride())
-    assert out.dtype == torch.float64 and out.shape == a.shape and out.stride(2) == 1
+    nxt = out if isinstance(out, NextInputs) else None
+    target = nxt.a if nxt else out
+    assert target.dtype == (torch.int8 if nxt else torch.float64) and target.shape == a.shape
+    assert target.stride(2) == 1 and (nxt is None or nxt.b is None or nxt.b.stride() == target.stride())
     _kernels.conv_outputs(
         a.data_ptr(),
         0 if b is None else b.data_ptr(),
@@ -296,9 +319,15 @@ def conv_outputs(sums: list[Tensor], scales: list[Tensor], start: Tensor, high: 
         scales[-1].data_ptr(),
         start.data_ptr(),
         high.data_ptr(),
-        out.data_ptr(),
-        out.stride(0),
-        out.stride(1),
+        0 if nxt else target.data_ptr(),
+        target.stride(0),
+        target.stride(1),
+        nxt.scale if nxt else 0.0,
+        float(nxt.low) if nxt else 0.0,
+        float(nxt.high) if nxt else 0.0,
+        _input_mode(nxt.low, nxt.high) if nxt else 0,
+        target.data_ptr() if nxt else 0,
+        nxt.b.data_ptr() if nxt and nxt.b is not None else 0,
         torch.get_num_threads(),
     )
 

@@ -177,10 +177,7 @@ class IntegerConv:
         """The maps the products take, each with its factor and how it stores 0: the rounded input, or
         for int8 products its int8 limbs (one 8-bit value; a 16-bit one's ``hi`` and ``lo - 128``)."""
         if fused.available(x.device):
-            a, b = fused.conv_inputs(x, self.in_scale, self.in_low, self.in_high)
-            if b is not None:
-                return [(a, 256.0, 0.0), (b, 1.0, -_OFFSET)]
-            return [(a, 1.0, -_OFFSET if self.in_low >= 0 else 0.0)]
+            return self._int8_operands(*fused.conv_inputs(x, self.in_scale, self.in_low, self.in_high))
         q = x.mul(self.in_scale).add_(0.5).floor_().clamp_(self.in_low, self.in_high)
         if not int8_products(q.device):
             return [(q, 1.0, 0.0)]
@@ -191,6 +188,12 @@ class IntegerConv:
         high = q.mul(1 / 256).floor_()
         low = q.sub_(high * 256).sub_(_OFFSET)
         return [(high.to(torch.int8), 256.0, 0.0), (low.to(torch.int8), 1.0, -_OFFSET)]
+
+    def _int8_operands(self, a: Map, b: Map | None) -> list[tuple[Map, float, float]]:
+        """``_operands`` of the int8 maps ``fused.conv_inputs`` gives."""
+        if b is not None:
+            return [(a, 256.0, 0.0), (b, 1.0, -_OFFSET)]
+        return [(a, 1.0, -_OFFSET if self.in_low >= 0 else 0.0)]
 
     def _sums(self, x: Map, zero: float, height: int, width: int) -> list[Tensor]:
         """Each list of taps' sums [height', width', out] over the operand map ``x``: int32 for an int8
@@ -244,20 +247,44 @@ class IntegerConv:
             out = parts[0]
         return out.floor_().add_(self.bias_high).clamp_(-ACT_MAX, ACT_MAX)
 
-    def _fused_outputs(self, operands: list[tuple[Map, float, float]], h: int, w: int) -> Map:
-        """``__call__``'s outputs from the int8 operands, their rounding in ``fused``'s kernel."""
+    def _fused_outputs(
+        self, operands: list[tuple[Map, float, float]], h: int, w: int, reader: IntegerConv | None = None
+    ) -> Map | list[tuple[Map, float, float]]:
+        """``__call__``'s outputs from the int8 operands, their rounding in ``fused``'s kernel; or with
+        a ``reader``, the convolution that alone reads them, its ``_operands`` of them, rounded in the
+        same pass: the float64 map between (8 bytes a value, in fresh memory whose page faults cost
+        more than the rounding) is never stored."""
         sums = [self._sums(operand, zero, h, w) for operand, _, zero in operands]
         scales = [self.scale * factor for _, factor, _ in operands]
+        size = (2 * h, 2 * w) if self.kind == "up" else (h // 2, w // 2) if self.kind == "down" else (h, w)
+        shape = (*size, self.scale.shape[0])
+        if reader is None:
+            out: Map | fused.NextInputs = torch.empty(shape, dtype=torch.float64)
+        else:
+            wide = reader.in_high > Q_MAX_UNSIGNED  # two limbs
+            limbs = [torch.empty(shape, dtype=torch.int8) for _ in range(2 if wide else 1)]
+            out = fused.NextInputs(limbs[0], limbs[1] if wide else None, *reader.rounding)
         if self.kind != "up":
-            out = torch.empty(*sums[0][0].shape, dtype=torch.float64)
             fused.conv_outputs([part[0] for part in sums], scales, self.starts[0], self.bias_high, out)
-            return out
-        out = torch.empty(2 * h, 2 * w, self.scale.shape[0], dtype=torch.float64)
-        for parity, start in enumerate(self.starts):  # output rows 2y + py, columns 2x + px
-            py, px = divmod(parity, 2)
-            parts = [part[parity] for part in sums]
-            fused.conv_outputs(parts, scales, start, self.bias_high, out[py::2, px::2])
-        return out
+        else:
+            for parity, start in enumerate(self.starts):  # output rows 2y + py, columns 2x + px
+                py, px = divmod(parity, 2)
+                parts = [part[parity] for part in sums]
+                fused.conv_outputs(parts, scales, start, self.bias_high, _parity(out, py, px))
+        return out if reader is None else reader._int8_operands(out.a, out.b)
+
+    @property
+    def rounding(self) -> tuple[float, int, int]:
+        """The factor and the bounds of the rounding of this convolution's inputs."""
+        return self.in_scale, self.in_low, self.in_high
+
+
+def _parity(out: Map | fused.NextInputs, py: int, px: int) -> Map | fused.NextInputs:
+    """The rows ``2y + py`` and columns ``2x + px`` of a map, or of each operand map."""
+    if isinstance(out, fused.NextInputs):
+        b = None if out.b is None else out.b[py::2, px::2]
+        return out._replace(a=out.a[py::2, px::2], b=b)
+    return out[py::2, px::2]
 
 
 def _relu(x: Map) -> Map:
@@ -275,11 +302,11 @@ class _Res:
     """``clamp(x + conv2(relu(conv1(relu(x)))))``: a VQ-VAE ResBlock."""
 
     conv1: IntegerConv
-    conv2: IntegerConv
+    conv2: IntegerConv  # inputs unsigned: its rounding is the ReLU before it
 
     def __call__(self, x: Map) -> Map:
-        h = self.conv1(_relu_into(self.conv1, x))
-        return (x + self.conv2(_relu_into(self.conv2, h))).clamp_(-ACT_MAX, ACT_MAX)
+        h = run_layers([self.conv1, self.conv2], _relu_into(self.conv1, x))
+        return h.add_(x).clamp_(-ACT_MAX, ACT_MAX)  # into conv2's outputs: no new map
 
 
 Layer = Callable[[Map], Map]
@@ -315,8 +342,24 @@ def quantise_layers(net: nn.Module, ranges: Ranges, name: str, wide: bool = Fals
 
 
 def run_layers(layers: list[Layer], x: Map) -> Map:
-    for layer in layers:
-        x = layer(x)
+    """The ``layers`` in turn on ``x``. With the compiled kernels, a convolution that only the next one
+    reads (a ReLU between them is the reader's rounding) hands it its int8 operands, not a map."""
+    operands = None  # the next layer's, if the last one gave them
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, IntegerConv):
+            x = layer(x)
+            continue
+        reader = layers[i + 1] if i + 1 < len(layers) else None
+        if operands is None and not (isinstance(reader, IntegerConv) and fused.available(x.device)):
+            x = layer(x)
+            continue
+        if operands is None:
+            operands = layer._operands(x)
+        h, w = operands[0][0].shape[:2]
+        if isinstance(reader, IntegerConv):
+            operands = layer._fused_outputs(operands, h, w, reader)
+        else:
+            x, operands = layer._fused_outputs(operands, h, w), None
     return x
 
 
