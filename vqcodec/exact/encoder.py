@@ -16,7 +16,7 @@ from torch import Tensor
 
 from vqcodec.coding import entropy, order
 from vqcodec.exact.arithmetic import Q_MAX_WIDE
-from vqcodec.exact.prior import ExactPrior
+from vqcodec.exact.prior import COND_MAPS_AT_ONCE, ExactPrior
 from vqcodec.exact.quantise import Ranges, input_range
 from vqcodec.exact.stepper import ExactStepper, reach
 from vqcodec.exact.vqvae import (
@@ -54,19 +54,14 @@ def encoder_stepper(
         return KnownSpans(stepper, codes) if spans else stepper
     tables = np.empty((len(codes), height, width, 2 if spans else prior.codebook_size), dtype=np.int64)
     per_map = -(-height // 2) * -(-width // 2)  # rows of a map's conditioning tables
-    for first in range(0, len(codes), CONDITION_MAPS):
-        cond_tables = prior.condition_maps(cond_codes[first : first + CONDITION_MAPS], height, width)
-        for i, image_codes in enumerate(codes[first : first + CONDITION_MAPS]):
+    for first in range(0, len(codes), COND_MAPS_AT_ONCE):
+        cond_tables = prior.condition_maps(cond_codes[first : first + COND_MAPS_AT_ONCE], height, width)
+        for i, image_codes in enumerate(codes[first : first + COND_MAPS_AT_ONCE]):
             image_tables = (
                 None if cond_tables is None else [t[i * per_map : (i + 1) * per_map] for t in cond_tables]
             )
             tables_full(prior, image_codes, cond_codes[first + i], tables[first + i], spans, image_tables)
     return KnownCodes(tables)
-
-
-CONDITION_MAPS = 8
-"""Maps whose conditioning stack ``encoder_stepper`` runs at once: a tile's small map costs mostly calls,
-and eight share them; the tables of more would only take memory."""
 
 
 def logits_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> Tensor:

@@ -7,6 +7,7 @@ since every product sum is exact in any order (``exact.md`` §8).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,13 +64,20 @@ def gathered_linear(layer: Linear, source: Tensor, index: Tensor, chunk: int = G
     return out
 
 
-def linear_rows(layer: Linear, inputs: Tensor, dtype: torch.dtype, chunk: int = GEMM_CHUNK) -> Tensor:
-    """``layer`` on integer rows ``inputs`` [n, fan_in] in GEMMs of about ``chunk`` values, the outputs
-    stored as ``dtype``."""
+def linear_rows(
+    layer: Linear,
+    inputs: Tensor,
+    dtype: torch.dtype,
+    chunk: int = GEMM_CHUNK,
+    apply: Callable[[Linear, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """``layer`` on integer rows ``inputs`` [n, fan_in] in GEMMs of about ``chunk`` values (by
+    ``apply(layer, rows)`` if given: the same outputs), the outputs stored as ``dtype``."""
     out = torch.empty(len(inputs), layer.weight.shape[1], dtype=dtype, device=inputs.device)
     rows = max(1, chunk // max(layer.weight.shape))
     for start in range(0, len(inputs), rows):
-        out[start : start + rows] = layer(inputs[start : start + rows])
+        part = inputs[start : start + rows]
+        out[start : start + rows] = layer(part) if apply is None else apply(layer, part)
     return out
 
 

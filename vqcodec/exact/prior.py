@@ -40,6 +40,11 @@ COND_DTYPE = torch.float32
 float64 (they cover a quarter of a level's positions, which for a large image is many)."""
 
 
+COND_MAPS_AT_ONCE = 2
+"""Maps whose conditioning stack runs at once: two small maps (a tile's) share the calls that one
+alone would make; more outgrow the second-level cache, and each costs as much as alone."""
+
+
 @dataclasses.dataclass
 class ExactPrior:
     """The integer mirror of a :class:`PixelSNAILPrior` (``bitstream_spec/exact.md``)."""
@@ -159,24 +164,39 @@ class ExactPrior:
     def condition_maps(self, maps: list[list[Tensor]], height: int, width: int) -> list[Tensor] | None:
         """``condition`` of several height x width maps, one per image of ``maps`` (the levels above
         of each): per gated block, the images' tables one after the other. With the compiled kernels
-        the stack runs on all the maps at once (``fused.elu_conv``), where one small map at a time
-        cost mostly calls."""
+        the stack runs on ``COND_MAPS_AT_ONCE`` maps at a time (``fused.elu_conv``)."""
         n = len(self.cond_codebook_sizes)
         for cond_codes in maps:
             check_cond_codes(n, cond_codes)
         if n == 0:
             return None
+        if len(maps) > COND_MAPS_AT_ONCE:
+            parts = [
+                self.condition_maps(maps[i : i + COND_MAPS_AT_ONCE], height, width)
+                for i in range(0, len(maps), COND_MAPS_AT_ONCE)
+            ]
+            return [torch.cat(tables) for tables in zip(*parts, strict=True)]
         h2, w2 = -(-height // 2), -(-width // 2)
         features = torch.stack([self._cond_features(cond_codes, height, width) for cond_codes in maps])
-        c = self.cond_conv(features.view(len(maps) * h2 * w2, -1))
+        kernels = fused.available(self.device)
+        c = self._linear(self.cond_conv, features.view(len(maps) * h2 * w2, -1))
         for block in self.cond_stack:
-            if fused.available(self.device):
+            if kernels:
                 h = fused.elu_conv(block.conv1, c, h2, w2, len(maps))
                 h = fused.elu_conv(block.conv2, h, h2, w2, len(maps))
             else:  # map by map
                 h = torch.cat([self._branch(block, m) for m in c.view(len(maps), h2, w2, -1)])
             c = clamp(c + h)
-        return [linear_rows(block.cond_proj, c, COND_DTYPE, self.chunk) for block in self.blocks]
+        return [
+            linear_rows(block.cond_proj, c, COND_DTYPE, self.chunk, self._linear) for block in self.blocks
+        ]
+
+    def _linear(self, layer: Linear, x: Tensor) -> Tensor:
+        """``layer(x)`` of float64 activations [n, C], its rounding in the compiled kernels where they
+        run: one pass instead of a torch call per operation."""
+        if fused.available(self.device):
+            return fused.finish(layer, fused.linear(layer, x.contiguous()))
+        return layer(x)
 
     def _cond_features(self, cond_codes: list[Tensor], height: int, width: int) -> Tensor:
         """The embedded codes of the levels above [ceil(H/2), ceil(W/2), n D], each upsampled to this
