@@ -247,36 +247,43 @@ class IntegerConv:
             out = parts[0]
         return out.floor_().add_(self.bias_high).clamp_(-ACT_MAX, ACT_MAX)
 
-    def _fused_outputs(
-        self, operands: list[tuple[Map, float, float]], h: int, w: int, reader: IntegerConv | None = None
-    ) -> Map | list[tuple[Map, float, float]]:
-        """``__call__``'s outputs from the int8 operands, their rounding in ``fused``'s kernel; or with
-        a ``reader``, the convolution that alone reads them, its ``_operands`` of them, rounded in the
-        same pass: the float64 map between (8 bytes a value, in fresh memory whose page faults cost
-        more than the rounding) is never stored."""
+    def _fused_outputs(self, operands: list[tuple[Map, float, float]], h: int, w: int) -> Map:
+        """``__call__``'s outputs from the int8 operands, their rounding in ``fused``'s kernel."""
+        out = torch.empty(self._output_shape(h, w), dtype=torch.float64)
+        self._round_into(operands, h, w, out)
+        return out
+
+    def _reader_operands(
+        self, operands: list[tuple[Map, float, float]], h: int, w: int, reader: IntegerConv
+    ) -> list[tuple[Map, float, float]]:
+        """``reader._operands(self._fused_outputs(operands, h, w))`` for the convolution that alone
+        reads the outputs, rounded in the same pass: the float64 map between (8 bytes a value, in fresh
+        memory whose page faults cost more than the rounding) is never stored."""
+        shape = self._output_shape(h, w)
+        a = torch.empty(shape, dtype=torch.int8)
+        b = torch.empty(shape, dtype=torch.int8) if reader.in_high > Q_MAX_UNSIGNED else None  # two limbs
+        self._round_into(
+            operands, h, w, fused.NextInputs(a, b, reader.in_scale, reader.in_low, reader.in_high)
+        )
+        return reader._int8_operands(a, b)
+
+    def _output_shape(self, h: int, w: int) -> tuple[int, int, int]:
+        size = (2 * h, 2 * w) if self.kind == "up" else (h // 2, w // 2) if self.kind == "down" else (h, w)
+        return (*size, self.scale.shape[0])
+
+    def _round_into(
+        self, operands: list[tuple[Map, float, float]], h: int, w: int, out: Map | fused.NextInputs
+    ) -> None:
+        """The int8 operands' sums, scaled, added and rounded into ``out`` (``fused.conv_outputs``)."""
         sums = [self._sums(operand, zero, h, w) for operand, _, zero in operands]
         scales = [self.scale * factor for _, factor, _ in operands]
-        size = (2 * h, 2 * w) if self.kind == "up" else (h // 2, w // 2) if self.kind == "down" else (h, w)
-        shape = (*size, self.scale.shape[0])
-        if reader is None:
-            out: Map | fused.NextInputs = torch.empty(shape, dtype=torch.float64)
-        else:
-            wide = reader.in_high > Q_MAX_UNSIGNED  # two limbs
-            limbs = [torch.empty(shape, dtype=torch.int8) for _ in range(2 if wide else 1)]
-            out = fused.NextInputs(limbs[0], limbs[1] if wide else None, *reader.rounding)
         if self.kind != "up":
             fused.conv_outputs([part[0] for part in sums], scales, self.starts[0], self.bias_high, out)
-        else:
-            for parity, start in enumerate(self.starts):  # output rows 2y + py, columns 2x + px
-                py, px = divmod(parity, 2)
-                parts = [part[parity] for part in sums]
-                fused.conv_outputs(parts, scales, start, self.bias_high, _parity(out, py, px))
-        return out if reader is None else reader._int8_operands(out.a, out.b)
-
-    @property
-    def rounding(self) -> tuple[float, int, int]:
-        """The factor and the bounds of the rounding of this convolution's inputs."""
-        return self.in_scale, self.in_low, self.in_high
+            return
+        for parity, start in enumerate(self.starts):  # output rows 2y + py, columns 2x + px
+            py, px = divmod(parity, 2)
+            parts = [part[parity] for part in sums]
+            fused.conv_outputs(parts, scales, start, self.bias_high, _parity(out, py, px))
 
 
 def _parity(out: Map | fused.NextInputs, py: int, px: int) -> Map | fused.NextInputs:
@@ -344,20 +351,20 @@ def quantise_layers(net: nn.Module, ranges: Ranges, name: str, wide: bool = Fals
 def run_layers(layers: list[Layer], x: Map) -> Map:
     """The ``layers`` in turn on ``x``. With the compiled kernels, a convolution that only the next one
     reads (a ReLU between them is the reader's rounding) hands it its int8 operands, not a map."""
-    operands = None  # the next layer's, if the last one gave them
-    for i, layer in enumerate(layers):
+    operands = None  # this layer's, where the one before handed them on
+    for layer, after in itertools.zip_longest(layers, layers[1:]):  # after: None past the last
         if not isinstance(layer, IntegerConv):
             x = layer(x)
             continue
-        reader = layers[i + 1] if i + 1 < len(layers) else None
-        if operands is None and not (isinstance(reader, IntegerConv) and fused.available(x.device)):
+        reader = after if isinstance(after, IntegerConv) and fused.available(x.device) else None
+        if operands is None and reader is None:
             x = layer(x)
             continue
         if operands is None:
             operands = layer._operands(x)
         h, w = operands[0][0].shape[:2]
-        if isinstance(reader, IntegerConv):
-            operands = layer._fused_outputs(operands, h, w, reader)
+        if reader is not None:
+            operands = layer._reader_operands(operands, h, w, reader)
         else:
             x, operands = layer._fused_outputs(operands, h, w), None
     return x
