@@ -30,7 +30,7 @@ from vqcodec.exact.encoder import ExactEncoder
 from vqcodec.exact.quantise import ranges_under
 from vqcodec.exact.vqvae import ExactDecoder
 from vqcodec.models.model import to_uint8
-from vqcodec.train.export import calibration_images
+from vqcodec.train.data import calibration_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {"cbsd432": SHARED / "train" / "cbsd432", "imagenet-sample": SHARED / "train" / "imagenet-sample"}
@@ -65,7 +65,7 @@ def main() -> None:
     for name, folder in SETS.items():
         for count in COUNTS:
             images = calibration_images(folder, count, model.config.vqvae.multiple)
-            measured = decoder_ranges(model, [model.vqvae.encode(image) for image in images])
+            measured = decoder_ranges(model.vqvae, [model.vqvae.encode(image) for image in images])
             for scale in SCALES:
                 ranges = {layer: max(1, int(value * scale)) for layer, value in measured.items()}
                 value = mean_psnr(ExactDecoder(model.vqvae, ranges).decode, kodak)

@@ -373,6 +373,41 @@ def test_refined_decoder_keeps_codes_and_priors(images: Path, val_images: Path, 
         export(run, tmp_path / "stale.safetensors")
 
 
+def test_a_decoder_learns_through_the_integer_roundings(
+    images: Path, val_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--quantised measures the decoder's input ranges once, as export would, keeps them through a
+    resume, and export writes them, not new ones measured on the changed weights."""
+    from vqcodec.exact.calibrate import decoder_ranges
+    from vqcodec.exact.quantise import ranges_under
+    from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
+    from vqcodec.train.decoder import train_decoder
+    from vqcodec.train.from_model import run_from_model
+
+    run = tmp_path / "run"
+    run_from_model(TINY_MODEL, run, [])
+    old, _ = read_model(TINY_MODEL)
+    with torch.no_grad():
+        codes = [old.vqvae.encode(image) for image in calibration_images(images, CALIBRATION_IMAGES, 8)]
+    measured = decoder_ranges(old.vqvae, codes)
+    options = dict(batch_size=4, crop=CROP, device="cpu", lr=1e-2, log_every=1, ckpt_every=2)
+    with interrupted_at_step(3, monkeypatch):
+        train_decoder(run, images, 4, quantised=True, **options)
+    assert read_state(checkpoint_path(run, "decoder"))["meta"]["input_ranges"] == measured
+    with pytest.raises(ValueError, match="cannot resume with different settings: quantised=False"):
+        train_decoder(run, images, 4, **options)
+    train_decoder(run, images, 4, val_data=val_images, quantised=True, **options)  # resumed
+    assert read_state(checkpoint_path(run, "decoder"))["meta"]["input_ranges"] == measured
+    assert "val_psnr" in metrics(run, "decoder")[-1]
+
+    export(run, tmp_path / "quantised.safetensors")
+    new, _ = read_model(tmp_path / "quantised.safetensors")
+    exported = ranges_under(new.input_ranges, "vqvae.")
+    assert {name: exported[name] for name in measured} == measured
+    with torch.no_grad():
+        assert decoder_ranges(new.vqvae, codes) != measured  # what export would have measured instead
+
+
 def test_new_priors_keep_the_unchanged_levels_prior(tmp_path: Path) -> None:
     from vqcodec.train.from_model import run_from_model
 

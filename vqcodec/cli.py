@@ -297,6 +297,12 @@ def train_prior(run: str, level: str, **options: Any) -> None:
 @click.option(
     "--crop", type=click.IntRange(min=1), default=128, help="Side of the square training crops (px)."
 )
+@click.option(
+    "--quantised",
+    is_flag=True,
+    help="Learn through the integer decoder's roundings (8-bit inputs and weights): quantisation-aware"
+    " training, whose input ranges, measured on the first --data images, export keeps.",
+)
 @common_training_options(lr=1e-4)
 @reports_errors
 def train_decoder(run: str, data: str, **options: Any) -> None:
@@ -310,6 +316,8 @@ def train_decoder(run: str, data: str, **options: Any) -> None:
       vqcodec train from-model --out runs/refined
       vqcodec train decoder --run-dir runs/refined --data photos/ --val val/ --steps 10000 --device cpu
       vqcodec export --run-dir runs/refined --out refined.safetensors --half
+
+    With --quantised it learns what the integer decoder draws, the pixels a file decodes to.
     """
     from vqcodec.train.decoder import train_decoder as api
 

@@ -22,6 +22,7 @@ from vqcodec.exact.arithmetic import ACT_MAX, FA
 from vqcodec.exact.vqvae import FP
 from vqcodec.models.model import CodecModel
 from vqcodec.models.pixelsnail import PixelSNAILPrior
+from vqcodec.models.vqvae import VQVAE
 
 _CONVS = nn.Conv2d | nn.ConvTranspose2d
 
@@ -73,13 +74,13 @@ def prior_ranges(prior: PixelSNAILPrior, codes: Iterable[tuple[Tensor, list[Tens
 
 
 @torch.no_grad()
-def decoder_ranges(model: CodecModel, codes: Iterable[list[Tensor]]) -> dict[str, int]:
-    """The input ranges (at FP, by module name within ``model.vqvae``) of the pixel decoder's
-    convolutions over code maps (per level, top first, [B, h, w])."""
+def decoder_ranges(vqvae: VQVAE, codes: Iterable[list[Tensor]]) -> dict[str, int]:
+    """The input ranges (at FP, by module name within ``vqvae``) of the pixel decoder's convolutions
+    over code maps (per level, top first, [B, h, w])."""
     found: dict[str, float] = {}
-    with largest_inputs(model.vqvae, found, ("upsamplers.", "decoder.")):
+    with largest_inputs(vqvae, found, ("upsamplers.", "decoder.")):
         for maps in codes:
-            model.vqvae.decode_codes(maps)
+            vqvae.decode_codes(maps)
     return to_units(found, FP)
 
 
@@ -102,9 +103,8 @@ def calibrate(model: CodecModel, images: Iterable[Tensor]) -> dict[str, int]:
     encoding, all_codes = encoder_ranges(model, images)
     if not all_codes:
         raise ValueError("calibration needs at least one image")
-    ranges = {
-        f"vqvae.{name}": value for name, value in {**encoding, **decoder_ranges(model, all_codes)}.items()
-    }
+    decoding = decoder_ranges(model.vqvae, all_codes)
+    ranges = {f"vqvae.{name}": value for name, value in {**encoding, **decoding}.items()}
     for level, prior in enumerate(model.priors):
         batches = [(codes[level], codes[:level]) for codes in all_codes]
         ranges.update({f"priors.{level}.{name}": v for name, v in prior_ranges(prior, batches).items()})

@@ -145,3 +145,23 @@ class StreamSampler(Sampler[list[tuple[int, int]]]):
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
+
+
+CALIBRATION_IMAGES = 8
+"""Images whose largest layer inputs give a model's input ranges (``exact.calibrate``). Kodak's inputs
+exceed the maxima of 8 CBSD432 images by up to half, yet more images do worse: their larger ranges
+round every input more coarsely, which costs more than the rare clip (``experiments/calibration_cost.py``)."""
+
+
+def calibration_images(folder: str | Path, n: int, multiple: int) -> list[torch.Tensor]:
+    """The first ``n`` images of ``folder`` (by path), each cut to multiples of ``multiple`` from the top
+    left, as [1, 3, H, W] in the models' convention."""
+    images = []
+    for path in list_images(folder)[:n]:
+        image = to_tensor(load_rgb(path))
+        height, width = image.shape[1] // multiple * multiple, image.shape[2] // multiple * multiple
+        if height and width:
+            images.append(image[None, :, :height, :width])
+    if not images:
+        raise ValueError(f"no image in {folder} is {multiple} pixels wide and high")
+    return images

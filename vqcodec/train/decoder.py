@@ -6,6 +6,10 @@ the priors stay valid (they are trained on those codes), but the decoder (upsamp
 can be trained further on the final codes alone: PSNR rises at no cost in bits. The decoder is
 small, so this stage also runs on a CPU. ``export`` takes the refined decoder from
 ``RUN/decoder/checkpoint.safetensors`` when it exists.
+
+With ``quantised`` the decoder learns through the integer decoder's roundings (``fake_quant``): the
+inputs' ranges are measured once, at the start, as ``export`` measures them, kept in the checkpoint,
+and exported as they are, so that the file's integer layers round on the grid the weights learnt.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqcodec.exact.calibrate import decoder_ranges
 from vqcodec.models.vqvae import VQVAE
 from vqcodec.train import dist
 from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
-from vqcodec.train.evaluate import psnr
+from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
+from vqcodec.train.evaluate import psnr, reconstruction_mse
+from vqcodec.train.fake_quant import quantised_forward
 from vqcodec.train.loop import Schedule, Validation, train_stage
 from vqcodec.train.run import default_device, default_workers, read_config, resolve_precision
 from vqcodec.train.stage1 import VQVAEStage, image_folders
@@ -33,16 +40,24 @@ DECODER_PARTS = ("upsamplers", "decoder")
 
 
 class DecoderHalf(nn.Module):
-    """The VQ-VAE's upsamplers and decoder, shared with it (state-dict names as in ``VQVAE``)."""
+    """The VQ-VAE's upsamplers and decoder, shared with it (state-dict names as in ``VQVAE``); given
+    ``ranges`` (their inputs', by module name in ``VQVAE``), through the integer decoder's roundings."""
 
-    def __init__(self, vqvae: VQVAE) -> None:
+    def __init__(self, vqvae: VQVAE, ranges: dict[str, int] | None = None) -> None:
         super().__init__()
         self.upsamplers = vqvae.upsamplers
         self.decoder = vqvae.decoder
+        self.ranges = ranges
 
     def forward(self, quantized: list[torch.Tensor]) -> torch.Tensor:
-        upsampled = [up(q) for up, q in zip(self.upsamplers, quantized, strict=True)]
-        return self.decoder(torch.cat(upsampled, 1))
+        if self.ranges is None:
+            upsampled = [up(q) for up, q in zip(self.upsamplers, quantized, strict=True)]
+            return self.decoder(torch.cat(upsampled, 1))
+        upsampled = [
+            quantised_forward(up, q, self.ranges, f"upsamplers.{level}.")
+            for level, (up, q) in enumerate(zip(self.upsamplers, quantized, strict=True))
+        ]
+        return quantised_forward(self.decoder.net, torch.cat(upsampled, 1), self.ranges, "decoder.net.")
 
 
 @dataclass
@@ -50,6 +65,7 @@ class DecoderStage(VQVAEStage):
     """Stage 1b as the training loop sees it: stage 1's data, a frozen encoder, MSE of the decoder."""
 
     vqvae: VQVAE
+    ranges: dict[str, int] | None = None  # the decoder's input ranges when it learns through roundings
 
     @property
     def name(self) -> str:
@@ -64,7 +80,7 @@ class DecoderStage(VQVAEStage):
         return (self.seed, STAGE)
 
     def build(self) -> nn.Module:
-        return DecoderHalf(self.vqvae)
+        return DecoderHalf(self.vqvae, self.ranges)
 
     def lr_factor(self, step: int, steps: int) -> float:
         # a cosine decay to zero: a refinement should end at rest, not at its learning rate's noise
@@ -87,7 +103,16 @@ class DecoderStage(VQVAEStage):
         return f"psnr {record['psnr']:.2f}"
 
     def validate(self, model: nn.Module) -> Validation | None:
-        return super().validate(self.vqvae)
+        if self.ranges is None or self.val_data is None:
+            return super().validate(self.vqvae)
+        batch_size = max(1, self.batch_size // self.env.world_size)
+        mse = reconstruction_mse(
+            self.vqvae, self.val_data, batch_size, self.env, self.precision, lambda x: self.forward(model, x)
+        )
+        return Validation(
+            {"val_mse": mse, "val_psnr": psnr(mse)},
+            f"validation (integer roundings) mse {mse:.5f}, psnr {psnr(mse):.2f} dB",
+        )
 
 
 def train_decoder(
@@ -106,11 +131,14 @@ def train_decoder(
     workers: int | None = None,
     precision: str | None = None,
     resume: bool | None = None,
+    quantised: bool = False,
 ) -> dict[str, Any]:
     """Refine the decoder of the run in ``run`` (after stage 1) for ``steps`` steps in total.
 
-    The learning rate decays from ``lr`` to zero along a cosine. The other arguments are as for
-    ``stage1.train_vqvae``. Returns the last logged metrics.
+    The learning rate decays from ``lr`` to zero along a cosine. With ``quantised`` the decoder trains
+    through the integer decoder's roundings, its inputs' ranges measured on the first images of
+    ``data`` (module docstring). The other arguments are as for ``stage1.train_vqvae``. Returns the
+    last logged metrics.
     """
     run = Path(run)
     config = read_config(run).vqvae
@@ -126,6 +154,7 @@ def train_decoder(
     for name in DECODER_PARTS:
         getattr(vqvae, name).requires_grad_(True)
     vqvae_sha256 = file_sha256(source)
+    ranges = _input_ranges(run, vqvae, data, resume) if quantised else None
     stage = DecoderStage(
         env=env,
         precision=precision,
@@ -137,10 +166,12 @@ def train_decoder(
             "seed": seed,
             "precision": precision,
             "vqvae_sha256": vqvae_sha256,
+            "quantised": quantised,
         },
         meta={
             "vqvae_sha256": vqvae_sha256,
             "vqvae_step": read_state(source)["step"],
+            **({"input_ranges": ranges} if ranges is not None else {}),
             **sources,
         },
         config=config,
@@ -150,20 +181,40 @@ def train_decoder(
         seed=seed,
         workers=default_workers(env.device) if workers is None else workers,
         vqvae=vqvae,
+        ranges=ranges,
     )
     return train_stage(stage, run, Schedule(steps, log_every, val_every, ckpt_every), lr, resume)
 
 
-def refined_decoder(run: Path, vqvae_sha256: str) -> dict[str, torch.Tensor] | None:
-    """The refined decoder's weights of ``run`` (None: the stage never ran), checked to refine the
+def _input_ranges(run: Path, vqvae: VQVAE, data: str | Path, resume: bool | None) -> dict[str, int]:
+    """The decoder's input ranges for learning through roundings: a resumed run's own, else measured
+    on the first images of ``data`` as ``export`` measures them (``exact.calibrate``)."""
+    path = checkpoint_path(run, STAGE)
+    if resume is not False and path.exists():
+        ranges = read_state(path)["meta"].get("input_ranges")
+        if ranges is None:
+            raise ValueError(f"{path} did not learn through the integer roundings: start over (--no-resume)")
+        return ranges
+    device = next(vqvae.parameters()).device
+    images = calibration_images(data, CALIBRATION_IMAGES, vqvae.config.multiple)
+    with torch.no_grad():
+        return decoder_ranges(vqvae, [vqvae.encode(image.to(device)) for image in images])
+
+
+def refined_decoder(
+    run: Path, vqvae_sha256: str
+) -> tuple[dict[str, torch.Tensor], dict[str, int] | None] | None:
+    """The refined decoder's weights of ``run`` and, where it learnt through the integer roundings, its
+    inputs' ranges (by module name in ``VQVAE``); None: the stage never ran. Checked to refine the
     run's current VQ-VAE checkpoint, whose SHA-256 is ``vqvae_sha256``."""
     path = checkpoint_path(run, STAGE)
     if not path.exists():
         return None
-    refines = read_state(path)["meta"].get("vqvae_sha256")
+    state = read_state(path)
+    refines = state["meta"].get("vqvae_sha256")
     if refines != vqvae_sha256:
         raise ValueError(
             f"{path} refines the decoder of another VQ-VAE than the run's current"
             f" {checkpoint_path(run, 'vqvae')}: refine it again (vqcodec train decoder --no-resume)"
         )
-    return read_model_state(path)
+    return read_model_state(path), state["meta"].get("input_ranges")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,16 +41,23 @@ def psnr(mse: float) -> float:
 
 @torch.no_grad()
 def reconstruction_mse(
-    model: VQVAE, data: ImageFolder, batch_size: int, env: dist.Dist, precision: str
+    model: VQVAE,
+    data: ImageFolder,
+    batch_size: int,
+    env: dist.Dist,
+    precision: str,
+    reconstruct: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """Mean squared error of the reconstructions of the centre crops of ``data`` (sharded over ranks)."""
+    """Mean squared error of the reconstructions of the centre crops of ``data`` (sharded over ranks),
+    by ``model`` or, given, by ``reconstruct`` (``model`` in eval mode)."""
+    reconstruct = reconstruct or (lambda x: model(x).recon)
     keys = [(i, 0) for i in dist.shard(len(data), env.rank, env.world_size)]
     total = torch.zeros(2, dtype=torch.float64, device=env.device)  # sum of squared errors, values
     with eval_mode(model):
         for batch in DataLoader(data, batch_size=batch_size, sampler=keys):
             x = batch.to(env.device)
             with autocast(env.device, precision):
-                recon = model(x).recon
+                recon = reconstruct(x)
             total[0] += F.mse_loss(recon.float(), x, reduction="sum").double()
             total[1] += x.numel()
     sse, count = dist.all_reduce_sum(total).tolist()

@@ -18,7 +18,7 @@ from vqcodec.exact.calibrate import calibrate
 from vqcodec.models.config import level_names
 from vqcodec.models.model import CodecModel
 from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
-from vqcodec.train.data import list_images, load_rgb, to_tensor
+from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
 from vqcodec.train.decoder import STAGE as DECODER_STAGE
 from vqcodec.train.decoder import refined_decoder
 from vqcodec.train.extract import cached_source, code_path
@@ -62,26 +62,6 @@ def _check_codes(run: Path, stage: str, path: Path, vqvae_sha256: str, vqvae_ste
             f" changed since: retrain the prior (vqcodec train prior --run-dir {run} --level {level}"
             f" --no-resume --steps {state['step']})"
         )
-
-
-CALIBRATION_IMAGES = 8
-"""Images whose largest layer inputs give a model's input ranges (``exact.calibrate``). Kodak's inputs
-exceed the maxima of 8 CBSD432 images by up to half, yet more images do worse: their larger ranges
-round every input more coarsely, which costs more than the rare clip (``experiments/calibration_cost.py``)."""
-
-
-def calibration_images(folder: str | Path, n: int, multiple: int) -> list[torch.Tensor]:
-    """The first ``n`` images of ``folder`` (by path), each cut to multiples of ``multiple`` from the top
-    left, as [1, 3, H, W] in the models' convention."""
-    images = []
-    for path in list_images(folder)[:n]:
-        image = to_tensor(load_rgb(path))
-        height, width = image.shape[1] // multiple * multiple, image.shape[2] // multiple * multiple
-        if height and width:
-            images.append(image[None, :, :height, :width])
-    if not images:
-        raise ValueError(f"no image in {folder} is {multiple} pixels wide and high")
-    return images
 
 
 def calibrated(model: CodecModel, folder: str | Path, n: int = CALIBRATION_IMAGES) -> CodecModel:
@@ -143,8 +123,9 @@ def export(
     """Write the model of ``run`` to the model file ``out``; return the file's SHA-256 (hex).
 
     ``half`` stores the parameters as float16, as the bundled models do. A refined decoder
-    (``decoder.train_decoder``) replaces stage 1's. The integer layers' input ranges are measured on the
-    first images of ``calibration``, by default the run's training images (``calibrated``).
+    (``decoder.train_decoder``) replaces stage 1's. The integer layers' input ranges are measured on
+    the first images of ``calibration``, by default the run's training images (``calibrated``), except
+    a decoder's that learnt through the integer roundings: those it learnt on stay.
 
     Every level needs a trained prior; with ``allow_untrained`` a missing one keeps its (seeded,
     so reproducible) random initialisation, which is only useful for testing the plumbing. A
@@ -185,12 +166,14 @@ def export(
         torch.manual_seed(0)
         model = CodecModel(config)
     model.vqvae.load_state_dict(read_model_state(vqvae))
-    decoder = refined_decoder(run, vqvae_sha256)
-    if decoder is not None:
+    refined = refined_decoder(run, vqvae_sha256)
+    if refined is not None:
         say(f"The decoder is {checkpoint_path(run, DECODER_STAGE)}'s (vqcodec train decoder)")
-        model.vqvae.load_state_dict({**model.vqvae.state_dict(), **decoder})
+        model.vqvae.load_state_dict({**model.vqvae.state_dict(), **refined[0]})
     for level, path in trained.items():
         model.priors[level].load_state_dict(read_model_state(path))
     calibrated(model.eval(), calibration)
+    if refined is not None and refined[1] is not None:  # the ranges it learnt through, not new ones
+        model.input_ranges.update({f"vqvae.{name}": value for name, value in refined[1].items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_model(model, out, half=half)
