@@ -393,6 +393,15 @@ def test_decoding_without_a_model_finds_the_bundled_one(codec: Codec, model_file
     assert report["model"] == "tiny" and report["ideal_bits"] > 0
 
 
+def test_a_file_of_a_retired_default_model_names_the_version_that_reads_it(
+    codec: Codec, zoo_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    data = codec.compress(smooth(8, 8))
+    monkeypatch.setitem(zoo.RETIRED_MODELS, codec.model_id.hex(), "0.2.0")
+    with pytest.raises(ModelMismatchError, match=r"vqcodec 0\.2\.0.*pip install 'vqcodec==0\.2\.0'"):
+        vqcodec.decompress(data)
+
+
 def test_pillow_plugin_opens_vqz(codec: Codec, model_file: Path, zoo_dir: Path):
     (zoo_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
     data = codec.compress(Image.fromarray(np.dstack([smooth(10, 6), np.full((6, 10), 7, np.uint8)])))

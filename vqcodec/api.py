@@ -166,6 +166,13 @@ def codec_for(
     if model is not None:
         return open_codec(model, device)
     bundled = zoo.find_by_id(file.model_id)
+    retired = zoo.RETIRED_MODELS.get(file.model_id.hex())
+    if bundled is None and retired is not None:
+        raise ModelMismatchError(
+            f"file needs model {file.model_id.hex()}, the default model of vqcodec {retired}, which this"
+            f" version no longer bundles: decode it with that version (pip install 'vqcodec=={retired}')"
+            " or give its model file explicitly"
+        )
     if bundled is None:
         raise ModelMismatchError(
             f"file needs model {file.model_id.hex()}, which is not bundled; give its model file explicitly"

@@ -31,6 +31,11 @@ _MODEL_CACHE_SIZE = 4
 """Loaded models kept per process: enough for a few models or devices, bounded in memory."""
 
 
+RETIRED_MODELS = {"3bf23882ac1e05eece91ecb866364f65": "0.2.0"}
+"""Model ids (hex) of default models this version no longer bundles, with the vqcodec version that did:
+a file that needs one gets that version's name, not just the id."""
+
+
 class UnknownModelError(ModelFileError):
     """No bundled model has the requested name or id, and no model file exists at the given path."""
 
