@@ -394,7 +394,7 @@ def test_a_decoder_learns_through_the_integer_roundings(
     with interrupted_at_step(3, monkeypatch):
         train_decoder(run, images, 4, quantised=True, **options)
     assert read_state(checkpoint_path(run, "decoder"))["meta"]["input_ranges"] == measured
-    with pytest.raises(ValueError, match="cannot resume with different settings: quantised=False"):
+    with pytest.raises(ValueError, match="learnt through the integer roundings: resume it with --quantised"):
         train_decoder(run, images, 4, **options)
     train_decoder(run, images, 4, val_data=val_images, quantised=True, **options)  # resumed
     assert read_state(checkpoint_path(run, "decoder"))["meta"]["input_ranges"] == measured
@@ -406,6 +406,48 @@ def test_a_decoder_learns_through_the_integer_roundings(
     assert {name: exported[name] for name in measured} == measured
     with torch.no_grad():
         assert decoder_ranges(new.vqvae, codes) != measured  # what export would have measured instead
+
+
+def test_a_prior_learns_through_the_integer_roundings(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--quantised fine-tunes the run's prior from its weights (a model's own here), with the input
+    ranges export would measure, kept through a resume and exported; a plain run refuses its checkpoint."""
+    from vqcodec.exact.calibrate import prior_ranges
+    from vqcodec.exact.quantise import ranges_under
+    from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
+    from vqcodec.train.from_model import run_from_model
+
+    fresh = tmp_path / "fresh"
+    run_from_model(TINY_MODEL, fresh, ["bottom.channels=8"])  # a new bottom prior: none to fine-tune
+    with pytest.raises(FileNotFoundError, match="no prior at"):
+        stage2(fresh, "bottom", 2, crop=CROP, data=images, quantised=True)
+    run = tmp_path / "run"
+    run_from_model(TINY_MODEL, run, [])
+    old, _ = read_model(TINY_MODEL)
+    with torch.no_grad():
+        codes = [old.vqvae.encode(image) for image in calibration_images(images, CALIBRATION_IMAGES, 8)]
+    measured = prior_ranges(old.priors[1], [(maps[1], maps[:1]) for maps in codes])
+    options = dict(crop=CROP, data=images, lr=1e-7, ckpt_every=2, val_every=2)
+    with interrupted_at_step(3, monkeypatch):
+        stage2(run, "bottom", 4, quantised=True, **options)
+    state = read_state(checkpoint_path(run, "prior-bottom"))
+    assert state["meta"]["input_ranges"] == measured
+    trained = {
+        k.removeprefix("model/"): v for k, v in tensors(run, "prior-bottom").items() if k.startswith("model/")
+    }
+    for key, value in old.priors[1].state_dict().items():  # nudged from the model's weights, not anew
+        assert torch.allclose(trained[key], value, atol=1e-5), key
+    with pytest.raises(ValueError, match="learnt through the integer roundings: resume it with --quantised"):
+        stage2(run, "bottom", 4, **options)
+    stage2(run, "bottom", 4, quantised=True, **options)  # resumed
+    lrs = [r["lr"] for r in metrics(run, "prior-bottom") if "lr" in r]
+    assert lrs[0] == pytest.approx(1e-7) and lrs[-1] < lrs[0] / 2  # the cosine's decay
+    assert read_state(checkpoint_path(run, "prior-bottom"))["meta"]["input_ranges"] == measured
+
+    export(run, tmp_path / "quantised.safetensors", calibration=images)
+    new, _ = read_model(tmp_path / "quantised.safetensors")
+    assert ranges_under(new.input_ranges, "priors.1.") == measured
 
 
 def test_new_priors_keep_the_unchanged_levels_prior(tmp_path: Path) -> None:

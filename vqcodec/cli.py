@@ -271,6 +271,13 @@ def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> 
     default=None,
     help="Crop side for the codes [default: the cached codes', else stage 1's].",
 )
+@click.option(
+    "--quantised",
+    is_flag=True,
+    help="Fine-tune the run's prior through the integer prior's roundings (8-bit inputs and weights;"
+    " its checkpoint is replaced), the learning rate decaying along a cosine: quantisation-aware"
+    " training, whose input ranges, measured as export measures them, export keeps.",
+)
 @common_training_options()
 @reports_errors
 def train_prior(run: str, level: str, **options: Any) -> None:
@@ -283,6 +290,12 @@ def train_prior(run: str, level: str, **options: Any) -> None:
     \b
       vqcodec train prior --run-dir runs/a --level top --steps 3750 --batch-size 32
       vqcodec train prior --run-dir runs/a --level bottom --steps 13000 --batch-size 32
+
+    With --quantised the trained prior (or a model's own, after train from-model) learns the
+    roundings of the integer prior that codes the files:
+
+    \b
+      vqcodec train prior --run-dir runs/a --level bottom --quantised --steps 1200 --lr 2e-5
     """
     from vqcodec.train.stage2 import train_prior as api
 

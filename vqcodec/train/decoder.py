@@ -154,7 +154,7 @@ def train_decoder(
     for name in DECODER_PARTS:
         getattr(vqvae, name).requires_grad_(True)
     vqvae_sha256 = file_sha256(source)
-    ranges = _input_ranges(run, vqvae, data, resume) if quantised else None
+    ranges = _input_ranges(run, vqvae, data, resume, quantised)
     stage = DecoderStage(
         env=env,
         precision=precision,
@@ -166,7 +166,7 @@ def train_decoder(
             "seed": seed,
             "precision": precision,
             "vqvae_sha256": vqvae_sha256,
-            "quantised": quantised,
+            **({"quantised": True} if quantised else {}),
         },
         meta={
             "vqvae_sha256": vqvae_sha256,
@@ -186,15 +186,23 @@ def train_decoder(
     return train_stage(stage, run, Schedule(steps, log_every, val_every, ckpt_every), lr, resume)
 
 
-def _input_ranges(run: Path, vqvae: VQVAE, data: str | Path, resume: bool | None) -> dict[str, int]:
-    """The decoder's input ranges for learning through roundings: a resumed run's own, else measured
-    on the first images of ``data`` as ``export`` measures them (``exact.calibrate``)."""
+def _input_ranges(
+    run: Path, vqvae: VQVAE, data: str | Path, resume: bool | None, quantised: bool
+) -> dict[str, int] | None:
+    """The decoder's input ranges for learning through roundings (None: a plain refinement, which
+    never resumes a checkpoint that learnt them): a resumed run's own, else measured on the first
+    images of ``data`` as ``export`` measures them (``exact.calibrate``)."""
     path = checkpoint_path(run, STAGE)
-    if resume is not False and path.exists():
-        ranges = read_state(path)["meta"].get("input_ranges")
-        if ranges is None:
+    resuming = resume is not False and path.exists()
+    saved = read_state(path)["meta"].get("input_ranges") if resuming else None
+    if not quantised:
+        if saved is not None:
+            raise ValueError(f"{path} learnt through the integer roundings: resume it with --quantised")
+        return None
+    if resuming:
+        if saved is None:
             raise ValueError(f"{path} did not learn through the integer roundings: start over (--no-resume)")
-        return ranges
+        return saved
     device = next(vqvae.parameters()).device
     images = calibration_images(data, CALIBRATION_IMAGES, vqvae.config.multiple)
     with torch.no_grad():

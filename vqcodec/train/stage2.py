@@ -3,6 +3,11 @@
 The prior of level i learns p(codes_i | codes_0..i-1) by cross-entropy; its validation NLL in bits
 per code on training and validation codes shows overfitting (Table 1 of the paper). The loop,
 seeding, resuming and DDP are ``loop.py``'s.
+
+With ``quantised`` a trained prior (or a model's own, from ``train from-model``) is fine-tuned through
+the integer prior's roundings (``fake_quant``), its learning rate decaying along a cosine as a
+refinement's does: the inputs' ranges are measured once, at the start, as ``export`` measures them,
+kept in the checkpoint and exported as they are.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqcodec.exact.calibrate import prior_ranges
 from vqcodec.models.config import ModelConfig, level_names
 from vqcodec.models.model import build_prior
+from vqcodec.models.vqvae import VQVAE
 from vqcodec.train import dist
-from vqcodec.train.data import StreamSampler
+from vqcodec.train.checkpoint import checkpoint_path, read_model_state, read_state
+from vqcodec.train.data import CALIBRATION_IMAGES, StreamSampler, calibration_images
 from vqcodec.train.evaluate import nll_bits, spread_rows
 from vqcodec.train.extract import cached_source, extract_codes, load_codes
+from vqcodec.train.fake_quant import with_roundings
 from vqcodec.train.loop import Schedule, Stage, Validation, train_stage
 from vqcodec.train.run import default_device, prior_stage, read_config, resolve_precision
 
@@ -46,7 +55,8 @@ class PriorStage(Stage):
     """Stage 2 for one level as the training loop sees it.
 
     ``codes`` holds each split's code maps of the levels up to this one (the last is the target);
-    ``val_rows`` the rows of each split that a validation measures.
+    ``val_rows`` the rows of each split that a validation measures; a fine-tune through the roundings
+    starts from the weights ``initial`` with the inputs' ``ranges``.
     """
 
     config: ModelConfig
@@ -55,6 +65,8 @@ class PriorStage(Stage):
     val_rows: dict[str, torch.Tensor]
     batch_size: int
     seed: int
+    initial: dict[str, torch.Tensor] | None = None
+    ranges: dict[str, int] | None = None
 
     @property
     def name(self) -> str:
@@ -69,7 +81,15 @@ class PriorStage(Stage):
         return (self.seed, self.name)
 
     def build(self) -> nn.Module:
-        return build_prior(self.config, self.level)
+        prior = build_prior(self.config, self.level)
+        if self.initial is not None:
+            prior.load_state_dict(self.initial)
+        return prior if self.ranges is None else with_roundings(prior, self.ranges)
+
+    def lr_factor(self, step: int, steps: int) -> float:
+        if self.ranges is None:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * step / steps))  # a fine-tune ends at rest
 
     def batches(self, start: int, stop: int) -> Iterator[list[torch.Tensor]]:
         env, train_codes = self.env, self.codes["train"]
@@ -125,12 +145,15 @@ def train_prior(
     workers: int | None = None,
     precision: str | None = None,
     resume: bool | None = None,
+    quantised: bool = False,
 ) -> dict[str, Any]:
     """Train the prior of ``level`` (index or name) of the run in ``run`` for ``steps`` steps in total.
 
     Extracts (or reuses) the codes first, see ``extract.extract_codes``. ``batch_size`` is the global
-    batch of code maps; ``val_size`` caps the code maps of each validation NLL (train and val). The
-    other arguments are as for ``stage1.train_vqvae``. Returns the last logged metrics.
+    batch of code maps; ``val_size`` caps the code maps of each validation NLL (train and val). With
+    ``quantised`` the run's prior is fine-tuned through the integer roundings (module docstring) and its
+    checkpoint replaced. The other arguments are as for ``stage1.train_vqvae``. Returns the last
+    logged metrics.
     """
     run = Path(run)
     config = read_config(run)
@@ -144,6 +167,10 @@ def train_prior(
     codes = {split: load_codes(path)[: level + 1] for split, path in code_files.items()}
     codes_source = cached_source(code_files["train"])
     codes_digest = hashlib.sha256(json.dumps(codes_source, sort_keys=True).encode()).hexdigest()[:16]
+    path = checkpoint_path(run, prior_stage(config.vqvae.n_levels, level))
+    initial, ranges, resume = _fine_tune(path, quantised, resume)
+    if initial is not None:  # ranges as export measures them, on the codes' training images
+        ranges = _prior_ranges(run, config, level, initial, data or codes_source["data"])
     stage = PriorStage(
         env=env,
         precision=precision,
@@ -153,13 +180,55 @@ def train_prior(
             "seed": seed,
             "precision": precision,
             "codes": codes_digest,
+            **({"quantised": True} if quantised else {}),
         },
-        meta={"level": level, "codes_source": codes_source},
+        meta={"level": level, "codes_source": codes_source, **({"input_ranges": ranges} if ranges else {})},
         config=config,
         level=level,
         codes=codes,
         val_rows={split: spread_rows(len(split_codes[0]), val_size) for split, split_codes in codes.items()},
         batch_size=batch_size,
         seed=seed,
+        initial=initial,
+        ranges=ranges,
     )
     return train_stage(stage, run, Schedule(steps, log_every, val_every, ckpt_every), lr, resume)
+
+
+def _fine_tune(
+    path: Path, quantised: bool, resume: bool | None
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, int] | None, bool | None]:
+    """Where a prior's training starts: ``(initial weights, ranges, resume)``. A fine-tune through the
+    roundings resumes its own checkpoint, else starts anew from the prior in ``path``; a plain run
+    never resumes a fine-tune's checkpoint, whose weights learnt the roundings."""
+    state = read_state(path) if path.exists() else None
+    ranges = None if state is None else state["meta"].get("input_ranges")
+    if not quantised:
+        if ranges is not None and resume is not False:
+            raise ValueError(f"{path} learnt through the integer roundings: resume it with --quantised")
+        return None, None, resume
+    if ranges is not None and resume is not False:
+        return None, ranges, resume
+    if state is None:
+        raise FileNotFoundError(
+            f"no prior at {path} to fine-tune through the roundings: train it first, or make the run"
+            " from a model file (vqcodec train from-model)"
+        )
+    return read_model_state(path), None, False
+
+
+def _prior_ranges(
+    run: Path, config: ModelConfig, level: int, weights: dict[str, torch.Tensor], data: str | Path
+) -> dict[str, int]:
+    """The input ranges of the prior with ``weights`` on the codes of the first images of ``data``, as
+    ``export`` measures them (``exact.calibrate``)."""
+    vqvae = VQVAE(config.vqvae)
+    vqvae.load_state_dict(read_model_state(checkpoint_path(run, "vqvae")))
+    prior = build_prior(config, level)
+    prior.load_state_dict(weights)
+    with torch.no_grad():
+        codes = [
+            vqvae.eval().encode(image)
+            for image in calibration_images(data, CALIBRATION_IMAGES, config.vqvae.multiple)
+        ]
+    return prior_ranges(prior.eval(), [(maps[level], maps[:level]) for maps in codes])
