@@ -349,6 +349,7 @@ def test_refined_decoder_keeps_codes_and_priors(images: Path, val_images: Path, 
     same, _ = read_model(tmp_path / "same.safetensors")
     old, _ = read_model(TINY_MODEL)
     assert_identical(same.state_dict(), old.state_dict())
+    assert same.input_ranges == old.input_ranges  # the model's, not measured on other images
 
     train_decoder(
         run, images, 6, batch_size=4, crop=CROP, device="cpu", lr=1e-3, val_data=val_images, log_every=1
@@ -376,12 +377,13 @@ def test_refined_decoder_keeps_codes_and_priors(images: Path, val_images: Path, 
 def test_a_decoder_learns_through_the_integer_roundings(
     images: Path, val_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--quantised measures the decoder's input ranges once, as export would, keeps them through a
-    resume, and export writes them, not new ones measured on the changed weights."""
+    """--quantised learns on the input ranges of the model the run came from (else measured as export
+    would), keeps them through a resume, and export writes them, not new ones measured on the changed
+    weights."""
     from vqcodec.exact.calibrate import decoder_ranges
     from vqcodec.exact.quantise import ranges_under
     from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
-    from vqcodec.train.decoder import train_decoder
+    from vqcodec.train.decoder import DECODER_PARTS, train_decoder
     from vqcodec.train.from_model import run_from_model
 
     run = tmp_path / "run"
@@ -389,7 +391,8 @@ def test_a_decoder_learns_through_the_integer_roundings(
     old, _ = read_model(TINY_MODEL)
     with torch.no_grad():
         codes = [old.vqvae.encode(image) for image in calibration_images(images, CALIBRATION_IMAGES, 8)]
-    measured = decoder_ranges(old.vqvae, codes)
+    model_ranges = ranges_under(old.input_ranges, "vqvae.")
+    measured = {name: value for name, value in model_ranges.items() if name.startswith(DECODER_PARTS)}
     options = dict(batch_size=4, crop=CROP, device="cpu", lr=1e-2, log_every=1, ckpt_every=2)
     with interrupted_at_step(3, monkeypatch):
         train_decoder(run, images, 4, quantised=True, **options)
@@ -411,12 +414,14 @@ def test_a_decoder_learns_through_the_integer_roundings(
 def test_a_prior_learns_through_the_integer_roundings(
     images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--quantised fine-tunes the run's prior from its weights (a model's own here), with the input
-    ranges export would measure, kept through a resume and exported; a plain run refuses its checkpoint."""
+    """--quantised fine-tunes the run's prior from its weights with their ranges (a model's own here),
+    kept through a resume and exported; a prior without ranges gets them measured as export would; a
+    plain run refuses a fine-tune's checkpoint."""
     from vqcodec.exact.calibrate import prior_ranges
     from vqcodec.exact.quantise import ranges_under
     from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
     from vqcodec.train.from_model import run_from_model
+    from vqcodec.train.stage2 import _prior_ranges
 
     fresh = tmp_path / "fresh"
     run_from_model(TINY_MODEL, fresh, ["bottom.channels=8"])  # a new bottom prior: none to fine-tune
@@ -427,7 +432,11 @@ def test_a_prior_learns_through_the_integer_roundings(
     old, _ = read_model(TINY_MODEL)
     with torch.no_grad():
         codes = [old.vqvae.encode(image) for image in calibration_images(images, CALIBRATION_IMAGES, 8)]
-    measured = prior_ranges(old.priors[1], [(maps[1], maps[:1]) for maps in codes])
+    weights = old.priors[1].state_dict()
+    assert _prior_ranges(run, old.config, 1, weights, images) == prior_ranges(
+        old.priors[1], [(maps[1], maps[:1]) for maps in codes]
+    )
+    measured = ranges_under(old.input_ranges, "priors.1.")
     options = dict(crop=CROP, data=images, lr=1e-7, ckpt_every=2, val_every=2)
     with interrupted_at_step(3, monkeypatch):
         stage2(run, "bottom", 4, quantised=True, **options)

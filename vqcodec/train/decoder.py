@@ -7,9 +7,10 @@ can be trained further on the final codes alone: PSNR rises at no cost in bits. 
 small, so this stage also runs on a CPU. ``export`` takes the refined decoder from
 ``RUN/decoder/checkpoint.safetensors`` when it exists.
 
-With ``quantised`` the decoder learns through the integer decoder's roundings (``fake_quant``): the
-inputs' ranges are measured once, at the start, as ``export`` measures them, kept in the checkpoint,
-and exported as they are, so that the file's integer layers round on the grid the weights learnt.
+With ``quantised`` the decoder learns through the integer decoder's roundings (``fake_quant``) on the
+inputs' ranges of the model file the run came from (``train from-model``), else measured once, at the
+start, as ``export`` measures them; they are kept in the checkpoint and exported as they are, so that
+the file's integer layers round on the grid the weights learnt.
 """
 
 from __future__ import annotations
@@ -190,19 +191,23 @@ def _input_ranges(
     run: Path, vqvae: VQVAE, data: str | Path, resume: bool | None, quantised: bool
 ) -> dict[str, int] | None:
     """The decoder's input ranges for learning through roundings (None: a plain refinement, which
-    never resumes a checkpoint that learnt them): a resumed run's own, else measured on the first
-    images of ``data`` as ``export`` measures them (``exact.calibrate``)."""
+    never resumes a checkpoint that learnt them): a resumed run's own, else those of the model file
+    the run came from (``train from-model``), else measured on the first images of ``data`` as
+    ``export`` measures them (``exact.calibrate``)."""
     path = checkpoint_path(run, STAGE)
     resuming = resume is not False and path.exists()
-    saved = read_state(path)["meta"].get("input_ranges") if resuming else None
+    state = read_state(path) if resuming else None
     if not quantised:
-        if saved is not None:
+        if state is not None and state["meta"]["settings"].get("quantised", False):
             raise ValueError(f"{path} learnt through the integer roundings: resume it with --quantised")
         return None
-    if resuming:
-        if saved is None:
+    if state is not None:
+        if not state["meta"]["settings"].get("quantised", False):
             raise ValueError(f"{path} did not learn through the integer roundings: start over (--no-resume)")
-        return saved
+        return state["meta"]["input_ranges"]
+    model_ranges = read_state(checkpoint_path(run, "vqvae"))["meta"].get("input_ranges")
+    if model_ranges is not None:
+        return {name: value for name, value in model_ranges.items() if name.startswith(DECODER_PARTS)}
     device = next(vqvae.parameters()).device
     images = calibration_images(data, CALIBRATION_IMAGES, vqvae.config.multiple)
     with torch.no_grad():

@@ -125,7 +125,8 @@ def export(
     ``half`` stores the parameters as float16, as the bundled models do. A refined decoder
     (``decoder.train_decoder``) replaces stage 1's. The integer layers' input ranges are measured on
     the first images of ``calibration``, by default the run's training images (``calibrated``), except
-    those of a decoder or prior that learnt through the integer roundings: the ones it learnt on stay.
+    where a part's checkpoint names the ranges its weights go with: those it learnt through the integer
+    roundings, or a model file's for a part that ``train from-model`` copied and no stage changed.
 
     Every level needs a trained prior; with ``allow_untrained`` a missing one keeps its (seeded,
     so reproducible) random initialisation, which is only useful for testing the plumbing. A
@@ -173,12 +174,11 @@ def export(
     for level, path in trained.items():
         model.priors[level].load_state_dict(read_model_state(path))
     calibrated(model.eval(), calibration)
-    learnt = {
+    kept = {
         f"priors.{level}.": read_state(path)["meta"].get("input_ranges") for level, path in trained.items()
     }
-    if refined is not None:
-        learnt["vqvae."] = refined[1]
-    for prefix, ranges in learnt.items():  # the ranges a part learnt through, not new ones
+    kept["vqvae."] = refined[1] if refined is not None else vqvae_state["meta"].get("input_ranges")
+    for prefix, ranges in kept.items():  # the ranges a part's weights learnt or came with, not new ones
         model.input_ranges.update({f"{prefix}{name}": value for name, value in (ranges or {}).items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_model(model, out, half=half)

@@ -7,7 +7,9 @@ are (``decoder.py``). ``run_from_model`` writes ``RUN/config.json`` (the model's
 the given prior settings changed), a stage-1 checkpoint holding the model's VQ-VAE and, for every
 level whose prior keeps its configuration, a checkpoint of the model's prior; ``vqcodec train prior``
 then trains the new priors, ``vqcodec train decoder`` refines the decoder, and ``vqcodec export``
-writes the new model.
+writes the new model. Each checkpoint keeps the model's input ranges of its part (``input_ranges`` in
+its meta), which export keeps for the parts no stage changes: weights that learnt their roundings
+(``--quantised``) go with the ranges they learnt on, not with ranges measured again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from vqcodec import zoo
+from vqcodec.exact.quantise import ranges_under
 from vqcodec.models.config import ModelConfig, level_names
 from vqcodec.train.checkpoint import checkpoint_path, file_sha256, save_checkpoint
 from vqcodec.train.run import prior_stage, write_config
@@ -57,7 +60,13 @@ def run_from_model(model: str | Path | None, out: str | Path, settings: list[str
     write_config(out, config)
     scaler = torch.amp.GradScaler("cpu", False)
     vqvae = loaded.vqvae  # float32 (model files load as float32), and only read here
-    meta = {"settings": {"crop": 256}, "data": None, "val_data": None, "model_sha256": sha256}
+    meta = {
+        "settings": {"crop": 256},
+        "data": None,
+        "val_data": None,
+        "model_sha256": sha256,
+        "input_ranges": ranges_under(loaded.input_ranges, "vqvae."),
+    }
     vqvae_path = checkpoint_path(out, "vqvae")
     save_checkpoint(vqvae_path, vqvae, torch.optim.Adam(vqvae.parameters()), scaler, 0, meta)
     # the model's own priors are trained on exactly this VQ-VAE's codes
@@ -65,6 +74,11 @@ def run_from_model(model: str | Path | None, out: str | Path, settings: list[str
     for level, prior in enumerate(loaded.priors):
         if level not in changed:
             path = checkpoint_path(out, prior_stage(len(names), level))
-            prior_meta = {"settings": {}, "level": level, "codes_source": codes_source}
+            prior_meta = {
+                "settings": {},
+                "level": level,
+                "codes_source": codes_source,
+                "input_ranges": ranges_under(loaded.input_ranges, f"priors.{level}."),
+            }
             save_checkpoint(path, prior, torch.optim.Adam(prior.parameters()), scaler, 0, prior_meta)
     return config

@@ -6,8 +6,8 @@ seeding, resuming and DDP are ``loop.py``'s.
 
 With ``quantised`` a trained prior (or a model's own, from ``train from-model``) is fine-tuned through
 the integer prior's roundings (``fake_quant``), its learning rate decaying along a cosine as a
-refinement's does: the inputs' ranges are measured once, at the start, as ``export`` measures them,
-kept in the checkpoint and exported as they are.
+refinement's does: on the inputs' ranges of the model file it came from, else measured once, at the
+start, as ``export`` measures them; kept in the checkpoint and exported as they are.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def train_prior(
     codes_digest = hashlib.sha256(json.dumps(codes_source, sort_keys=True).encode()).hexdigest()[:16]
     path = checkpoint_path(run, prior_stage(config.vqvae.n_levels, level))
     initial, ranges, resume = _fine_tune(path, quantised, resume)
-    if initial is not None:  # ranges as export measures them, on the codes' training images
+    if initial is not None and ranges is None:  # as export measures them, on the codes' training images
         ranges = _prior_ranges(run, config, level, initial, data or codes_source["data"])
     stage = PriorStage(
         env=env,
@@ -199,22 +199,23 @@ def _fine_tune(
     path: Path, quantised: bool, resume: bool | None
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, int] | None, bool | None]:
     """Where a prior's training starts: ``(initial weights, ranges, resume)``. A fine-tune through the
-    roundings resumes its own checkpoint, else starts anew from the prior in ``path``; a plain run
-    never resumes a fine-tune's checkpoint, whose weights learnt the roundings."""
+    roundings resumes its own checkpoint, else starts anew from the prior in ``path`` with the ranges
+    its checkpoint names (a model file's, from ``train from-model``; None: to be measured); a plain
+    run never resumes a fine-tune's checkpoint, whose weights learnt the roundings."""
     state = read_state(path) if path.exists() else None
-    ranges = None if state is None else state["meta"].get("input_ranges")
+    fine_tuned = state is not None and state["meta"]["settings"].get("quantised", False)
     if not quantised:
-        if ranges is not None and resume is not False:
+        if fine_tuned and resume is not False:
             raise ValueError(f"{path} learnt through the integer roundings: resume it with --quantised")
         return None, None, resume
-    if ranges is not None and resume is not False:
-        return None, ranges, resume
+    if fine_tuned and resume is not False:
+        return None, state["meta"]["input_ranges"], resume
     if state is None:
         raise FileNotFoundError(
             f"no prior at {path} to fine-tune through the roundings: train it first, or make the run"
             " from a model file (vqcodec train from-model)"
         )
-    return read_model_state(path), None, False
+    return read_model_state(path), state["meta"].get("input_ranges"), False
 
 
 def _prior_ranges(
