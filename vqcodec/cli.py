@@ -276,7 +276,8 @@ def train_from_model(model: str | None, out: str, settings: tuple[str, ...]) -> 
     is_flag=True,
     help="Fine-tune the run's prior through the integer prior's roundings (8-bit inputs and weights;"
     " its checkpoint is replaced), the learning rate decaying along a cosine: quantisation-aware"
-    " training, whose input ranges, measured as export measures them, export keeps.",
+    " training on the input ranges of the model the run came from (else measured as export measures"
+    " them), which export keeps.",
 )
 @common_training_options()
 @reports_errors
@@ -314,7 +315,8 @@ def train_prior(run: str, level: str, **options: Any) -> None:
     "--quantised",
     is_flag=True,
     help="Learn through the integer decoder's roundings (8-bit inputs and weights): quantisation-aware"
-    " training, whose input ranges, measured on the first --data images, export keeps.",
+    " training on the input ranges of the model the run came from (else measured on the first --data"
+    " images), which export keeps.",
 )
 @common_training_options(lr=1e-4)
 @reports_errors
