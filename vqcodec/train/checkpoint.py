@@ -91,6 +91,18 @@ def read_state(path: str | Path) -> dict[str, Any]:
     return json.loads(metadata["state"])
 
 
+def learnt_roundings(state: dict[str, Any] | None) -> bool:
+    """Whether a checkpoint's (``read_state``) weights learnt the integer engine's roundings."""
+    return state is not None and state["meta"]["settings"].get("quantised", False)
+
+
+def refuse_float_resume(path: Path, state: dict[str, Any] | None) -> None:
+    """A run without ``--quantised`` must not resume weights that learnt the roundings: float training
+    would unlearn them while the checkpoint still claims them."""
+    if learnt_roundings(state):
+        raise ValueError(f"{path} learnt through the integer roundings: resume it with --quantised")
+
+
 def _model_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
 

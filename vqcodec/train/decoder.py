@@ -27,7 +27,14 @@ from torch import nn
 from vqcodec.exact.calibrate import decoder_ranges
 from vqcodec.models.vqvae import VQVAE
 from vqcodec.train import dist
-from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
+from vqcodec.train.checkpoint import (
+    checkpoint_path,
+    file_sha256,
+    learnt_roundings,
+    read_model_state,
+    read_state,
+    refuse_float_resume,
+)
 from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
 from vqcodec.train.evaluate import psnr, reconstruction_mse
 from vqcodec.train.fake_quant import quantised_forward
@@ -198,11 +205,10 @@ def _input_ranges(
     resuming = resume is not False and path.exists()
     state = read_state(path) if resuming else None
     if not quantised:
-        if state is not None and state["meta"]["settings"].get("quantised", False):
-            raise ValueError(f"{path} learnt through the integer roundings: resume it with --quantised")
+        refuse_float_resume(path, state)
         return None
     if state is not None:
-        if not state["meta"]["settings"].get("quantised", False):
+        if not learnt_roundings(state):
             raise ValueError(f"{path} did not learn through the integer roundings: start over (--no-resume)")
         return state["meta"]["input_ranges"]
     model_ranges = read_state(checkpoint_path(run, "vqvae"))["meta"].get("input_ranges")

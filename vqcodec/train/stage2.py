@@ -29,7 +29,13 @@ from vqcodec.models.config import ModelConfig, level_names
 from vqcodec.models.model import build_prior
 from vqcodec.models.vqvae import VQVAE
 from vqcodec.train import dist
-from vqcodec.train.checkpoint import checkpoint_path, read_model_state, read_state
+from vqcodec.train.checkpoint import (
+    checkpoint_path,
+    learnt_roundings,
+    read_model_state,
+    read_state,
+    refuse_float_resume,
+)
 from vqcodec.train.data import CALIBRATION_IMAGES, StreamSampler, calibration_images
 from vqcodec.train.evaluate import nll_bits, spread_rows
 from vqcodec.train.extract import cached_source, extract_codes, load_codes
@@ -203,12 +209,11 @@ def _fine_tune(
     its checkpoint names (a model file's, from ``train from-model``; None: to be measured); a plain
     run never resumes a fine-tune's checkpoint, whose weights learnt the roundings."""
     state = read_state(path) if path.exists() else None
-    fine_tuned = state is not None and state["meta"]["settings"].get("quantised", False)
     if not quantised:
-        if fine_tuned and resume is not False:
-            raise ValueError(f"{path} learnt through the integer roundings: resume it with --quantised")
+        if resume is not False:
+            refuse_float_resume(path, state)
         return None, None, resume
-    if fine_tuned and resume is not False:
+    if state is not None and learnt_roundings(state) and resume is not False:
         return None, state["meta"]["input_ranges"], resume
     if state is None:
         raise FileNotFoundError(
