@@ -402,6 +402,11 @@ def test_a_file_of_a_retired_default_model_names_the_version_that_reads_it(
         vqcodec.decompress(data)
 
 
+def test_no_bundled_model_is_retired() -> None:
+    bundled = {info.sha256[:32] for info in zoo.list_models()}
+    assert bundled and not bundled & set(zoo.RETIRED_MODELS)
+
+
 def test_pillow_plugin_opens_vqz(codec: Codec, model_file: Path, zoo_dir: Path):
     (zoo_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
     data = codec.compress(Image.fromarray(np.dstack([smooth(10, 6), np.full((6, 10), 7, np.uint8)])))

@@ -31,7 +31,10 @@ _MODEL_CACHE_SIZE = 4
 """Loaded models kept per process: enough for a few models or devices, bounded in memory."""
 
 
-RETIRED_MODELS = {"3bf23882ac1e05eece91ecb866364f65": "0.2.0"}
+RETIRED_MODELS = {
+    "3bf23882ac1e05eece91ecb866364f65": "0.2.0",
+    "bde513d03c1c7529b500e8438c5d2076": "0.2.1",
+}
 """Model ids (hex) of default models this version no longer bundles, with the vqcodec version that did:
 a file that needs one gets that version's name, not just the id."""
 
