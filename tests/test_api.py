@@ -200,3 +200,9 @@ def test_pillow_save_then_open(codec: Codec, tmp_path: Path, bundled: Path):
     assert buffer.getvalue() == codec.compress(gray, quality=3, tile=64)
     buffer.seek(0)
     assert Image.open(buffer).convert("L").size == (24, 16)
+
+    target = len(codec.compress(gray, quality=0))  # a target takes the quality's place, as in compress
+    fitted = io.BytesIO()
+    gray.save(fitted, format="VQZ", model=MODEL, target_size=target)
+    assert fitted.getvalue() == vqcodec.compress(gray, codec, target_size=target)
+    assert len(fitted.getvalue()) <= target

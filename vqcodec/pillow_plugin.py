@@ -29,7 +29,18 @@ MIME = "image/x-vqz"
 
 SAVE_MODES = ("L", "LA", "RGB", "RGBA", "1", "La", "P", "PA", "RGBa", "RGBX")
 """The modes ``image.save`` writes: the four the codec keeps, and those it converts to them exactly."""
-SAVE_OPTIONS = ("model", "device", "quality", "tile", "threads", "metadata", "effort")
+SAVE_OPTIONS = (
+    "model",
+    "device",
+    "quality",
+    "tile",
+    "threads",
+    "metadata",
+    "effort",
+    "target_size",
+    "target_bpp",
+    "target_psnr",
+)
 """The save parameters passed on to ``vqcodec.compress``."""
 
 
