@@ -158,7 +158,13 @@ def rd(
     help="Tile side in pixels (0: whole maps only); the images are also coded whole.",
 )
 @click.option(
-    "--no-4k", "uhd", is_flag=True, flag_value=False, default=True, help="Skip the 3840x2160 image."
+    "--no-4k",
+    "uhd",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    show_default=False,
+    help="Skip the 3840x2160 image (run by default).",
 )
 @click.option(
     "--load",
