@@ -206,3 +206,5 @@ def test_pillow_save_then_open(codec: Codec, tmp_path: Path, bundled: Path):
     gray.save(fitted, format="VQZ", model=MODEL, target_size=target)
     assert fitted.getvalue() == vqcodec.compress(gray, codec, target_size=target)
     assert len(fitted.getvalue()) <= target
+    with pytest.raises(ValueError, match="give a quality or a target, not both"):
+        vqcodec.compress(gray, codec, quality=4, target_size=target)

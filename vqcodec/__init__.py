@@ -2,7 +2,7 @@
 
     import vqcodec
     data = vqcodec.compress("photo.png")            # .vqz bytes, with the bundled default model
-    small = vqcodec.compress("photo.png", quality=1)  # the smallest operating point (1 to 4)
+    small = vqcodec.compress("photo.png", quality=1)  # a smaller file: qualities 0 to 4, 4 the default
     image = vqcodec.decompress(data)                # a PIL image (the bundled model the file names)
     image = vqcodec.decompress("photo.vqz")         # a path (a str is a path; bytes are data) or a file
     images = vqcodec.decompress_many([a, b, c])     # several files: same-size ones decode together

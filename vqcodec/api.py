@@ -31,7 +31,7 @@ def compress(
     model: Codec | str | os.PathLike[str] | None = None,
     device: str | None = None,
     progress: Progress | None = None,
-    quality: float = DEFAULT_QUALITY,
+    quality: float | None = None,
     tile: int | None = DEFAULT_TILE,
     *,
     metadata: str | Iterable[str] = "all",
@@ -45,10 +45,10 @@ def compress(
 
     ``model``: a bundled model's name, a model file, or a ``load_model`` result; None for the
     bundled default. ``device``: "cpu" (default) or "cuda". ``quality``: 0 (smallest file) to 4
-    (best, the default), any number in between; below 4 the image is coded at a smaller size
-    (``vqcodec.quality``). ``target_size`` (bytes), ``target_bpp`` or ``target_psnr`` (dB): one of
+    (best; None, the default, is 4), any number in between; below 4 the image is coded at a smaller
+    size (``vqcodec.quality``). ``target_size`` (bytes), ``target_bpp`` or ``target_psnr`` (dB): one of
     them picks the quality instead: the best file no larger, or the smallest at least as good
-    (``vqcodec.rate``; ValueError if no quality meets it).
+    (``vqcodec.rate``; ValueError if no quality meets it, or if a quality is given too).
     ``tile``: the largest side in pixels of the tiles coded as independent images, at least 64 and
     a multiple of the model's multiple (8 for the default), the image cut into as few tiles as evenly
     as it can be; None codes whole code maps: a few fewer bits, decoding in more sequential steps.
@@ -59,9 +59,13 @@ def compress(
     fewer bits at equal PSNR for a slower encode (``vqcodec.rdo``).
     """
     targets = (target_size, target_bpp, target_psnr)
+    aimed = any(target is not None for target in targets)
+    if aimed and quality is not None:
+        raise ValueError("a target picks the quality: give a quality or a target, not both")
     with limited(threads):
         codec = open_codec(model, device)
-        if all(target is None for target in targets):
+        if not aimed:
+            quality = DEFAULT_QUALITY if quality is None else quality
             return codec.compress(image, progress, quality, tile, metadata=metadata, effort=effort)
         from vqcodec.rate import Target, compress_to_target
 
