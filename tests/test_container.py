@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import struct
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vqcodec.coding import container
 from vqcodec.coding.container import (
+    MAX_CHUNK_BYTES,
     MAX_PIXELS,
     MAX_SIDE,
     Chunk,
@@ -23,6 +26,7 @@ from vqcodec.coding.container import (
     Padding,
     VQZFile,
     model_id,
+    read_stream,
 )
 from vqcodec.errors import (
     FormatError,
@@ -119,6 +123,7 @@ def test_round_trip_grey_alpha_three_levels() -> None:
         height=MAX_SIDE,
         level_shapes=((1, 1), (1, 2), (4, 4)),
         alpha=bytes(MAX_SIDE),
+        payload=bytes(64),
     )
     assert VQZFile.from_bytes(file.to_bytes()) == file
 
@@ -297,7 +302,9 @@ def test_tiles_must_split_the_image(tile: tuple[int, int], valid: bool) -> None:
 
 
 def test_tiles_of_a_thin_image_may_be_as_thin() -> None:
-    assert plain(width=8, height=512, level_shapes=((64, 1), (128, 2)), tile=(8, 256)).tile == (8, 256)
+    assert plain(
+        width=8, height=512, level_shapes=((64, 1), (128, 2)), tile=(8, 256), payload=bytes(64)
+    ).tile == (8, 256)
 
 
 @pytest.mark.parametrize(
@@ -366,3 +373,65 @@ def test_writer_refuses_bad_metadata() -> None:
         with pytest.raises(FormatError):
             plain(**changes)
     assert plain(exif=b"MM\x00*\x00\x00\x00\x08").exif == b"MM\x00*\x00\x00\x00\x08"
+
+
+class Endless(io.RawIOBase):
+    """A stream of ``prefix`` and then zeros without end, counting what was read."""
+
+    def __init__(self, prefix: bytes = b"") -> None:
+        self.prefix, self.read_bytes = prefix, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = len(buffer)
+        head = self.prefix[self.read_bytes : self.read_bytes + n]
+        buffer[: len(head)] = head
+        buffer[len(head) : n] = bytes(n - len(head))
+        self.read_bytes += n
+        return n
+
+
+def test_read_stream_reads_what_the_file_declares_and_one_byte() -> None:
+    data = with_chunks().to_bytes()
+    stream = io.BytesIO(data + b"more")
+    assert read_stream(stream) == data + b"m" and stream.tell() == len(data) + 1
+    with pytest.raises(FormatError, match="trailing data"):
+        VQZFile.from_bytes(read_stream(io.BytesIO(data + b"more")))
+    assert read_stream(io.BytesIO(data[:-5])) == data[:-5]  # from_bytes then finds it truncated
+
+
+def test_endless_streams_cost_bounded_reads() -> None:
+    zeros = Endless()
+    with pytest.raises(FormatError, match="bad signature"):
+        read_stream(zeros)
+    assert zeros.read_bytes <= 3
+    header = craft(payload=b"")[:-4]  # a valid header, then zeros: chunk type 0, length 0
+    stream = Endless(header)
+    with pytest.raises(FormatError):
+        VQZFile.from_bytes(read_stream(stream))
+    assert stream.read_bytes < 2**16
+
+
+def test_declared_sizes_beyond_the_limits_are_refused() -> None:
+    with pytest.raises(FormatError, match="65 chunks exceed the limit of 64"):
+        VQZFile.from_bytes(craft(chunks=((0xF0, b""),) * 65))
+    with pytest.raises(FormatError, match="longer than 5 codes can take"):  # 4 x 5 + 64 bytes at most
+        VQZFile.from_bytes(craft(payload=bytes(88)))
+    VQZFile.from_bytes(craft(payload=bytes(84)))
+    chunk = craft(chunks=((0xF0, b""),))
+    start = len(chunk) - 4 - 8 - 2  # the chunk's type and length, before the payload and the CRC
+    hostile = chunk[:start] + bytes((0xF0,)) + varint(MAX_CHUNK_BYTES + 1)
+    with pytest.raises(FormatError, match="over its limit"):
+        VQZFile.from_bytes(hostile)
+    with pytest.raises(FormatError, match="over its limit"):
+        read_stream(Endless(hostile))
+
+
+def test_the_writer_keeps_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(container, "MAX_CHUNK_BYTES", 16)
+    with pytest.raises(FormatError, match="XMP packet of 17 bytes exceeds the limit of 16"):
+        plain(xmp=bytes(17))
+    with pytest.raises(FormatError, match="longer than"):
+        plain(payload=bytes(4 * (64 * 96 + 128 * 192) + 68))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vqcodec import imageio
 from vqcodec.errors import FormatError, ImageTooLargeError
 from vqcodec.imageio import (
     MAX_IMAGE_PIXELS,
@@ -385,3 +386,12 @@ def test_input_file_is_not_modified(tmp_path) -> None:
         load_image(image)
         assert image.getexif()[0x0112] == 6
     assert (hashlib.sha256(path.read_bytes()).digest(), path.stat().st_mtime_ns) == before
+
+
+def test_metadata_a_vqz_chunk_cannot_hold_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(imageio, "MAX_CHUNK_BYTES", 16)
+    image = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    image.info["xmp"] = b"<x:xmpmeta>" + bytes(16) + b"</x:xmpmeta>"
+    source = load_image(image).with_metadata("all")
+    assert source.xmp is None
+    assert any("XMP of" in warning and "dropped" in warning for warning in source.warnings)

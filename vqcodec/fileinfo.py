@@ -10,20 +10,22 @@ import os
 from typing import Any, BinaryIO
 
 from vqcodec import zoo
-from vqcodec.coding.container import VQZFile
+from vqcodec.coding.container import VQZFile, read_stream
 from vqcodec.models.config import level_names
 
 VQZInput = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 """What ``decompress`` and ``info`` take: a path (a ``str`` is always a path, never data), the file's
-bytes, or a binary file object read to its end (``read_vqz``)."""
+bytes, or a binary file object (``read_vqz``)."""
 
 
 def read_vqz(data: VQZInput) -> bytes:
     """The bytes of a ``.vqz`` file given as a path (``str`` or ``os.PathLike``: a ``str`` is always a
-    path), as ``bytes``, ``bytearray`` or ``memoryview``, or as a binary file object (read to its end)."""
+    path), as ``bytes``, ``bytearray`` or ``memoryview``, or as a binary file object. A path or file is
+    read only as far as the file's header and chunks declare (``container.read_stream``): what is not a
+    .vqz file, however large, is refused after its first bytes."""
     if isinstance(data, (str, os.PathLike)):
         with open(data, "rb") as f:
-            return f.read()
+            return read_stream(f)
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     read = getattr(data, "read", None)
@@ -31,7 +33,7 @@ def read_vqz(data: VQZInput) -> bytes:
         raise TypeError(f"expected a path, bytes or a binary file object, got {type(data).__name__}")
     if not isinstance(read(0), (bytes, bytearray, memoryview)):  # a text file: read(0) decodes nothing
         raise TypeError(f"expected a file opened in binary mode, got {type(data).__name__}")
-    return bytes(read())
+    return read_stream(data)
 
 
 def describe(data: bytes, file: VQZFile | None = None) -> dict[str, Any]:

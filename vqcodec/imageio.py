@@ -41,7 +41,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vqcodec.coding.container import MAX_SIDE
+from vqcodec.coding.container import MAX_CHUNK_BYTES, MAX_SIDE
 from vqcodec.errors import FormatError, ImageTooLargeError, VQZError
 from vqcodec.metadata import metadata_options, parse_metadata, pil_info, read_metadata, upright
 
@@ -106,12 +106,20 @@ class SourceImage:
         """This image keeping only the metadata ``kinds`` (of ``METADATA_KINDS``), for files that must not
         carry the rest (privacy, size)."""
         kinds = parse_metadata(kinds)
-        return replace(
-            self,
-            icc_profile=self.icc_profile if "icc" in kinds else None,
-            exif=self.exif if "exif" in kinds else None,
-            xmp=self.xmp if "xmp" in kinds else None,
-        )
+        kept = {
+            "icc_profile": self.icc_profile if "icc" in kinds else None,
+            "exif": self.exif if "exif" in kinds else None,
+            "xmp": self.xmp if "xmp" in kinds else None,
+        }
+        notes = list(self.warnings)
+        for field_name, label in (("icc_profile", "ICC profile"), ("exif", "EXIF"), ("xmp", "XMP")):
+            data = kept[field_name]
+            if data is not None and len(data) > MAX_CHUNK_BYTES:
+                notes.append(
+                    f"{label} of {len(data)} bytes exceeds a .vqz chunk ({MAX_CHUNK_BYTES}); dropped"
+                )
+                kept[field_name] = None
+        return replace(self, **kept, warnings=notes)
 
 
 def load_image(

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,16 @@ MODEL_ID_LEN = 16
 MAX_SIDE = 16384
 MAX_PIXELS = 2**27
 MAX_LEVELS = 8
+MAX_CHUNKS = 64
+"""Most chunks a file may declare (vqcodec writes at most 6)."""
+MAX_CHUNK_BYTES = 2**26
+"""Largest chunk other than ALPHA (an ICC profile, EXIF, XMP, an unknown chunk): 64 MiB."""
+ALPHA_SLACK = 2**16
+"""An ALPHA chunk holds at most ``width × height`` + this many bytes: zlib's worst case, stored blocks."""
+PAYLOAD_BYTES_PER_CODE = 4
+"""A payload holds at most this many bytes per code, plus ``PAYLOAD_SLACK``: a code costs at most
+``PRECISION`` (24) bits, and the coder's final words fit in the 8 bits to spare."""
+PAYLOAD_SLACK = 64
 CODER_RANGE = 1
 """Coder id of the range coder of ``entropy.py`` (32-bit words, 64-bit state)."""
 ANCILLARY = 0x80
@@ -54,6 +64,12 @@ MIN_EXIF = 8
 
 _VARINT_MAX_BYTES = 5
 _U32 = struct.Struct("<I")
+_MAX_HEADER_BYTES = (
+    len(SIGNATURE) + 1 + MODEL_ID_LEN + 5 * _VARINT_MAX_BYTES + 2 * MAX_LEVELS * _VARINT_MAX_BYTES + 12
+)
+"""The longest header: signature, version, model id, five varints (width, height, chunks, payload
+length) and two per level, the bytes of the image, the level count, coder and precision, two CRCs."""
+_READ_BLOCK = 2**20
 
 
 class ColourMode(IntEnum):
@@ -168,6 +184,7 @@ class VQZFile:
             raise FormatError("code checksum must be a 32-bit unsigned integer")
         if len(self.payload) % 4:
             raise FormatError(f"payload length {len(self.payload)} is not a multiple of 4 bytes")
+        _check_payload_length(len(self.payload), self.level_shapes)
         if self.colour.has_alpha != (self.alpha is not None):
             raise FormatError(f"colour mode {self.colour.name} and the presence of an alpha plane disagree")
         if self.alpha is not None and len(self.alpha) != self.width * self.height:
@@ -181,6 +198,14 @@ class VQZFile:
             )
         if self.xmp is not None and not self.xmp:
             raise FormatError("XMP packet is empty")
+        for name, data in (("ICC profile", self.icc), ("EXIF", self.exif), ("XMP packet", self.xmp)):
+            if data is not None and len(data) > MAX_CHUNK_BYTES:
+                raise FormatError(f"{name} of {len(data)} bytes exceeds the limit of {MAX_CHUNK_BYTES}")
+        if any(len(chunk.data) > MAX_CHUNK_BYTES for chunk in self.extra_chunks):
+            raise FormatError(f"an ancillary chunk exceeds the limit of {MAX_CHUNK_BYTES} bytes")
+        known = (self.alpha, self.coded_size, self.tile, self.icc, self.exif, self.xmp)
+        if sum(field is not None for field in known) + len(self.extra_chunks) > MAX_CHUNKS:
+            raise FormatError(f"more than {MAX_CHUNKS} chunks")
         if self.coded_size is not None:
             object.__setattr__(self, "coded_size", (int(self.coded_size[0]), int(self.coded_size[1])))
             coded_width, coded_height = self.coded_size
@@ -245,7 +270,7 @@ class VQZFile:
         """Parse and check a whole file; raises a ``VQZError`` subclass on any defect."""
         reader = _Reader(bytes(data))
         header, n_chunks, payload_len = _read_header(reader)
-        chunks, payload = _read_body(reader, n_chunks, payload_len)
+        chunks, payload = _read_body(reader, n_chunks, payload_len, header["width"] * header["height"])
         fields = _chunk_fields(chunks, header["width"] * header["height"])
         return cls(**header, payload=payload, **fields)
 
@@ -308,6 +333,12 @@ def _check_geometry(width: int, height: int, what: str = "image") -> None:
         )
 
 
+def _check_payload_length(length: int, level_shapes: Sequence[tuple[int, int]]) -> None:
+    n_codes = sum(h * w for h, w in level_shapes)
+    if length > PAYLOAD_BYTES_PER_CODE * n_codes + PAYLOAD_SLACK:
+        raise FormatError(f"a payload of {length} bytes is longer than {n_codes} codes can take")
+
+
 def _read_header(reader: _Reader) -> tuple[dict[str, Any], int, int]:
     """The header's fields (checked, and its CRC), the number of chunks and the payload's length."""
     if reader.take(len(SIGNATURE)) != SIGNATURE:
@@ -336,6 +367,9 @@ def _read_header(reader: _Reader) -> tuple[dict[str, Any], int, int]:
     if zlib.crc32(reader.data[: reader.pos]) != reader.u32():
         raise FormatError("header CRC mismatch")
     _check_geometry(width, height)
+    if n_chunks > MAX_CHUNKS:
+        raise FormatError(f"{n_chunks} chunks exceed the limit of {MAX_CHUNKS}")
+    _check_payload_length(payload_len, level_shapes)
     if image >> 4:
         raise FormatError(f"reserved bits of the image byte are set (0x{image:02x})")
     header = {
@@ -352,22 +386,64 @@ def _read_header(reader: _Reader) -> tuple[dict[str, Any], int, int]:
     return header, n_chunks, payload_len
 
 
-def _read_body(reader: _Reader, n_chunks: int, payload_len: int) -> tuple[list[Chunk], bytes]:
+def _read_body(reader: _Reader, n_chunks: int, payload_len: int, pixels: int) -> tuple[list[Chunk], bytes]:
     """The chunks and the payload, after checking the body's CRC and that nothing follows it."""
     body_start = reader.pos
     if n_chunks > reader.remaining:
         raise FormatError(f"{n_chunks} chunks cannot fit in the remaining {reader.remaining} bytes")
     chunks = []
     for _ in range(n_chunks):
-        chunk_type = reader.u8()
-        chunks.append(Chunk(chunk_type, reader.take(reader.varint())))
+        chunk_type, length = _chunk_start(reader, pixels)
+        chunks.append(Chunk(chunk_type, reader.take(length)))
     payload = reader.take(payload_len)
     body_end = reader.pos
     if zlib.crc32(reader.data[body_start:body_end]) != reader.u32():
         raise FormatError("body CRC mismatch (chunks or payload damaged)")
     if reader.remaining:
-        raise FormatError(f"{reader.remaining} bytes of trailing data after the body CRC")
+        raise FormatError("trailing data after the body CRC")  # read_stream reads just one byte of it
     return chunks, payload
+
+
+def _chunk_start(reader: _Reader, pixels: int) -> tuple[int, int]:
+    """A chunk's type and length, the length within the limit of its type."""
+    chunk_type, length = reader.u8(), reader.varint()
+    limit = pixels + ALPHA_SLACK if chunk_type == ChunkType.ALPHA else MAX_CHUNK_BYTES
+    if length > limit:
+        raise FormatError(
+            f"a chunk of type 0x{chunk_type:02x} declares {length} bytes, over its limit of {limit}"
+        )
+    return chunk_type, length
+
+
+def read_stream(stream: BinaryIO) -> bytes:
+    """The bytes of one file read from ``stream``, no further than its header and chunks declare (and
+    one byte more, which ``VQZFile.from_bytes`` then refuses as trailing data).
+
+    What is not a .vqz file is refused after its first bytes, and a file's declared sizes are checked
+    against the limits before they are read: a hostile or endless stream costs bounded memory."""
+    data = bytearray()
+
+    def read(start: int, stop: int) -> _Reader:
+        """A reader over bytes ``start:stop``, as many of them as the stream has."""
+        while len(data) < stop:
+            block = stream.read(min(stop - len(data), _READ_BLOCK))
+            if not block:
+                break
+            data.extend(block)
+        return _Reader(bytes(data[start:stop]))
+
+    start = read(0, len(SIGNATURE)).data
+    if start != SIGNATURE[: len(start)]:  # a part of it: the header says the file is truncated
+        raise FormatError("not a .vqz file (bad signature)")
+    reader = read(0, _MAX_HEADER_BYTES)
+    header, n_chunks, payload_len = _read_header(reader)
+    end = reader.pos
+    for _ in range(n_chunks):
+        reader = read(end, end + 1 + _VARINT_MAX_BYTES)
+        _, length = _chunk_start(reader, header["width"] * header["height"])
+        end += reader.pos + length
+    read(end, end + payload_len + 4 + 1)
+    return bytes(data)
 
 
 _CHUNK_FIELDS = {
