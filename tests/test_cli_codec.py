@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,46 @@ def test_never_overwrite_the_input(model: str, png: Path):
     assert png.read_bytes() == before
 
 
+def test_never_overwrite_the_input_through_stdin_or_stdout(model: str, png: Path):
+    """``compress - IN < IN`` and ``decompress IN - 1<> IN`` name the input only through a redirection."""
+    before = png.read_bytes()
+    command = [
+        sys.executable,
+        "-m",
+        "vqcodec",
+        "compress",
+        "-m",
+        model,
+        "--format",
+        "vqz",
+        "-f",
+        "-",
+        str(png),
+    ]
+    with png.open("rb") as stdin:
+        result = subprocess.run(command, stdin=stdin, capture_output=True, text=True)
+    assert result.returncode == EXIT_OUTPUT_EXISTS and "the file stdin reads" in result.stderr
+    assert png.read_bytes() == before
+    vqz = png.with_suffix(".vqz")
+    vqz.write_bytes(vqz_bytes(model, png))
+    data = vqz.read_bytes()
+    with vqz.open("r+b") as stdout:
+        command = [sys.executable, "-m", "vqcodec", "decompress", "-m", model, str(vqz), "-"]
+        result = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == EXIT_OUTPUT_EXISTS and "stdout is the input file" in result.stderr
+    assert vqz.read_bytes() == data
+
+
+def test_closed_stdin_or_stdout_is_one_error_line(model: str, png: Path, tmp_path: Path):
+    out = tmp_path / "x.vqz"
+    vqcodec = f"{shlex.quote(sys.executable)} -m vqcodec compress -m {shlex.quote(model)}"
+    for command in (f"{vqcodec} {shlex.quote(str(png))} - >&-", f"{vqcodec} - {shlex.quote(str(out))} <&-"):
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+        assert result.returncode == EXIT_BAD_INPUT, result.stderr
+        assert result.stderr.startswith("vqcodec: error: ") and result.stderr.endswith("is closed\n")
+    assert not out.exists()
+
+
 def vqz_bytes(model: str, png: Path) -> bytes:
     return run("compress", "-m", model, png, "-").stdout_bytes
 
@@ -186,6 +227,34 @@ def test_output_folder_must_exist(model: str, png: Path, tmp_path: Path):
     assert_error(
         run("compress", "-m", model, png, tmp_path / "no" / "out.vqz"), EXIT_BAD_INPUT, "no such folder"
     )
+    folder = tmp_path / "folder.vqz"
+    folder.mkdir()
+    assert_error(run("compress", "-m", model, "-f", png, folder), EXIT_BAD_INPUT, "is a folder")
+
+
+def test_out_dir_is_made_for_one_input_too(model: str, png: Path, tmp_path: Path):
+    assert run("compress", "-m", model, png, "-o", tmp_path / "made").exit_code == 0
+    assert (
+        run("decompress", "-m", model, tmp_path / "made" / "in.vqz", "-o", tmp_path / "made2").exit_code == 0
+    )
+    assert (tmp_path / "made2" / "in.png").is_file()
+
+
+def test_a_large_input_that_is_not_vqz_is_refused_at_once(model: str, tmp_path: Path):
+    big = tmp_path / "big.vqz"
+    with big.open("wb") as f:
+        f.truncate(2**33)  # sparse: 8 GB of zeros, never read
+    assert_error(run("info", big), EXIT_BAD_INPUT, "bad signature")
+    assert_error(run("decompress", "-m", model, big, tmp_path / "out.png"), EXIT_BAD_INPUT, "bad signature")
+
+
+def test_write_errors_name_the_output(model: str, png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".out.vqz.x.tmp"))
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)
+    out = tmp_path / "out.vqz"
+    assert_error(run("compress", "-m", model, png, out), EXIT_BAD_INPUT, f"{out}: Permission denied")
 
 
 def test_model_problems(model: str, png: Path, tmp_path: Path):
@@ -314,6 +383,19 @@ def test_threads_option(model: str, png: Path, tmp_path: Path):
     assert torch.get_num_threads() == threads
     assert run("decompress", "-m", model, "-j", "1", tmp_path / "a.vqz", tmp_path / "a.png").exit_code == 0
     assert run("compress", "-m", model, "--threads", "0", png, tmp_path / "b.vqz").exit_code == EXIT_USAGE
+    assert run("compress", "-m", model, "-j", "100000", png, tmp_path / "b.vqz").exit_code == EXIT_USAGE
+
+
+@pytest.mark.parametrize("option", [("-q", "nan"), ("--target-bpp", "inf"), ("--target-psnr", "nan")])
+def test_numbers_must_be_finite(model: str, png: Path, tmp_path: Path, option: tuple[str, str]):
+    result = run("compress", "-m", model, *option, png, tmp_path / "a.vqz")
+    assert result.exit_code == EXIT_USAGE and "is not a finite number" in result.stderr
+
+
+def test_empty_paths_are_usage_errors(model: str, png: Path, tmp_path: Path):
+    assert run("compress", "-m", model, "", tmp_path / "a.vqz").exit_code == EXIT_USAGE
+    assert run("compress", "-m", model, png, "").exit_code == EXIT_USAGE
+    assert_error(run("info", ""), EXIT_BAD_INPUT, "empty path")
 
 
 def test_summary_quiet_and_verbose(model: str, png: Path, tmp_path: Path):

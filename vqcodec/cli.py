@@ -19,6 +19,7 @@ from vqcodec.bench import cli as bench_cli
 from vqcodec.cli_codec import compress, decompress
 from vqcodec.cli_errors import EXIT_STATUS, Group, reports_errors
 from vqcodec.cli_info import info, models
+from vqcodec.cli_options import FiniteFloatRange
 from vqcodec.models.config import PRESETS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,7 +101,7 @@ def common_training_options(lr: float = 3e-4) -> Callable[[F], F]:
         click.option("--steps", type=click.IntRange(min=1), required=True, help="Total steps of the run."),
         click.option("--device", default=None, help=DEVICE_HELP, show_default=False),
         click.option(
-            "--lr", type=click.FloatRange(min=0, min_open=True), default=lr, help="Adam learning rate."
+            "--lr", type=FiniteFloatRange(min=0, min_open=True), default=lr, help="Adam learning rate."
         ),
         click.option("--seed", type=int, default=0, help="Seeds initialisation, data stream and dropout."),
         click.option("--val-every", type=click.IntRange(min=1), default=1000, help="Validate every N steps."),
@@ -440,7 +441,7 @@ def calibrate(model_file: str, images: str, out: str, n: int, half: bool, force:
     "--size", default="256x256", callback=parse_size, help="WIDTHxHEIGHT, multiples of the top stride."
 )
 @click.option(
-    "--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Softmax temperature."
+    "--temperature", type=FiniteFloatRange(min=0, min_open=True), default=1.0, help="Softmax temperature."
 )
 @click.option("--seed", type=int, default=0, help="Seed of the draws.")
 @reports_errors

@@ -28,10 +28,12 @@ from vqcodec.cli_files import (
     plan_jobs,
     progress_bar,
     read_input,
+    read_vqz_input,
     run_jobs,
     write_output,
 )
 from vqcodec.cli_options import (
+    FiniteFloatRange,
     device_option,
     force_option,
     model_option,
@@ -66,7 +68,7 @@ Targets = tuple[int | None, float | None, float | None]
 @click.option(
     "--quality",
     "-q",
-    type=click.FloatRange(MIN_QUALITY, MAX_QUALITY),
+    type=FiniteFloatRange(MIN_QUALITY, MAX_QUALITY),
     default=DEFAULT_QUALITY,
     show_default=True,
     help=f"Operating point, {MIN_QUALITY} (smallest file) to {MAX_QUALITY} (best), any number in between."
@@ -82,13 +84,13 @@ Targets = tuple[int | None, float | None, float | None]
 )
 @click.option(
     "--target-bpp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=None,
     help="Instead of --quality: the best quality at most this many bits per pixel.",
 )
 @click.option(
     "--target-psnr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=None,
     metavar="DB",
     help="Instead of --quality: the smallest file whose decoded image reaches this PSNR.",
@@ -180,8 +182,8 @@ def compress(
     jobs = plan_jobs(paths, out_dir, ".vqz")
     targets = (target_size, target_bpp, target_psnr)
     _check_targets(targets)
-    if len(jobs) == 1:  # before the model loads: an existing OUT is the most common mistake
-        check_output(jobs[0], force)
+    if len(jobs) == 1 and (out_dir is None or Path(out_dir).is_dir()):  # -o's folder is made below
+        check_output(jobs[0], force)  # before the model loads: an existing OUT is the commonest mistake
     if out_dir is None and out_format is None:
         _check_vqz_name(jobs[0].target)
     with codec_warnings(quiet):
@@ -359,7 +361,7 @@ def decompress(
             " the codec's (PNG keeps the decoded pixels; --image-quality chooses and silences this)",
             err=True,
         )
-    if len(jobs) == 1:
+    if len(jobs) == 1 and (out_dir is None or Path(out_dir).is_dir()):  # -o's folder is made below
         check_output(jobs[0], force)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -407,7 +409,7 @@ def _decompress_file(job: Job, decoding: Decoding, force: bool) -> str:
     from vqcodec.api import decompress as api
     from vqcodec.imageio import save_image
 
-    data = read_input(job.source)
+    data = read_vqz_input(job.source)
     start = time.perf_counter()
     with progress_bar("decompressing", decoding.quiet) as progress, limited(decoding.threads):
         image = api(data, decoding.model, decoding.device, progress)

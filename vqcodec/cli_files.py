@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import click
 
@@ -33,6 +34,8 @@ class Job:
 
 def plan_jobs(paths: Sequence[str], out_dir: str | None, suffix: str) -> list[Job]:
     """IN OUT, or with ``out_dir`` every path an input whose output is ``out_dir/<stem><suffix>``."""
+    if "" in paths or out_dir == "":
+        raise click.UsageError("a path is empty")
     if out_dir is None:
         if len(paths) != 2:
             got = "no IN" if not paths else "no OUT" if len(paths) == 1 else f"{len(paths)} paths"
@@ -54,15 +57,24 @@ def plan_jobs(paths: Sequence[str], out_dir: str | None, suffix: str) -> list[Jo
 
 
 def check_output(job: Job, force: bool) -> None:
-    """Refuse to overwrite an existing output without --force, and the input itself ever."""
+    """Refuse to overwrite an existing output without --force, and the input itself ever, even when
+    one of them is stdin or stdout redirected from or to the other."""
     if job.target == "-":
-        if sys.stdout.isatty():
+        stdout = standard_stream("stdout")
+        if stdout.isatty():
             raise click.UsageError("refusing to write binary data to a terminal; redirect stdout")
+        if job.source != "-" and _is_stream_of(stdout, Path(job.source)):
+            raise OutputExists(f"stdout is the input file {job.source}; refusing to overwrite it")
         return
     out, source = Path(job.target), Path(job.source)
-    if job.source != "-" and (out.resolve() == source.resolve() or _same_file(out, source)):
+    if job.source == "-":
+        if _is_stream_of(standard_stream("stdin"), out):
+            raise OutputExists(f"{job.target} is the file stdin reads; refusing to overwrite it")
+    elif out.resolve() == source.resolve() or _same_file(out, source):
         raise OutputExists(f"{job.target} is the input file; refusing to overwrite it")
-    if out.exists() and not force:
+    if out.is_dir():
+        raise BadInput(f"{job.target} is a folder")
+    if (out.exists() or out.is_symlink()) and not force:
         raise OutputExists(f"{job.target} exists (use --force to overwrite it)")
     if not out.parent.is_dir():
         raise BadInput(f"{out.parent}: no such folder for the output")
@@ -75,31 +87,68 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _is_stream_of(stream: IO[Any], path: Path) -> bool:
+    """Whether ``stream`` (stdin or stdout) is the file at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(path))
+    except (OSError, ValueError):
+        return False
+
+
+def standard_stream(name: str) -> IO[Any]:
+    """``sys.stdin`` or ``sys.stdout``; an error if the process was started with it closed."""
+    stream = getattr(sys, name)
+    if stream is None:
+        raise BadInput(f"{name} is closed")
+    return stream
+
+
 def read_input(source: str) -> bytes:
     """The bytes of the file ``source``, or of stdin for ``-``."""
     if source == "-":
-        return sys.stdin.buffer.read()
+        return standard_stream("stdin").buffer.read()
     return Path(source).read_bytes()
+
+
+def read_vqz_input(source: str) -> bytes:
+    """The bytes of the .vqz file ``source``, or of stdin for ``-``, read no further than the file
+    declares (``fileinfo.read_vqz``): a large input that is not a .vqz file is refused at once."""
+    from vqcodec.fileinfo import read_vqz
+
+    if not source:
+        raise BadInput("IN is an empty path")
+    return read_vqz(standard_stream("stdin").buffer if source == "-" else source)
 
 
 def write_output(target: str, data: bytes) -> None:
     """Write ``data`` to stdout or, through a temporary file in the same folder, atomically to a file:
     an error never leaves a partial output."""
     if target == "-":
-        stream = sys.stdout.buffer
+        stream = standard_stream("stdout").buffer
         stream.write(data)
         stream.flush()
         return
     out = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as error:
+        raise _naming(error, target) from error
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the output private
         os.replace(tmp, out)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(error, target) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _naming(error: OSError, target: str) -> OSError:
+    """``error`` about the output ``target``, not the hidden temporary file it was written through."""
+    return type(error)(error.errno, error.strerror, target)
 
 
 def _umask() -> int:

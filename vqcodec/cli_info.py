@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from vqcodec.cli_errors import EXIT_STATUS, reports_errors
-from vqcodec.cli_files import codec_warnings, progress_bar, read_input
+from vqcodec.cli_files import codec_warnings, progress_bar, read_vqz_input, standard_stream
 from vqcodec.cli_options import device_option, model_option, threads_option
 from vqcodec.quality import describe_qualities
 from vqcodec.threads import limited
@@ -43,7 +43,8 @@ def info(
     import vqcodec
 
     with codec_warnings():
-        data = read_input(source)
+        standard_stream("stdout")  # the report's only way out
+        data = read_vqz_input(source)
         with progress_bar("decoding codes", quiet=not bits) as progress, limited(threads):
             report = vqcodec.info(data, model, device, bits=bits, progress=progress)
         click.echo(json.dumps(report, indent=2) if as_json else _format_info(source, report, bits))

@@ -3,10 +3,13 @@ read the same in every ``--help``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+
+from vqcodec.threads import MAX_THREADS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,7 +48,7 @@ device_option = click.option(
 threads_option = click.option(
     "--threads",
     "-j",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_THREADS),
     default=None,
     help="CPU threads; when several vqcodec processes run side by side, give each 1.  [default: one per"
     " core, spinning only briefly when idle, so that a busy machine does not slow it down many times"
@@ -66,3 +69,13 @@ verbose_option = click.option(
     "--verbose", "-v", is_flag=True, help="Print the summary of each file even when stderr is not a terminal."
 )
 paths_argument = click.argument("paths", metavar="IN... OUT", nargs=-1, type=click.Path(allow_dash=True))
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which its bounds let through or treat as numbers."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return number

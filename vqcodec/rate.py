@@ -11,6 +11,7 @@ even the smallest (or the best) quality cannot meet it, a ValueError says what i
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -56,8 +57,8 @@ class Target:
         given = [value for value in (self.max_bytes, self.max_bpp, self.min_psnr) if value is not None]
         if len(given) != 1:
             raise ValueError("give exactly one target: a size in bytes, bits per pixel, or a PSNR")
-        if given[0] <= 0:
-            raise ValueError(f"a target must be positive, got {given[0]}")
+        if not (isinstance(given[0], (int, float)) and math.isfinite(given[0]) and given[0] > 0):
+            raise ValueError(f"a target must be a positive finite number, got {given[0]!r}")
 
 
 def compress_to_target(
@@ -82,7 +83,7 @@ def compress_to_target(
     source = dataclasses.replace(source, warnings=[])  # shown once, by codec.source
     limit = target.max_bytes
     if target.max_bpp is not None:
-        limit = int(target.max_bpp * source.width * source.height / 8)
+        limit = int(min(target.max_bpp * source.width * source.height / 8, 2**62))  # 1e308 bpp: no limit
     total = SEARCH_STEPS + 2 + (3 * REFINE_ROUNDS if limit is not None else 0)
     encodes = 0
 

@@ -31,10 +31,16 @@ def spin_briefly() -> None:
         os.environ[SPIN_COUNT] = SHORT_SPIN
 
 
+MAX_THREADS = 1024
+"""The most threads a call may ask for: OpenMP crashes the process when it cannot start them all."""
+
+
 def check_threads(threads: int | None) -> None:
-    """Raise ValueError unless ``threads`` is None (torch's default) or a positive count."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    """Raise ValueError unless ``threads`` is None (torch's default) or a count from 1 to MAX_THREADS."""
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS
+    ):
+        raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} or None, got {threads!r}")
 
 
 @contextlib.contextmanager
