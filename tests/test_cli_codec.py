@@ -276,6 +276,10 @@ def test_usage_errors(model: str, png: Path, tmp_path: Path):
     vqz.write_bytes(vqz_bytes(model, png))
     result = run("decompress", "-m", model, vqz, tmp_path / "out.xyz")
     assert result.exit_code == EXIT_USAGE and "cannot write images with extension '.xyz'" in result.stderr
+    result = run("decompress", "-m", model, vqz, tmp_path / "out.xbm")  # Pillow's XBM writes 1-bit only
+    assert result.exit_code == EXIT_USAGE and "'.xbm'" in result.stderr
+    result = run("decompress", "-m", model, "--format", "xyz", vqz, "-o", tmp_path / "d")
+    assert result.exit_code == EXIT_USAGE and "Invalid value for --format" in result.stderr
     assert run("compress", "--device", "tpu", png, tmp_path / "x.vqz").exit_code == EXIT_USAGE
     assert run("compress", png).exit_code == EXIT_USAGE
 

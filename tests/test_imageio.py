@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -395,3 +396,22 @@ def test_metadata_a_vqz_chunk_cannot_hold_is_dropped(monkeypatch: pytest.MonkeyP
     source = load_image(image).with_metadata("all")
     assert source.xmp is None
     assert any("XMP of" in warning and "dropped" in warning for warning in source.warnings)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "written"), [("PCX", "LA", "L"), ("EPS", "RGBA", "RGB"), ("QOI", "L", "RGB")]
+)
+def test_a_format_gets_the_nearest_mode_it_writes(fmt: str, mode: str, written: str) -> None:
+    image = Image.new(mode, (5, 3))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_image(image, buffer, format=fmt)
+    assert ("alpha plane is dropped" in str(caught[0].message)) if mode.endswith("A") else not caught
+    if fmt != "EPS":  # Pillow reads EPS only with Ghostscript
+        assert Image.open(io.BytesIO(buffer.getvalue())).mode == written
+
+
+def test_formats_pillow_cannot_write_are_refused() -> None:
+    with pytest.raises(ValueError, match="cannot write XBM images"):
+        save_image(Image.new("RGB", (2, 2)), io.BytesIO(), format="XBM")

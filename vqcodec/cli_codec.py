@@ -351,7 +351,7 @@ def decompress(
       vqcodec decompress --model tiny.safetensors photo.vqz photo.webp
       vqcodec decompress - - < photo.vqz > photo.png
     """
-    image_format = _image_format(out_format) if out_format else "PNG"
+    image_format = _image_format(out_format, "--format") if out_format else "PNG"
     jobs = plan_jobs(paths, out_dir, "." + (out_format or "png").lower().lstrip("."))  # as the user spells it
     if out_dir is None and out_format is None:
         image_format = _image_format_of_out(jobs[0].target)
@@ -371,14 +371,18 @@ def decompress(
     run_jobs(jobs, work, Output(quiet, verbose), "decompressed")
 
 
-def _image_format(name: str) -> str:
-    """The Pillow format that a file name's extension or a format's name (``png``, ``.webp``) says."""
+def _image_format(name: str, param_hint: str = "OUT") -> str:
+    """The Pillow format that a file name's extension or a format's name (``png``, ``.webp``) says, if
+    Pillow writes colour images in it; checked before anything is decoded."""
+    from vqcodec.imageio import writable_mode
+
     extension = "." + name.lower().lstrip(".")
     Image.init()
     fmt = Image.registered_extensions().get(extension)
-    if fmt is None or fmt not in Image.SAVE or fmt == "VQZ":
+    if fmt is None or fmt not in Image.SAVE or fmt == "VQZ" or writable_mode(fmt, "RGB") is None:
         raise click.BadParameter(
-            f"cannot write images with extension {extension!r} (use e.g. .png, .webp, .jpg)", param_hint="OUT"
+            f"cannot write images with extension {extension!r} (use e.g. .png, .webp, .jpg)",
+            param_hint=param_hint,
         )
     return fmt
 

@@ -29,6 +29,7 @@ Conventions, chosen so that every input has one documented meaning:
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -71,7 +72,8 @@ _EXACT_CONVERSIONS = {"1": "L", "La": "LA", "PA": "RGBA", "RGBa": "RGBA", "RGBX"
 # The data colour space field of an ICC header (bytes 16-19) that fits each kept mode.
 _ICC_SPACES = {"RGB": b"RGB ", "L": b"GRAY", "RGBA": b"RGB ", "LA": b"GRAY"}
 
-_FORMATS_WITHOUT_ALPHA = ("JPEG",)
+_PILLOW_SAVE_ERRORS = (OSError, ValueError, KeyError, TypeError)
+"""What Pillow raises when a format cannot write a mode (or has no writer installed)."""
 
 _SAVE_OPTIONS: dict[str, dict[str, int]] = {"JPEG": {"quality": 95}}
 
@@ -186,14 +188,19 @@ def save_image(
 ) -> None:
     """Write ``image``, in ``format`` or else the one its file name's extension names (PNG if none).
 
-    The ICC profile in ``image.info`` is written wherever the format can hold one. Formats without
-    alpha (JPEG) get the image without its alpha plane, with a Python warning. ``quality`` (1-100)
-    is for lossy formats (JPEG, WebP, AVIF); WebP at 100 is lossless.
+    The ICC profile in ``image.info`` is written wherever the format can hold one. A format that
+    cannot hold the image's mode gets the nearest one it can (``writable_mode``): without the alpha
+    plane (JPEG, PPM, ...), with a Python warning, or grey as RGB. ``quality`` (1-100) is for lossy
+    formats (JPEG, WebP, AVIF); WebP at 100 is lossless.
     """
     fmt = (format or _format_from_name(path_or_file)).upper()
-    if fmt in _FORMATS_WITHOUT_ALPHA and image.mode in ("RGBA", "LA"):
-        pywarnings.warn(f"{fmt} cannot store alpha; the alpha plane is dropped", stacklevel=2)
-        image = image.convert(image.mode[:-1])
+    mode = writable_mode(fmt, image.mode)
+    if mode is None:
+        raise ValueError(f"cannot write {fmt} images with this Pillow")
+    if mode != image.mode:
+        if image.mode.endswith("A") and not mode.endswith("A"):
+            pywarnings.warn(f"{fmt} cannot store alpha; the alpha plane is dropped", stacklevel=2)
+        image = image.convert(mode)
     options: dict[str, object] = dict(_SAVE_OPTIONS.get(fmt, {}))
     if quality is not None:
         options.update(
@@ -205,6 +212,26 @@ def save_image(
         options["icc_profile"] = icc_profile
     options.update(metadata_options(image, fmt))
     image.save(path_or_file, format=fmt, **options)
+
+
+def writable_mode(fmt: str, mode: str) -> str | None:
+    """The mode nearest ``mode`` (one of ``MODES``) that Pillow writes in the format ``fmt``: ``mode``
+    itself, else without its alpha, else RGB; None if it writes none of them."""
+    for candidate in dict.fromkeys((mode, mode.removesuffix("A"), "RGB")):
+        if _writes(fmt, candidate):
+            return candidate
+    return None
+
+
+@functools.cache
+def _writes(fmt: str, mode: str) -> bool:
+    """Whether Pillow writes a ``mode`` image in ``fmt``: tried on one pixel, since a format's writer
+    says so only by failing."""
+    try:
+        Image.new(mode, (1, 1)).save(io.BytesIO(), format=fmt)
+    except _PILLOW_SAVE_ERRORS:
+        return False
+    return True
 
 
 def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
