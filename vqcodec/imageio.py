@@ -190,7 +190,7 @@ def save_image(
 
     The ICC profile in ``image.info`` is written wherever the format can hold one. A format that
     cannot hold the image's mode gets the nearest one it can (``writable_mode``): without the alpha
-    plane (JPEG, PPM, ...), with a Python warning, or grey as RGB. ``quality`` (1-100) is for lossy
+    plane (JPEG, PCX, EPS, ...), with a Python warning, or grey as RGB (QOI). ``quality`` (1-100) is for lossy
     formats (JPEG, WebP, AVIF); WebP at 100 is lossless.
     """
     fmt = (format or _format_from_name(path_or_file)).upper()

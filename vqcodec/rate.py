@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ class Target:
         given = [value for value in (self.max_bytes, self.max_bpp, self.min_psnr) if value is not None]
         if len(given) != 1:
             raise ValueError("give exactly one target: a size in bytes, bits per pixel, or a PSNR")
-        if not (isinstance(given[0], (int, float)) and math.isfinite(given[0]) and given[0] > 0):
+        if not (isinstance(given[0], numbers.Real) and math.isfinite(given[0]) and given[0] > 0):
             raise ValueError(f"a target must be a positive finite number, got {given[0]!r}")
 
 
