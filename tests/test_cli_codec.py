@@ -264,6 +264,7 @@ def test_model_problems(model: str, png: Path, tmp_path: Path):
     not_a_model = tmp_path / "fake.safetensors"
     not_a_model.write_bytes(b"12345678")
     assert_error(run("compress", "-m", not_a_model, png, out), EXIT_MODEL, "not a model file")
+    assert_error(run("compress", "-m", tmp_path, png, out), EXIT_MODEL, "not a regular file")
 
     vqz = tmp_path / "a.vqz"
     vqz.write_bytes(vqz_bytes(model, png))

@@ -104,7 +104,8 @@ def compress_to_target(
     # A size target is met at the low end; a PSNR target at the high end.
     sure, sure_ok = trial(low if limit is not None else high)
     if not sure_ok:
-        what = f"{limit:,} bytes" if limit is not None else f"{target.min_psnr} dB"
+        what = f"{target.min_psnr} dB" if limit is None else f"{limit:,} bytes"
+        what += f" ({target.max_bpp:g} bpp)" if target.max_bpp is not None else ""
         got = f"{len(sure.data):,} bytes" if limit is not None else f"{sure.psnr:.2f} dB"
         raise ValueError(f"cannot reach {what}: quality {sure.quality:g} gives {got}")
     other, other_ok = trial(high if limit is not None else low)

@@ -111,6 +111,8 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> Path:
     path = Path(name)
     if path.is_file():
         return path
+    if path.exists():
+        raise UnknownModelError(f"{name} is not a model file (not a regular file)")
     names = [info.name for info in list_models()]
     if name_or_path is None:
         raise UnknownModelError(
