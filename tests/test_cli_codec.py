@@ -248,6 +248,16 @@ def test_a_large_input_that_is_not_vqz_is_refused_at_once(model: str, tmp_path: 
     assert_error(run("decompress", "-m", model, big, tmp_path / "out.png"), EXIT_BAD_INPUT, "bad signature")
 
 
+def test_stdin_larger_than_any_image_is_refused(
+    model: str, png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("vqcodec.imageio.MAX_IMAGE_FILE_BYTES", 10)
+    out = tmp_path / "out.vqz"
+    result = run("compress", "-m", model, "-", out, input=png.read_bytes())
+    assert_error(result, EXIT_BAD_INPUT, "stdin holds more than 10 bytes")
+    assert not out.exists()
+
+
 def test_write_errors_name_the_output(model: str, png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / ".out.vqz.x.tmp"))

@@ -27,7 +27,7 @@ from vqcodec.cli_files import (
     codec_warnings,
     plan_jobs,
     progress_bar,
-    read_input,
+    read_stdin,
     read_vqz_input,
     run_jobs,
     write_output,
@@ -253,8 +253,9 @@ def _compress_file(job: Job, codec: Codec, encoding: Encoding, force: bool) -> s
     """Compress one image to its .vqz file; the summary line of the file."""
     check_output(job, force)
     from vqcodec.coding.container import VQZFile
+    from vqcodec.imageio import MAX_IMAGE_FILE_BYTES
 
-    image = read_input(job.source) if job.source == "-" else job.source
+    image = read_stdin(MAX_IMAGE_FILE_BYTES) if job.source == "-" else job.source
     start = time.perf_counter()
     data, reached = _encode(codec, image, encoding)
     write_output(job.target, data)

@@ -103,11 +103,14 @@ def standard_stream(name: str) -> IO[Any]:
     return stream
 
 
-def read_input(source: str) -> bytes:
-    """The bytes of the file ``source``, or of stdin for ``-``."""
-    if source == "-":
-        return standard_stream("stdin").buffer.read()
-    return Path(source).read_bytes()
+def read_stdin(limit: int) -> bytes:
+    """All of stdin, refused (unread beyond) when it holds more than ``limit`` bytes."""
+    stream, data = standard_stream("stdin").buffer, bytearray()
+    while block := stream.read(min(limit + 1 - len(data), 2**20)):
+        data.extend(block)
+        if len(data) > limit:
+            raise BadInput(f"stdin holds more than {limit:,} bytes, more than any input can take")
+    return bytes(data)
 
 
 def read_vqz_input(source: str) -> bytes:

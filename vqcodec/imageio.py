@@ -124,6 +124,11 @@ class SourceImage:
         return replace(self, **kept, warnings=notes)
 
 
+MAX_IMAGE_FILE_BYTES = 8 * MAX_IMAGE_PIXELS + 2**26
+"""The most bytes an image file may take to be read from a stream (stdin) whole: the largest image
+uncompressed at 16 bits per sample with alpha, and 64 MiB of metadata. More is refused unread."""
+
+
 def load_image(
     source: str | os.PathLike[str] | bytes | BinaryIO | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> SourceImage:
