@@ -24,7 +24,7 @@ import torch
 from PIL import ExifTags, Image, ImageCms
 
 from vqcodec.codec import Codec, Decoded
-from vqcodec.coding.container import VQZFile, varint
+from vqcodec.coding.container import MAX_CHUNK_BYTES, VQZFile, varint
 from vqcodec.coding.order import DEFAULT_TILE
 from vqcodec.errors import VQZError
 from vqcodec.exact.calibrate import calibrate
@@ -201,6 +201,28 @@ def huge_header(valid: bytes) -> bytes:
     return header + struct.pack("<I", zlib.crc32(header)) + valid[end:]
 
 
+def over_the_limits(valid: bytes) -> dict[str, bytes]:
+    """``valid`` with its header declaring sizes beyond the limits of section 3 (valid CRCs): a payload
+    longer than its codes can take, 65 chunks, and a chunk of MAX_CHUNK_BYTES + 1 bytes (the file ends
+    after its length: the limit must be checked before the chunk is read)."""
+    file = VQZFile.from_bytes(valid)
+    end = header_length(valid)
+    payload_len = varint(len(file.payload))
+    n_chunks_at = end - 4 - len(payload_len) - 1  # no chunks: one byte
+    assert valid[n_chunks_at : end - 4] == varint(0) + payload_len
+
+    def header(n_chunks: int, length: int) -> bytes:
+        fields = valid[:n_chunks_at] + varint(n_chunks) + varint(length)
+        return fields + struct.pack("<I", zlib.crc32(fields))
+
+    n_codes = sum(h * w for h, w in file.level_shapes)
+    return {
+        "long_payload": header(0, 4 * n_codes + 68) + valid[end:],
+        "many_chunks": header(65, len(file.payload)) + valid[end:],
+        "long_chunk": header(1, len(file.payload)) + bytes((0xF0,)) + varint(MAX_CHUNK_BYTES + 1),
+    }
+
+
 def valid_vector(codec: Codec, stem: str, image: Image.Image) -> dict:
     """Code ``image`` into ``{stem}.vqz`` and describe what a decoder must get back from it."""
     data = codec.compress(
@@ -243,6 +265,14 @@ def invalid_vectors(codec: Codec) -> list[dict]:
         bad_tiles((HERE / "tiled_97x71.vqz").read_bytes()),
         "ModelMismatchError",
         "a TILES chunk of tiles 68 pixels wide, not a multiple of the model's 8",
+    )
+    limits = over_the_limits(valid)
+    invalid["long_payload"] = (limits["long_payload"], "FormatError", "payload_len over 4 bytes a code + 64")
+    invalid["many_chunks"] = (limits["many_chunks"], "FormatError", "n_chunks 65, over MAX_CHUNKS")
+    invalid["long_chunk"] = (
+        limits["long_chunk"],
+        "FormatError",
+        "a chunk declaring MAX_CHUNK_BYTES + 1 bytes, the file ending after its length",
     )
     vectors = []
     for stem, (data, error, note) in invalid.items():
