@@ -208,3 +208,63 @@ def test_pillow_save_then_open(codec: Codec, tmp_path: Path, bundled: Path):
     assert len(fitted.getvalue()) <= target
     with pytest.raises(ValueError, match="give a quality or a target, not both"):
         vqcodec.compress(gray, codec, quality=4, target_size=target)
+
+
+class Pipe(io.RawIOBase):
+    """A non-seekable stream of ``data``, as stdin from a pipe is."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.position = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        chunk = self.data[self.position : self.position + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self.position += len(chunk)
+        return len(chunk)
+
+
+def test_streams_are_read_within_the_limits(
+    codec: Codec, vqz: Path, bundled: Path, monkeypatch: pytest.MonkeyPatch
+):
+    png = io.BytesIO()
+    Image.fromarray(pixels(20, 12)).save(png, format="PNG")
+    assert vqcodec.compress(Pipe(png.getvalue()), codec) == codec.compress(pixels(20, 12))
+    monkeypatch.setattr("vqcodec.imageio.MAX_IMAGE_FILE_BYTES", 10)
+    with pytest.raises(FormatError, match="holds more than 10 bytes"):
+        vqcodec.compress(Pipe(png.getvalue()), codec)
+    data = vqz.read_bytes()
+    padded = io.BytesIO(data + bytes(10**6))
+    with pytest.raises(FormatError, match="trailing data"):
+        Image.open(padded)
+    assert padded.tell() < 1000  # the header's longest, at most: not the megabyte after it
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"image": None}, TypeError, "expected a path, bytes, a binary file"),
+        ({"image": [[1]]}, TypeError, "got list"),
+        ({"image": io.StringIO("text")}, TypeError, "binary mode"),
+        ({"image": np.zeros((0, 5, 3), np.uint8)}, ValueError, "non-empty"),
+        ({"tile": 64.0}, ValueError, "tile side must be"),
+        ({"effort": True}, ValueError, "effort must be one of"),
+        ({"effort": 1.0}, ValueError, "effort must be one of"),
+        ({"device": "mps"}, ValueError, "unsupported device"),
+    ],
+)
+def test_compress_refuses_what_it_cannot_take(codec: Codec, arguments: dict, error: type, message: str):
+    arguments = {"image": pixels(20, 12), "model": codec, **arguments}
+    with pytest.raises(error, match=message):
+        vqcodec.compress(**arguments)
+
+
+def test_numpy_numbers_are_numbers(codec: Codec, vqz: Path):
+    image = pixels(20, 12)
+    expected = codec.compress(image, quality=3)
+    assert vqcodec.compress(image, codec, quality=np.int64(3), threads=np.int64(1)) == expected
+    assert vqcodec.compress(image, codec, quality=np.float32(3), effort=np.int64(0)) == expected
+    with pytest.raises(TypeError, match="sequence of files"):
+        vqcodec.decompress_many(io.BytesIO(vqz.read_bytes()), model=codec)

@@ -248,13 +248,16 @@ def test_a_large_input_that_is_not_vqz_is_refused_at_once(model: str, tmp_path: 
     assert_error(run("decompress", "-m", model, big, tmp_path / "out.png"), EXIT_BAD_INPUT, "bad signature")
 
 
-def test_stdin_larger_than_any_image_is_refused(
-    model: str, png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setattr("vqcodec.imageio.MAX_IMAGE_FILE_BYTES", 10)
+def test_a_pipe_larger_than_any_image_is_refused(model: str, png: Path, tmp_path: Path):
     out = tmp_path / "out.vqz"
-    result = run("compress", "-m", model, "-", out, input=png.read_bytes())
-    assert_error(result, EXIT_BAD_INPUT, "stdin holds more than 10 bytes")
+    script = (
+        "import sys, vqcodec.imageio; vqcodec.imageio.MAX_IMAGE_FILE_BYTES = 10;"
+        f" sys.argv = ['vqcodec', 'compress', '-m', {model!r}, '-', {str(out)!r}];"
+        " from vqcodec.cli import main; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", script], input=png.read_bytes(), capture_output=True)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert b"holds more than 10 bytes" in result.stderr and result.stderr.count(b"\n") == 1
     assert not out.exists()
 
 

@@ -108,7 +108,7 @@ def decompress_many(
     """
     from vqcodec.coding.container import VQZFile
 
-    if isinstance(datas, (str, os.PathLike, bytes, bytearray, memoryview, VQZFile)):
+    if isinstance(datas, (str, os.PathLike, bytes, bytearray, memoryview, VQZFile)) or hasattr(datas, "read"):
         raise TypeError("decompress_many takes a sequence of files; decompress takes one")
     with limited(threads):
         files = [_vqz_file(data) for data in datas]
@@ -156,9 +156,15 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, device: str |
 
 def open_codec(model: Codec | str | os.PathLike[str] | None = None, device: Any = None) -> Codec:
     """A Codec for ``model=`` arguments: a Codec as is, else a bundled model's name or a model file."""
-    from vqcodec.codec import Codec
+    from vqcodec.codec import Codec, check_device
 
-    return model if isinstance(model, Codec) else Codec.open(model, device)
+    if not isinstance(model, Codec):
+        return Codec.open(model, device)
+    if device is not None:
+        wanted = check_device(device)
+        if wanted.type != model.device.type or wanted.index not in (None, model.device.index):
+            raise ValueError(f"the model given is on {model.device}, not {device}: load it there")
+    return model
 
 
 def codec_for(

@@ -27,9 +27,9 @@ from vqcodec.cli_files import (
     codec_warnings,
     plan_jobs,
     progress_bar,
-    read_stdin,
     read_vqz_input,
     run_jobs,
+    stdin_or,
     write_output,
 )
 from vqcodec.cli_options import (
@@ -253,9 +253,8 @@ def _compress_file(job: Job, codec: Codec, encoding: Encoding, force: bool) -> s
     """Compress one image to its .vqz file; the summary line of the file."""
     check_output(job, force)
     from vqcodec.coding.container import VQZFile
-    from vqcodec.imageio import MAX_IMAGE_FILE_BYTES
 
-    image = read_stdin(MAX_IMAGE_FILE_BYTES) if job.source == "-" else job.source
+    image = stdin_or(job.source)  # a pipe is read within imageio's limit
     start = time.perf_counter()
     data, reached = _encode(codec, image, encoding)
     write_output(job.target, data)

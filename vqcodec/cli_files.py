@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import click
 
@@ -103,14 +103,9 @@ def standard_stream(name: str) -> IO[Any]:
     return stream
 
 
-def read_stdin(limit: int) -> bytes:
-    """All of stdin, refused (unread beyond) when it holds more than ``limit`` bytes."""
-    stream, data = standard_stream("stdin").buffer, bytearray()
-    while block := stream.read(min(limit + 1 - len(data), 2**20)):
-        data.extend(block)
-        if len(data) > limit:
-            raise BadInput(f"stdin holds more than {limit:,} bytes, more than any input can take")
-    return bytes(data)
+def stdin_or(source: str) -> str | BinaryIO:
+    """``source``, or stdin's binary stream for ``-``."""
+    return standard_stream("stdin").buffer if source == "-" else source
 
 
 def read_vqz_input(source: str) -> bytes:
@@ -120,7 +115,7 @@ def read_vqz_input(source: str) -> bytes:
 
     if not source:
         raise BadInput("IN is an empty path")
-    return read_vqz(standard_stream("stdin").buffer if source == "-" else source)
+    return read_vqz(stdin_or(source))
 
 
 def write_output(target: str, data: bytes) -> None:

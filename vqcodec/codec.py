@@ -478,5 +478,7 @@ def _read_image(image: ImageInput, max_pixels: int) -> SourceImage:
             raise ValueError(
                 f"expected a uint8 [H, W], [H, W, 3] or [H, W, 4] array, got {image.dtype} {image.shape}"
             )
+        if image.size == 0:
+            raise ValueError(f"expected a non-empty image array, got shape {image.shape}")
         image = Image.fromarray(np.ascontiguousarray(image))
     return load_image(image, max_pixels)

@@ -148,7 +148,27 @@ def load_image(
             return _open(fp, name, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _open(io.BytesIO(source), "image data", max_pixels)
-    return _open(source, str(getattr(source, "name", "image stream")), max_pixels)
+    read = getattr(source, "read", None)
+    if read is None:
+        kind = type(source).__name__
+        raise TypeError(f"expected a path, bytes, a binary file, a PIL image or a uint8 array, got {kind}")
+    if not isinstance(read(0), (bytes, bytearray, memoryview)):  # a text file: read(0) decodes nothing
+        raise TypeError(f"expected a file opened in binary mode, got {type(source).__name__}")
+    name = str(getattr(source, "name", "image stream"))
+    seekable = getattr(source, "seekable", None)
+    if seekable is None or not seekable():  # Pillow would read it whole: read it within the limit
+        return _open(io.BytesIO(_read_bounded(source, name)), name, max_pixels)
+    return _open(source, name, max_pixels)
+
+
+def _read_bounded(stream: BinaryIO, name: str) -> bytes:
+    """All of ``stream``, refused (unread beyond) when it holds more than ``MAX_IMAGE_FILE_BYTES``."""
+    limit, data = MAX_IMAGE_FILE_BYTES, bytearray()
+    while block := stream.read(min(limit + 1 - len(data), 2**20)):
+        data.extend(block)
+        if len(data) > limit:
+            raise FormatError(f"{name} holds more than {limit:,} bytes, more than any image vqcodec codes")
+    return bytes(data)
 
 
 def to_pil(

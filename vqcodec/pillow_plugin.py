@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile
 
-from vqcodec.coding.container import SIGNATURE, VQZFile
+from vqcodec.coding.container import SIGNATURE, VQZFile, read_stream
 from vqcodec.metadata import pil_info
 
 FORMAT = "VQZ"
@@ -54,7 +54,7 @@ class VQZImageFile(ImageFile.ImageFile):
 
     def _open(self) -> None:
         # Raises a VQZError on a damaged file: it does claim to be .vqz, so say what is wrong with it.
-        self._vqz: VQZFile | None = VQZFile.from_bytes(self.fp.read())
+        self._vqz: VQZFile | None = VQZFile.from_bytes(read_stream(self.fp))  # no further than it declares
         self._size = (self._vqz.width, self._vqz.height)
         self._mode = self._vqz.colour.name
         self.info.update(pil_info(self._vqz.icc, self._vqz.exif, self._vqz.xmp))

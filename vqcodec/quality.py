@@ -11,6 +11,7 @@ torch so that the command line can describe the qualities without loading it.
 from __future__ import annotations
 
 import math
+import numbers
 
 QUALITY_SCALES: dict[int, float] = {0: 4.5, 1: 2.0, 2: 1.5, 3: 1.25, 4: 1.0}
 """Whole quality N → how many times smaller each side of the coded image is than the image's."""
@@ -24,7 +25,7 @@ def scale(quality: float) -> float:
     """How many times smaller each side of the coded image is than the image's, at ``quality``."""
     if (
         isinstance(quality, bool)
-        or not isinstance(quality, (int, float))
+        or not isinstance(quality, numbers.Real)
         or not (MIN_QUALITY <= quality <= MAX_QUALITY)
     ):
         raise ValueError(f"quality must be a number from {MIN_QUALITY} to {MAX_QUALITY}, got {quality!r}")

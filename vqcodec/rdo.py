@@ -20,6 +20,7 @@ effort 0 (measured in ``benchmarks/results/kodak/rdo.md``).
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -57,8 +58,8 @@ this table."""
 def levels(effort: int, n_levels: int) -> list[int]:
     """The levels whose codes ``effort`` chooses, top first; ValueError for an effort outside
     ``EFFORTS``."""
-    if effort not in EFFORTS:
-        raise ValueError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort}")
+    if isinstance(effort, bool) or not isinstance(effort, numbers.Integral) or effort not in EFFORTS:
+        raise ValueError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort!r}")
     return [] if effort == 0 else [n_levels - 1] if effort == 1 else list(range(n_levels))
 
 

@@ -12,6 +12,7 @@ on an idle machine and beside a parallel load.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
 from collections.abc import Iterator
@@ -38,7 +39,9 @@ MAX_THREADS = 1024
 def check_threads(threads: int | None) -> None:
     """Raise ValueError unless ``threads`` is None (torch's default) or a count from 1 to MAX_THREADS."""
     if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS
+        isinstance(threads, bool)
+        or not isinstance(threads, numbers.Integral)
+        or not 1 <= threads <= MAX_THREADS
     ):
         raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} or None, got {threads!r}")
 
@@ -53,7 +56,7 @@ def limited(threads: int | None) -> Iterator[None]:
     import torch
 
     saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(int(threads))
     try:
         yield
     finally:

@@ -22,6 +22,7 @@ of a wave side by side), one wave after the other, top level first (``CodingOrde
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -128,7 +129,12 @@ class CodingOrder:
     def check_tile(self, tile: int | None) -> None:
         """Raise ValueError unless ``tile`` (a largest tile side in pixels) is None or a multiple of the
         model's multiple, at least ``2 * MIN_TILE``."""
-        if tile is not None and (tile < 2 * MIN_TILE or tile % self.multiple):
+        if tile is not None and (
+            isinstance(tile, bool)
+            or not isinstance(tile, numbers.Integral)
+            or tile < 2 * MIN_TILE
+            or tile % self.multiple
+        ):
             raise ValueError(
                 f"tile side must be a multiple of {self.multiple} pixels, at least {2 * MIN_TILE}, got {tile}"
             )
