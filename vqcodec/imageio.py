@@ -137,7 +137,8 @@ def load_image(
     Raises FormatError for anything that is not a readable, non-empty image and ImageTooLargeError
     for images over ``MAX_IMAGE_SIDE`` a side or ``max_pixels`` in all, checked from the header before
     any pixel is decoded. A missing or unreadable path raises the usual OSError. The input is only
-    ever read.
+    ever read; a stream that cannot seek (a pipe), which Pillow would read whole, is read only up to
+    ``MAX_IMAGE_FILE_BYTES`` (FormatError beyond). Anything else is a TypeError.
     """
     if isinstance(source, Image.Image):
         with _reading("image", max_pixels):
