@@ -226,9 +226,7 @@ class Pipe(io.RawIOBase):
         return len(chunk)
 
 
-def test_streams_are_read_within_the_limits(
-    codec: Codec, vqz: Path, bundled: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_streams_are_read_within_the_limits(codec: Codec, vqz: Path, monkeypatch: pytest.MonkeyPatch):
     png = io.BytesIO()
     Image.fromarray(pixels(20, 12)).save(png, format="PNG")
     assert vqcodec.compress(Pipe(png.getvalue()), codec) == codec.compress(pixels(20, 12))

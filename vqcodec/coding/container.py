@@ -65,10 +65,11 @@ MIN_EXIF = 8
 _VARINT_MAX_BYTES = 5
 _U32 = struct.Struct("<I")
 _MAX_HEADER_BYTES = (
-    len(SIGNATURE) + 1 + MODEL_ID_LEN + 5 * _VARINT_MAX_BYTES + 2 * MAX_LEVELS * _VARINT_MAX_BYTES + 12
+    len(SIGNATURE) + 1 + MODEL_ID_LEN + 4 * _VARINT_MAX_BYTES + 2 * MAX_LEVELS * _VARINT_MAX_BYTES + 12
 )
-"""The longest header: signature, version, model id, five varints (width, height, chunks, payload
-length) and two per level, the bytes of the image, the level count, coder and precision, two CRCs."""
+"""The longest header: signature, version, model id, four varints (width, height, chunks, payload
+length) and two per level, the bytes of the image, the level count, coder and precision, code_crc and
+the header CRC."""
 _READ_BLOCK = 2**20
 
 

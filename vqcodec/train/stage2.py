@@ -213,7 +213,7 @@ def _fine_tune(
         if resume is not False:
             refuse_float_resume(path, state)
         return None, None, resume
-    if state is not None and learnt_roundings(state) and resume is not False:
+    if learnt_roundings(state) and resume is not False:
         return None, state["meta"]["input_ranges"], resume
     if state is None:
         raise FileNotFoundError(
