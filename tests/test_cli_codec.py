@@ -389,6 +389,12 @@ def test_several_inputs_into_a_folder(model: str, tmp_path: Path):
     assert files_in(tmp_path / "decoded") == {"a.tiff", "b.tiff"}
     with Image.open(tmp_path / "decoded" / "b.tiff") as image:
         assert image.size == (20, 12)
+    result = run("decompress", "-m", model, *vqzs, "-o", tmp_path / "grey", "--format", "pgm")
+    assert result.exit_code == 0 and result.stderr.count(".pgm files hold grey images only") == 2
+    one = run("decompress", "-m", model, vqzs[0], tmp_path / "one.PGM")
+    for path in (tmp_path / "grey" / "b.pgm", tmp_path / "one.PGM"):
+        assert path.read_bytes()[:2] == b"P5"  # Pillow's PPM writer made P6 of colour
+    assert one.exit_code == 0 and "grey images only" in one.stderr
 
     same_name = pngs(tmp_path / "other", "a.png")
     clash = run("compress", "-m", model, images[0], *same_name, "-o", tmp_path / "clash")

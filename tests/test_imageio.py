@@ -7,6 +7,7 @@ import io
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -410,6 +411,30 @@ def test_a_format_gets_the_nearest_mode_it_writes(fmt: str, mode: str, written: 
     assert ("alpha plane is dropped" in str(caught[0].message)) if mode.endswith("A") else not caught
     if fmt != "EPS":  # Pillow reads EPS only with Ghostscript
         assert Image.open(io.BytesIO(buffer.getvalue())).mode == written
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "written", "warned"),
+    [
+        ("a.pgm", "RGB", "L", True),
+        ("a.pgm", "L", "L", False),
+        ("a.pbm", "L", "1", True),
+        ("a.ppm", "L", "L", False),
+    ],
+)
+def test_a_pgm_or_pbm_name_gets_the_kind_it_promises(
+    tmp_path: Path, name: str, mode: str, written: str, warned: bool
+) -> None:
+    """Pillow's PPM writer picks P6/P5/P4 by mode: a colour image named .pgm was a P6 file."""
+    image = Image.new(mode, (5, 3), 200)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_image(image, tmp_path / name)
+        buffer = io.BytesIO()
+        save_image(image, buffer, format="PPM", extension=name[1:])
+    assert [f"{name[1:]} files hold" in str(w.message) for w in caught] == [warned] * 2 * warned
+    for data in (buffer.getvalue(), (tmp_path / name).read_bytes()):
+        assert Image.open(io.BytesIO(data)).mode == written
 
 
 def test_formats_pillow_cannot_write_are_refused() -> None:

@@ -352,9 +352,11 @@ def decompress(
       vqcodec decompress - - < photo.vqz > photo.png
     """
     image_format = _image_format(out_format, "--format") if out_format else "PNG"
-    jobs = plan_jobs(paths, out_dir, "." + (out_format or "png").lower().lstrip("."))  # as the user spells it
+    extension = "." + (out_format or "png").lower().lstrip(".")
+    jobs = plan_jobs(paths, out_dir, extension)  # as the user spells it
     if out_dir is None and out_format is None:
         image_format = _image_format_of_out(jobs[0].target)
+        extension = "" if jobs[0].target == "-" else Path(jobs[0].target).suffix
     if image_format in LOSSY_FORMATS and image_quality is None and not quiet:
         click.echo(
             f"vqcodec: warning: {image_format} is lossy: written at quality {LOSSY_QUALITY}, its loss adds to"
@@ -366,7 +368,7 @@ def decompress(
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     lossy_quality = (image_quality or LOSSY_QUALITY) if image_format in LOSSY_FORMATS else None
-    decoding = Decoding(model, device, threads, image_format, lossy_quality, quiet)
+    decoding = Decoding(model, device, threads, image_format, extension, lossy_quality, quiet)
     work = functools.partial(_decompress_file, decoding=decoding, force=force)
     run_jobs(jobs, work, Output(quiet, verbose), "decompressed")
 
@@ -402,6 +404,8 @@ class Decoding:
     device: str | None
     threads: int | None
     image_format: str
+    extension: str
+    """OUT's extension, which can say more than the format (.pgm: grey PPM); "" for stdout."""
     lossy_quality: int | None
     """The quality of a lossy ``image_format``; None for a lossless one."""
     quiet: bool
@@ -418,7 +422,7 @@ def _decompress_file(job: Job, decoding: Decoding, force: bool) -> str:
     with progress_bar("decompressing", decoding.quiet) as progress, limited(decoding.threads):
         image = api(data, decoding.model, decoding.device, progress)
     encoded = io.BytesIO()
-    save_image(image, encoded, format=decoding.image_format, quality=decoding.lossy_quality)
+    save_image(image, encoded, decoding.image_format, decoding.lossy_quality, decoding.extension)
     write_output(job.target, encoded.getvalue())
     return (
         f"{job.source} -> {job.target}: {image.width}x{image.height} {image.mode} {decoding.image_format},"

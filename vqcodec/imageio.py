@@ -211,18 +211,26 @@ def save_image(
     path_or_file: str | os.PathLike[str] | BinaryIO,
     format: str | None = None,
     quality: int | None = None,
+    extension: str | None = None,
 ) -> None:
     """Write ``image``, in ``format`` or else the one its file name's extension names (PNG if none).
 
     The ICC profile in ``image.info`` is written wherever the format can hold one. A format that
     cannot hold the image's mode gets the nearest one it can (``writable_mode``): without the alpha
-    plane (JPEG, PCX, EPS, ...), with a Python warning, or grey as RGB (QOI). ``quality`` (1-100) is for lossy
-    formats (JPEG, WebP, AVIF); WebP at 100 is lossless.
+    plane (JPEG, PCX, EPS, ...), with a Python warning, or grey as RGB (QOI); a name ending in .pgm
+    gets grey and one in .pbm black and white (with a warning), as those names promise (``extension``:
+    the name's extension where ``path_or_file`` is a stream that will become a named file).
+    ``quality`` (1-100) is for lossy formats (JPEG, WebP, AVIF); WebP at 100 is lossless.
     """
     fmt = (format or _format_from_name(path_or_file)).upper()
     mode = writable_mode(fmt, image.mode)
     if mode is None:
         raise ValueError(f"cannot write {fmt} images with this Pillow")
+    extension = (extension if extension is not None else _extension(path_or_file)).lower()
+    if fmt == "PPM" and (kind := _EXTENSION_MODES.get(extension)):
+        mode, what = kind
+        if image.mode.removesuffix("A") != mode:
+            pywarnings.warn(f"{extension} files hold {what} images only: written in {what}", stacklevel=2)
     if mode != image.mode:
         if image.mode.endswith("A") and not mode.endswith("A"):
             pywarnings.warn(f"{fmt} cannot store alpha; the alpha plane is dropped", stacklevel=2)
@@ -443,13 +451,23 @@ def _to_srgb(image: Image.Image, icc_profile: bytes) -> Image.Image | None:
         return None
 
 
-def _format_from_name(path_or_file: str | os.PathLike[str] | BinaryIO) -> str:
-    """The format a path's (or an open file's) extension names; PNG where there is no extension."""
+_EXTENSION_MODES = {".pgm": ("L", "grey"), ".pbm": ("1", "black and white")}
+"""Extensions of the PPM format that promise one kind of image (Pillow's PPM writer picks the kind,
+P6, P5 or P4, by the image's mode): the mode written under that name, and what it holds."""
+
+
+def _extension(path_or_file: str | os.PathLike[str] | BinaryIO) -> str:
+    """A path's (or an open file's) extension in lower case; "" where there is none."""
     is_path = isinstance(path_or_file, (str, os.PathLike))
     name = path_or_file if is_path else getattr(path_or_file, "name", None)
     if not isinstance(name, (str, os.PathLike)):  # BytesIO, or a file opened from a descriptor
-        return "PNG"
-    extension = os.path.splitext(os.fsdecode(name))[1].lower()
+        return ""
+    return os.path.splitext(os.fsdecode(name))[1].lower()
+
+
+def _format_from_name(path_or_file: str | os.PathLike[str] | BinaryIO) -> str:
+    """The format a path's (or an open file's) extension names; PNG where there is no extension."""
+    extension = _extension(path_or_file)
     if not extension:
         return "PNG"
     fmt = Image.registered_extensions().get(extension)
