@@ -429,6 +429,18 @@ def test_declared_sizes_beyond_the_limits_are_refused() -> None:
         read_stream(Endless(hostile))
 
 
+def test_code_maps_are_checked_before_the_payload_limit_they_set() -> None:
+    """A code map past MAX_SIDE made the payload's limit huge: read_stream read 400 MB of zeros."""
+    hostile = craft(levels=((2**20, 2**20),), payload=b"", payload_len=2**34)[:-4]
+    stream = Endless(hostile)
+    with pytest.raises(ImageTooLargeError, match="code map size 1048576x1048576"):
+        read_stream(stream)
+    assert stream.read_bytes < 2**16
+    for levels in ((), ((1, 1),) * 9):
+        with pytest.raises(FormatError, match=f"got {len(levels)}"):
+            VQZFile.from_bytes(craft(levels=levels, payload=bytes(100)))
+
+
 def test_the_writer_keeps_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(container, "MAX_CHUNK_BYTES", 16)
     with pytest.raises(FormatError, match="XMP packet of 17 bytes exceeds the limit of 16"):

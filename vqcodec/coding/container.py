@@ -368,6 +368,10 @@ def _read_header(reader: _Reader) -> tuple[dict[str, Any], int, int]:
     if zlib.crc32(reader.data[: reader.pos]) != reader.u32():
         raise FormatError("header CRC mismatch")
     _check_geometry(width, height)
+    if not 1 <= len(level_shapes) <= MAX_LEVELS:
+        raise FormatError(f"number of levels must be in 1..{MAX_LEVELS}, got {len(level_shapes)}")
+    for h, w in level_shapes:  # before the payload's limit, which they set
+        _check_geometry(w, h, what="code map")
     if n_chunks > MAX_CHUNKS:
         raise FormatError(f"{n_chunks} chunks exceed the limit of {MAX_CHUNKS}")
     _check_payload_length(payload_len, level_shapes)
@@ -424,13 +428,17 @@ def read_stream(stream: BinaryIO) -> bytes:
     against the limits before they are read: a hostile or endless stream costs bounded memory."""
     data = bytearray()
 
-    def read(start: int, stop: int) -> _Reader:
-        """A reader over bytes ``start:stop``, as many of them as the stream has."""
+    def fill(stop: int) -> None:
+        """Bytes up to ``stop`` in ``data``, as many of them as the stream has."""
         while len(data) < stop:
             block = stream.read(min(stop - len(data), _READ_BLOCK))
             if not block:
                 break
             data.extend(block)
+
+    def read(start: int, stop: int) -> _Reader:
+        """A reader over bytes ``start:stop`` (a few: the header, a chunk's start)."""
+        fill(stop)
         return _Reader(bytes(data[start:stop]))
 
     start = read(0, len(SIGNATURE)).data
@@ -443,7 +451,7 @@ def read_stream(stream: BinaryIO) -> bytes:
         reader = read(end, end + 1 + _VARINT_MAX_BYTES)
         _, length = _chunk_start(reader, header["width"] * header["height"])
         end += reader.pos + length
-    read(end, end + payload_len + 4 + 1)
+    fill(end + payload_len + 4 + 1)
     return bytes(data)
 
 
