@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vqcodec.bench import metrics
-from vqcodec.bench.rd import Curve, Point, compare
+from vqcodec.bench.codecs import CODECS
+from vqcodec.bench.rd import Curve, Point, command_line, compare
 from vqcodec.bench.report import number, table
 from vqcodec.cli import main
 
@@ -255,3 +256,12 @@ def test_bench_speed_times_the_codec_in_fresh_processes(tmp_path: Path, tiny_mod
     assert "bmshj2018-factorized" in markdown and "per-image ratios" in markdown
     assert "as the `vqcodec` command sets it" in markdown
     assert not (out / "threads.md").exists()  # --load 0: no threads' test
+
+
+def test_rd_reports_name_the_command_that_gives_them() -> None:
+    assert command_line(None, (), (), CODECS, 0) == "vqcodec bench rd"
+    assert (
+        command_line(2, ("a.safetensors",), (1.0, 3.5), ["vqcodec", "jpeg"], 2)
+        == "vqcodec bench rd --limit 2 --model a.safetensors --quality 1 --quality 3.5 --effort 2"
+        " --codecs vqcodec,jpeg"
+    )

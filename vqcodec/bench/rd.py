@@ -22,6 +22,7 @@ from vqcodec.bench import metrics
 from vqcodec.bench.codecs import CODECS, Adapter, load_models, make_adapters
 from vqcodec.bench.report import machine_info, number, run_line, save, table
 from vqcodec.quality import SWEEP_QUALITIES
+from vqcodec.rdo import DEFAULT_EFFORT
 
 WARM_UP_SIDE = 64
 """Side of the crop that warms every codec setting up before it is timed (a multiple of any model's)."""
@@ -83,6 +84,8 @@ class Report:
     notes: list[str]
     machine: dict[str, Any]
     seconds: float
+    command: str = "vqcodec bench rd"
+    """The command line that gives this run (its options; the folders are named apart)."""
     files: list[Path] = field(default_factory=list)
 
 
@@ -127,9 +130,24 @@ def run_rd(
     vq = next((curve for curve in curves if curve.key == "vqcodec"), None)
     comparison = compare(vq, [curve for curve in curves if curve is not vq]) if vq else {}
     seconds = time.perf_counter() - start
-    report = Report(Path(data), [p.name for p in paths], curves, comparison, notes, machine_info(), seconds)
+    command = command_line(limit, models, qualities, codecs, effort)
+    report = Report(
+        Path(data), [p.name for p in paths], curves, comparison, notes, machine_info(), seconds, command
+    )
     _write(report, Path(out))
     return report
+
+
+def command_line(
+    limit: int | None, models: Sequence[str], qualities: Sequence[float], codecs: Sequence[str], effort: int
+) -> str:
+    """``vqcodec bench rd`` with the options that give a run of these arguments."""
+    options = [f"--limit {limit}"] if limit else []
+    options += [f"--model {model}" for model in models]
+    options += [f"--quality {quality:g}" for quality in qualities]
+    options += [f"--effort {effort}"] if effort != DEFAULT_EFFORT else []
+    options += [f"--codecs {','.join(codecs)}"] if list(codecs) != list(CODECS) else []
+    return " ".join(["vqcodec bench rd", *options])
 
 
 def _measure(
@@ -224,7 +242,12 @@ def _write(report: Report, out: Path) -> None:
     plotting = importlib.util.find_spec("matplotlib") is not None
     if not plotting:
         report.notes.append("rd.png not written: matplotlib is not installed (pip install 'vqcodec[bench]').")
-    common = {"dataset": str(report.data), "images": report.images, "machine": report.machine}
+    common = {
+        "dataset": str(report.data),
+        "images": report.images,
+        "command": report.command,
+        "machine": report.machine,
+    }
     files: dict[str, Any] = {}
     for curve in report.curves:
         extra = {"comparison": report.comparison} if curve.key == "vqcodec" else {}
@@ -244,7 +267,7 @@ def format_markdown(report: Report) -> str:
         f"# vqcodec benchmark: {report.data.name} ({len(report.images)} images)",
         "",
         f"{run_line(m, threads=True)}, Python {m['python']}, Pillow {m['pillow']};"
-        f" {report.seconds:.0f} s in all.",
+        f" `{report.command}` on `{report.data}`, {report.seconds:.0f} s in all.",
         "",
         "bpp: bytes of each compressed file x 8 / (H x W). PSNR: RGB, 8-bit, peak 255, over all pixels"
         " and channels. MS-SSIM: RGB (the mean over channels of each channel's MS-SSIM);"
