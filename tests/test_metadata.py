@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,23 @@ def test_jpeg_drops_what_a_segment_cannot_hold() -> None:
         save_image(image, buffer, "JPEG")
     reopened = Image.open(io.BytesIO(buffer.getvalue()))
     assert "xmp" not in reopened.info and reopened.getexif()[ExifTags.Base.Make] == TAGS["Make"]
+
+
+def test_jpeg_drops_an_icc_profile_255_segments_cannot_hold() -> None:
+    """Pillow wrote 273 APP2 segments for a 17 MiB profile, numbered in one byte: readers dropped it."""
+    room = 255 * (65533 - 14)
+    for size, kept in ((room, True), (room + 1, False)):
+        image = to_pil(
+            pixels(), "RGB", None, bytes(range(256)) * (size // 256) + bytes(size % 256), None, None
+        )
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            save_image(image, buffer, "JPEG")
+        assert [str(w.message) for w in caught] == (
+            [] if kept else [f"ICC profile of {size} bytes exceeds what JPEG holds ({room}); dropped"]
+        )
+        assert len(Image.open(io.BytesIO(buffer.getvalue())).info.get("icc_profile", b"")) == size * kept
 
 
 def test_orientation_in_xmp_only_is_reset() -> None:

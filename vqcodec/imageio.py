@@ -215,7 +215,8 @@ def save_image(
 ) -> None:
     """Write ``image``, in ``format`` or else the one its file name's extension names (PNG if none).
 
-    The ICC profile in ``image.info`` is written wherever the format can hold one. A format that
+    The ICC profile, EXIF and XMP in ``image.info`` are written wherever the format can hold them
+    (``metadata_options``). A format that
     cannot hold the image's mode gets the nearest one it can (``writable_mode``): without the alpha
     plane (JPEG, PCX, EPS, ...), with a Python warning, or grey as RGB (QOI); a name ending in .pgm
     gets grey and one in .pbm black and white (with a warning), as those names promise (``extension``:
@@ -242,8 +243,6 @@ def save_image(
             if fmt == "WEBP" and quality == 100
             else {"quality": quality}
         )
-    if icc_profile := image.info.get("icc_profile"):
-        options["icc_profile"] = icc_profile
     options.update(metadata_options(image, fmt))
     image.save(path_or_file, format=fmt, **options)
 

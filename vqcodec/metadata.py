@@ -44,6 +44,9 @@ _JPEG_SEGMENT = 65533
 namespace) in one segment each."""
 
 _XMP_NAMESPACE = b"http://ns.adobe.com/xap/1.0/\x00"
+_JPEG_ICC_ROOM = 255 * (_JPEG_SEGMENT - len(b"ICC_PROFILE\x00") - 2)
+"""Most bytes of an ICC profile in JPEG: APP2 segments numbered by one byte, at most 255 of them
+(Pillow writes more, and readers then drop the profile)."""
 
 
 def parse_metadata(value: str | Iterable[str]) -> frozenset[str]:
@@ -104,16 +107,19 @@ def pil_info(icc_profile: bytes | None, exif: bytes | None, xmp: bytes | None) -
 
 
 def metadata_options(image: Image.Image, fmt: str) -> dict[str, object]:
-    """The save options that write the EXIF and XMP of ``image.info`` where ``fmt`` can hold them: PNG's
-    XMP in the iTXt chunk XMP readers look for; in JPEG, more than a segment holds is dropped, with a
-    Python warning (Pillow would refuse to write the image)."""
+    """The save options that write the ICC profile, EXIF and XMP of ``image.info`` where ``fmt`` can hold
+    them: PNG's XMP in the iTXt chunk XMP readers look for; in JPEG, EXIF or XMP larger than a segment
+    and an ICC profile larger than 255 segments are dropped, with a Python warning (Pillow would refuse
+    to write the image, or write a profile that readers drop)."""
     exif, xmp = _info_metadata(image)
+    icc_profile = image.info.get("icc_profile") or None
     if exif:  # with the prefix, which JPEG needs and the other writers strip
         exif = _EXIF_PREFIX + exif
     if fmt == "JPEG":
         exif = _fits_jpeg("EXIF", exif, _JPEG_SEGMENT)
         xmp = _fits_jpeg("XMP", xmp, _JPEG_SEGMENT - len(_XMP_NAMESPACE))
-    options: dict[str, object] = {}
+        icc_profile = _fits_jpeg("ICC profile", icc_profile, _JPEG_ICC_ROOM)
+    options: dict[str, object] = {"icc_profile": icc_profile} if icc_profile else {}
     if exif and fmt in _EXIF_FORMATS:
         options["exif"] = exif
     if xmp and fmt in _XMP_FORMATS:
@@ -127,7 +133,8 @@ def metadata_options(image: Image.Image, fmt: str) -> dict[str, object]:
 def _fits_jpeg(name: str, data: bytes | None, room: int) -> bytes | None:
     if data and len(data) > room:
         # stacklevel: past metadata_options and save_image, to save_image's caller
-        pywarnings.warn(f"{name} of {len(data)} bytes exceeds a JPEG segment ({room}); dropped", stacklevel=4)
+        message = f"{name} of {len(data)} bytes exceeds what JPEG holds ({room}); dropped"
+        pywarnings.warn(message, stacklevel=4)
         return None
     return data
 
