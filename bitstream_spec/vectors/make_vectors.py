@@ -168,6 +168,138 @@ def invalid_files(valid: bytes) -> dict[str, tuple[bytes, str, str]]:
     }
 
 
+def spelled(data: bytes, **fields: object) -> bytes:
+    """The file ``data`` written again field by field as vqz.md lays them out (§4-§6), with ``fields``
+    replacing its own: the writer refuses what these files need. Fields (bytes where a varint may be
+    spelled out): version (u8), width_m1 / height_m1 / n_chunks (bytes), image (u8), levels ((h, w)
+    pairs), coder, precision (u8), chunks ((type, data) pairs), payload (bytes), header_crc_xor (u32),
+    trailing (bytes after the body CRC)."""
+    file = VQZFile.from_bytes(data)
+    f: dict = {
+        "version": 0x20,
+        "width_m1": varint(file.width - 1),
+        "height_m1": varint(file.height - 1),
+        "image": file.colour | file.padding << 2,
+        "levels": file.level_shapes,
+        "coder": file.coder,
+        "precision": file.precision,
+        "chunks": [(chunk.type, chunk.data) for chunk in file.chunks()],
+        "payload": file.payload,
+        "header_crc_xor": 0,
+        "trailing": b"",
+    }
+    unknown = set(fields) - set(f) - {"n_chunks"}
+    assert not unknown, f"unknown fields {unknown}"
+    f.update(fields)
+    header = b"VQZ" + bytes((f["version"],)) + file.model_id + f["width_m1"] + f["height_m1"]
+    header += bytes((f["image"], len(f["levels"])))
+    header += b"".join(varint(h - 1) + varint(w - 1) for h, w in f["levels"])
+    header += bytes((f["coder"], f["precision"])) + struct.pack("<I", file.code_crc)
+    header += fields.get("n_chunks", varint(len(f["chunks"]))) + varint(len(f["payload"]))
+    header += struct.pack("<I", zlib.crc32(header) ^ f["header_crc_xor"])
+    body = b"".join(bytes((t,)) + varint(len(d)) + d for t, d in f["chunks"]) + f["payload"]
+    return header + body + struct.pack("<I", zlib.crc32(body)) + f["trailing"]
+
+
+def spelled_vectors() -> tuple[dict[str, tuple[bytes, str, str]], dict[str, tuple[bytes, str]]]:
+    """Files spelled from the valid vectors for the checks of vqz.md §10 that the other invalid files
+    leave out (stem -> (bytes, error class, what is wrong)), and valid ones a decoder must read as
+    their source (stem -> (bytes, what is unusual))."""
+    plain, rgba, resampled, tiled, icc, meta = (
+        (HERE / f"{stem}.vqz").read_bytes()
+        for stem in ("rgb_33x17", "rgba_20x12", "resampled_37x23", "tiled_97x71", "icc_16x16", "meta_16x12")
+    )
+
+    def chunks(data: bytes) -> list[tuple[int, bytes]]:
+        return [(chunk.type, chunk.data) for chunk in VQZFile.from_bytes(data).chunks()]
+
+    base = VQZFile.from_bytes(plain)
+    image_byte = base.colour | base.padding << 2
+    width_m1 = varint(base.width - 1)
+    assert len(width_m1) == 1 and not chunks(plain)
+    exif, xmp = chunks(meta)
+    resample = chunks(resampled)[0]
+    invalid = {
+        "bad_header_crc": (spelled(plain, header_crc_xor=1), "FormatError", "header CRC damaged"),
+        "trailing_byte": (spelled(plain, trailing=b"\0"), "FormatError", "a byte after the body CRC"),
+        "overlong_varint": (
+            spelled(plain, width_m1=bytes((width_m1[0] | 0x80, 0))),
+            "FormatError",
+            "width_m1 spelled in two bytes, not its shortest form",
+        ),
+        "six_byte_varint": (
+            spelled(plain, n_chunks=b"\x80" * 5 + b"\0"),
+            "FormatError",
+            "n_chunks spelled in 6 bytes (at most 5)",
+        ),
+        "reserved_bits": (spelled(plain, image=image_byte | 0x10), "FormatError", "image byte bit 4 set"),
+        "padding_3": (spelled(plain, image=image_byte | 3 << 2), "FormatError", "padding mode 3"),
+        "no_levels": (spelled(plain, levels=()), "FormatError", "n_levels 0"),
+        "nine_levels": (spelled(plain, levels=((1, 1),) * 9), "FormatError", "n_levels 9 (at most 8)"),
+        "bad_coder": (spelled(plain, coder=2), "FormatError", "entropy coder 2 (only 1 is defined)"),
+        "bad_precision": (spelled(plain, precision=16), "FormatError", "precision 16 (only 24)"),
+        "odd_payload": (
+            spelled(plain, payload=base.payload + bytes(2)),
+            "FormatError",
+            "payload_len not a multiple of 4",
+        ),
+        "unknown_critical": (
+            spelled(plain, chunks=[(0x04, b"")]),
+            "UnsupportedVersionError",
+            "an unknown critical chunk (type 0x04)",
+        ),
+        "duplicate_icc": (
+            spelled(icc, chunks=chunks(icc) * 2),
+            "FormatError",
+            "two ICC chunks",
+        ),
+        "missing_alpha": (
+            spelled(rgba, chunks=[]),
+            "FormatError",
+            "colour mode RGBA without an ALPHA chunk",
+        ),
+        "alpha_in_rgb": (
+            spelled(plain, chunks=[(0x01, zlib.compress(bytes(33 * 17)))]),
+            "FormatError",
+            "an ALPHA chunk in an RGB file",
+        ),
+        "short_alpha": (
+            spelled(rgba, chunks=[(0x01, zlib.compress(bytes(20 * 12 - 1)))]),
+            "FormatError",
+            "an ALPHA chunk one byte short of width x height",
+        ),
+        "resample_extra": (
+            spelled(resampled, chunks=[(resample[0], resample[1] + b"\0")]),
+            "FormatError",
+            "a RESAMPLE chunk with a byte after its two varints",
+        ),
+        "small_tiles": (
+            spelled(tiled, chunks=[(0x03, varint(24 - 1) + varint(24 - 1))]),
+            "FormatError",
+            "a TILES chunk of 24 x 24 tiles (each side at least 32 or the image's)",
+        ),
+        "empty_icc": (spelled(plain, chunks=[(0x81, b"")]), "FormatError", "an empty ICC chunk"),
+        "empty_xmp": (spelled(meta, chunks=[exif, (0x83, b"")]), "FormatError", "an empty XMP chunk"),
+        "exif_prefix": (
+            spelled(meta, chunks=[(0x82, b"Exif\0\0" + exif[1]), xmp]),
+            "FormatError",
+            "an EXIF chunk with JPEG's Exif\\0\\0 prefix",
+        ),
+    }
+    valid = {
+        "ancillary_33x17": (
+            spelled(plain, chunks=[(0xF0, b"an unknown ancillary chunk")]),
+            "rgb_33x17 with an unknown ancillary chunk (type 0xF0), to skip",
+        ),
+        "minor_33x17": (spelled(plain, version=0x2A), "rgb_33x17 as format version 2.10"),
+        "reordered_16x12": (
+            spelled(meta, chunks=[xmp, exif]),
+            "meta_16x12 with its XMP chunk before its EXIF",
+        ),
+    }
+    return invalid, valid
+
+
 def bad_resample(resampled: bytes) -> bytes:
     """``resampled`` with its RESAMPLE chunk claiming a coded width one larger than the image's."""
     file = VQZFile.from_bytes(resampled)
@@ -228,6 +360,11 @@ def valid_vector(codec: Codec, stem: str, image: Image.Image) -> dict:
     data = codec.compress(
         image, quality=QUALITY.get(stem, DEFAULT_QUALITY), tile=TILE.get(stem, DEFAULT_TILE)
     )
+    return described(codec, stem, data)
+
+
+def described(codec: Codec, stem: str, data: bytes) -> dict:
+    """Write ``data`` to ``{stem}.vqz`` and describe what a decoder must get back from it."""
     decoded: Decoded = codec.decode_codes(data)
     pixels = codec.render(decoded)
     (HERE / f"{stem}.vqz").write_bytes(data)
@@ -274,6 +411,7 @@ def invalid_vectors(codec: Codec) -> list[dict]:
         "FormatError",
         "a chunk declaring MAX_CHUNK_BYTES + 1 bytes, the file ending after its length",
     )
+    invalid.update(spelled_vectors()[0])
     vectors = []
     for stem, (data, error, note) in invalid.items():
         try:
@@ -297,6 +435,9 @@ def main(keep_model: bool) -> None:
         sha256 = save_model(tiny_model(), HERE / MODEL)
     codec = Codec.open(HERE / MODEL)
     vectors = [valid_vector(codec, stem, image) for stem, image in valid_images().items()]
+    vectors += [
+        described(codec, stem, data) | {"note": note} for stem, (data, note) in spelled_vectors()[1].items()
+    ]
     vectors += invalid_vectors(codec)
     manifest = {
         "format": "vqz 2.0",

@@ -243,13 +243,14 @@ class VQZFile:
             header += varint(h - 1) + varint(w - 1)
         header += bytes((self.coder, self.precision))
         header += _U32.pack(self.code_crc)
-        chunks = self._chunks()
+        chunks = self.chunks()
         header += varint(len(chunks)) + varint(len(self.payload))
         header += _U32.pack(zlib.crc32(header))
         body = b"".join(bytes((c.type,)) + varint(len(c.data)) + c.data for c in chunks) + self.payload
         return bytes(header) + body + _U32.pack(zlib.crc32(body))
 
-    def _chunks(self) -> list[Chunk]:
+    def chunks(self) -> list[Chunk]:
+        """The chunks ``to_bytes`` writes, in the order §5 recommends, unknown ancillary ones last."""
         chunks = []
         if self.alpha is not None:
             chunks.append(Chunk(ChunkType.ALPHA, zlib.compress(self.alpha, 9)))
@@ -520,7 +521,7 @@ def _size(chunk: Chunk) -> tuple[int, int]:
     except FormatError as error:
         raise FormatError(f"{name} chunk does not hold two varints ({error})") from None
     if reader.remaining:
-        raise FormatError(f"{name} chunk has {reader.remaining} bytes after its two sizes")
+        raise FormatError(f"{name} chunk has {reader.remaining} byte(s) after its two sizes")
     return size
 
 
