@@ -174,6 +174,13 @@ def test_rejects_bad_metadata() -> None:
         read_model(body(good, ranges="{}"))  # version 1 has none
     with pytest.raises(ModelFileError, match="not valid JSON"):
         read_model(body(good, config="{"))
+    raw = body(good)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"]["config"] = 5  # safetensors' own writer refuses this; a stranger's file need not
+    text = json.dumps(header).encode()
+    with pytest.raises(ModelFileError, match="metadata values must be strings"):
+        read_model(len(text).to_bytes(8, "little") + text + raw[8 + n :])
 
 
 def test_input_ranges_round_trip_and_version_1_files_have_none(tmp_path: Path) -> None:

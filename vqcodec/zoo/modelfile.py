@@ -236,6 +236,8 @@ def read_model(
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or not {"format", "version", "config"} <= set(meta):
         raise ModelFileError("not a vqcodec model file: metadata must hold format, version and config")
+    if not all(isinstance(value, str) for value in meta.values()):
+        raise ModelFileError("not a vqcodec model file: metadata values must be strings (safetensors)")
     if meta["format"] != FORMAT:
         raise ModelFileError(f"not a vqcodec model file: format is {meta['format']!r:.40}, not {FORMAT!r}")
     if meta["version"] not in READS:
