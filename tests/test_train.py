@@ -24,7 +24,7 @@ from vqcodec.train.checkpoint import checkpoint_path, read_state
 from vqcodec.train.data import ImageFolder, StreamSampler, list_images
 from vqcodec.train.dist import Dist
 from vqcodec.train.evaluate import nll_bits
-from vqcodec.train.export import export
+from vqcodec.train.export import calibrate_model_file, export
 from vqcodec.train.extract import extract_codes, load_codes
 from vqcodec.train.stage1 import train_vqvae
 from vqcodec.train.stage2 import resolve_level, train_prior
@@ -282,6 +282,24 @@ def test_export_never_overwrites_unasked_or_the_run(run8: Path, tmp_path: Path) 
             export(run, run / own, allow_untrained=True, force=True)
     assert read_state(checkpoint_path(run, "vqvae"))["step"] == 8
     export(run, run / "model.safetensors", allow_untrained=True)  # beside the run's files is fine
+
+
+def test_only_model_file_names_are_written(run8: Path, images: Path, tmp_path: Path) -> None:
+    """With --force, export and calibrate replaced whatever OUT named: a calibration image, say."""
+    run = tmp_path / "run"
+    shutil.copytree(run8, run)
+    image = list_images(images)[0]
+    before = image.read_bytes()
+    model = tmp_path / "a.safetensors"
+    export(run, model, allow_untrained=True, calibration=images)
+    with pytest.raises(ValueError, match="a model file's name ends in .safetensors"):
+        export(run, image, allow_untrained=True, force=True, calibration=images)
+    with pytest.raises(ValueError, match="a model file's name ends in .safetensors"):
+        calibrate_model_file(model, images, image, n=2, force=True)
+    assert image.read_bytes() == before
+    with pytest.raises(NotADirectoryError, match="a.safetensors is not a folder"):
+        calibrate_model_file(model, images, model / "b.safetensors", n=2)
+    calibrate_model_file(model, images, tmp_path / "new" / "b.safetensors", n=2)  # its folder is made
 
 
 # --- several processes -----------------------------------------------------------------------------

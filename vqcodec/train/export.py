@@ -32,15 +32,30 @@ def _run_files(run: Path, n_levels: int) -> list[Path]:
     return [run / "config.json", run / "metrics.jsonl", *(run / stage for stage in stages)]
 
 
+MODEL_SUFFIX = ".safetensors"
+
+
 def _check_out(run: Path, out: Path, n_levels: int, force: bool) -> None:
-    """Refuse ``out`` when it is one of the run's own files, or exists and ``force`` is not given."""
+    """Refuse ``out`` when it is one of the run's own files, or no model file's path
+    (``_check_model_out``)."""
     target = out.resolve()
     for owned in _run_files(run, n_levels):
         owned = owned.resolve()
         if target == owned or owned in target.parents:
             raise FileExistsError(f"{out} is part of the run {run}: write the model file elsewhere")
+    _check_model_out(out, force)
+
+
+def _check_model_out(out: Path, force: bool) -> None:
+    """Refuse ``out`` before any work: a name without the model files' suffix (so that ``--force`` can
+    never replace an image, such as one read for calibration), a folder, a path under a file, or an
+    existing file without ``force``."""
+    if out.suffix.lower() != MODEL_SUFFIX:
+        raise ValueError(f"{out}: a model file's name ends in {MODEL_SUFFIX}")
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a folder: give the model file's path")
+    if any(parent.exists() and not parent.is_dir() for parent in out.parents):
+        raise NotADirectoryError(f"{out}: {next(p for p in out.parents if p.exists())} is not a folder")
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists (use --force to overwrite it)")
 
@@ -81,17 +96,16 @@ def calibrate_model_file(
 ) -> str:
     """Write ``model_file`` with its input ranges measured on ``images`` to ``out``; return its SHA-256.
 
-    The model file itself is never changed: ``out`` must be another file (an existing one only with
-    ``force``), and appears only when complete."""
+    The model file itself is never changed: ``out`` must be another file named ``*.safetensors`` (an
+    existing one only with ``force``; its folder is made if missing), and appears only when complete."""
     source, out = Path(model_file), Path(out)
     if out.resolve() == source.resolve():
         raise FileExistsError(f"{out} is the model file read: write the calibrated model elsewhere")
-    if out.is_dir():
-        raise IsADirectoryError(f"{out} is a folder: give the model file's path")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists (use --force to overwrite it)")
+    _check_model_out(out, force)
     model, _ = read_model(source)
-    return save_model(calibrated(model, images, n), out, half=half)
+    model = calibrated(model, images, n)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_model(model, out, half=half)
 
 
 def _training_images(run: Path, vqvae_state: dict[str, Any]) -> str:
@@ -133,9 +147,10 @@ def export(
     trained prior must have been trained on the codes of the run's current VQ-VAE checkpoint
     (ValueError otherwise: the VQ-VAE was trained further after the prior).
 
-    An existing ``out`` is replaced only with ``force``, and never when it is one of the run's own
-    files (FileExistsError). The file is written to a temporary file beside
-    ``out`` and renamed over it at the end, so an error never leaves a partial model file.
+    ``out`` must be named ``*.safetensors`` (ValueError); an existing one is replaced only with
+    ``force``, and never when it is one of the run's own files (FileExistsError). The file is written
+    to a temporary file beside ``out`` and renamed over it at the end, so an error never leaves a
+    partial model file.
     """
     run, out = Path(run), Path(out)
     config = read_config(run)
