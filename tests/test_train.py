@@ -429,6 +429,19 @@ def test_a_decoder_learns_through_the_integer_roundings(
         assert decoder_ranges(new.vqvae, codes) != measured  # what export would have measured instead
 
 
+def test_a_refused_resume_leaves_the_cached_codes(run8: Path, tmp_path: Path) -> None:
+    """The settings were checked after the codes were extracted again: the refusal came minutes late
+    and had replaced the codes that the checkpoint was trained on."""
+    run = tmp_path / "run"
+    shutil.copytree(run8, run)
+    stage2(run, "top", 2)
+    cache = (run / "codes" / "train.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="codes=.*--crops-per-image"):
+        stage2(run, "top", 3, crops_per_image=3)
+    assert (run / "codes" / "train.safetensors").read_bytes() == cache
+    stage2(run, "top", 3)  # resumes on the codes it was trained on
+
+
 def test_a_prior_learns_through_the_integer_roundings(
     images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -467,6 +480,8 @@ def test_a_prior_learns_through_the_integer_roundings(
         assert torch.allclose(trained[key], value, atol=1e-5), key
     with pytest.raises(ValueError, match="learnt through the integer roundings: resume it with --quantised"):
         stage2(run, "bottom", 4, **options)
+    with pytest.raises(ValueError, match=r"steps=6 \(checkpoint: 4\)"):  # another cosine
+        stage2(run, "bottom", 6, quantised=True, **options)
     stage2(run, "bottom", 4, quantised=True, **options)  # resumed
     lrs = [r["lr"] for r in metrics(run, "prior-bottom") if "lr" in r]
     assert lrs[0] == pytest.approx(1e-7) and lrs[-1] < lrs[0] / 2  # the cosine's decay

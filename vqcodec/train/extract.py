@@ -82,13 +82,7 @@ def extract_codes(
     run = Path(run)
     config = read_config(run).vqvae
     ckpt = checkpoint_path(run, "vqvae")
-    if not ckpt.exists():
-        raise FileNotFoundError(
-            f"no stage-1 checkpoint at {ckpt}: train the VQ-VAE first (vqcodec train vqvae)"
-        )
-    stage1 = read_state(ckpt)
-    folders = {"train": data, "val": val_data}
-    sources = _sources(run, folders, crops_per_image, crop, seed, stage1, file_sha256(ckpt), config)
+    sources = code_sources(run, data, crops_per_image, crop, val_data, seed)
     env = dist.setup(device or default_device())
     vqvae: VQVAE | None = None
     for split, source in sources.items():
@@ -109,6 +103,27 @@ def extract_codes(
         part = _encode_share(vqvae, dataset, source, batch_size, loader_workers, env)
         _write_merged(part, len(dataset) * source["crops_per_image"], path, source, env)
     return {split: code_path(run, split) for split in sources}
+
+
+def code_sources(
+    run: str | Path,
+    data: str | Path | None = None,
+    crops_per_image: int | None = None,
+    crop: int | None = None,
+    val_data: str | Path | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """What ``extract_codes`` with these arguments makes the codes of each split from (what their
+    cache records): known without encoding anything, so that a stage can refuse its settings first."""
+    run = Path(run)
+    ckpt = checkpoint_path(run, "vqvae")
+    if not ckpt.exists():
+        raise FileNotFoundError(
+            f"no stage-1 checkpoint at {ckpt}: train the VQ-VAE first (vqcodec train vqvae)"
+        )
+    folders = {"train": data, "val": val_data}
+    config = read_config(run).vqvae
+    return _sources(run, folders, crops_per_image, crop, seed, read_state(ckpt), file_sha256(ckpt), config)
 
 
 def _sources(

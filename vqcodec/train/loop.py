@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vqcodec.train import dist
-from vqcodec.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from vqcodec.train.checkpoint import checkpoint_path, load_checkpoint, read_state, save_checkpoint
 from vqcodec.train.data import derive_seed
 from vqcodec.train.run import MetricsLog, autocast, grad_scaler, say
 
@@ -245,9 +245,24 @@ def _should_resume(checkpoint: Path, resume: bool | None) -> bool:
     return resuming
 
 
-def _check_same_settings(saved: dict[str, Any], given: dict[str, Any]) -> None:
+def check_resume(
+    checkpoint: Path, settings: dict[str, Any], resume: bool | None, hints: dict[str, str] | None = None
+) -> None:
+    """Refuse what ``train_stage`` would refuse on resuming (no checkpoint, other settings) before a
+    stage's costly preparation; ``hints`` say what changes a setting that the message cannot name."""
+    if resume and not checkpoint.exists():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
+    if checkpoint.exists() if resume is None else resume:
+        _check_same_settings(read_state(checkpoint)["meta"]["settings"], settings, hints or {})
+
+
+def _check_same_settings(saved: dict[str, Any], given: dict[str, Any], hints: dict[str, str]) -> None:
     """A resumed run must continue with the settings that shaped it so far."""
-    diffs = [f"{k}={given[k]!r} (checkpoint: {saved.get(k)!r})" for k in given if saved.get(k) != given[k]]
+    diffs = [
+        f"{k}={given[k]!r} (checkpoint: {saved.get(k)!r}{'; ' + hints[k] if k in hints else ''})"
+        for k in given
+        if saved.get(k) != given[k]
+    ]
     if diffs:
         raise ValueError(
             "cannot resume with different settings: "
@@ -269,7 +284,7 @@ def _restore(
     if not _should_resume(ckpt, resume):
         return 0
     state = load_checkpoint(ckpt, model, optimizer, scaler)
-    _check_same_settings(state["meta"]["settings"], settings)
+    _check_same_settings(state["meta"]["settings"], settings, {})
     return state["step"]
 
 

@@ -38,10 +38,13 @@ from vqcodec.train.checkpoint import (
 )
 from vqcodec.train.data import CALIBRATION_IMAGES, StreamSampler, calibration_images
 from vqcodec.train.evaluate import nll_bits, spread_rows
-from vqcodec.train.extract import cached_source, extract_codes, load_codes
+from vqcodec.train.extract import code_sources, extract_codes, load_codes
 from vqcodec.train.fake_quant import with_roundings
-from vqcodec.train.loop import Schedule, Stage, Validation, train_stage
+from vqcodec.train.loop import Schedule, Stage, Validation, check_resume, train_stage
 from vqcodec.train.run import default_device, prior_stage, read_config, resolve_precision
+
+CODES_HINT = "other codes: --data, --crop, --crops-per-image, --seed or the VQ-VAE changed"
+"""What changes the digest of the codes a prior trains on, for a refused resume's message."""
 
 
 def resolve_level(level: int | str, n_levels: int) -> int:
@@ -167,27 +170,29 @@ def train_prior(
 
     env = dist.setup(device or default_device())
     precision = resolve_precision(precision, env.device)
+    codes_source = code_sources(run, data, crops_per_image, crop, val_data, seed)["train"]
+    path = checkpoint_path(run, prior_stage(config.vqvae.n_levels, level))
+    initial, ranges, resume = _fine_tune(path, quantised, resume)
+    settings = {
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "precision": precision,
+        "codes": hashlib.sha256(json.dumps(codes_source, sort_keys=True).encode()).hexdigest()[:16],
+        # a fine-tune's learning rate follows a cosine over its steps
+        **({"quantised": True, "steps": steps} if quantised else {}),
+    }
+    check_resume(path, settings, resume, {"codes": CODES_HINT})  # before extracting codes, minutes long
     code_files = extract_codes(
         run, data, crops_per_image, crop, env.device, val_data, seed=seed, workers=workers
     )
     codes = {split: load_codes(path)[: level + 1] for split, path in code_files.items()}
-    codes_source = cached_source(code_files["train"])
-    codes_digest = hashlib.sha256(json.dumps(codes_source, sort_keys=True).encode()).hexdigest()[:16]
-    path = checkpoint_path(run, prior_stage(config.vqvae.n_levels, level))
-    initial, ranges, resume = _fine_tune(path, quantised, resume)
     if initial is not None and ranges is None:  # as export measures them, on the codes' training images
         ranges = _prior_ranges(run, config, level, initial, data or codes_source["data"])
     stage = PriorStage(
         env=env,
         precision=precision,
-        settings={
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-            "precision": precision,
-            "codes": codes_digest,
-            **({"quantised": True} if quantised else {}),
-        },
+        settings=settings,
         meta={"level": level, "codes_source": codes_source, **({"input_ranges": ranges} if ranges else {})},
         config=config,
         level=level,
