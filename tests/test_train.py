@@ -431,7 +431,8 @@ def test_a_decoder_learns_through_the_integer_roundings(
 
 def test_a_refused_resume_leaves_the_cached_codes(run8: Path, tmp_path: Path) -> None:
     """The settings were checked after the codes were extracted again: the refusal came minutes late
-    and had replaced the codes that the checkpoint was trained on."""
+    and had replaced the codes that the checkpoint was trained on. Unreadable run files are errors of
+    their own, not internal ones."""
     run = tmp_path / "run"
     shutil.copytree(run8, run)
     stage2(run, "top", 2)
@@ -440,6 +441,15 @@ def test_a_refused_resume_leaves_the_cached_codes(run8: Path, tmp_path: Path) ->
         stage2(run, "top", 3, crops_per_image=3)
     assert (run / "codes" / "train.safetensors").read_bytes() == cache
     stage2(run, "top", 3)  # resumes on the codes it was trained on
+    (run / "prior-bottom").mkdir()
+    shutil.copy(checkpoint_path(run, "prior-top"), checkpoint_path(run, "prior-bottom"))
+    with pytest.raises(ValueError, match="prior-bottom/checkpoint.safetensors does not fit the run's config"):
+        export(run, tmp_path / "model.safetensors")  # was torch's RuntimeError: an internal error
+    codes = [level.clone() for level in load_codes(run / "codes" / "train.safetensors")]  # not the mmap
+    (run / "codes" / "train.safetensors").write_bytes(cache[:100])  # a cache cut short: made again
+    stage2(run, "top", 4)
+    for made, again in zip(codes, load_codes(run / "codes" / "train.safetensors"), strict=True):
+        assert torch.equal(made, again)
 
 
 def test_a_prior_learns_through_the_integer_roundings(

@@ -113,13 +113,23 @@ def read_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     return _model_part(safetensors.torch.load_file(path))
 
 
+def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``module.load_state_dict(weights)``, the weights of the checkpoint at ``path``: ValueError when
+    they do not fit it (a checkpoint of another stage or configuration), not torch's RuntimeError."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ValueError(f"{path} does not fit the run's configuration: {first}") from e
+
+
 def load_checkpoint(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
 ) -> dict[str, Any]:
     """Restore model, optimizer and scaler in place from ``path``; return the JSON state (step, meta)."""
     state = read_state(path)
     tensors = safetensors.torch.load_file(path)
-    model.load_state_dict(_model_part(tensors))
+    load_weights(model, _model_part(tensors), path)
     per_param: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):

@@ -31,6 +31,7 @@ from vqcodec.train.checkpoint import (
     checkpoint_path,
     file_sha256,
     learnt_roundings,
+    load_weights,
     read_model_state,
     read_state,
     refuse_float_resume,
@@ -157,7 +158,7 @@ def train_decoder(
     env = dist.setup(device or default_device())
     precision = resolve_precision(precision, env.device)
     vqvae = VQVAE(config)
-    vqvae.load_state_dict(read_model_state(source))
+    load_weights(vqvae, read_model_state(source), source)
     vqvae.requires_grad_(False).eval().to(env.device)
     for name in DECODER_PARTS:
         getattr(vqvae, name).requires_grad_(True)

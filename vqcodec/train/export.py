@@ -17,7 +17,7 @@ import torch
 from vqcodec.exact.calibrate import calibrate
 from vqcodec.models.config import level_names
 from vqcodec.models.model import CodecModel
-from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
+from vqcodec.train.checkpoint import checkpoint_path, file_sha256, load_weights, read_model_state, read_state
 from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
 from vqcodec.train.decoder import STAGE as DECODER_STAGE
 from vqcodec.train.decoder import refined_decoder
@@ -181,13 +181,15 @@ def export(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = CodecModel(config)
-    model.vqvae.load_state_dict(read_model_state(vqvae))
+    load_weights(model.vqvae, read_model_state(vqvae), vqvae)
     refined = refined_decoder(run, vqvae_sha256)
     if refined is not None:
         say(f"The decoder is {checkpoint_path(run, DECODER_STAGE)}'s (vqcodec train decoder)")
-        model.vqvae.load_state_dict({**model.vqvae.state_dict(), **refined[0]})
+        load_weights(
+            model.vqvae, {**model.vqvae.state_dict(), **refined[0]}, checkpoint_path(run, DECODER_STAGE)
+        )
     for level, path in trained.items():
-        model.priors[level].load_state_dict(read_model_state(path))
+        load_weights(model.priors[level], read_model_state(path), path)
     calibrated(model.eval(), calibration)
     kept = {
         f"priors.{level}.": read_state(path)["meta"].get("input_ranges") for level, path in trained.items()

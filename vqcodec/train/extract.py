@@ -17,14 +17,14 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vqcodec.models.config import VQVAEConfig
 from vqcodec.models.vqvae import VQVAE
 from vqcodec.train import dist
-from vqcodec.train.checkpoint import checkpoint_path, file_sha256, read_model_state, read_state
+from vqcodec.train.checkpoint import checkpoint_path, file_sha256, load_weights, read_model_state, read_state
 from vqcodec.train.data import ImageFolder, derive_seed
 from vqcodec.train.run import default_device, default_workers, read_config, say
 from vqcodec.zoo.modelfile import atomic_path
@@ -41,11 +41,15 @@ def code_path(run: Path, split: str) -> Path:
 
 
 def cached_source(path: Path) -> dict[str, Any] | None:
-    """What the codes at ``path`` were extracted from, or None if there are none."""
+    """What the codes at ``path`` were extracted from, or None if there are none (or none readable:
+    a cache cut short, by a full disk say, is made again)."""
     if not path.exists():
         return None
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except SafetensorError:
+        return None
     if metadata.get("format") != CODES_FORMAT or metadata.get("version") != CODES_VERSION:
         return None
     return json.loads(metadata["source"])
@@ -96,7 +100,7 @@ def extract_codes(
         )
         if vqvae is None:
             vqvae = VQVAE(config)
-            vqvae.load_state_dict(read_model_state(ckpt))
+            load_weights(vqvae, read_model_state(ckpt), ckpt)
             vqvae.to(env.device).eval()
         dataset = ImageFolder(source["data"], source["crop"])
         loader_workers = default_workers(env.device) if workers is None else workers

@@ -32,6 +32,7 @@ from vqcodec.train import dist
 from vqcodec.train.checkpoint import (
     checkpoint_path,
     learnt_roundings,
+    load_weights,
     read_model_state,
     read_state,
     refuse_float_resume,
@@ -234,7 +235,8 @@ def _prior_ranges(
     """The input ranges of the prior with ``weights`` on the codes of the first images of ``data``, as
     ``export`` measures them (``exact.calibrate``)."""
     vqvae = VQVAE(config.vqvae)
-    vqvae.load_state_dict(read_model_state(checkpoint_path(run, "vqvae")))
+    source = checkpoint_path(run, "vqvae")
+    load_weights(vqvae, read_model_state(source), source)
     prior = build_prior(config, level)
     prior.load_state_dict(weights)
     with torch.no_grad():
