@@ -346,9 +346,15 @@ def test_new_priors_for_a_trained_models_codes(images: Path, tmp_path: Path) -> 
     assert_identical(new.vqvae.state_dict(), old.vqvae.state_dict())  # the same codes
     with pytest.raises(FileExistsError):
         run_from_model(TINY_MODEL, run, [])
-    for bad, message in (("top.channels", "LEVEL.KEY=VALUE"), ("middle.channels=8", "unknown level")):
+    unbuildable = ("top.kernel_size=2", "these settings build no model: causal convolutions need an odd")
+    for bad, message in (
+        ("top.channels", "LEVEL.KEY=VALUE"),
+        ("middle.channels=8", "unknown level"),
+        unbuildable,
+    ):
         with pytest.raises(ValueError, match=message):
             run_from_model(TINY_MODEL, tmp_path / "other", [bad])
+    assert not (tmp_path / "other").exists()  # it said "ready", and the folder could not be made again
 
 
 # --- a refined decoder for a trained model's codes -------------------------------------------------

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 
 from vqcodec import zoo
+from vqcodec.errors import ModelFileError
 from vqcodec.exact.quantise import ranges_under
 from vqcodec.models.config import ModelConfig, level_names
 from vqcodec.train.checkpoint import checkpoint_path, file_sha256, save_checkpoint
 from vqcodec.train.run import prior_stage, write_config
-from vqcodec.zoo.modelfile import config_from_dict
+from vqcodec.zoo.modelfile import config_from_dict, expected_tensors
 
 
 def parse_setting(text: str) -> tuple[str, str, Any]:
@@ -57,6 +58,11 @@ def run_from_model(model: str | Path | None, out: str | Path, settings: list[str
         data["priors"][names.index(level)][key] = value
         changed.add(names.index(level))
     config = config_from_dict(data)
+    try:
+        expected_tensors(config)  # settings that build no model are refused before the run exists
+    except ModelFileError as e:
+        reason = str(e).removeprefix("config does not describe a buildable model: ")
+        raise ValueError(f"these settings build no model: {reason}") from e
     write_config(out, config)
     scaler = torch.amp.GradScaler("cpu", False)
     vqvae = loaded.vqvae  # float32 (model files load as float32), and only read here
