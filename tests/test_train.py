@@ -451,6 +451,10 @@ def test_a_refused_resume_leaves_the_cached_codes(run8: Path, tmp_path: Path) ->
     shutil.copy(checkpoint_path(run, "prior-top"), checkpoint_path(run, "prior-bottom"))
     with pytest.raises(ValueError, match="prior-bottom/checkpoint.safetensors does not fit the run's config"):
         export(run, tmp_path / "model.safetensors")  # was torch's RuntimeError: an internal error
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"stage": "vqvae", "step": 9, "lo')  # cut short by a full disk: blocked every stage
+    stage2(run, "top", 3)
+    assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
     codes = [level.clone() for level in load_codes(run / "codes" / "train.safetensors")]  # not the mmap
     (run / "codes" / "train.safetensors").write_bytes(cache[:100])  # a cache cut short: made again
     stage2(run, "top", 4)

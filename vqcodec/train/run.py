@@ -101,7 +101,9 @@ class MetricsLog:
         self.enabled = dist.is_main()
 
     def rewind(self, step: int) -> None:
-        """Drop this stage's records after ``step``: a resumed (or restarted) run logs those steps again."""
+        """Drop this stage's records after ``step``: a resumed (or restarted) run logs those steps again.
+        A line that is not a JSON record (one cut short when a disk filled, say) is dropped too, with a
+        warning: it is no record, and it must not stop every stage of the run."""
         if not self.enabled or not self.path.exists():
             return
         lines = self.path.read_text().splitlines(keepends=True)
@@ -111,7 +113,15 @@ class MetricsLog:
                 tmp.write_text("".join(kept))
 
     def _after(self, line: str, step: int) -> bool:
-        record = json.loads(line)
+        """Whether ``line`` is this stage's record of a step after ``step``, or no record at all."""
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            say(f"Warning: dropping a damaged line of {self.path}: {line.strip()[:60]!r}")
+            return True
+        if not isinstance(record, dict):
+            say(f"Warning: dropping a line of {self.path} that is no record: {line.strip()[:60]!r}")
+            return True
         return record.get("stage") == self.stage and record.get("step", 0) > step
 
     def write(self, step: int, **values: Any) -> None:
