@@ -100,6 +100,27 @@ def test_images_are_found_recursively_and_case_insensitively(images: Path) -> No
     assert names[0] == "img0.JPG" and names[-1] == "sub/img7.png" and len(names) == 8
 
 
+def test_an_unreadable_image_is_refused_before_training(images: Path, tmp_path: Path) -> None:
+    """It failed when a DataLoader worker first drew it, hours into a run, as a flattened traceback."""
+    from torch.utils.data import DataLoader
+
+    from vqcodec.cli_errors import one_line
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(images, mixed)
+    (mixed / "zz.jpg").write_text("not an image")
+    with pytest.raises(ValueError, match=r"cannot read an image: .*zz.jpg: not an image"):
+        ImageFolder(mixed, 32)
+    (mixed / "zz.jpg").unlink()
+    data = ImageFolder(mixed, 32)
+    data.paths[0].write_bytes(data.paths[0].read_bytes()[:200])  # a header, then nothing: found later
+    with pytest.raises(ValueError) as caught:
+        next(iter(DataLoader(data, sampler=[(0, 1)], num_workers=1)))
+    assert one_line(caught.value).startswith("cannot read an image: ") and "Traceback" not in one_line(
+        caught.value
+    )
+
+
 def test_crops_are_deterministic_in_range_and_flipped_sometimes(images: Path) -> None:
     data = ImageFolder(images, 64)
     a, b = data[(3, 123)], data[(3, 123)]

@@ -73,7 +73,15 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         where = error.filename if error.filename is not None else ""
         return f"{where}: {error.strerror}" if where else error.strerror
-    return " ".join(str(error).split()) or type(error).__name__
+    message = str(error)
+    if _WORKER_TRACEBACK in message:  # a DataLoader worker's error, re-raised with its traceback
+        message = message.rstrip().splitlines()[-1].removeprefix(f"{type(error).__name__}: ")
+    return " ".join(message.split()) or type(error).__name__
+
+
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"
+"""What torch's DataLoader puts between "Caught ... in DataLoader worker process N." and the worker's
+traceback, whose last line is the error itself."""
 
 
 @contextlib.contextmanager

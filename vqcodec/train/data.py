@@ -46,8 +46,8 @@ def load_rgb(path: Path) -> Image.Image:
     """The image at ``path`` as RGB, read as the codec reads images (orientation, modes, limits)."""
     try:
         return Image.fromarray(load_image(path).rgb)
-    except VQZError as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+    except VQZError as e:  # its message names the file
+        raise ValueError(f"cannot read an image: {e}") from e
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -93,6 +93,15 @@ class ImageFolder(Dataset):
         self.paths = list_images(root)
         self.crop = crop
         self.train = train
+        for path in self.paths:  # now, not when a worker first draws it, maybe hours into a run
+            try:
+                Image.open(path).close()  # the header only
+            except Image.DecompressionBombError as e:
+                raise ValueError(f"cannot read an image: {path}: too large ({e})") from e
+            except (OSError, ValueError) as e:
+                raise ValueError(
+                    f"cannot read an image: {path}: not an image, or one Pillow cannot read"
+                ) from e
 
     def __len__(self) -> int:
         return len(self.paths)
