@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 from synthetic_images import make_images
@@ -16,6 +17,8 @@ from vqcodec.cli_errors import EXIT_OUTPUT_EXISTS, EXIT_USAGE
 from vqcodec.models.config import tiny_config
 from vqcodec.models.model import CodecModel
 from vqcodec.zoo.modelfile import read_model, save_model
+
+TINY = Path(__file__).resolve().parents[1] / "bitstream_spec" / "vectors" / "tiny.safetensors"
 
 
 def invoke(*args: str | Path) -> Result:
@@ -76,16 +79,16 @@ def test_train_export_sample(tmp_path: Path) -> None:
     for path in paths:
         with Image.open(path) as image:
             assert image.size == (24, 16) and image.mode == "RGB"
-    fails("sample", "--model", model, "--out", out, "--size", "20x16", message="multiples of 8")
+    fails("sample", "--model", model, "--out", out, message="sample_0_000.png exists (use --force")
+    fails("sample", "--model", model, "--out", out, "-f", "--size", "20x16", message="multiples of 8")
     fails("sample", "--model", model, "--out", out, "--size", "big", message="WIDTHxHEIGHT")
-    fails("sample", "--model", images / "img1.png", "--out", out, message="not a model file")
+    fails("sample", "--model", images / "img1.png", "--out", out, "-f", message="not a model file")
 
 
 def test_refine_a_models_decoder(tmp_path: Path) -> None:
     images = make_images(tmp_path / "images")
     run, model = tmp_path / "run", tmp_path / "refined.safetensors"
-    tiny = Path(__file__).resolve().parents[1] / "bitstream_spec" / "vectors" / "tiny.safetensors"
-    assert "vqcodec train decoder" in ok("train", "from-model", "--model", tiny, "--out", run).stdout
+    assert "vqcodec train decoder" in ok("train", "from-model", "--model", TINY, "--out", run).stdout
     decoder = ["train", "decoder", "--run-dir", run, "--data", images, "--device", "cpu", "--crop", "32"]
     fails(*decoder, "--steps", "2", "--crop", "30", message="multiple of 8")
     assert "Stage 1b (decoder) done" in ok(*decoder, "--steps", "2").stderr
@@ -145,6 +148,85 @@ def test_stale_prior_is_not_exported(tmp_path: Path) -> None:
     fails("export", "--run-dir", run, "--out", model, message="the bottom prior was trained")
     ok("train", "prior", "--run-dir", run, "--level", "bottom", "--steps", "1", "--no-resume", *common)
     ok("export", "--run-dir", run, "--out", model)
+
+
+def test_sample_never_overwrites_unasked(tmp_path: Path) -> None:
+    """Every target is checked before the draws; --force replaces a file (a symlink itself, never what it
+    points to) atomically, but never the model file read."""
+    out = tmp_path / "samples"
+    out.mkdir()
+    (out / "sample_0_001.png").write_text("precious")
+    sample = ["sample", "-m", TINY, "--n", "3", "--out", out, "--size", "16x16", "--device", "cpu"]
+    fails(*sample, message=f"{out / 'sample_0_001.png'} exists (use --force")
+    assert invoke(*sample).exit_code == EXIT_OUTPUT_EXISTS
+    assert sorted(p.name for p in out.iterdir()) == ["sample_0_001.png"]  # nothing drawn, nothing written
+    assert (out / "sample_0_001.png").read_text() == "precious"
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "sample_0_002.png").symlink_to(victim)
+    ok(*sample, "--force")
+    assert victim.read_text() == "precious" and not (out / "sample_0_002.png").is_symlink()
+    names = [f"sample_0_00{i}.png" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == names  # no temporary file left behind
+    for i in range(3):
+        with Image.open(out / f"sample_0_00{i}.png") as image:
+            assert image.size == (16, 16)
+
+    model = out / "sample_0_000.png"
+    model.write_bytes(TINY.read_bytes())
+    fails("sample", "-m", model, "--n", "1", "--out", out, "--size", "16x16", "-f", message="the model file")
+    assert model.read_bytes() == TINY.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "100000x100000"], "too large (limits: 16384 px a side"),
+        (["--size", "16384x512"], "4194304 px in all"),
+        (["--size", "0x16"], "sides must be positive"),
+        (["--n", "5", "--size", "1024x1024"], "more than one run draws (4194304)"),
+        (["--temperature", "1e-300"], "x>=1e-06"),
+        (["--temperature", "nan"], "not a finite number"),
+        (["--device", "gpu"], "invalid device 'gpu'"),
+        (["--device", "cuda"], "CUDA is not available"),
+    ],
+)
+def test_sample_refuses_bad_options_before_drawing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    """A size, batch or temperature the draws cannot take is a usage error, not a crash or an OOM kill."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "samples"
+    fails("sample", "-m", TINY, "--out", out, *args, message=message)
+    assert not out.exists()
+
+
+def test_sample_at_the_least_temperature(tmp_path: Path) -> None:
+    """The lowest temperature allowed draws the most likely codes, whatever the seed."""
+    sample = ["sample", "-m", TINY, "--n", "2", "--size", "16x16", "--temperature", "1e-6"]
+    ok(*sample, "--out", tmp_path / "a", "--seed", "1")
+    ok(*sample, "--out", tmp_path / "b", "--seed", "2")
+    for i in range(2):
+        assert (tmp_path / "a" / f"sample_1_00{i}.png").read_bytes() == (
+            tmp_path / "b" / f"sample_2_00{i}.png"
+        ).read_bytes()
+
+
+@pytest.mark.parametrize("command", ["vqvae", "prior", "decoder"])
+@pytest.mark.parametrize(("device", "message"), [("gpu", "invalid device 'gpu'"), ("cuda", "not available")])
+def test_training_refuses_an_unusable_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, device: str, message: str
+) -> None:
+    """As compress's: an unknown device, or CUDA where torch has none, is a usage error while parsing."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    required = {
+        "vqvae": ["--data", tmp_path, "--out", tmp_path / "run"],
+        "prior": ["--run-dir", tmp_path, "--level", "top"],
+        "decoder": ["--run-dir", tmp_path, "--data", tmp_path],
+    }[command]
+    fails("train", command, *required, "--steps", "1", "--device", device, message=message)
+    assert not (tmp_path / "run").exists()
 
 
 TRAINING_COMMANDS = [["train", "vqvae"], ["train", "prior"]]

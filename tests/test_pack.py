@@ -119,7 +119,7 @@ def test_existing_copies_are_replaced_only_with_force(tmp_path: Path) -> None:
     (dst / "c.webp").unlink()
     fails(pack("--data", src, "--out", dst), EXIT_OUTPUT_EXISTS, "b.webp exists (use --force")
 
-    pack_folder(src, dst, force=True)
+    assert pack("--data", src, "--out", dst, "--force").exit_code == 0
     assert sorted(snapshot(dst)) == ["a.webp", "b.webp", "c.webp"]
     with Image.open(dst / "b.webp") as copy:
         assert copy.format == "WEBP"

@@ -19,20 +19,46 @@ from vqcodec.bench import cli as bench_cli
 from vqcodec.cli_codec import compress, decompress
 from vqcodec.cli_errors import EXIT_STATUS, Group, reports_errors
 from vqcodec.cli_info import info, models
-from vqcodec.cli_options import FiniteFloatRange
+from vqcodec.cli_options import FiniteFloatRange, check_device, force_option
+from vqcodec.imageio import MAX_IMAGE_SIDE
 from vqcodec.models.config import PRESETS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEVICE_HELP = "cpu, cuda or cuda:N  [default: cuda if available, else cpu]"
+MAX_SAMPLE_PIXELS = 2**22
+"""The most pixels ``sample`` draws in one run, all its images together: they are drawn and decoded as
+one batch, untiled, at about 0.5 KB a pixel (the codec tiles, and needs 1.5 GB for its largest
+images), so the peak stays near 2 GB; e.g. 64 images of 256x256, or one of 2048x2048."""
+
+MIN_TEMPERATURE = 1e-6
+"""The lowest softmax temperature ``sample`` takes: there the draws are the most likely codes, whatever
+the seed (lower changes nothing; at 1e-3 near-ties are still drawn at random), while logits would have
+to exceed 1e32 to overflow float32 (near 1e-38 they do, and the draw fails)."""
+
+# --device of the commands that default to CUDA when there is one (training, sampling), refused while
+# parsing if unknown or absent here, as compress's is
+cuda_first_device_option = click.option(
+    "--device",
+    default=None,
+    metavar="cpu|cuda",
+    callback=check_device,
+    help="cpu, cuda or cuda:N  [default: cuda if available, else cpu]",
+    show_default=False,
+)
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    """WxH -> (width, height)."""
+    """WxH -> (width, height), refused while parsing beyond what one run may draw (MAX_SAMPLE_PIXELS)."""
     try:
         width, height = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 256x256") from None
+    if min(width, height) <= 0:
+        raise click.BadParameter(f"{value!r}: the sides must be positive")
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_SAMPLE_PIXELS:
+        raise click.BadParameter(
+            f"{value!r} is too large (limits: {MAX_IMAGE_SIDE} px a side, {MAX_SAMPLE_PIXELS} px in all)"
+        )
     return width, height
 
 
@@ -99,7 +125,7 @@ def common_training_options(lr: float = 3e-4) -> Callable[[F], F]:
     """The options every training stage shares; ``lr`` is the stage's default learning rate."""
     options = [
         click.option("--steps", type=click.IntRange(min=1), required=True, help="Total steps of the run."),
-        click.option("--device", default=None, help=DEVICE_HELP, show_default=False),
+        cuda_first_device_option,
         click.option(
             "--lr", type=FiniteFloatRange(min=0, min_open=True), default=lr, help="Adam learning rate."
         ),
@@ -196,16 +222,21 @@ def train_vqvae(data: str, run: str, preset: str | None, **options: Any) -> None
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the packed copies.")
 @click.option("--short-side", type=click.IntRange(min=8), default=288, help="Downscale to this short side.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, help="WebP quality of the copies.")
+@force_option
 @reports_errors
-def train_pack(data: str, out: str, short_side: int, quality: int) -> None:
+def train_pack(data: str, out: str, short_side: int, quality: int, force: bool) -> None:
     """Pack an image folder small enough to travel (e.g. to a GPU machine): downscaled WebP copies.
+
+    The images are read as training reads them (turned upright by their EXIF orientation). Nothing
+    is written when OUT is, holds or lies in the image folder, when two images would give one copy
+    (a.jpg and a.png), or when copies exist already (unless --force).
 
     \b
       vqcodec train pack --data ../shared/data/train --out packed/train
     """
     from vqcodec.train.pack import pack_folder
 
-    click.echo(f"{pack_folder(data, out, short_side, quality)} bytes written to {out}")
+    click.echo(f"{pack_folder(data, out, short_side, quality, force=force)} bytes written to {out}")
 
 
 @train.command("from-model")
@@ -434,14 +465,35 @@ def calibrate(model_file: str, images: str, out: str, n: int, half: bool, force:
     default=None,
     help="A bundled model's name (see `vqcodec models`) or a model file.  [default: the bundled default]",
 )
-@click.option("--n", type=click.IntRange(min=1), default=4, help="Number of images.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the PNG files.")
-@click.option("--device", default=None, help=DEVICE_HELP, show_default=False)
 @click.option(
-    "--size", default="256x256", callback=parse_size, help="WIDTHxHEIGHT, multiples of the top stride."
+    "--n",
+    type=click.IntRange(min=1),
+    default=4,
+    help=f"Number of images. They are drawn together, in memory at once: N x WIDTH x HEIGHT may be at"
+    f" most {MAX_SAMPLE_PIXELS} (about 2 GB), e.g. N=64 at 256x256; run again with another --seed for"
+    " more.",
 )
 @click.option(
-    "--temperature", type=FiniteFloatRange(min=0, min_open=True), default=1.0, help="Softmax temperature."
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder for the PNG files, sample_SEED_I.png (made if missing).",
+)
+@force_option
+@cuda_first_device_option
+@click.option(
+    "--size",
+    default="256x256",
+    callback=parse_size,
+    help=f"WIDTHxHEIGHT, multiples of the model's top stride; at most {MAX_IMAGE_SIDE} a side and"
+    f" {MAX_SAMPLE_PIXELS} pixels (see --n).",
+)
+@click.option(
+    "--temperature",
+    type=FiniteFloatRange(min=MIN_TEMPERATURE),
+    default=1.0,
+    help=f"Softmax temperature: below 1 the draws keep to likelier codes, above 1 they stray further; at"
+    f" the least, {MIN_TEMPERATURE:g}, they are the most likely codes, whatever the --seed.",
 )
 @click.option("--seed", type=int, default=0, help="Seed of the draws.")
 @reports_errors
@@ -449,6 +501,7 @@ def sample(
     model: str | None,
     n: int,
     out: str,
+    force: bool,
     device: str | None,
     size: tuple[int, int],
     temperature: float,
@@ -456,15 +509,28 @@ def sample(
 ) -> None:
     """Draw images from a model's priors and write them as PNG files.
 
+    Without --force, refuses (before drawing anything) to overwrite a PNG file that exists; each file
+    appears only when complete.
+
     \b
       vqcodec sample --n 4 --out samples/
       vqcodec sample --model a.safetensors --n 8 --out samples/ --size 256x256 --temperature 0.9
     """
+    width, height = size
+    if n * width * height > MAX_SAMPLE_PIXELS:
+        raise click.BadParameter(
+            f"{n} images of {width}x{height} are {n * width * height} pixels, more than one run draws"
+            f" ({MAX_SAMPLE_PIXELS})",
+            ctx=click.get_current_context(),
+            param_hint="'--n'",
+        )
     from vqcodec.sample import sample_to_folder
     from vqcodec.train.run import default_device
 
-    width, height = size
-    for path in sample_to_folder(model, out, n, width, height, temperature, seed, device or default_device()):
+    paths = sample_to_folder(
+        model, out, n, width, height, temperature, seed, device or default_device(), force=force
+    )
+    for path in paths:
         click.echo(path)
 
 

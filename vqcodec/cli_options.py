@@ -14,7 +14,7 @@ from vqcodec.threads import MAX_THREADS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Refuse an unknown or absent device while parsing: a usage error, before any work."""
     if value is None:
         return None
@@ -42,7 +42,7 @@ device_option = click.option(
     "--device",
     default=None,
     metavar="cpu|cuda",
-    callback=_check_device,
+    callback=check_device,
     help="cpu or cuda: a .vqz file decodes to the same codes on both.  [default: cpu]",
 )
 threads_option = click.option(
