@@ -3,6 +3,7 @@
     git worktree add /tmp/before 159977c
     python benchmarks/compare.py /tmp/before .   [--data DIR] [--images 3] [--rounds 4] [--device cuda]
     python benchmarks/compare.py . . --models default narrow.safetensors --images 24 --rounds 1
+    python benchmarks/compare.py /tmp/before . --out benchmarks/results/compare/NAME   # NAME.md, .json
 
 Each side runs in a child process of its own (its checkout's source first on the path) that loads its
 model (``--models``: a bundled name or a model file per side; the default model otherwise). Then, image
@@ -51,6 +52,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="times each image is coded (default 4)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
+        "--out", type=Path, default=None, help="also write the results to OUT.md and OUT.json (a report)"
+    )
+    parser.add_argument("--note", default="", help="what the two sides are, for the report")
+    parser.add_argument(
         "--models",
         nargs=2,
         default=("default", "default"),
@@ -93,13 +98,55 @@ def main() -> None:
         child.stdin.close()
         child.wait()
     sizes = [sum(r[2] for r in side[: len(paths)]) for side in results]  # the first round's files
+    report: dict = {"command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]]), "sides": []}
     for root, model, side, size in zip((args.before, args.after), args.models, results, sizes, strict=True):
         encode, decode = (statistics.median(r[i] for r in side) for i in (0, 1))
         print(f"{root} ({model}): median compress {encode:.3f} s, decompress {decode:.3f} s; {size} bytes")
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True)
+        report["sides"].append(
+            {"checkout": str(root), "commit": commit.stdout.decode().strip() or None, "model": model}
+            | {"compress_s": encode, "decompress_s": decode, "bytes": size}
+        )
     for i, what in enumerate(("compress", "decompress")):
         ratios = [after[i] / before[i] for before, after in zip(*results, strict=True)]
         print(f"after / before, {what}: median {statistics.median(ratios):.3f} over {len(ratios)} pairs")
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        report[what] = {"median": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]]}
     print(f"after / before, bytes: {sizes[1] / sizes[0]:.4f}")
+    report |= {"bytes": sizes[1] / sizes[0], "images": len(paths), "rounds": args.rounds, "note": args.note}
+    if args.out is not None:
+        write_report(report, args.out)
+
+
+def write_report(report: dict, out: Path) -> None:
+    """OUT.json and OUT.md: the run's command, machine, sides and ratios, for figures quoted elsewhere."""
+    from vqcodec.bench.report import machine_info, run_line, save
+
+    report["machine"] = machine_info()
+    before, after = report["sides"]
+    lines = [
+        f"# Speed: {after['checkout']} against {before['checkout']}",
+        "",
+        f"{run_line(report['machine'])}; `{report['command']}`: {report['images']} Kodak images x"
+        f" {report['rounds']} rounds, each side first in every other pair.",
+        "",
+        *([report["note"], ""] if report["note"] else []),
+        "| side | checkout (commit) | model | median compress | median decompress | bytes |",
+        "|---|---|---|---:|---:|---:|",
+        *(
+            f"| {name} | {side['checkout']} ({side['commit']}) | {side['model']} | {side['compress_s']:.3f} s"
+            f" | {side['decompress_s']:.3f} s | {side['bytes']:,} |"
+            for name, side in (("before", before), ("after", after))
+        ),
+        "",
+        "After / before, medians of the per-pair ratios (quartiles): compress"
+        f" {report['compress']['median']:.2f} ({report['compress']['quartiles'][0]:.2f}-"
+        f"{report['compress']['quartiles'][1]:.2f}), decompress {report['decompress']['median']:.2f}"
+        f" ({report['decompress']['quartiles'][0]:.2f}-{report['decompress']['quartiles'][1]:.2f}); bytes"
+        f" {report['bytes']:.4f}.",
+        "",
+    ]
+    save(out.parent, {f"{out.name}.json": report, f"{out.name}.md": "\n".join(lines)})
 
 
 if __name__ == "__main__":

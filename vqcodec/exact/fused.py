@@ -66,7 +66,7 @@ def describe() -> str:
     if _kernels is None:
         return (
             "compiled kernels: not in use (not built, or out of date: pip install again with a C compiler);"
-            " the same integers come from torch calls, 2 to 3 times as slowly"
+            " the same integers come from torch calls, about 3 times as slowly"
         )
     products = "AVX-512 VNNI" if _kernels.use_vnni(True) else "a plain loop (no AVX-512 VNNI here)"
     return f"compiled kernels: in use on the CPU, int8 products with {products}"
