@@ -433,6 +433,8 @@ def test_a_decoder_learns_through_the_integer_roundings(
 
     run = tmp_path / "run"
     run_from_model(TINY_MODEL, run, [])
+    with pytest.raises(ValueError, match="is the prior of the model the run came from.*--no-resume"):
+        stage2(run, "bottom", 2, crop=CROP, data=images)  # said: batch_size=4 (checkpoint: None), ...
     old, _ = read_model(TINY_MODEL)
     with torch.no_grad():
         codes = [old.vqvae.encode(image) for image in calibration_images(images, CALIBRATION_IMAGES, 8)]
@@ -454,6 +456,18 @@ def test_a_decoder_learns_through_the_integer_roundings(
     assert {name: exported[name] for name in measured} == measured
     with torch.no_grad():
         assert decoder_ranges(new.vqvae, codes) != measured  # what export would have measured instead
+
+
+def test_a_prior_trains_without_validation_when_its_images_are_gone(
+    images: Path, val_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run moved to another machine lost stage 1's validation folder: train prior could not go on."""
+    val, run = tmp_path / "val", tmp_path / "run"
+    shutil.copytree(val_images, val)
+    stage1(images, run, 1, val_data=val)
+    shutil.rmtree(val)
+    stage2(run, "top", 1)
+    assert "validation images" in capsys.readouterr().err and not (run / "codes" / "val.safetensors").exists()
 
 
 def test_a_refused_resume_leaves_the_cached_codes(run8: Path, tmp_path: Path) -> None:
@@ -501,6 +515,8 @@ def test_a_prior_learns_through_the_integer_roundings(
         stage2(fresh, "bottom", 2, crop=CROP, data=images, quantised=True)
     run = tmp_path / "run"
     run_from_model(TINY_MODEL, run, [])
+    with pytest.raises(ValueError, match="is the prior of the model the run came from.*--no-resume"):
+        stage2(run, "bottom", 2, crop=CROP, data=images)  # said: batch_size=4 (checkpoint: None), ...
     old, _ = read_model(TINY_MODEL)
     with torch.no_grad():
         codes = [old.vqvae.encode(image) for image in calibration_images(images, CALIBRATION_IMAGES, 8)]

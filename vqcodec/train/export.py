@@ -81,8 +81,9 @@ def _check_codes(run: Path, stage: str, path: Path, vqvae_sha256: str, vqvae_ste
 
 def calibrated(model: CodecModel, folder: str | Path, n: int = CALIBRATION_IMAGES) -> CodecModel:
     """``model`` with its input ranges measured on the first ``n`` images of ``folder``."""
-    say(f"Measuring the integer layers' input ranges on {n} images of {folder}")
-    calibrate(model, calibration_images(folder, n, model.config.vqvae.multiple))
+    images = calibration_images(folder, n, model.config.vqvae.multiple)
+    say(f"Measuring the integer layers' input ranges on {len(images)} images of {folder}")
+    calibrate(model, images)
     return model
 
 

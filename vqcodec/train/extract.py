@@ -155,6 +155,9 @@ def _sources(
     for split, folder in found.items():
         if folder is None:
             continue
+        if split == "val" and folders["val"] is None and not Path(folder).is_dir():  # a run moved, say
+            say(f"Warning: the validation images {folder} are gone; no validation (give them with --val)")
+            continue
         folder = Path(folder).resolve()
         sources[split] = {
             "split": split,

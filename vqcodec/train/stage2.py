@@ -218,6 +218,11 @@ def _fine_tune(
     if not quantised:
         if resume is not False:
             refuse_float_resume(path, state)
+            if state is not None and not state["meta"]["settings"]:  # train from-model's copy
+                raise ValueError(
+                    f"{path} is the prior of the model the run came from, not a run to resume: fine-tune it"
+                    " (--quantised) or train a new one (--no-resume)"
+                )
         return None, None, resume
     if learnt_roundings(state) and resume is not False:
         return None, state["meta"]["input_ranges"], resume
