@@ -19,7 +19,7 @@ from vqcodec.bench import cli as bench_cli
 from vqcodec.cli_codec import compress, decompress
 from vqcodec.cli_errors import EXIT_STATUS, Group, reports_errors
 from vqcodec.cli_info import info, models
-from vqcodec.cli_options import FiniteFloatRange, check_device, force_option
+from vqcodec.cli_options import FiniteFloatRange, device_option_saying, force_option
 from vqcodec.imageio import MAX_IMAGE_SIDE
 from vqcodec.models.config import PRESETS
 
@@ -37,14 +37,7 @@ to exceed 1e32 to overflow float32 (near 1e-38 they do, and the draw fails)."""
 
 # --device of the commands that default to CUDA when there is one (training, sampling), refused while
 # parsing if unknown or absent here, as compress's is
-cuda_first_device_option = click.option(
-    "--device",
-    default=None,
-    metavar="cpu|cuda",
-    callback=check_device,
-    help="cpu, cuda or cuda:N  [default: cuda if available, else cpu]",
-    show_default=False,
-)
+cuda_first_device_option = device_option_saying("cpu, cuda or cuda:N  [default: cuda if available, else cpu]")
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:

@@ -38,12 +38,13 @@ def model_option(default_help: str) -> Callable[[F], F]:
     )
 
 
-device_option = click.option(
-    "--device",
-    default=None,
-    metavar="cpu|cuda",
-    callback=check_device,
-    help="cpu or cuda: a .vqz file decodes to the same codes on both.  [default: cpu]",
+def device_option_saying(help: str) -> Callable[[F], F]:
+    """``--device``, checked while parsing (``check_device``), with the command's own ``help``."""
+    return click.option("--device", default=None, metavar="cpu|cuda", callback=check_device, help=help)
+
+
+device_option = device_option_saying(
+    "cpu or cuda: a .vqz file decodes to the same codes on both.  [default: cpu]"
 )
 threads_option = click.option(
     "--threads",
