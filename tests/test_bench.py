@@ -209,6 +209,79 @@ def test_bench_rd_runs_vqcodec_at_an_effort(tmp_path: Path, tiny_model: Path) ->
     assert json.loads((out / "vqcodec.json").read_text())["bench"]["settings"] == ["tiny e2 q4"]
 
 
+def test_bench_rd_gives_each_model_its_curve(tmp_path: Path, tiny_model: Path) -> None:
+    """Two models' points made one "vqcodec" curve, one BD-rate and one line in the plot."""
+    data = write_images(tmp_path / "images", 1, seed=0)
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(tiny_model.read_bytes())
+    out = tmp_path / "out"
+    args = ["bench", "rd", "--data", str(data), "--out", str(out), "--codecs", "vqcodec,jpeg"]
+    args += ["--model", str(tiny_model), "--model", str(other), "-q", "2", "-q", "4"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in out.glob("*.json")) == [
+        "jpeg.json",
+        "vqcodec-other.json",
+        "vqcodec-tiny.json",
+    ]
+    for label in ("tiny", "other"):
+        bench = json.loads((out / f"vqcodec-{label}.json").read_text())["bench"]
+        assert bench["settings"] == [f"{label} q2", f"{label} q4"]
+        assert [row["codec"] for row in bench["comparison"]["bd_rate"]] == ["jpeg"]
+    markdown = (out / "results.md").read_text()
+    assert "## vqcodec (tiny) against each codec" in markdown and "## vqcodec (other)" in markdown
+
+
+def test_bench_refuses_an_out_folder_before_measuring(tmp_path: Path) -> None:
+    data = write_images(tmp_path / "images", 1, seed=0)
+    (tmp_path / "file").write_text("")
+    for out, message in ((data / "results", "in the image folder"), (tmp_path / "file" / "x", "cannot make")):
+        result = CliRunner().invoke(
+            main, ["bench", "rd", "--data", str(data), "--out", str(out), "--codecs", "jpeg"]
+        )
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert sorted(path.name for path in data.iterdir()) == ["img0.png"]
+    result = CliRunner().invoke(
+        main, ["bench", "rd", "--data", str(data), "--out", str(tmp_path / "o"), "--codecs", "compressai"]
+    )
+    assert result.exit_code in (0, 1)  # CompressAI runs where it is installed; else nothing can run
+    if result.exit_code:
+        assert "none of the codecs asked for can run here" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--quality", "9"], "0<=x<=4"),
+        (["--device", "gpu"], "invalid device"),
+        (["--tile", "7"], "tile side"),
+    ],
+)
+def test_bench_speed_refuses_bad_options_before_any_child(
+    tmp_path: Path, option: list[str], message: str
+) -> None:
+    """They were internal errors (exit 5) raised by the first child process."""
+    data = write_images(tmp_path / "kodak", 1, seed=0)
+    result = CliRunner().invoke(
+        main, ["bench", "speed", "--data", str(data), "--out", str(tmp_path / "o"), *option]
+    )
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_results_json_is_strict(tmp_path: Path) -> None:
+    """A lossless point's infinite PSNR was written as Infinity, which JSON has not."""
+    from vqcodec.bench.report import save
+
+    save(tmp_path, {"a.json": {"psnr": [math.inf, 30.0], "x": {"y": math.nan}}})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"psnr": [None, 30.0], "x": {"y": None}}
+
+
+def test_a_one_point_baseline_has_no_rate_at_a_quality() -> None:
+    """compare() raised on it after the whole run, and nothing was written."""
+    assert metrics.rate_at_value([0.5], [30.0], 30.0) is None
+
+
 def test_bench_rd_rejects_unknown_codecs(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["bench", "rd", "--data", str(tmp_path), "--out", str(tmp_path), "--codecs", "gif"]

@@ -40,7 +40,7 @@ them (``vqcodec.threads.spin_briefly``); the child must run with exactly the one
 class Settings:
     """What every child of one speed run shares."""
 
-    quality: int
+    quality: float
     model: str | None
     device: str
     batch: int

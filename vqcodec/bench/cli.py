@@ -7,6 +7,7 @@ the priors' bits per dimension on training and validation crops.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from click.decorators import FC
 
 from vqcodec.bench.bpd import DEFAULT_IMAGES
 from vqcodec.bench.codecs import CODECS
-from vqcodec.cli_errors import reports_errors
+from vqcodec.cli_errors import one_line, reports_errors
+from vqcodec.cli_options import check_device
 from vqcodec.coding.order import DEFAULT_TILE
 from vqcodec.quality import MAX_QUALITY, MIN_QUALITY, SWEEP_QUALITIES
 from vqcodec.rdo import DEFAULT_EFFORT, EFFORTS
@@ -50,6 +52,27 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 
 
 OUT = click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the results.")
+
+
+def prepared_out(out: str, *inputs: str | Path | None) -> Path:
+    """The results folder, made and checked before any measurement (an error after the run lost it):
+    never one of the ``inputs`` folders or inside one, where its files would join the test images."""
+    folder = Path(out).resolve()
+    for given in filter(None, inputs):
+        source = Path(given).resolve()
+        if folder == source or folder.is_relative_to(source):
+            raise click.BadParameter(
+                f"{out} is in the image folder {given}: its files would be read as images"
+            )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise click.BadParameter(f"cannot make the folder: {one_line(error)}", param_hint="--out") from error
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"{out}: cannot write there", param_hint="--out")
+    return Path(out)
+
+
 MODELS = click.option(
     "--model",
     "-m",
@@ -131,6 +154,7 @@ def rd(
     folder = data or shared_data("kodak")
     if folder is None:
         raise click.UsageError("no ../shared/data/kodak here: give the test images with --data")
+    prepared_out(out, folder)
     report = run_rd(
         folder, out, limit=limit, models=models, qualities=qualities, codecs=codecs, effort=effort
     )
@@ -142,11 +166,24 @@ def rd(
 @folder_option("--data", "Folder of the Kodak PNGs (kodim05.png: the large images' source)", "kodak")
 @OUT
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N Kodak images.")
-@click.option("--quality", type=int, default=4, show_default=True, help="vqcodec quality.")
+@click.option(
+    "--quality",
+    type=click.FloatRange(MIN_QUALITY, MAX_QUALITY),
+    default=MAX_QUALITY,
+    show_default=True,
+    help="vqcodec quality.",
+)
 @click.option(
     "--model", default=None, metavar="NAME|FILE", help="Bundled model or model file.  [default: default]"
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    metavar="cpu|cuda",
+    callback=check_device,
+    help="cpu or cuda.",
+)
 @click.option(
     "--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Files per batch decode."
 )
@@ -186,7 +223,7 @@ def speed(
     data: str | None,
     out: str,
     limit: int | None,
-    quality: int,
+    quality: float,
     model: str | None,
     device: str,
     batch: int,
@@ -209,11 +246,18 @@ def speed(
     """
     from vqcodec.bench.child import Settings
     from vqcodec.bench.speed import THREADS_IMAGES, run_large, run_speed, run_threads
+    from vqcodec.cli_codec import open_checked_codec
 
     folder = Path(data) if data else shared_data("kodak")
     kodak = sorted(folder.glob("*.png"))[: limit or (THREADS_IMAGES if only_load else None)] if folder else []
     if not kodak:
         raise click.UsageError(f"no Kodak PNGs in {folder or '../shared/data/kodak'}: give them with --data")
+    if only_load and not load:
+        raise click.BadParameter(
+            "the threads' test needs busy processes (--load 1 or more)", param_hint="--load"
+        )
+    open_checked_codec(model, device, tile or None)  # a model, device or tile the children could not use: now
+    prepared_out(out, folder)
     settings = Settings(quality, model, device, batch, tile)
     if only_load:
         text, files = run_threads(kodak, Path(out), settings, load)
@@ -253,6 +297,7 @@ def bpd(out: str, models: tuple[str, ...], images: int, train_data: str | None, 
     train, val = train_data or shared_data("train"), val_data or shared_data("val")
     if train is None and val is None:
         raise click.UsageError("no ../shared/data/train or val here: give them with --train-data, --val-data")
+    prepared_out(out, train, val)
     report, files = run_bpd(out, train, val, models, images)
     click.echo(markdown(report))
     click.echo("wrote " + ", ".join(str(path) for path in files), err=True)

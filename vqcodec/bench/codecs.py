@@ -200,17 +200,18 @@ class VQCodecAdapter(Adapter):
     key, name, setting_name = "vqcodec", "vqcodec", "operating point"
 
     def __init__(
-        self, models: Sequence[tuple[str, Any]], qualities: Sequence[float], effort: int = 0
+        self, label: str, codec: Any, qualities: Sequence[float], effort: int = 0, alone: bool = True
     ) -> None:
-        """``models``: (label, ``vqcodec.load_model`` result) pairs, each run at every quality; ``effort``:
-        the encoder's (``vqcodec.rdo``), named in the labels unless it is 0."""
+        """The model ``codec`` (a ``vqcodec.load_model`` result) named ``label``, at every quality and
+        ``effort`` (the encoder's, ``vqcodec.rdo``, named in the labels unless it is 0). Beside other
+        models (not ``alone``) its curve is keyed and named by its label: a curve is one model's."""
         import vqcodec
 
         tag = f" e{effort}" if effort else ""
         self.effort = effort
-        self.points = {
-            f"{label}{tag} q{quality:g}": (codec, quality) for label, codec in models for quality in qualities
-        }
+        if not alone:
+            self.key, self.name = f"vqcodec-{label}", f"vqcodec ({label})"
+        self.points = {f"{label}{tag} q{quality:g}": (codec, quality) for quality in qualities}
         self.settings = list(self.points)
         self.description = f"vqcodec {vqcodec.__version__} (VQ-VAE-2 codes, PixelSNAIL priors, range coder)"
 
@@ -291,12 +292,12 @@ def make_adapters(
     keys: Sequence[str], models: Sequence[tuple[str, Any]], qualities: Sequence[float], effort: int = 0
 ) -> tuple[list[Adapter], list[str]]:
     """The adapters for ``keys`` that can run here, and a note for each one that cannot; vqcodec runs
-    ``models`` at ``qualities`` and ``effort``."""
+    each of ``models`` at ``qualities`` and ``effort``, one curve per model."""
     adapters: list[Adapter] = []
     notes: list[str] = []
     for key in keys:
         if key == "vqcodec":
-            adapters.append(VQCodecAdapter(models, qualities, effort))
+            adapters += [VQCodecAdapter(*model, qualities, effort, len(models) == 1) for model in models]
         elif key == "jpeg":
             library = f"libjpeg-turbo {features.version('libjpeg_turbo')}"
             options = {"subsampling": "4:2:0", "optimize": True}

@@ -224,8 +224,12 @@ def value_at_rate(rate: Sequence[float], quality: Sequence[float], at: float) ->
 
 
 def rate_at_value(rate: Sequence[float], quality: Sequence[float], at: float) -> float | None:
-    """The bitrate a curve needs for quality ``at`` (log-rate linear in quality); None outside its range."""
-    qualities, log_rates = _rd_curve(rate, quality)
+    """The bitrate a curve needs for quality ``at`` (log-rate linear in quality); None outside its range,
+    or where the curve has fewer than two points of increasing quality (no range)."""
+    try:
+        qualities, log_rates = _rd_curve(rate, quality)
+    except ValueError:
+        return None
     if not qualities[0] <= at <= qualities[-1]:
         return None
     return float(np.exp(np.interp(at, qualities, log_rates)))

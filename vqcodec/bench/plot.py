@@ -17,18 +17,21 @@ def plot_rd(curves: list[Curve], path: Path, title: str) -> None:
     """
     from matplotlib.figure import Figure
 
+    from vqcodec.bench.rd import is_vqcodec
+
     figure = Figure(figsize=(13, 5.5), layout="constrained")
     axes = figure.subplots(1, 2)
     panels = (("psnr", "PSNR (dB), RGB"), ("ms_ssim_db", "MS-SSIM (dB) = -10 log10(1 - MS-SSIM)"))
     for ax, (column, label) in zip(axes, panels, strict=True):
         for curve in curves:
             style = (
-                {"color": "crimson", "marker": "*", "markersize": 16, "linewidth": 2.5, "zorder": 3}
-                if curve.key == "vqcodec"
+                {"marker": "*", "markersize": 16, "linewidth": 2.5, "zorder": 3}
+                | ({"color": "crimson"} if curve.key == "vqcodec" else {})  # several models: a colour each
+                if is_vqcodec(curve)
                 else {"marker": "o", "markersize": 4, "linewidth": 1.2}
             )
-            ax.plot(curve.column("bpp"), curve.column(column), label=curve.name, **style)
-            if curve.key == "vqcodec":
+            (line,) = ax.plot(curve.column("bpp"), curve.column(column), label=curve.name, **style)
+            if is_vqcodec(curve):
                 for point in curve.points:
                     ax.annotate(
                         point.setting,
@@ -36,7 +39,7 @@ def plot_rd(curves: list[Curve], path: Path, title: str) -> None:
                         textcoords="offset points",
                         xytext=(8, -12),
                         fontsize=8,
-                        color="crimson",
+                        color=line.get_color(),
                     )
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(label)

@@ -45,6 +45,11 @@ class Point:
         return metrics.ms_ssim_db(self.ms_ssim)
 
 
+def is_vqcodec(curve: Curve) -> bool:
+    """Whether ``curve`` is one of vqcodec's (one per model), not a codec it is compared with."""
+    return curve.key == "vqcodec" or curve.key.startswith("vqcodec-")
+
+
 @dataclass
 class Curve:
     """A codec's points, by increasing bpp."""
@@ -80,7 +85,8 @@ class Report:
     data: Path
     images: list[str]
     curves: list[Curve]
-    comparison: dict[str, Any]
+    comparison: dict[str, dict[str, Any]]
+    """Each vqcodec curve's (by key) against the other codecs' (``compare``)."""
     notes: list[str]
     machine: dict[str, Any]
     seconds: float
@@ -127,8 +133,10 @@ def run_rd(
             points.sort(key=lambda point: point.bpp)
             curves.append(Curve(adapter.key, adapter.name, adapter.description, adapter.setting_name, points))
 
-    vq = next((curve for curve in curves if curve.key == "vqcodec"), None)
-    comparison = compare(vq, [curve for curve in curves if curve is not vq]) if vq else {}
+    if not curves:
+        raise ValueError("none of the codecs asked for can run here: " + " ".join(notes))
+    baselines = [curve for curve in curves if not is_vqcodec(curve)]
+    comparison = {curve.key: compare(curve, baselines) for curve in curves if is_vqcodec(curve)}
     seconds = time.perf_counter() - start
     command = command_line(limit, models, qualities, codecs, effort)
     report = Report(
@@ -250,7 +258,7 @@ def _write(report: Report, out: Path) -> None:
     }
     files: dict[str, Any] = {}
     for curve in report.curves:
-        extra = {"comparison": report.comparison} if curve.key == "vqcodec" else {}
+        extra = {"comparison": report.comparison[curve.key]} if curve.key in report.comparison else {}
         files[f"{curve.key}.json"] = curve.to_json({**common, **extra})
     files["results.md"] = format_markdown(report)
     report.files += save(out, files)
@@ -276,11 +284,11 @@ def format_markdown(report: Report) -> str:
         " compressed bytes and back.",
         "",
     ]
-    vq = next((curve for curve in report.curves if curve.key == "vqcodec"), None)
-    if vq is not None:
+    names = {curve.key: curve.name for curve in report.curves}
+    for vq in (curve for curve in report.curves if is_vqcodec(curve)):
         lines += _vqcodec_table(vq)
-    if report.comparison:
-        lines += _comparison_table(report.comparison, {curve.key: curve.name for curve in report.curves})
+        if len(names) > 1:
+            lines += _comparison_table(vq.name, report.comparison[vq.key], names)
     lines += ["## Every codec", ""]
     for curve in report.curves:
         lines += [f"### {curve.name}", "", curve.description, ""]
@@ -328,7 +336,7 @@ def _vqcodec_table(vq: Curve) -> list[str]:
             + [f"{e['coder_overhead_percent']:+.3f} %", f"{e['file_overhead_percent']:+.3f} %"]
         )
     return [
-        "## vqcodec",
+        f"## {vq.name}",
         "",
         vq.description,
         "",
@@ -343,7 +351,7 @@ def _vqcodec_table(vq: Curve) -> list[str]:
     ]
 
 
-def _comparison_table(comparison: dict[str, Any], names: dict[str, str]) -> list[str]:
+def _comparison_table(name: str, comparison: dict[str, Any], names: dict[str, str]) -> list[str]:
     header = ["operating point", "bpp", "codec", "PSNR (dB)", "Δ PSNR (dB)", "MS-SSIM", "Δ MS-SSIM (dB)"]
     header += ["bpp at equal PSNR", "rate Δ", "bpp at equal MS-SSIM", "rate Δ"]
     rows = [
@@ -356,7 +364,7 @@ def _comparison_table(comparison: dict[str, Any], names: dict[str, str]) -> list
         for r in point["rows"]
     ]
     lines = [
-        "## vqcodec against each codec at each operating point's rate",
+        f"## {name} against each codec at each operating point's rate",
         "",
         "Each codec's PSNR and MS-SSIM interpolated linearly in bpp at the operating point's bpp (Δ:"
         " vqcodec minus the codec), and the bpp each codec needs for the point's PSNR and MS-SSIM"
@@ -368,10 +376,10 @@ def _comparison_table(comparison: dict[str, Any], names: dict[str, str]) -> list
     ]
     if comparison["bd_rate"] is None:
         return lines + ["One operating point: no Bjøntegaard delta rate (it needs a curve).", ""]
-    return lines + _bd_rate_table(comparison["bd_rate"], names)
+    return lines + _bd_rate_table(name, comparison["bd_rate"], names)
 
 
-def _bd_rate_table(bd_rates: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
+def _bd_rate_table(name: str, bd_rates: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
     rows = [
         [names[row["codec"]]]
         + [number(row[f"bd_rate_{name}"], 2, " %", sign=True) for name in ("psnr", "ms_ssim")]
@@ -384,7 +392,7 @@ def _bd_rate_table(bd_rates: list[dict[str, Any]], names: dict[str, str]) -> lis
         if key in row
     ]
     return [
-        "## vqcodec against each codec: Bjøntegaard delta rate",
+        f"## {name} against each codec: Bjøntegaard delta rate",
         "",
         "Mean bitrate difference of vqcodec at equal quality over the quality range both curves cover"
         " (log-rate interpolated piecewise-cubically, PCHIP); negative: vqcodec needs fewer bits.",

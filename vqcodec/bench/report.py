@@ -65,12 +65,25 @@ def number(value: float | None, digits: int, unit: str = "", sign: bool = False)
 
 
 def save(out: str | os.PathLike[str], files: Mapping[str, Any]) -> list[Path]:
-    """Write each of ``files`` (name: content) into ``out``: strings as they are, anything else as JSON."""
+    """Write each of ``files`` (name: content) into ``out``: strings as they are, anything else as JSON
+    (strict: an infinite or NaN number, say the PSNR of a lossless point, is null)."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, content in files.items():
-        text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"
-        (folder / name).write_text(text, encoding="utf-8")
+        if not isinstance(content, str):
+            content = json.dumps(_finite(content), indent=2, allow_nan=False) + "\n"
+        (folder / name).write_text(content, encoding="utf-8")
         paths.append(folder / name)
     return paths
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float in it replaced by None, which JSON can hold."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
