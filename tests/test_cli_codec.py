@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -20,7 +21,14 @@ from PIL import Image
 
 from vqcodec import zoo
 from vqcodec.cli import main
-from vqcodec.cli_errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OUTPUT_EXISTS, EXIT_USAGE, reports_errors
+from vqcodec.cli_errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_MODEL,
+    EXIT_OUTPUT_EXISTS,
+    EXIT_USAGE,
+    reports_errors,
+)
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +349,19 @@ def test_real_process_reports_one_line(tmp_path: Path):
     assert result.returncode == EXIT_BAD_INPUT
     assert result.stderr.startswith("vqcodec: error: ") and result.stderr.count("\n") == 1
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """`vqcodec models | head -1` said "vqcodec: error: Broken pipe" (exit 1) most of the time."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away before the first line
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "vqcodec", "models"], stdout=write_end, stderr=subprocess.PIPE
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (EXIT_BROKEN_PIPE, b"")
 
 
 def pngs(folder: Path, *names: str) -> list[Path]:

@@ -188,7 +188,7 @@ def compress(
         _check_vqz_name(jobs[0].target)
     with codec_warnings(quiet):
         keep = _parse_metadata("none" if strip else metadata)
-        codec = _open_codec(model, device, tile or None)
+        codec = open_checked_codec(model, device, tile or None)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     encoding = Encoding(quality, targets, tile or None, keep, effort, threads, quiet)
@@ -224,7 +224,7 @@ def _parse_metadata(value: str) -> frozenset[str]:
         raise click.BadParameter(str(error), param_hint="--metadata") from error
 
 
-def _open_codec(model: str | None, device: str | None, tile: int | None) -> Codec:
+def open_checked_codec(model: str | None, device: str | None, tile: int | None) -> Codec:
     """The model, loaded once for every file, refusing a --tile it cannot code before any work."""
     from vqcodec.api import open_codec
 

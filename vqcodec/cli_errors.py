@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import IO, Any, NoReturn, TypeVar
@@ -27,6 +28,7 @@ EXIT_MODEL = 3
 EXIT_OUTPUT_EXISTS = 4
 EXIT_INTERNAL = 5
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of the output went away
 
 EXIT_STATUS = """\b
 Exit status:
@@ -38,6 +40,7 @@ Exit status:
   4    the output exists (give --force), or is the input itself
   5    internal error (a bug: please report it)
   130  interrupted (Ctrl-C)
+  141  the reader of the output went away (a closed pipe), quietly
 With several inputs, every file is tried and the status is the first failure's."""
 
 
@@ -93,8 +96,8 @@ def errors() -> Iterator[None]:
     files applies it to each file too, so that one bad file does not stop the others."""
     try:
         yield
-    except (click.ClickException, click.Abort, click.exceptions.Exit):
-        raise
+    except (click.ClickException, click.Abort, click.exceptions.Exit, BrokenPipeError):
+        raise  # a BrokenPipeError ends the whole command (``Group``)
     except (ModelMismatchError, ModelFileError) as error:
         raise ModelProblem(one_line(error)) from error
     except FileExistsError as error:  # an API refusing to replace a file (e.g. export without force)
@@ -125,6 +128,14 @@ def interrupted() -> NoReturn:
     sys.exit(EXIT_INTERRUPTED)
 
 
+def reader_gone() -> NoReturn:
+    """End the process quietly when the reader of its output went away (``vqcodec models | head -1``),
+    with the status a command killed by SIGPIPE has; Python would otherwise complain on exit too, when
+    it flushes stdout into the closed pipe."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
 class Group(click.Group):
     """Click's group, ending on Ctrl-C with status 130 wherever it comes: in a command, or while the
     options are parsed (a ``--device`` check imports torch, which takes a while)."""
@@ -134,6 +145,8 @@ class Group(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             interrupted()
+        except BrokenPipeError:
+            reader_gone()
         except click.Abort as abort:
             if isinstance(abort.__context__, KeyboardInterrupt):
                 interrupted()
