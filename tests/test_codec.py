@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -21,6 +24,7 @@ from vqcodec.coding import order
 from vqcodec.coding.container import VQZFile
 from vqcodec.coding.order import CodingOrder, n_steps
 from vqcodec.errors import CorruptDataError, ImageTooLargeError, ModelMismatchError, VQZError
+from vqcodec.exact import quantise
 from vqcodec.exact.encoder import logits_full
 from vqcodec.imageio import load_image
 from vqcodec.threads import limited as threads
@@ -194,6 +198,34 @@ def test_exact_tables_do_not_depend_on_threads(codec: Codec):
             prior = codec.exact_priors[1]
             logits.append(logits_full(prior, torch.from_numpy(bottom), [torch.from_numpy(top)]))
     assert torch.equal(logits[0], logits[1])
+
+
+def test_torch_int8_products_are_used_only_where_exact(codec: Codec, monkeypatch: pytest.MonkeyPatch):
+    """Their stand-in, float64 products of the same integers, gives the same files and pixels."""
+    image = smooth(96, 64)
+    data = codec.compress(image, effort=2)
+    pixels = np.asarray(codec.decompress(data))
+    monkeypatch.setattr(quantise, "int_mm_is_exact", lambda: False)
+    assert codec.compress(image, effort=2) == data
+    assert np.array_equal(np.asarray(codec.decompress(data)), pixels)
+
+
+def test_files_do_not_depend_on_the_cpus_int8_kernels(tmp_path: Path):
+    """oneDNN's int8 kernels for CPUs without VNNI (AVX2 ones, as ONEDNN_MAX_CPU_ISA=AVX2 makes it use
+    here) saturate sums of products at 16 bits: such a CPU wrote other bytes, and failed to decode the
+    files of others ("data left after the last code") or drew other pixels from their codes."""
+    Image.fromarray(smooth(64, 64)).save(tmp_path / "a.png")
+
+    def vqcodec_on(isa: str, *args: str | Path) -> None:
+        command = [sys.executable, "-m", "vqcodec", *map(str, args)]
+        subprocess.run(command, env=dict(os.environ, ONEDNN_MAX_CPU_ISA=isa), check=True, capture_output=True)
+
+    for isa in ("ALL", "AVX2"):
+        vqcodec_on(isa, "compress", "--effort", "1", tmp_path / "a.png", tmp_path / f"{isa}.vqz")
+        vqcodec_on(isa, "decompress", tmp_path / "ALL.vqz", tmp_path / f"{isa}.png")
+    assert (tmp_path / "ALL.vqz").read_bytes() == (tmp_path / "AVX2.vqz").read_bytes()
+    pixels = [np.asarray(Image.open(tmp_path / f"{isa}.png")) for isa in ("ALL", "AVX2")]
+    assert np.array_equal(*pixels)
 
 
 def test_python_threads_may_code_side_by_side(codec: Codec):

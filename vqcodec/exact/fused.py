@@ -8,7 +8,7 @@ in one pass over the same integers: the rounding of a layer's int32 sums (``Line
 8-bit inputs of the next layer (``Linear.quantise_elu``) written straight into a cache, a gated
 block's end (``gated_residual``), the attention's averages (``attention_rows``) and the frequency
 tables (``float_frequencies``); on whole maps, a VQ-VAE convolution's int8 operands and its rounding
-(``IntegerConv``), split over threads. Between these calls the products stay ``torch._int_mm``'s;
+(``IntegerConv``), split over threads. Between these calls the products stay torch's (``int_mm``);
 ``StepProgram`` goes further and runs a prior's whole step (or an encoder's band) in one call, its
 int8 products in the kernels too, its positions split over threads.
 
@@ -32,7 +32,7 @@ from vqcodec.coding.entropy import PRECISION
 from vqcodec.exact.arithmetic import ACT_MAX, FA, P_BITS, Q_MAX, TABLE_SIZE, tables_on
 from vqcodec.exact.arithmetic import exp_table as exp_table_on
 from vqcodec.exact.gather import tap_sums
-from vqcodec.exact.quantise import Linear, int8_products
+from vqcodec.exact.quantise import Linear, int8_products, int_mm
 
 KERNELS_VERSION = 11
 """The version of ``_kernels.c`` that this module calls: an editable install's extension built from
@@ -172,7 +172,7 @@ def linear(layer: Linear, x: Tensor) -> Tensor:
     n, c = x.shape
     q = torch.empty(n, c, dtype=torch.int8)
     _kernels.quantise(x.data_ptr(), n, c, layer.in_scale, float(Q_MAX), q.data_ptr())
-    return torch._int_mm(q, layer.weight8)
+    return int_mm(q, layer.weight8)
 
 
 def attend(query: Tensor, heads: int, keys: Tensor, values: Tensor, shifts: Tensor, valid: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqcodec.exact.quantise import Linear
+from vqcodec.exact.quantise import Linear, int_mm
 
 GEMM_CHUNK = 2**22
 """Gathered float64 elements per GEMM (32 MiB) by default: bounds memory when many positions run at
@@ -87,7 +87,7 @@ def tap_sums(
     """``sum over taps (dy, dx) of padded[y + dy, x + dx] @ weights[tap]`` for ``y < height`` and every
     column of ``padded`` (columns past the output's width are garbage): one product per tap on a flat
     slice of the map, or one of the slices side by side, [height, padded width, out]. An int8 map gives
-    int32 sums (``torch._int_mm``, exact); a float64 one float64 sums starting from ``bias``."""
+    int32 sums (``quantise.int_mm``, exact); a float64 one float64 sums starting from ``bias``."""
     _, width, c = padded.shape
     flat = padded.view(-1, c)
     n = height * width
@@ -95,11 +95,11 @@ def tap_sums(
     if padded.dtype == torch.int8 and weights.shape[2] >= c:  # the taps side by side, one product: a
         # copy of the inputs costs less than adding up one product per tap where outputs are as wide
         operand = torch.cat(slices, dim=1) if len(slices) > 1 else slices[0]
-        return torch._int_mm(operand, weights.reshape(-1, weights.shape[2])).view(height, width, -1)
+        return int_mm(operand, weights.reshape(-1, weights.shape[2])).view(height, width, -1)
     if padded.dtype == torch.int8:
         out = torch.zeros(n, weights.shape[2], dtype=torch.int32, device=padded.device)
         for part, weight in zip(slices, weights, strict=True):
-            out.add_(torch._int_mm(part, weight))
+            out.add_(int_mm(part, weight))
         return out.view(height, width, -1)
     out = bias.expand(n, -1).clone()
     for part, weight in zip(slices, weights, strict=True):

@@ -11,6 +11,7 @@ correctly rounded IEEE operations, so every platform derives the same integers. 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 
@@ -45,6 +46,28 @@ of 8 and more than 16 rows."""
 def int8_products(device: torch.device) -> bool:
     """Whether the products on ``device`` are int8 ones (:data:`INT8_DEVICES`)."""
     return device.type in INT8_DEVICES
+
+
+def int_mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` of int8 matrices as their exact int32 sums: torch's int8 product where it is exact on
+    this CPU (``int_mm_is_exact``), else float64 products of the same integers, as exact (exact.md §8)
+    and slower."""
+    if int_mm_is_exact():
+        return torch._int_mm(a, b)
+    return torch.mm(a.double(), b.double()).to(torch.int32)
+
+
+@functools.cache
+def int_mm_is_exact() -> bool:
+    """Whether ``torch._int_mm`` gives exact sums on this CPU. oneDNN's int8 kernels for CPUs without
+    VNNI (AVX2, AVX-512 without VNNI, SSE4.1) add pairs of products in 16 bits and saturate them (its
+    documentation's "nuances of int8 computations"): there the bytes and pixels would depend on the
+    CPU. Checked once, on full-range random matrices, against float64 products."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (256, 576), generator=generator, dtype=torch.int8)
+    b = torch.randint(-128, 128, (576, 64), generator=generator, dtype=torch.int8)
+    a[:, :16], b[:16] = 127, 127  # pairs of products far beyond 16 bits
+    return torch.equal(torch._int_mm(a, b), torch.mm(a.double(), b.double()).to(torch.int32))
 
 
 def input_quantiser(in_range: int, top: int = Q_MAX) -> tuple[int, int]:
@@ -118,7 +141,7 @@ class Linear:
     Its input ``g`` (integers at FA) becomes ``q = clamp8(rshr(g m, t))``; output channel c computes
     ``clamp(rshr(M_c acc_c + B_c, t_c))`` with ``acc_c = W_c . q``. With the rounding term folded into
     ``B_c + 2**(t_c - 1) = high 2**t_c + low``, that is ``clamp(floor((M_c acc_c + low) 2**-t_c) +
-    high)``. On the CPU ``acc`` is an int8 x int8 -> int32 product (``torch._int_mm``), exact since
+    high)``. On the CPU ``acc`` is an int8 x int8 -> int32 product (``int_mm``), exact since
     ``|acc_c| <= 127**2 fan_in < 2**31``; elsewhere one float64 GEMM of ``q`` with ``W_c M_c 2**-t_c``
     starting from ``low 2**-t_c`` gives ``(M_c acc_c + low) 2**-t_c`` exactly: every partial sum is a
     multiple of ``2**-t_c`` below ``2**47`` of them (exact.md §8).
@@ -194,7 +217,7 @@ class Linear:
         if q.dtype == torch.int8:
             if q.stride(1) != 1 or (len(q) > 1 and q.stride(0) < q.shape[1]):
                 q = q.contiguous()  # the CPU kernel takes strided rows, but not overlapping ones
-            part = torch._int_mm(q, self.weight8[rows])
+            part = int_mm(q, self.weight8[rows])
             return part if out is None else out.add_(part)
         weight = self.weight[rows]
         return torch.addmm(self.bias_low, q, weight) if out is None else out.addmm_(q, weight)

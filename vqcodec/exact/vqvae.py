@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from vqcodec.exact import fused
 from vqcodec.exact.arithmetic import ACT_MAX, Q_MAX, Q_MAX_UNSIGNED, Q_MAX_WIDE
 from vqcodec.exact.gather import tap_sums
-from vqcodec.exact.quantise import Ranges, input_range, int8_products, quantise_rows8
+from vqcodec.exact.quantise import Ranges, input_range, int8_products, int_mm, quantise_rows8
 from vqcodec.models.config import VQVAEConfig
 from vqcodec.models.vqvae import VQVAE, Part, ResBlock, decode_in_parts
 
@@ -203,7 +203,7 @@ class IntegerConv:
         if self.kind == "same" and len(self.taps[0]) == 1:  # 1x1: one product over all positions
             flat = x.reshape(-1, c)
             if x.dtype == torch.int8:
-                return [torch._int_mm(flat, weights[0][0]).view(height, width, -1)]
+                return [int_mm(flat, weights[0][0]).view(height, width, -1)]
             return [torch.addmm(self.bias_low, flat, weights[0][0]).view(height, width, -1)]
         if self.kind == "same":
             r = self.taps[0][-1][0] // 2
