@@ -369,6 +369,16 @@ def test_tall_images_are_encoded_in_bands(codec: Codec, monkeypatch: pytest.Monk
     assert all(np.array_equal(a, b) for a, b in zip(banded, whole, strict=True))
 
 
+@pytest.mark.parametrize("effort", [1, 2])
+def test_the_code_choice_does_not_depend_on_the_budget(codec: Codec, effort: int):
+    """A tile walked step by step fed the chosen codes back to the priors, where one pass over a smaller
+    tile had every table from the nearest codes: the bytes changed with whole_map_values (and with
+    the image's size, at the default budget)."""
+    rgb = smooth(96, 64, seed=3)
+    data = codec.compress(rgb, effort=effort, tile=None)
+    assert codec.with_budgets(Budgets(whole_map_values=0)).compress(rgb, effort=effort, tile=None) == data
+
+
 def test_files_decoded_together_are_bounded(codec: Codec):
     """``decode_many`` takes as many files of one size together as make waves of 12,288 pixel rows."""
     kodak, uhd = [(64, 96), (128, 192)], [(270, 480), (540, 960)]

@@ -272,13 +272,20 @@ class Codec:
     ) -> None:
         """The rate-distortion choice (``vqcodec.rdo``) of one level: replace its codes (in place) by the
         best of their ``candidates`` [h, w, M] at ``distances`` [h, w, M] under the tables the current
-        codes give."""
+        codes give.
+
+        The walk is fed the current codes, not the chosen ones (teacher forcing): a tile small enough
+        for one pass has every table from them anyway, so a larger one, walked step by step, must get
+        the same tables, whatever the budget (``Budgets.whole_map_values``)."""
         weight = rdo.rate_weight(level == len(codes) - 1)
+        current, chosen = codes[level], codes[level].copy()
 
         def choose(freqs: np.ndarray, image: int, _level: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-            return rdo.choose(candidates[ys, xs], distances[ys, xs], freqs, weight)
+            chosen[ys, xs] = rdo.choose(candidates[ys, xs], distances[ys, xs], freqs, weight)
+            return current[ys, xs]
 
         self.walk([codes], choose, tile, known=True, levels=[level], progress=progress)
+        codes[level] = chosen
 
     def image_codes(
         self, rgb: np.ndarray, candidates: int = 0, fixed: Sequence[np.ndarray] = ()
