@@ -54,9 +54,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 OUT = click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the results.")
 
 
-def prepared_out(out: str, *inputs: str | Path | None) -> Path:
-    """The results folder, made and checked before any measurement (an error after the run lost it):
-    never one of the ``inputs`` folders or inside one, where its files would join the test images."""
+def prepare_out(out: str, *inputs: str | Path | None) -> None:
+    """Make and check the results folder before any measurement (an error after the run lost it): never
+    one of the ``inputs`` folders or inside one, where its files would join the test images."""
     folder = Path(out).resolve()
     for given in filter(None, inputs):
         source = Path(given).resolve()
@@ -70,7 +70,6 @@ def prepared_out(out: str, *inputs: str | Path | None) -> Path:
         raise click.BadParameter(f"cannot make the folder: {one_line(error)}", param_hint="--out") from error
     if not os.access(folder, os.W_OK):
         raise click.BadParameter(f"{out}: cannot write there", param_hint="--out")
-    return Path(out)
 
 
 MODELS = click.option(
@@ -154,7 +153,7 @@ def rd(
     folder = data or shared_data("kodak")
     if folder is None:
         raise click.UsageError("no ../shared/data/kodak here: give the test images with --data")
-    prepared_out(out, folder)
+    prepare_out(out, folder)
     report = run_rd(
         folder, out, limit=limit, models=models, qualities=qualities, codecs=codecs, effort=effort
     )
@@ -257,7 +256,7 @@ def speed(
             "the threads' test needs busy processes (--load 1 or more)", param_hint="--load"
         )
     open_checked_codec(model, device, tile or None)  # a model, device or tile the children could not use: now
-    prepared_out(out, folder)
+    prepare_out(out, folder)
     settings = Settings(quality, model, device, batch, tile)
     if only_load:
         text, files = run_threads(kodak, Path(out), settings, load)
@@ -297,7 +296,7 @@ def bpd(out: str, models: tuple[str, ...], images: int, train_data: str | None, 
     train, val = train_data or shared_data("train"), val_data or shared_data("val")
     if train is None and val is None:
         raise click.UsageError("no ../shared/data/train or val here: give them with --train-data, --val-data")
-    prepared_out(out, train, val)
+    prepare_out(out, train, val)
     report, files = run_bpd(out, train, val, models, images)
     click.echo(markdown(report))
     click.echo("wrote " + ", ".join(str(path) for path in files), err=True)

@@ -285,9 +285,10 @@ def format_markdown(report: Report) -> str:
         "",
     ]
     names = {curve.key: curve.name for curve in report.curves}
+    compared = any(not is_vqcodec(curve) for curve in report.curves)
     for vq in (curve for curve in report.curves if is_vqcodec(curve)):
         lines += _vqcodec_table(vq)
-        if len(names) > 1:
+        if compared:
             lines += _comparison_table(vq.name, report.comparison[vq.key], names)
     lines += ["## Every codec", ""]
     for curve in report.curves:
