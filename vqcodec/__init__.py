@@ -27,7 +27,7 @@ from __future__ import annotations
 from vqcodec import pillow_plugin, threads
 from vqcodec.api import compress, decompress, decompress_many, info, load_model
 
-__version__ = "0.2.3"
+__version__ = "0.2.4"
 
 __all__ = ["compress", "decompress", "decompress_many", "info", "load_model"]
 
