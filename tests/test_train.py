@@ -458,6 +458,17 @@ def test_a_decoder_learns_through_the_integer_roundings(
         assert decoder_ranges(new.vqvae, codes) != measured  # what export would have measured instead
 
 
+def test_a_run_resumes_only_on_its_images(images: Path, tmp_path: Path) -> None:
+    """Resuming with another --data (the validation folder, say) went unnoticed; a moved folder is fine."""
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    stage1(images, run, 1)
+    other = make_images(tmp_path / "other", n=3, seed=5)
+    with pytest.raises(ValueError, match="cannot resume with different settings: images="):
+        stage1(other, run, 2)
+    shutil.copytree(images, moved)
+    stage1(moved, run, 2)
+
+
 def test_a_prior_trains_without_validation_when_its_images_are_gone(
     images: Path, val_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

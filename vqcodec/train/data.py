@@ -90,6 +90,7 @@ class ImageFolder(Dataset):
     """
 
     def __init__(self, root: str | Path, crop: int, train: bool = True) -> None:
+        self.root = Path(root)
         self.paths = list_images(root)
         self.crop = crop
         self.train = train

@@ -41,7 +41,7 @@ from vqcodec.train.evaluate import psnr, reconstruction_mse
 from vqcodec.train.fake_quant import quantised_forward
 from vqcodec.train.loop import Schedule, Validation, train_stage
 from vqcodec.train.run import default_device, default_workers, read_config, resolve_precision
-from vqcodec.train.stage1 import VQVAEStage, image_folders
+from vqcodec.train.stage1 import VQVAEStage, image_folders, images_digest
 
 STAGE = "decoder"
 DECODER_PARTS = ("upsamplers", "decoder")
@@ -175,6 +175,7 @@ def train_decoder(
             "seed": seed,
             "precision": precision,
             "vqvae_sha256": vqvae_sha256,
+            "images": images_digest(dataset),
             **({"quantised": True} if quantised else {}),
         },
         meta={

@@ -257,11 +257,12 @@ def check_resume(
 
 
 def _check_same_settings(saved: dict[str, Any], given: dict[str, Any], hints: dict[str, str]) -> None:
-    """A resumed run must continue with the settings that shaped it so far."""
+    """A resumed run must continue with the settings that shaped it so far (those its checkpoint records:
+    one written by an earlier vqcodec may lack some)."""
     diffs = [
-        f"{k}={given[k]!r} (checkpoint: {saved.get(k)!r}{'; ' + hints[k] if k in hints else ''})"
+        f"{k}={given[k]!r} (checkpoint: {saved[k]!r}{'; ' + hints[k] if k in hints else ''})"
         for k in given
-        if saved.get(k) != given[k]
+        if k in saved and saved[k] != given[k]
     ]
     if diffs:
         raise ValueError(

@@ -6,6 +6,7 @@ what it minimises and what it logs (codebook perplexity and usage per level).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,14 @@ def train_vqvae(
     stage = VQVAEStage(
         env=env,
         precision=precision,
-        settings={"batch_size": batch_size, "crop": crop, "lr": lr, "seed": seed, "precision": precision},
+        settings={
+            "batch_size": batch_size,
+            "crop": crop,
+            "lr": lr,
+            "seed": seed,
+            "precision": precision,
+            "images": images_digest(dataset),
+        },
         meta=sources,
         config=config.vqvae,
         data=dataset,
@@ -169,6 +177,14 @@ def image_folders(
         "val_data": str(Path(val_data).resolve()) if val_data is not None else None,
     }
     return ImageFolder(data, crop), val_set, sources
+
+
+def images_digest(dataset: ImageFolder) -> str:
+    """Identifies the training images by their names under the folder and their sizes, wherever the
+    folder lies: a run resumes only on the images it has seen so far (a setting of its stages)."""
+    root = Path(dataset.root)
+    lines = "".join(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n" for path in dataset.paths)
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
 def resolve_config(run: Path, config: ModelConfig | str | None) -> ModelConfig:
