@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +34,14 @@ def main() -> None:
     parser.add_argument("--qualities", default="1,2,3,3.5,4", help="comma-separated qualities")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/kodak"), help="results folder")
     args = parser.parse_args()
-    qualities = [float(value) for value in args.qualities.split(",")]
+    try:
+        qualities = [float(value) for value in args.qualities.split(",")]
+    except ValueError:
+        parser.error(f"--qualities {args.qualities!r}: comma-separated numbers")
+    if args.step < 1 or len(set(qualities)) < 2 or not all(0 <= quality <= 4 for quality in qualities):
+        parser.error(
+            "--step must be at least 1, and --qualities two or more from 0 to 4 (a BD-rate needs a curve)"
+        )
     paths = sorted(args.data.glob("*.png"))[:: args.step]
     if not paths:
         raise SystemExit(f"no PNG images in {args.data}")
@@ -59,7 +67,14 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    report = {"machine": machine_info(), "images": len(paths), "qualities": qualities, "rows": rows}
+    command = " ".join(["python", "experiments/rdo.py", *sys.argv[1:]])
+    report = {
+        "machine": machine_info(),
+        "command": command,
+        "images": len(paths),
+        "qualities": qualities,
+        "rows": rows,
+    }
     text = markdown(report)
     save(args.out, {"rdo.json": report, "rdo.md": text})
     print(text)
@@ -102,8 +117,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# Rate-distortion code choice (`--effort`)",
         "",
-        f"{run_line(machine)}; `python experiments/rdo.py`, the default model, {report['images']} Kodak"
-        f" images (every second), λ {rdo.LAMBDA_BOTTOM} (bottom) and {rdo.LAMBDA_ABOVE} (above),"
+        f"{run_line(machine)}; `{report['command']}`, the default model, {report['images']} images,"
+        f" λ {rdo.LAMBDA_BOTTOM} (bottom) and {rdo.LAMBDA_ABOVE} (above),"
         f" {rdo.CANDIDATES} candidates. BD-rate against effort 0 over the qualities below (negative: fewer"
         " bits at equal quality); encode time: the median over images and qualities of the ratio to effort"
         " 0's, measured alternately.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +34,12 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="bundled model name or model file (default: default)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/kodak"), help="results folder")
     args = parser.parse_args()
-    targets = [float(value) for value in args.bpp.split(",")]
+    try:
+        targets = [float(value) for value in args.bpp.split(",")]
+    except ValueError:
+        parser.error(f"--bpp {args.bpp!r}: comma-separated numbers")
+    if (args.limit is not None and args.limit < 1) or not all(target > 0 for target in targets):
+        parser.error("--limit must be at least 1 and every --bpp target above 0")
     paths = sorted(args.data.glob("*.png"))[: args.limit]
     if not paths:
         raise SystemExit(f"no PNG images in {args.data}")
@@ -65,7 +71,14 @@ def main() -> None:
             }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    report = {"machine": machine_info(), "model": args.model, "targets": targets, "rows": rows}
+    command = " ".join(["python", "experiments/targets.py", *sys.argv[1:]])
+    report = {
+        "machine": machine_info(),
+        "command": command,
+        "model": args.model,
+        "targets": targets,
+        "rows": rows,
+    }
     text = markdown(report)
     save(args.out, {"targets.json": report, "targets.md": text})
     print(text)
@@ -95,8 +108,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# Rate control: bpp targets",
         "",
-        f"{run_line(report['machine'])}; `python experiments/targets.py`, model"
-        f" {report['model'] or 'default'}, {len(rows)} Kodak images. Reached: the file's bpp over the target"
+        f"{run_line(report['machine'])}; `{report['command']}`, model"
+        f" {report['model'] or 'default'}, {len(rows)} images. Reached: the file's bpp over the target"
         " (at most 1: a target is never exceeded).",
         "",
         *table(
