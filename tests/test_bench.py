@@ -232,6 +232,20 @@ def test_bench_rd_gives_each_model_its_curve(tmp_path: Path, tiny_model: Path) -
     assert "## vqcodec (tiny) against each codec" in markdown and "## vqcodec (other)" in markdown
 
 
+def test_bench_rd_names_the_curves_an_earlier_run_left(tmp_path: Path) -> None:
+    data = write_images(tmp_path / "images", 1, seed=0)
+    out = tmp_path / "out"
+    for codecs in ("jpeg,webp", "jpeg"):
+        result = CliRunner().invoke(
+            main, ["bench", "rd", "--data", str(data), "--out", str(out), "--codecs", codecs]
+        )
+        assert result.exit_code == 0, result.output
+    assert (
+        "Curves of an earlier run in this folder, not this run's: webp.json."
+        in (out / "results.md").read_text()
+    )
+
+
 def test_bench_refuses_an_out_folder_before_measuring(tmp_path: Path) -> None:
     data = write_images(tmp_path / "images", 1, seed=0)
     (tmp_path / "file").write_text("")

@@ -9,6 +9,7 @@ two or more (a BD-rate needs a curve).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -260,12 +261,23 @@ def _write(report: Report, out: Path) -> None:
     for curve in report.curves:
         extra = {"comparison": report.comparison[curve.key]} if curve.key in report.comparison else {}
         files[f"{curve.key}.json"] = curve.to_json({**common, **extra})
+    earlier = sorted(path.name for path in out.glob("*.json") if path.name not in files and _is_curve(path))
+    if earlier:
+        report.notes.append(f"Curves of an earlier run in this folder, not this run's: {', '.join(earlier)}.")
     files["results.md"] = format_markdown(report)
     report.files += save(out, files)
     if plotting:
         figure = out / "rd.png"
         plot_rd(report.curves, figure, f"{report.data.name} ({len(report.images)} images)")
         report.files.append(figure)
+
+
+def _is_curve(path: Path) -> bool:
+    """Whether ``path`` holds a curve that ``bench rd`` wrote (``Curve.to_json``)."""
+    try:
+        return "dataset" in json.loads(path.read_text(encoding="utf-8")).get("bench", {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
 
 
 def format_markdown(report: Report) -> str:
