@@ -469,6 +469,16 @@ def test_a_run_resumes_only_on_its_images(images: Path, tmp_path: Path) -> None:
     stage1(moved, run, 2)
 
 
+def test_settings_an_earlier_version_did_not_record_are_checked_only_where_recorded() -> None:
+    from vqcodec.train.loop import _check_same_settings
+
+    _check_same_settings({"lr": 1.0}, {"lr": 1.0, "images": "ab12"}, {})  # a checkpoint of vqcodec 0.2.3
+    with pytest.raises(ValueError, match=r"crop=32 \(checkpoint: None\)"):
+        _check_same_settings({"lr": 1.0}, {"lr": 1.0, "crop": 32}, {})
+    with pytest.raises(ValueError, match="images="):
+        _check_same_settings({"images": "cd34"}, {"images": "ab12"}, {})
+
+
 def test_a_prior_trains_without_validation_when_its_images_are_gone(
     images: Path, val_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

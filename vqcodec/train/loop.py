@@ -231,11 +231,16 @@ class _Loop:
         return validation.values
 
 
-def _should_resume(checkpoint: Path, resume: bool | None) -> bool:
-    """Resume if asked to, or (``resume`` None) whenever a checkpoint exists; say which."""
+def _resuming(checkpoint: Path, resume: bool | None) -> bool:
+    """Whether a stage resumes: if asked to (a checkpoint must exist), or (``resume`` None) if one does."""
     if resume and not checkpoint.exists():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
-    resuming = checkpoint.exists() if resume is None else resume
+    return checkpoint.exists() if resume is None else resume
+
+
+def _should_resume(checkpoint: Path, resume: bool | None) -> bool:
+    """``_resuming``, saying which."""
+    resuming = _resuming(checkpoint, resume)
     if resuming:
         say(f"Resuming from {checkpoint}" + ("" if resume else " (found it; --no-resume starts over)"))
     elif checkpoint.exists():
@@ -250,19 +255,21 @@ def check_resume(
 ) -> None:
     """Refuse what ``train_stage`` would refuse on resuming (no checkpoint, other settings) before a
     stage's costly preparation; ``hints`` say what changes a setting that the message cannot name."""
-    if resume and not checkpoint.exists():
-        raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
-    if checkpoint.exists() if resume is None else resume:
+    if _resuming(checkpoint, resume):
         _check_same_settings(read_state(checkpoint)["meta"]["settings"], settings, hints or {})
 
 
+SETTINGS_SINCE_0_2_4 = frozenset({"images", "steps"})
+"""Settings that checkpoints of earlier vqcodec versions do not record (the training images; a prior's
+fine-tune, its steps): checked only where recorded."""
+
+
 def _check_same_settings(saved: dict[str, Any], given: dict[str, Any], hints: dict[str, str]) -> None:
-    """A resumed run must continue with the settings that shaped it so far (those its checkpoint records:
-    one written by an earlier vqcodec may lack some)."""
+    """A resumed run must continue with the settings that shaped it so far."""
     diffs = [
-        f"{k}={given[k]!r} (checkpoint: {saved[k]!r}{'; ' + hints[k] if k in hints else ''})"
+        f"{k}={given[k]!r} (checkpoint: {saved.get(k)!r}{'; ' + hints[k] if k in hints else ''})"
         for k in given
-        if k in saved and saved[k] != given[k]
+        if saved.get(k) != given[k] and (k in saved or k not in SETTINGS_SINCE_0_2_4)
     ]
     if diffs:
         raise ValueError(
