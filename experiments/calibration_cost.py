@@ -23,12 +23,12 @@ import torch
 from PIL import Image
 
 from vqcodec import zoo
-from vqcodec.bench.metrics import psnr
 from vqcodec.bench.report import machine_info, run_line
 from vqcodec.exact.calibrate import decoder_ranges
 from vqcodec.exact.encoder import ExactEncoder
 from vqcodec.exact.quantise import ranges_under
 from vqcodec.exact.vqvae import ExactDecoder
+from vqcodec.metrics import psnr
 from vqcodec.models.model import to_uint8
 from vqcodec.train.data import calibration_images
 

@@ -41,8 +41,8 @@ from torch import nn
 
 from vqcodec import zoo
 from vqcodec.api import decompress, load_model
-from vqcodec.bench.metrics import psnr
 from vqcodec.exact.vqvae import ExactDecoder, IntegerConv
+from vqcodec.metrics import psnr
 from vqcodec.models.model import CodecModel, to_uint8
 from vqcodec.train.data import to_tensor
 

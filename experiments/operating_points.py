@@ -30,9 +30,9 @@ import numpy as np
 from PIL import Image
 
 import vqcodec
-from vqcodec.bench.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
 from vqcodec.bench.report import machine_info, run_line, save, table
 from vqcodec.imageio import resize
+from vqcodec.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
 
 GRID = [step / 4 for step in range(17)]
 """The qualities each image may take: 0 to 4 in steps of 0.25."""

@@ -23,8 +23,8 @@ from PIL import Image
 
 import vqcodec
 from vqcodec import rdo
-from vqcodec.bench.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
 from vqcodec.bench.report import machine_info, run_line, save, table
+from vqcodec.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import vqcodec
-from vqcodec.bench.metrics import psnr
+from vqcodec.metrics import psnr
 
 # (image, left, top): crops with fine texture, edges and flat areas
 CROPS = (("kodim23", 320, 80), ("kodim05", 256, 192), ("kodim15", 224, 64))

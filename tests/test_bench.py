@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from vqcodec.bench import metrics
+from vqcodec import metrics
 from vqcodec.bench.codecs import CODECS
 from vqcodec.bench.rd import Curve, Point, command_line, compare
 from vqcodec.bench.report import number, table

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from PIL import Image
 from synthetic_images import smooth
 
-from vqcodec.bench.metrics import psnr
 from vqcodec.cli import main
 from vqcodec.codec import Codec
 from vqcodec.coding.container import VQZFile
+from vqcodec.metrics import psnr
 from vqcodec.quality import SWEEP_QUALITIES, coded_size, scale
 from vqcodec.rate import REFINE_ROUNDS, Target, compress_to_target
 

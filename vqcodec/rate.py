@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from vqcodec import rdo
-from vqcodec.bench.metrics import psnr
 from vqcodec.codec import Codec, Decoded, ImageInput
 from vqcodec.coding.container import VQZFile
 from vqcodec.coding.order import DEFAULT_TILE
 from vqcodec.imageio import SourceImage
+from vqcodec.metrics import psnr
 from vqcodec.quality import MAX_QUALITY, MIN_QUALITY, coded_size
 
 SEARCH_STEPS = 8
@@ -100,7 +100,7 @@ def compress_to_target(
         reached = Reached(data, quality, size, _psnr(codec, source, data, codes))
         return reached, reached.psnr >= target.min_psnr  # type: ignore[operator]
 
-    low, high = MIN_QUALITY, MAX_QUALITY
+    low, high = float(MIN_QUALITY), float(MAX_QUALITY)
     # A size target is met at the low end; a PSNR target at the high end.
     sure, sure_ok = trial(low if limit is not None else high)
     if not sure_ok:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vqcodec.bench import metrics
+from vqcodec import metrics
 from vqcodec.bench.codecs import CODECS, Adapter, load_models, make_adapters
 from vqcodec.bench.report import machine_info, number, run_line, save, table
 from vqcodec.quality import SWEEP_QUALITIES

@@ -142,7 +142,7 @@ def bd_rate(
             if len(quality) < 4:
                 raise ValueError(f"a cubic fit needs 4 or more points, got {len(quality)}")
             antiderivative = np.polyint(np.polyfit(quality, log_rate, 3))
-            integrals.append(np.polyval(antiderivative, high) - np.polyval(antiderivative, low))
+            integrals.append(float(np.polyval(antiderivative, high) - np.polyval(antiderivative, low)))
         else:
             raise ValueError(f"unknown BD-rate method {method!r}: use pchip or cubic")
     mean_difference = (integrals[1] - integrals[0]) / (high - low)
