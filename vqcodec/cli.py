@@ -10,7 +10,7 @@ stderr and the exit status of its kind. Commands import their API module when th
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -19,11 +19,9 @@ from vqcodec.bench import cli as bench_cli
 from vqcodec.cli_codec import compress, decompress
 from vqcodec.cli_errors import EXIT_STATUS, Group, reports_errors
 from vqcodec.cli_info import info, models
-from vqcodec.cli_options import FiniteFloatRange, device_option_saying, force_option
+from vqcodec.cli_options import F, FiniteFloatRange, device_option_saying, force_option, size_parser
 from vqcodec.imageio import MAX_IMAGE_SIDE
 from vqcodec.models.config import PRESETS
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_SAMPLE_PIXELS = 2**22
 """The most pixels ``sample`` draws in one run, all its images together: they are drawn and decoded as
@@ -38,21 +36,6 @@ to exceed 1e32 to overflow float32 (near 1e-38 they do, and the draw fails)."""
 # --device of the commands that default to CUDA when there is one (training, sampling), refused while
 # parsing if unknown or absent here, as compress's is
 cuda_first_device_option = device_option_saying("cpu, cuda or cuda:N  [default: cuda if available, else cpu]")
-
-
-def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    """WxH -> (width, height), refused while parsing beyond what one run may draw (MAX_SAMPLE_PIXELS)."""
-    try:
-        width, height = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 256x256") from None
-    if min(width, height) <= 0:
-        raise click.BadParameter(f"{value!r}: the sides must be positive")
-    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_SAMPLE_PIXELS:
-        raise click.BadParameter(
-            f"{value!r} is too large (limits: {MAX_IMAGE_SIDE} px a side, {MAX_SAMPLE_PIXELS} px in all)"
-        )
-    return width, height
 
 
 def _print_version(ctx: click.Context) -> None:
@@ -477,7 +460,7 @@ def calibrate(model_file: str, images: str, out: str, n: int, half: bool, force:
 @click.option(
     "--size",
     default="256x256",
-    callback=parse_size,
+    callback=size_parser(MAX_SAMPLE_PIXELS, "what one run draws"),
     help=f"WIDTHxHEIGHT, multiples of the model's top stride; at most {MAX_IMAGE_SIDE} a side and"
     f" {MAX_SAMPLE_PIXELS} pixels (see --n).",
 )

@@ -12,6 +12,30 @@ import click
 from vqcodec.threads import MAX_THREADS
 
 F = TypeVar("F", bound=Callable[..., Any])
+"""A click command function, as decorators take and return it."""
+
+
+def size_parser(max_pixels: int, why: str) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    """A click callback: WxH -> (width, height), None as is; refused while parsing unless both sides are
+    positive, at most ``MAX_IMAGE_SIDE``, and the area at most ``max_pixels`` (``why``: what sets it)."""
+    from vqcodec.imageio import MAX_IMAGE_SIDE
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+        if value is None:
+            return None
+        try:
+            width, height = (int(side) for side in value.lower().split("x"))
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 256x256") from None
+        if min(width, height) <= 0:
+            raise click.BadParameter(f"{value!r}: the sides must be positive")
+        if max(width, height) > MAX_IMAGE_SIDE or width * height > max_pixels:
+            raise click.BadParameter(
+                f"{value!r} is too large (limits: {MAX_IMAGE_SIDE} px a side, {max_pixels} px in all: {why})"
+            )
+        return width, height
+
+    return parse
 
 
 def check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

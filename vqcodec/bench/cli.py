@@ -17,8 +17,9 @@ from click.decorators import FC
 from vqcodec.bench.bpd import DEFAULT_IMAGES
 from vqcodec.bench.codecs import CODECS
 from vqcodec.cli_errors import one_line, reports_errors
-from vqcodec.cli_options import check_device
+from vqcodec.cli_options import check_device, size_parser
 from vqcodec.coding.order import DEFAULT_TILE
+from vqcodec.imageio import MAX_IMAGE_PIXELS
 from vqcodec.quality import MAX_QUALITY, MIN_QUALITY, SWEEP_QUALITIES
 from vqcodec.rdo import DEFAULT_EFFORT, EFFORTS
 
@@ -39,16 +40,6 @@ def _codec_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
     if unknown or not keys:
         raise click.BadParameter(f"{', '.join(unknown) or 'none given'}: choose from {','.join(CODECS)}")
     return list(dict.fromkeys(keys))
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        width, height = (int(side) for side in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{value}: give WIDTHxHEIGHT, e.g. 9600x6400") from None
-    return width, height
 
 
 OUT = click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the results.")
@@ -213,7 +204,7 @@ def rd(
 @click.option(
     "--only-large",
     metavar="WxH",
-    callback=_size,
+    callback=size_parser(MAX_IMAGE_PIXELS, "what the codec codes by default"),
     default=None,
     help="Only kodim05 resized to WxH (large.md).",
 )
