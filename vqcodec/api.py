@@ -103,8 +103,8 @@ def decompress_many(
     """Decode several ``.vqz`` files of one model (each a path, bytes or a binary file, as for
     ``decompress``) to PIL images, in order. Files of the same size are decoded together, every
     wavefront step running the priors for all of them at once: the same images as one by one, in less
-    time per image on a GPU (on 2 CPU cores about the same), and more memory (``Budgets.batch_rows``
-    bounds how many go together).
+    time per image on a GPU, where one file leaves most of it idle (on the CPU hardly less:
+    ``vqcodec bench speed``), and more memory (``Budgets.batch_rows`` bounds how many go together).
     """
     from vqcodec.coding.container import VQZFile
 

@@ -13,7 +13,7 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 from click.core import ParameterSource
@@ -266,7 +266,7 @@ def _compress_file(job: Job, codec: Codec, encoding: Encoding, force: bool) -> s
     )
 
 
-def _encode(codec: Codec, image: str | bytes, encoding: Encoding) -> tuple[bytes, str]:
+def _encode(codec: Codec, image: str | BinaryIO, encoding: Encoding) -> tuple[bytes, str]:
     """The .vqz bytes of ``image``, at the quality asked for or the one a target picks; and that quality
     (with a target, the size coded and the PSNR reached), in words."""
     if all(target is None for target in encoding.targets):

@@ -95,17 +95,18 @@ def _is_stream_of(stream: IO[Any], path: Path) -> bool:
         return False
 
 
-def standard_stream(name: str) -> IO[Any]:
-    """``sys.stdin`` or ``sys.stdout``; an error if the process was started with it closed."""
+def standard_stream(name: str) -> BinaryIO:
+    """The binary stream under ``sys.stdin`` or ``sys.stdout``; an error if the process was started
+    with it closed."""
     stream = getattr(sys, name)
     if stream is None:
         raise BadInput(f"{name} is closed")
-    return stream
+    return stream.buffer
 
 
 def stdin_or(source: str) -> str | BinaryIO:
     """``source``, or stdin's binary stream for ``-``."""
-    return standard_stream("stdin").buffer if source == "-" else source
+    return standard_stream("stdin") if source == "-" else source
 
 
 def read_vqz_input(source: str) -> bytes:
@@ -122,7 +123,7 @@ def write_output(target: str, data: bytes) -> None:
     """Write ``data`` to stdout or, through a temporary file in the same folder, atomically to a file:
     an error never leaves a partial output."""
     if target == "-":
-        stream = standard_stream("stdout").buffer
+        stream = standard_stream("stdout")
         stream.write(data)
         stream.flush()
         return

@@ -6,9 +6,9 @@ the encoder may pick, among the ``CANDIDATES`` nearest codewords, the one minimi
 ``distance + λ · bits``: the squared distance to the encoder's latent vector, and ``-log2 p`` under
 the prior's exact tables given the nearest codes around it (teacher forcing: a level's choice is one
 walk of its known codes; a second pass with the tables of the chosen codes only moved along the
-rate-distortion curve). Effort 1 chooses the bottom level's codes (about three quarters of the bits);
-effort 2 every level's, top first, each lower level re-encoded from the codes chosen above it. The
-decoder and the format are untouched: any codes make a valid file.
+rate-distortion curve). Effort 1 chooses the bottom level's codes (most of the bits); effort 2 every
+level's, top first, each lower level re-encoded from the codes chosen above it. The decoder and the
+format are untouched: any codes make a valid file.
 
 Every cost is an exact integer (distances at ``2 * FP`` fractional bits, bits in units of
 ``2**-RATE_BITS`` from a fixed table), so the choice, like the rest of the encoder, gives the same

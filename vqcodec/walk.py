@@ -11,8 +11,7 @@ walk (``bitstream_spec/vqz.md`` §7); only what they do at each step differs, th
                 feed the codes back to the priors
 
 The encoder's ``code_step`` range-codes the codes it has (``Codec.pack``), the decoder's decodes them
-(``Codec.decode_many``), the rate-distortion choice picks them (``Codec.choose_codes``), and the speed
-benchmark times the steps through ``progress``.
+(``Codec.decode_many``), and the rate-distortion choice picks them (``Codec.choose_codes``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from vqcodec.codec import Codec
 
 WARM_UP_SIDE = 64
-OPERATIONS = ("encode", "decode", "decode-batch", "versus")
 VERSUS_ROUNDS = 2
 """Rounds of "versus" over the images; each round swaps which of the two codecs goes first."""
 

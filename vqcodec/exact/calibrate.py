@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,7 @@ def largest_inputs(
     """While open, raise ``found[name]`` to the largest |input| that each convolution of ``module`` whose
     name starts with one of ``under`` sees."""
 
-    def record(name: str):  # noqa: ANN202 (a hook's signature)
+    def record(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(_conv: nn.Module, args: tuple[Tensor, ...]) -> None:
             found[name] = max(found.get(name, 0.0), args[0].detach().abs().max().item())
 

@@ -4,7 +4,7 @@
   picks each nearest codeword by exact integer distances (ties to the smallest index), so the same
   image gives the same codes, hence the same bytes, whatever the threads or device.
 * **Tables of known codes.** The encoder has every code before it writes a bit, so it may evaluate
-  the prior over whole maps in one pass (``logits_full``: a few large GEMMs) instead of wavefront by
+  the prior over whole maps in one pass (``tables_full``: a few large GEMMs) instead of wavefront by
   wavefront: the same integers, since every layer reads only positions before its own (§9).
 """
 
@@ -43,7 +43,7 @@ def encoder_stepper(
 ) -> ExactStepper | KnownCodes | KnownSpans:
     """Tables of maps of one size whose codes are all known, as the encoder has them (``codes`` [H, W]
     and ``cond_codes``, the levels above, of each), in the order of ``ExactPrior.batch_stepper``: each
-    map in one parallel pass (``logits_full``) when its logits and caches hold at most
+    map in one parallel pass (``tables_full``) when its logits and caches hold at most
     ``whole_map_values`` values, else step by step. ``spans``: only each code's span in its table
     [n, 2] (``entropy.spans``), all that a range encoder needs."""
     height, width = codes[0].shape
@@ -69,7 +69,8 @@ def logits_full(prior: ExactPrior, codes: Tensor, cond_codes: list[Tensor]) -> T
 
     Runs the stepper's evaluation on bands of whole rows instead of wavefronts (every layer reads
     only rows above and its own, or, with kernels wider than 3, one band of all the rows), so it
-    equals what the stepper gives step by step (tested).
+    equals what the stepper gives step by step. The coder uses ``tables_full``; the tests check both
+    against the stepper through these logits.
     """
     height, width = codes.shape
     stepper = ExactStepper(prior, height, width, [cond_codes], whole=True)
@@ -107,7 +108,7 @@ def tables_full(
 
 
 def _band_rows(prior: ExactPrior, height: int, width: int) -> int:
-    """Rows of a band of ``logits_full`` whose arrays hold about ``prior.chunk`` values."""
+    """Rows of a band of ``tables_full`` whose arrays hold about ``prior.chunk`` values."""
     widest = max(prior.codebook_size, prior.kernel_size * prior.channels)
     return min(height, max(1, prior.chunk // (width * widest)))
 

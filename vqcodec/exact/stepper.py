@@ -636,7 +636,7 @@ class ExactStepper:
 
         The keys (and values) of one offset at all the band's positions are one strided view of a
         cache, so each offset is a product and a sum over the band, with nothing gathered: gathered,
-        the windows of a band hold every cell once per offset, and copying them took half the top
+        the windows of a band hold every cell once per offset, and copying them was most of the top
         prior's time. The sums are exact as :func:`attention_rows` says, in any order.
         """
         (h, w), c, heads = sites.size, x.shape[1], attn.n_heads

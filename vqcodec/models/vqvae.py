@@ -357,7 +357,7 @@ def part_shape(height: int, width: int, codes: int, halo: int, unit: int) -> Par
     """The part of about ``codes`` codes of a height x width bottom-level map that wastes the least
     work on its halo: whole-width bands of rows, or, on a map so wide that a band would be thin beside
     its halo, square blocks. Parts start on top-level codes (``unit`` bottom codes)."""
-    rows = -(-max(1, codes // width) // unit) * unit
+    rows = -(-min(height, max(1, codes // width)) // unit) * unit
     side = max(unit, math.isqrt(codes) // unit * unit)
     band_work, block_work = (rows + 2 * halo) / rows, ((side + 2 * halo) / side) ** 2
     if width > side + 2 * halo and block_work < band_work:

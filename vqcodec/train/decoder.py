@@ -37,7 +37,7 @@ from vqcodec.train.checkpoint import (
     refuse_float_resume,
 )
 from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
-from vqcodec.train.evaluate import psnr, reconstruction_mse
+from vqcodec.train.evaluate import psnr_of_mse, reconstruction_mse
 from vqcodec.train.fake_quant import quantised_forward
 from vqcodec.train.loop import Schedule, Validation, train_stage
 from vqcodec.train.run import default_device, default_workers, read_config, resolve_precision
@@ -106,7 +106,7 @@ class DecoderStage(VQVAEStage):
 
     def summarize(self, totals: torch.Tensor, count: int) -> dict[str, Any]:
         mse = totals.item() / count
-        return {"mse": mse, "psnr": psnr(mse)}
+        return {"mse": mse, "psnr": psnr_of_mse(mse)}
 
     def progress(self, record: dict[str, Any]) -> str:
         return f"psnr {record['psnr']:.2f}"
@@ -119,8 +119,8 @@ class DecoderStage(VQVAEStage):
             self.vqvae, self.val_data, batch_size, self.env, self.precision, lambda x: self.forward(model, x)
         )
         return Validation(
-            {"val_mse": mse, "val_psnr": psnr(mse)},
-            f"validation (integer roundings) mse {mse:.5f}, psnr {psnr(mse):.2f} dB",
+            {"val_mse": mse, "val_psnr": psnr_of_mse(mse)},
+            f"validation (integer roundings) mse {mse:.5f}, psnr {psnr_of_mse(mse):.2f} dB",
         )
 
 

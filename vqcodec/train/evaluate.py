@@ -34,7 +34,7 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def psnr(mse: float) -> float:
+def psnr_of_mse(mse: float) -> float:
     """PSNR in dB of a mean squared error on images of range 1 (pixel / 255 - 0.5)."""
     return 10.0 * math.log10(1.0 / max(mse, 1e-12))
 

@@ -52,11 +52,11 @@ def run_from_model(model: str | Path | None, out: str | Path, settings: list[str
     data = json.loads(loaded.config.to_json())  # plain lists and dicts, as a config file has them
     names = level_names(loaded.config.vqvae.n_levels)
     changed = set()
-    for level, key, value in map(parse_setting, settings):
-        if level not in names:
-            raise ValueError(f"unknown level {level!r}: this model has {', '.join(names)}")
-        data["priors"][names.index(level)][key] = value
-        changed.add(names.index(level))
+    for name, key, value in map(parse_setting, settings):
+        if name not in names:
+            raise ValueError(f"unknown level {name!r}: this model has {', '.join(names)}")
+        data["priors"][names.index(name)][key] = value
+        changed.add(names.index(name))
     config = config_from_dict(data)
     try:
         expected_tensors(config)  # settings that build no model are refused before the run exists

@@ -1,4 +1,4 @@
-"""The training loop both stages share: the stage says what to train, on what, and what to measure.
+"""The training loop every stage shares: the stage says what to train, on what, and what to measure.
 
 The loop owns what the stages have in common: seeding, the optimizer (Adam) and the loss scaler,
 autocast, DDP under ``torchrun`` (rank 0 logs and writes), the schedule of logs, validations and

@@ -21,7 +21,7 @@ from vqcodec.models.config import PRESETS, ModelConfig, VQVAEConfig
 from vqcodec.models.vqvae import VQVAE, VQVAEOutput
 from vqcodec.train import dist
 from vqcodec.train.data import ImageFolder, StreamSampler
-from vqcodec.train.evaluate import psnr, reconstruction_mse
+from vqcodec.train.evaluate import psnr_of_mse, reconstruction_mse
 from vqcodec.train.loop import Schedule, Stage, Validation, train_stage
 from vqcodec.train.run import (
     default_device,
@@ -86,7 +86,7 @@ class VQVAEStage(Stage):
         return {
             "loss": means[0],
             "mse": means[1],
-            "psnr": psnr(means[1]),
+            "psnr": psnr_of_mse(means[1]),
             "perplexity": means[2 : 2 + n_levels],
             "usage": means[2 + n_levels :],
         }
@@ -101,7 +101,8 @@ class VQVAEStage(Stage):
         batch_size = max(1, self.batch_size // self.env.world_size)
         mse = reconstruction_mse(model, self.val_data, batch_size, self.env, self.precision)
         return Validation(
-            {"val_mse": mse, "val_psnr": psnr(mse)}, f"validation mse {mse:.5f}, psnr {psnr(mse):.2f} dB"
+            {"val_mse": mse, "val_psnr": psnr_of_mse(mse)},
+            f"validation mse {mse:.5f}, psnr {psnr_of_mse(mse):.2f} dB",
         )
 
 
