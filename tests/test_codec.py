@@ -521,3 +521,22 @@ def test_coding_never_runs_the_float_vqvae(codec: Codec, monkeypatch: pytest.Mon
         monkeypatch.setattr(vqvae, name, lambda *args: pytest.fail("the float VQ-VAE ran"))
     image = smooth(40, 24, seed=3)
     assert np.asarray(codec.decompress(codec.compress(image))).shape == image.shape
+
+
+def test_int8_products_of_a_side_of_one_are_exact():
+    """torch._int_mm read memory beyond a matrix with a side of 1 stored transposed (strides (1, 1)):
+    a model with a one-channel layer wrote other bytes on every run, and files it could not decode."""
+    generator = torch.Generator().manual_seed(0)
+
+    def int8(rows: int, cols: int, transposed: bool) -> torch.Tensor:
+        shape = (cols, rows) if transposed else (rows, cols)
+        matrix = torch.randint(-128, 128, shape, generator=generator, dtype=torch.int8)
+        return matrix.t() if transposed else matrix
+
+    for m, k, n in [(1, 9, 32), (64, 1, 32), (64, 16, 1), (1, 1, 1)]:
+        for a_transposed in (False, True):
+            for b_transposed in (False, True):
+                a, b = int8(m, k, a_transposed), int8(k, n, b_transposed)
+                expected = torch.mm(a.double(), b.double()).to(torch.int32)
+                for _ in range(3):
+                    assert torch.equal(quantise.int_mm(a, b), expected)

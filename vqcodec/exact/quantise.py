@@ -51,8 +51,10 @@ def int8_products(device: torch.device) -> bool:
 def int_mm(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` of int8 matrices as their exact int32 sums: torch's int8 product where it is exact on
     this CPU (``int_mm_is_exact``), else float64 products of the same integers, as exact (exact.md §8)
-    and slower."""
-    if int_mm_is_exact():
+    and slower. A product with a side of 1 (one row, a layer of one channel) takes float64 always:
+    torch's (oneDNN's) misreads such a matrix stored transposed, whose strides are then (1, 1), and
+    returns sums of memory beyond it."""
+    if int_mm_is_exact() and 1 not in (*a.shape, b.shape[1]):
         return torch._int_mm(a, b)
     return torch.mm(a.double(), b.double()).to(torch.int32)
 
