@@ -202,6 +202,7 @@ def test_input_ranges_round_trip_and_version_1_files_have_none(tmp_path: Path) -
         ('{"priors.0.out_conv": 1048576}', "integer in 1..1048575"),
         ('{"priors.0.out_conv": 5.0}', "integer"),
         ('{"priors.0.out_conv": true}', "integer"),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),  # deeper than Python's recursion
     ],
 )
 def test_rejects_bad_input_ranges(ranges: str, message: str) -> None:
@@ -236,11 +237,35 @@ def config_json(**changes: object) -> str:
         ({"vqvae__surprise": 1}, r"unknown keys \['surprise'\]"),
         ({"priors__0__n_heads": 3}, "not divisible"),
         ({"priors__0__attention_context": "global"}, "must be one of window, raster"),
+        ({"vqvae__in_channels": 1}, r"in_channels = 1 is out of bounds \[3, 3\]"),
+        ({"priors__0__kernel_size": 1}, "kernel_size = 1 is out of bounds"),
     ],
 )
 def test_rejects_bad_configs(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ModelFileError, match=message):
         read_model(body(weights(), config=config_json(**changes)))
+
+
+@pytest.mark.parametrize(
+    "config", ["[" * 100_000 + "]" * 100_000, '{"vqvae": {"channels": 1' + "0" * 5000 + "}}"]
+)
+def test_rejects_configs_that_json_cannot_read(config: str) -> None:
+    """Deeper than Python's recursion, or a number longer than int() reads: no other exception."""
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        read_model(body(weights(), config=config))
+
+
+def test_a_model_the_codec_cannot_run_is_a_model_file_error(tmp_path: Path) -> None:
+    """Well-formed files whose weights the integer engine refuses (non-finite here): the codec's
+    loading says so as a model problem (exit status 3), not as bad input."""
+    from vqcodec.codec import Codec
+
+    model = tiny_model()
+    with torch.no_grad():
+        next(model.priors[0].parameters()).fill_(float("nan"))
+    save_model(model, tmp_path / "nan.safetensors")
+    with pytest.raises(ModelFileError, match="the codec cannot run this model: non-finite"):
+        Codec.open(tmp_path / "nan.safetensors")
 
 
 def test_rejects_files_over_the_size_limit(

@@ -35,6 +35,7 @@ from vqcodec import rdo, zoo
 from vqcodec.coding.container import ColourMode, Padding, VQZFile, code_checksum, model_id
 from vqcodec.coding.entropy import RangeDecoder, RangeEncoder
 from vqcodec.coding.order import DEFAULT_TILE, TILE_WAVE, CodingOrder
+from vqcodec.errors import ModelFileError
 from vqcodec.exact import ExactDecoder, ExactPrior
 from vqcodec.exact.encoder import WHOLE_MAP_VALUES, ExactEncoder
 from vqcodec.exact.gather import GEMM_CHUNK
@@ -176,7 +177,10 @@ class Codec:
         """The codec of a bundled model (by name; None for the default) or of a model file."""
         path = zoo.resolve_model(name_or_path)
         model, sha256 = zoo.load_cached(path, check_device(device))
-        return cls(model, sha256, zoo.model_name(path), budgets=budgets)
+        try:
+            return cls(model, sha256, zoo.model_name(path), budgets=budgets)
+        except ValueError as e:  # a well-formed file whose weights or layers the integer engine refuses
+            raise ModelFileError(f"{path}: the codec cannot run this model: {e}") from e
 
     def with_budgets(self, budgets: Budgets) -> Codec:
         """This codec with other memory budgets (the same model and integers)."""

@@ -56,6 +56,13 @@ if _kernels is not None and _kernels.ACT_MAX != ACT_MAX:
 _CPU = torch.device("cpu")
 
 
+def _require(condition: bool, what: str = "") -> None:
+    """A compiled kernel's precondition on its arguments, checked even under ``python -O`` (where an
+    ``assert`` is not): a kernel called against it would read or write outside its buffers."""
+    if not condition:
+        raise RuntimeError(f"a compiled kernel's precondition does not hold{': ' + what if what else ''}")
+
+
 def available(device: torch.device) -> bool:
     """Whether steps on ``device`` run through the compiled kernels: the CPU, with int8 products."""
     return _kernels is not None and device.type == "cpu" and int8_products(device)
@@ -89,7 +96,7 @@ gather int32 entries."""
 
 def _elu_inputs(layer: Linear) -> tuple[int, float, float]:
     table = layer.elu_inputs
-    assert table is not None, "a layer with_elu_inputs"
+    _require(table is not None, "a layer with_elu_inputs")
     wide = _WIDE_ELU_INPUTS.get(id(table))
     if wide is None:
         wide = _WIDE_ELU_INPUTS[id(table)] = table.to(torch.int32)
@@ -110,9 +117,9 @@ Sums = Tensor | tuple[Tensor, ...]
 def _sums(sums: Sums) -> tuple[int, int, int, int]:
     """The pointers of the sums' one or two parts (0: none) and their shape."""
     parts = sums if isinstance(sums, tuple) else (sums,)
-    assert 1 <= len(parts) <= 2
+    _require(1 <= len(parts) <= 2)
     for part in parts:
-        assert part.dtype == torch.int32 and part.is_contiguous() and part.shape == parts[0].shape
+        _require(part.dtype == torch.int32 and part.is_contiguous() and part.shape == parts[0].shape)
     n, c = parts[0].shape
     return parts[0].data_ptr(), parts[1].data_ptr() if len(parts) == 2 else 0, n, c
 
@@ -121,20 +128,20 @@ def _pointer(tensor: Tensor | None, dtype: torch.dtype) -> int:
     """A contiguous tensor's data pointer for the kernels (0: None), its dtype checked."""
     if tensor is None:
         return 0
-    assert tensor.dtype == dtype and tensor.is_contiguous()
+    _require(tensor.dtype == dtype and tensor.is_contiguous())
     return tensor.data_ptr()
 
 
 def _rows(dst: Tensor) -> tuple[int, int]:
     """The pointer and row stride of an int8 [n, C] view with contiguous rows (a cache's cells)."""
-    assert dst.dtype == torch.int8 and dst.stride(1) == 1
+    _require(dst.dtype == torch.int8 and dst.stride(1) == 1)
     return dst.data_ptr(), dst.stride(0)
 
 
 def elu_store(layer: Linear, x: Tensor, dst: Tensor, mask: Tensor | None = None) -> None:
     """``dst = layer.quantise_elu(x)`` (times ``mask``, float64 [n, 1] of 0 and 1, if given), for
     contiguous float64 activations ``x`` [n, C] and an int8 view ``dst`` [n, C]."""
-    assert x.dtype == torch.float64 and x.is_contiguous() and dst.shape == x.shape
+    _require(x.dtype == torch.float64 and x.is_contiguous() and dst.shape == x.shape)
     n, c = x.shape
     _kernels.elu_store(x.data_ptr(), n, c, *_elu_inputs(layer), *_rows(dst), _pointer(mask, torch.float64))
 
@@ -160,7 +167,7 @@ def finish(
     acc, more, n, c = _sums(sums)
     if out is None:
         out = torch.empty(n, c, dtype=torch.float64)
-    assert out.dtype == torch.float64 and out.shape == (n, c) and out.stride(1) == 1
+    _require(out.dtype == torch.float64 and out.shape == (n, c) and out.stride(1) == 1)
     mask_ptr = _pointer(mask, torch.float64)
     _kernels.finish_to(acc, more, n, c, *_rounding(layer), out.data_ptr(), out.stride(0), mask_ptr, residual)
     return out
@@ -168,7 +175,7 @@ def finish(
 
 def linear(layer: Linear, x: Tensor) -> Tensor:
     """The int32 sums of ``layer`` (a 1x1 convolution) at contiguous float64 activations ``x`` [n, C]."""
-    assert x.dtype == torch.float64 and x.is_contiguous()
+    _require(x.dtype == torch.float64 and x.is_contiguous())
     n, c = x.shape
     q = torch.empty(n, c, dtype=torch.int8)
     _kernels.quantise(x.data_ptr(), n, c, layer.in_scale, float(Q_MAX), q.data_ptr())
@@ -181,9 +188,9 @@ def attend(query: Tensor, heads: int, keys: Tensor, values: Tensor, shifts: Tens
     and its key at window offset o lies ``shifts[o]`` values (int64 [n_off]) after it (``values``
     alike, the same layout); ``valid`` [n, n_off] says which offsets lie on the map."""
     n, c = query.shape
-    assert query.dtype == keys.dtype == values.dtype == torch.float64 and query.is_contiguous()
-    assert keys.stride() == values.stride() and keys.stride(-1) == 1 and valid.shape == (n, len(shifts))
-    assert valid.dtype == torch.bool and valid.is_contiguous() and shifts.dtype == torch.int64
+    _require(query.dtype == keys.dtype == values.dtype == torch.float64 and query.is_contiguous())
+    _require(keys.stride() == values.stride() and keys.stride(-1) == 1 and valid.shape == (n, len(shifts)))
+    _require(valid.dtype == torch.bool and valid.is_contiguous() and shifts.dtype == torch.int64)
     cols, col_stride = (keys.shape[1], keys.stride(1)) if keys.dim() == 3 else (1, 0)
     out = torch.empty(n, c, dtype=torch.float64)
     _kernels.attend(
@@ -212,9 +219,9 @@ def finish_gate(layer: Linear, sums: Sums, cond: Tensor | None, rows: Tensor | N
     """``x = gated_residual(x, h)`` in place, with ``h = layer.finish(sums)`` ([n, 2C]), or where the
     block is conditioned ``h = clamp(h + cond[rows])`` (float32 ``cond``, int64 ``rows``)."""
     acc, more, n, width = _sums(sums)
-    assert x.dtype == torch.float64 and x.shape == (n, width // 2) and x.is_contiguous()
-    assert cond is None or (cond.dtype == torch.float32 and cond.is_contiguous() and rows is not None)
-    assert rows is None or (rows.dtype == torch.int64 and rows.shape == (n,) and rows.is_contiguous())
+    _require(x.dtype == torch.float64 and x.shape == (n, width // 2) and x.is_contiguous())
+    _require(cond is None or (cond.dtype == torch.float32 and cond.is_contiguous() and rows is not None))
+    _require(rows is None or (rows.dtype == torch.int64 and rows.shape == (n,) and rows.is_contiguous()))
     cond_ptr, rows_ptr = (0, 0) if cond is None or rows is None else (cond.data_ptr(), rows.data_ptr())
     _kernels.finish_gate(
         acc,
@@ -238,7 +245,7 @@ def frequencies(layer: Linear, sums: Sums, out: np.ndarray | None = None) -> np.
     acc, more, n, k = _sums(sums)
     if out is None:
         out = np.empty((n, k), dtype=np.int64)
-    assert out.shape == (n, k) and out.dtype == np.int64 and out.flags.c_contiguous
+    _require(out.shape == (n, k) and out.dtype == np.int64 and out.flags.c_contiguous)
     exp_table = exp_table_on(_CPU)
     _kernels.frequencies(
         acc,
@@ -303,11 +310,11 @@ def conv_outputs(
     w, C] alike) instead: the outputs themselves are never stored."""
     a, b = sums[0], sums[1] if len(sums) == 2 else None
     rows, cols, c = a.shape
-    assert a.dtype == torch.int32 and a.stride()[1:] == (c, 1) and (b is None or b.stride() == a.stride())
+    _require(a.dtype == torch.int32 and a.stride()[1:] == (c, 1) and (b is None or b.stride() == a.stride()))
     nxt = out if isinstance(out, NextInputs) else None
     target = nxt.a if nxt else out
-    assert target.dtype == (torch.int8 if nxt else torch.float64) and target.shape == a.shape
-    assert target.stride(2) == 1 and (nxt is None or nxt.b is None or nxt.b.stride() == target.stride())
+    _require(target.dtype == (torch.int8 if nxt else torch.float64) and target.shape == a.shape)
+    _require(target.stride(2) == 1 and (nxt is None or nxt.b is None or nxt.b.stride() == target.stride()))
     _kernels.conv_outputs(
         a.data_ptr(),
         0 if b is None else b.data_ptr(),
@@ -338,8 +345,8 @@ def tap_products(padded: Tensor, taps: list[tuple[int, int]], weights: Tensor, h
     taps' flat slices, in the kernels' products (no copies of the slices, no sum of a product per tap),
     split over torch's threads. C a multiple of 4, at most 16 taps (``tap_products_fit``)."""
     _, width, c = padded.shape
-    assert padded.dtype == weights.dtype == torch.int8 and padded.is_contiguous()
-    assert tap_products_fit(c, len(taps)) and weights.numel() == len(taps) * c * weights.shape[-1]
+    _require(padded.dtype == weights.dtype == torch.int8 and padded.is_contiguous())
+    _require(tap_products_fit(c, len(taps)) and weights.numel() == len(taps) * c * weights.shape[-1])
     packed, bias = _packed(weights)
     out_channels = weights.shape[-1]
     shifts = torch.tensor([dy * width + dx for dy, dx in taps], dtype=torch.int64)
@@ -449,7 +456,7 @@ class StepProgram:
     def _layer(self, layer: Linear) -> list[int]:
         packed, bias = _packed(layer.weight8)
         k, n = layer.weight8.shape
-        assert k % 4 == 0, "inputs in whole groups of four"
+        _require(k % 4 == 0, "inputs in whole groups of four")
         self._words[1] = max(self._words[1], n)  # the widest sums
         self._keep += [packed, bias, layer.scale, layer.bias_low, layer.bias_high]
         table, size, top = _elu_inputs(layer) if layer.elu_inputs is not None else (0, 0.0, 0.0)
@@ -464,7 +471,7 @@ class StepProgram:
     def conv(self, cache: Tensor, taps: list[tuple[int, int, int]], layer: Linear) -> None:
         """The sums of a masked convolution reading the int8 ``cache``: per kernel row, its first tap's
         cells after the site's, its width in values and its first row of the weight."""
-        assert 1 <= len(taps) <= 16 and all(width % 4 == 0 and row % 4 == 0 for _, width, row in taps)
+        _require(1 <= len(taps) <= 16 and all(width % 4 == 0 and row % 4 == 0 for _, width, row in taps))
         words = [self._cache(cache, torch.int8), len(taps)] + [word for tap in taps for word in tap]
         self._words += [1, *words, *self._layer(layer)]
 
@@ -501,7 +508,7 @@ class StepProgram:
     def attend(self, keys: Tensor, values: Tensor, heads: int, shifts: Tensor) -> None:
         """The attention's averages from the float64 caches; the window's offset o lies ``shifts[o]``
         values (int64) after a site's cell."""
-        assert heads * len(shifts) <= _HEADS_OFFSETS_MOST
+        _require(heads * len(shifts) <= _HEADS_OFFSETS_MOST)
         pointers = [self._cache(keys, torch.float64), self._cache(values, torch.float64)]
         self._words += [9, *pointers, heads, len(shifts), self._cache(shifts, torch.int64)]
 
@@ -529,9 +536,11 @@ class StepProgram:
             self._array = np.array(self._words, dtype=np.int64)
         n, wavefront = int(np.prod(size)), len(size) == 1
         width = self._words[2] if codes is None else 2
-        assert out.shape == (n, width) and out.dtype == np.int64 and out.flags.c_contiguous
-        assert codes is None or (codes.shape == (n,) and codes.dtype == np.int64 and codes.flags.c_contiguous)
-        assert valid is None or valid.shape[0] == n
+        _require(out.shape == (n, width) and out.dtype == np.int64 and out.flags.c_contiguous)
+        _require(
+            codes is None or (codes.shape == (n,) and codes.dtype == np.int64 and codes.flags.c_contiguous)
+        )
+        _require(valid is None or valid.shape[0] == n)
         cols, row_cells, col_cells = (1, stride[0], 0) if wavefront else (size[1], *stride)
         _kernels.step(
             self._array.ctypes.data,

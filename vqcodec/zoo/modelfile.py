@@ -41,7 +41,7 @@ MAX_HEADER_BYTES = 100 * 1024**2  # the limit safetensors itself applies
 MAX_LEVELS = 4
 # Bounds on the numbers in a configuration: absurd values get a clear message before anything is built.
 LIMITS: dict[str, tuple[float, float]] = {
-    "in_channels": (1, 16),
+    "in_channels": (3, 3),  # the codec codes RGB pixels
     "channels": (1, 4096),
     "res_channels": (1, 4096),
     "n_res_blocks": (0, 64),
@@ -50,7 +50,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "code_dim": (1, 4096),
     "ema_decay": (0.0, 1.0),
     "commitment_cost": (0.0, 100.0),
-    "kernel_size": (1, 15),
+    "kernel_size": (3, 15),  # a masked 1x1 convolution sees no earlier code
     "n_blocks": (0, 256),
     "attention_every": (0, 256),
     "n_heads": (1, 256),
@@ -147,7 +147,7 @@ def config_from_json(text: str | bytes) -> ModelConfig:
     """A ModelConfig from untrusted JSON text (see ``config_from_dict``)."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # also UnicodeDecodeError, too deep or too long a number
         raise ModelFileError(f"config is not valid JSON: {e}") from e
     return config_from_dict(data)
 
@@ -272,7 +272,7 @@ def _checked_ranges(text: str, model: CodecModel) -> dict[str, int]:
     1..ACT_MAX."""
     try:
         ranges = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+    except (ValueError, RecursionError, TypeError) as e:  # as in config_from_json
         raise ModelFileError(f"ranges are not valid JSON: {e}") from e
     if not isinstance(ranges, dict):
         raise ModelFileError("ranges must be a JSON object")
