@@ -193,6 +193,7 @@ def test_pillow_save_then_open(codec: Codec, tmp_path: Path, bundled: Path):
     with Image.open(path) as opened:
         assert (opened.format, opened.size, opened.mode) == ("VQZ", (24, 16), "RGBA")
         np.testing.assert_array_equal(np.asarray(opened)[..., 3], 99)
+        assert opened.fp is None  # loaded, the file is let go, as Pillow's own formats do
 
     buffer = io.BytesIO()
     gray = Image.fromarray(pixels(24, 16, seed=2)[..., 0])

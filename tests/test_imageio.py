@@ -390,6 +390,17 @@ def test_input_file_is_not_modified(tmp_path) -> None:
     assert (hashlib.sha256(path.read_bytes()).digest(), path.stat().st_mtime_ns) == before
 
 
+def test_a_stream_is_read_from_its_position() -> None:
+    """As decompress reads a .vqz file: Pillow alone went back to the stream's start, and coded the
+    image before the one at the position."""
+    first, second = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(first, "PNG")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(second, "PNG")
+    stream = io.BytesIO(first.getvalue() + second.getvalue())
+    stream.seek(len(first.getvalue()))
+    assert load_image(stream).rgb[0, 0].tolist() == [0, 0, 255]
+
+
 def test_metadata_a_vqz_chunk_cannot_hold_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(imageio, "MAX_CHUNK_BYTES", 16)
     image = Image.fromarray(np.zeros((4, 4, 3), np.uint8))

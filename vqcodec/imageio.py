@@ -137,8 +137,9 @@ def load_image(
     Raises FormatError for anything that is not a readable, non-empty image and ImageTooLargeError
     for images over ``MAX_IMAGE_SIDE`` a side or ``max_pixels`` in all, checked from the header before
     any pixel is decoded. A missing or unreadable path raises the usual OSError. The input is only
-    ever read; a stream that cannot seek (a pipe), which Pillow would read whole, is read only up to
-    ``MAX_IMAGE_FILE_BYTES`` (FormatError beyond). Anything else is a TypeError.
+    ever read, from its current position; a stream that cannot seek (a pipe), which Pillow would read
+    whole, or is not at its start, is read only up to ``MAX_IMAGE_FILE_BYTES`` (FormatError beyond).
+    Anything else is a TypeError.
     """
     if isinstance(source, Image.Image):
         with _reading("image", max_pixels):
@@ -157,7 +158,9 @@ def load_image(
         raise TypeError(f"expected a file opened in binary mode, got {type(source).__name__}")
     name = str(getattr(source, "name", "image stream"))
     seekable = getattr(source, "seekable", None)
-    if seekable is None or not seekable():  # Pillow would read it whole: read it within the limit
+    if seekable is None or not seekable() or source.tell() != 0:
+        # Pillow would read a pipe whole, and reads a file from its start: the image is what follows
+        # the stream's position (as for decompress), read within the limit
         return _open(io.BytesIO(_read_bounded(source, name)), name, max_pixels)
     return _open(source, name, max_pixels)
 

@@ -65,6 +65,10 @@ class VQZImageFile(ImageFile.ImageFile):
 
             self.im = decompress(self._vqz).im
             self._vqz = None
+            # _open read every byte: let the file go as Pillow's own decoders do after loading
+            if self._exclusive_fp and self._close_exclusive_fp_after_loading and self.fp is not None:
+                self.fp.close()
+            self.fp = None
         return super().load()
 
 
