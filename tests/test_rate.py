@@ -76,7 +76,13 @@ def test_a_target_psnr_is_reached_with_the_smallest_file(codec: Codec):
 
 
 def test_one_target_at_a_time():
-    for given in ({}, {"max_bytes": 10, "min_psnr": 30.0}, {"max_bytes": 0}):
+    for given in (
+        {},
+        {"max_bytes": 10, "min_psnr": 30.0},
+        {"max_bytes": 0},
+        {"max_bytes": True},
+        {"max_bytes": 10**400},
+    ):
         with pytest.raises(ValueError):
             Target(**given)  # type: ignore[arg-type]
 

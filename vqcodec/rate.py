@@ -58,8 +58,18 @@ class Target:
         given = [value for value in (self.max_bytes, self.max_bpp, self.min_psnr) if value is not None]
         if len(given) != 1:
             raise ValueError("give exactly one target: a size in bytes, bits per pixel, or a PSNR")
-        if not (isinstance(given[0], numbers.Real) and math.isfinite(given[0]) and given[0] > 0):
-            raise ValueError(f"a target must be a positive finite number, got {given[0]!r}")
+        value = given[0]
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (number and value > 0 and _finite(value)):
+            raise ValueError(f"a target must be a positive finite number, got {value!r:.40}")
+
+
+def _finite(value: numbers.Real) -> bool:
+    """Whether ``value`` is finite as a float (an int too large for one is not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def compress_to_target(
