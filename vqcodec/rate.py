@@ -64,7 +64,7 @@ class Target:
             raise ValueError(f"a target must be a positive finite number, got {value!r:.40}")
 
 
-def _finite(value: numbers.Real) -> bool:
+def _finite(value: float) -> bool:
     """Whether ``value`` is finite as a float (an int too large for one is not)."""
     try:
         return math.isfinite(float(value))
