@@ -146,7 +146,8 @@ def test_cli_reports_a_vqz_error_in_one_line(tmp_path: Path):
     command = ["-m", "vqcodec", "decompress", VECTORS / "truncated.vqz", tmp_path / "x.png"]
     result = subprocess.run([sys.executable, *command], capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.startswith("vqcodec: error: file truncated") and result.stderr.count("\n") == 1
+    expected = f"vqcodec: error: {VECTORS / 'truncated.vqz'}: file truncated"
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
 
 
 def test_plugin_opens_and_refuses_modes_without_torch(vqz: Path, tmp_path: Path):
@@ -180,6 +181,17 @@ def test_compress_threads_and_metadata(codec: Codec):
         assert VQZFile.from_bytes(vqcodec.compress(image, model=codec, metadata=strip)).icc is None
     with pytest.raises(ValueError, match="unknown metadata kind"):
         vqcodec.compress(image, model=codec, metadata="gps")
+
+
+def test_compress_result_says_what_compress_settled_on(codec: Codec):
+    image = pixels(64, 48, seed=3)
+    found = vqcodec.compress_result(image, model=codec, quality=1)
+    assert found.data == codec.compress(image, quality=1) and found.quality == 1 and found.psnr is None
+    assert found.coded_size == VQZFile.from_bytes(found.data).coded_size
+    aimed = vqcodec.compress_result(image, model=codec, target_size=len(found.data))
+    assert len(aimed.data) <= len(found.data) and aimed.data == vqcodec.compress(
+        image, model=codec, target_size=len(found.data)
+    )
 
 
 def test_pillow_save_then_open(codec: Codec, tmp_path: Path, bundled: Path):

@@ -8,8 +8,11 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -534,3 +537,111 @@ def test_version_says_whether_the_compiled_kernels_run(monkeypatch: pytest.Monke
     assert in_use in result.output
     monkeypatch.setattr(fused, "_kernels", None)
     assert "compiled kernels: not in use" in CliRunner().invoke(main, ["--version"]).output
+
+
+def test_devices_and_pipes_are_written_in_place(model: str, png: Path, tmp_path: Path):
+    """As cwebp's and djxl's: `-f` replaced /dev/null or a named pipe by a file, and without it they
+    were refused as existing outputs; writing to them overwrites nothing."""
+    vqz = tmp_path / "a.vqz"
+    assert run("compress", "-m", model, png, vqz).exit_code == 0
+    assert run("decompress", "-m", model, vqz, os.devnull).exit_code == 0
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = run("decompress", "-m", model, "--force", vqz, fifo)
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and received[0][:4] == b"\x89PNG"
+    assert files_in(tmp_path) == {"in.png", "a.vqz", "pipe.png"}
+
+
+def test_a_replaced_file_keeps_its_permissions(model: str, png: Path, tmp_path: Path):
+    out = tmp_path / "private.vqz"
+    out.write_bytes(b"old")
+    out.chmod(0o600)
+    assert run("compress", "-m", model, "--force", png, out).exit_code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and out.read_bytes()[:3] == b"VQZ"
+
+
+def test_an_out_ending_in_a_slash_is_refused(model: str, png: Path, tmp_path: Path):
+    """Path() drops the slash: `decompress -f a.vqz notes.png/` overwrote notes.png."""
+    notes = tmp_path / "notes.vqz"
+    notes.write_bytes(b"precious")
+    assert_error(run("compress", "-m", model, "-f", png, f"{notes}/"), EXIT_BAD_INPUT, "names a folder")
+    assert notes.read_bytes() == b"precious"
+    assert_error(run("compress", "-m", model, png, f"{tmp_path}/new/"), EXIT_BAD_INPUT, "names a folder")
+    assert files_in(tmp_path) == {"in.png", "notes.vqz"}
+
+
+def test_a_name_at_the_file_systems_limit_is_written(model: str, png: Path, tmp_path: Path):
+    """The temporary file's name was OUT's and 14 bytes more: names of 242 to 255 bytes failed."""
+    out = tmp_path / ("p" * 251 + ".vqz")
+    assert run("compress", "-m", model, png, out).exit_code == 0 and out.exists()
+
+
+def test_sigterm_while_writing_leaves_nothing(model: str, png: Path, tmp_path: Path):
+    """`timeout` and `kill` send SIGTERM: it ended the process on the spot, its temporary file left."""
+    script = (
+        "import os, signal, sys\n"
+        "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGTERM)  # the signal comes mid-write\n"
+        "from vqcodec.cli import main\n"
+        "sys.argv = ['vqcodec', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    out = tmp_path / "a.vqz"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "compress", "-m", model, str(png), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert result.stderr == "vqcodec: SIGTERM: stopped\n"
+    assert files_in(tmp_path) == {"in.png"}
+
+
+def test_help_into_a_full_disk_is_one_line():
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "vqcodec", "--help"], stdout=full, stderr=subprocess.PIPE, text=True
+        )
+    assert result.returncode == EXIT_BAD_INPUT
+    assert result.stderr == "vqcodec: error: cannot write the output: No space left on device\n"
+
+
+def test_output_formats_that_change_the_image(model: str, png: Path, tmp_path: Path):
+    """ICO resized the image to 256 pixels or less, GIF quantised it to 256 colours, without a word."""
+    vqz = tmp_path / "a.vqz"
+    assert run("compress", "-m", model, png, vqz).exit_code == 0
+    result = run("decompress", "-m", model, vqz, tmp_path / "a.ico")
+    assert result.exit_code == EXIT_USAGE and "ICO resizes the images it holds" in result.stderr
+    result = run("decompress", "-m", model, vqz, tmp_path / "a.gif")
+    assert result.exit_code == 0 and "warning: GIF changes the pixels" in result.stderr
+    result = run("decompress", "-m", model, vqz, tmp_path / "a.tga")
+    assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_an_error_names_its_input(model: str, tmp_path: Path):
+    bad = tmp_path / "bad.vqz"
+    bad.write_bytes(b"not a vqz file")
+    result = run("decompress", "-m", model, bad, tmp_path / "x.png")
+    assert_error(result, EXIT_BAD_INPUT, f"{bad}: not a .vqz")
+    result = run("decompress", "-m", model, "-", "-", input=b"junk")
+    assert_error(result, EXIT_BAD_INPUT, "stdin: not a .vqz")
+
+
+def test_a_reader_that_goes_away_midway_ends_quietly(model: str, tmp_path: Path):
+    """`decompress a.vqz - | head -c 10` exited 0: a write into the closed pipe wrote part of the image,
+    returned the count and raised nothing, and nothing wrote the rest."""
+    colour = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "a.png")  # RGB: a BMP of 76,854 bytes
+    assert run("compress", "-m", model, tmp_path / "a.png", tmp_path / "a.vqz").exit_code == 0
+    command = [sys.executable, "-m", "vqcodec", "decompress", "-m", model, "--format", "bmp"]
+    process = subprocess.Popen(
+        [*command, str(tmp_path / "a.vqz"), "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert len(process.stdout.read(10)) == 10  # more than a pipe holds follows
+    process.stdout.close()
+    assert (process.wait(timeout=120), process.stderr.read()) == (EXIT_BROKEN_PIPE, b"")

@@ -3,6 +3,7 @@
     import vqcodec
     data = vqcodec.compress("photo.png")            # .vqz bytes, with the bundled default model
     small = vqcodec.compress("photo.png", quality=1)  # a smaller file: qualities 0 to 4, 4 the default
+    fit = vqcodec.compress_result("photo.png", target_size=20_000)  # .data, and the .quality it took
     image = vqcodec.decompress(data)                # a PIL image (the bundled model the file names)
     image = vqcodec.decompress("photo.vqz")         # a path (a str is a path; bytes are data) or a file
     images = vqcodec.decompress_many([a, b, c])     # several files: same-size ones decode together
@@ -25,11 +26,11 @@ needs it is first called.
 from __future__ import annotations
 
 from vqcodec import pillow_plugin, threads
-from vqcodec.api import compress, decompress, decompress_many, info, load_model
+from vqcodec.api import compress, compress_result, decompress, decompress_many, info, load_model
 
 __version__ = "0.2.4"
 
-__all__ = ["compress", "decompress", "decompress_many", "info", "load_model"]
+__all__ = ["compress", "compress_result", "decompress", "decompress_many", "info", "load_model"]
 
 threads.spin_briefly()
 pillow_plugin.register()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from vqcodec.codec import Codec, ImageInput
     from vqcodec.coding.container import VQZFile
     from vqcodec.fileinfo import VQZInput
+    from vqcodec.rate import Reached
     from vqcodec.walk import Progress
 
 
@@ -58,18 +59,55 @@ def compress(
     ``effort``: 0 (the default) takes the nearest codewords; 1 and 2 choose the codes for rate too,
     fewer bits at equal PSNR for a slower encode (``vqcodec.rdo``).
     """
+    return compress_result(
+        image,
+        model,
+        device,
+        progress,
+        quality,
+        tile,
+        metadata=metadata,
+        threads=threads,
+        target_size=target_size,
+        target_bpp=target_bpp,
+        target_psnr=target_psnr,
+        effort=effort,
+    ).data
+
+
+def compress_result(
+    image: ImageInput,
+    model: Codec | str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+    quality: float | None = None,
+    tile: int | None = DEFAULT_TILE,
+    *,
+    metadata: str | Iterable[str] = "all",
+    threads: int | None = None,
+    target_size: int | None = None,
+    target_bpp: float | None = None,
+    target_psnr: float | None = None,
+    effort: int = DEFAULT_EFFORT,
+) -> Reached:
+    """``compress``, and what it settled on (``vqcodec.rate.Reached``): the bytes (``.data``), the
+    quality (the one given, or the one a target picked), the (width, height) the image was coded at
+    and, for a PSNR target, the PSNR reached."""
+    from vqcodec.coding.container import VQZFile
+    from vqcodec.rate import Reached, Target, compress_to_target
+
     targets = (target_size, target_bpp, target_psnr)
     aimed = any(target is not None for target in targets)
     if aimed and quality is not None:
         raise ValueError("a target picks the quality: give a quality or a target, not both")
     with limited(threads):
         codec = open_codec(model, device)
-        if not aimed:
-            quality = DEFAULT_QUALITY if quality is None else quality
-            return codec.compress(image, progress, quality, tile, metadata=metadata, effort=effort)
-        from vqcodec.rate import Target, compress_to_target
-
-        return compress_to_target(codec, image, Target(*targets), tile, metadata, progress, effort).data
+        if aimed:
+            return compress_to_target(codec, image, Target(*targets), tile, metadata, progress, effort)
+        quality = DEFAULT_QUALITY if quality is None else quality
+        data = codec.compress(image, progress, quality, tile, metadata=metadata, effort=effort)
+        file = VQZFile.from_bytes(data)
+        return Reached(data, quality, (file.coded_width, file.coded_height), None)
 
 
 def decompress(

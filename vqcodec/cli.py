@@ -105,7 +105,12 @@ def common_training_options(lr: float = 3e-4) -> Callable[[F], F]:
         click.option(
             "--lr", type=FiniteFloatRange(min=0, min_open=True), default=lr, help="Adam learning rate."
         ),
-        click.option("--seed", type=int, default=0, help="Seeds initialisation, data stream and dropout."),
+        click.option(
+            "--seed",
+            type=click.IntRange(0, 2**63 - 1),
+            default=0,
+            help="Seeds initialisation, data stream and dropout.",
+        ),
         click.option("--val-every", type=click.IntRange(min=1), default=1000, help="Validate every N steps."),
         click.option(
             "--ckpt-every", type=click.IntRange(min=1), default=1000, help="Checkpoint every N steps."
@@ -471,7 +476,7 @@ def calibrate(model_file: str, images: str, out: str, n: int, half: bool, force:
     help=f"Softmax temperature: below 1 the draws keep to likelier codes, above 1 they stray further; at"
     f" the least, {MIN_TEMPERATURE:g}, they are the most likely codes, whatever the --seed.",
 )
-@click.option("--seed", type=int, default=0, help="Seed of the draws.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed of the draws.")
 @reports_errors
 def sample(
     model: str | None,

@@ -1,6 +1,6 @@
 """The codec's commands that write files: ``compress`` (images to .vqz) and ``decompress`` (back).
 
-A thin shell over ``vqcodec.codec``: parse, call, write atomically, report. Every failure ends as one
+A thin shell over ``vqcodec.api``: parse, call, write atomically, report. Every failure ends as one
 line ``vqcodec: error: ...`` on stderr with the exit status of its kind (``vqcodec.cli_errors``), and
 no output file (complete or partial) is left behind. Both take one input and one output, or several
 inputs and an output folder (``-o``): the inputs are never written to (``vqcodec.cli_files``).
@@ -51,8 +51,9 @@ from vqcodec.threads import limited
 if TYPE_CHECKING:
     from vqcodec.codec import Codec
 
-LOSSY_FORMATS = frozenset({"JPEG", "WEBP", "AVIF", "JPEG2000", "HEIF"})
-"""Image formats that lose detail of their own when the decoded image is written in them."""
+LOSSY_FORMATS = frozenset({"JPEG", "WEBP", "AVIF", "HEIF"})
+"""Image formats that lose detail of their own at a quality they take (``--image-quality``); the
+others write the decoded pixels as they are, or say what they do to them (``imageio.pixel_fidelity``)."""
 LOSSY_QUALITY = 95
 """The quality a lossy OUT format is written at unless --image-quality says otherwise."""
 
@@ -269,29 +270,26 @@ def _compress_file(job: Job, codec: Codec, encoding: Encoding, force: bool) -> s
 def _encode(codec: Codec, image: str | BinaryIO, encoding: Encoding) -> tuple[bytes, str]:
     """The .vqz bytes of ``image``, at the quality asked for or the one a target picks; and that quality
     (with a target, the size coded and the PSNR reached), in words."""
-    if all(target is None for target in encoding.targets):
-        with progress_bar("compressing", encoding.quiet) as progress, limited(encoding.threads):
-            data = codec.compress(
-                image,
-                progress,
-                encoding.quality,
-                encoding.tile,
-                metadata=encoding.metadata,
-                effort=encoding.effort,
-            )
-        return data, f"quality {encoding.quality:g}"
-    from vqcodec.rate import Target, compress_to_target
+    from vqcodec.api import compress_result
 
-    with progress_bar("searching", encoding.quiet) as progress, limited(encoding.threads):
-        found = compress_to_target(
-            codec,
+    size, bpp, psnr = encoding.targets
+    aimed = any(target is not None for target in encoding.targets)
+    with progress_bar("searching" if aimed else "compressing", encoding.quiet) as progress:
+        found = compress_result(
             image,
-            Target(*encoding.targets),
-            encoding.tile,
-            encoding.metadata,
-            progress,
-            encoding.effort,
+            codec,
+            progress=progress,
+            quality=None if aimed else encoding.quality,
+            tile=encoding.tile,
+            metadata=encoding.metadata,
+            threads=encoding.threads,
+            target_size=size,
+            target_bpp=bpp,
+            target_psnr=psnr,
+            effort=encoding.effort,
         )
+    if not aimed:
+        return found.data, f"quality {found.quality:g}"
     reached = f"quality {found.quality:.3f}, coded at {found.coded_size[0]}x{found.coded_size[1]}"
     return found.data, reached + (f", {found.psnr:.2f} dB" if found.psnr else "")
 
@@ -351,20 +349,27 @@ def decompress(
       vqcodec decompress --model tiny.safetensors photo.vqz photo.webp
       vqcodec decompress - - < photo.vqz > photo.png
     """
+    from vqcodec.imageio import pixel_fidelity
+
     image_format = _image_format(out_format, "--format") if out_format else "PNG"
     extension = "." + (out_format or "png").lower().lstrip(".")
     jobs = plan_jobs(paths, out_dir, extension)  # as the user spells it
     if out_dir is None and out_format is None:
         image_format = _image_format_of_out(jobs[0].target)
         extension = "" if jobs[0].target == "-" else Path(jobs[0].target).suffix
+    if len(jobs) == 1 and (out_dir is None or Path(out_dir).is_dir()):  # -o's folder is made below
+        check_output(jobs[0], force)
     if image_format in LOSSY_FORMATS and image_quality is None and not quiet:
         click.echo(
             f"vqcodec: warning: {image_format} is lossy: written at quality {LOSSY_QUALITY}, its loss adds to"
             " the codec's (PNG keeps the decoded pixels; --image-quality chooses and silences this)",
             err=True,
         )
-    if len(jobs) == 1 and (out_dir is None or Path(out_dir).is_dir()):  # -o's folder is made below
-        check_output(jobs[0], force)
+    elif image_format not in LOSSY_FORMATS and (fidelity := pixel_fidelity(image_format)) and not quiet:
+        click.echo(
+            f"vqcodec: warning: {image_format} {fidelity} (PNG keeps the decoded pixels as they are)",
+            err=True,
+        )
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     lossy_quality = (image_quality or LOSSY_QUALITY) if image_format in LOSSY_FORMATS else None
@@ -376,7 +381,7 @@ def decompress(
 def _image_format(name: str, param_hint: str = "OUT") -> str:
     """The Pillow format that a file name's extension or a format's name (``png``, ``.webp``) says, if
     Pillow writes colour images in it; checked before anything is decoded."""
-    from vqcodec.imageio import writable_mode
+    from vqcodec.imageio import pixel_fidelity, writable_mode
 
     extension = "." + name.lower().lstrip(".")
     Image.init()
@@ -385,6 +390,10 @@ def _image_format(name: str, param_hint: str = "OUT") -> str:
         raise click.BadParameter(
             f"cannot write images with extension {extension!r} (use e.g. .png, .webp, .jpg)",
             param_hint=param_hint,
+        )
+    if fmt not in LOSSY_FORMATS and pixel_fidelity(fmt) == "resizes images":
+        raise click.BadParameter(
+            f"{fmt} resizes the images it holds: use e.g. .png, .webp, .jpg", param_hint=param_hint
         )
     return fmt
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any, NoReturn, TypeVar
 
@@ -39,7 +41,7 @@ Exit status:
        the file needs a model that is not available
   4    the output exists (give --force), or is the input itself
   5    internal error (a bug: please report it)
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C); 143, 129: stopped by SIGTERM, SIGHUP
   141  the reader of the output went away (a closed pipe), quietly
 With several inputs, every file is tried and the status is the first failure's."""
 
@@ -128,25 +130,75 @@ def interrupted() -> NoReturn:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def reader_gone() -> NoReturn:
-    """End the process quietly when the reader of its output went away (``vqcodec models | head -1``),
-    with the status a command killed by SIGPIPE has; Python would otherwise complain on exit too, when
-    it flushes stdout into the closed pipe."""
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (``kill``, ``timeout``, a closed terminal), raised where the process is, as
+    Ctrl-C is: what is being written is removed on the way out (``cli_files.write_output``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def terminations_raised() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into ``Terminated`` while the block runs, where their default would
+    end the process on the spot (one ignored, as under ``nohup``, stays ignored)."""
+    names = ("SIGTERM", "SIGHUP")
+    signums = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (a command run from a thread, as in tests)
+        return
+    before = {signum: signal.getsignal(signum) for signum in signums}
+    for signum, handler in before.items():
+        if handler is signal.SIG_DFL:
+            signal.signal(signum, _terminate)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def output_failed(error: OSError) -> NoReturn:
+    """End the process when its output cannot be written: quietly, with the status a process killed by
+    SIGPIPE has, when the reader went away (``vqcodec models | head -1``), else with one line (its
+    ``--help`` into a full disk); stdout goes to /dev/null, so that Python's last flush is quiet."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(EXIT_BROKEN_PIPE)
+    if isinstance(error, BrokenPipeError):
+        sys.exit(EXIT_BROKEN_PIPE)
+    with contextlib.suppress(OSError):
+        click.echo(f"vqcodec: error: cannot write the output: {one_line(error)}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 class Group(click.Group):
     """Click's group, ending on Ctrl-C with status 130 wherever it comes: in a command, or while the
-    options are parsed (a ``--device`` check imports torch, which takes a while)."""
+    options are parsed (a ``--device`` check imports torch, which takes a while); on SIGTERM or SIGHUP
+    with 128 + its number, once what it was writing is removed; and with one line if its own text
+    cannot be written."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except OSError as error:  # the top level's --help or --version, into a full disk or closed pipe
+            output_failed(error)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with terminations_raised():
+                return super().invoke(ctx)
         except KeyboardInterrupt:
             interrupted()
-        except BrokenPipeError:
-            reader_gone()
+        except Terminated as terminated:
+            with contextlib.suppress(OSError):
+                click.echo(f"vqcodec: {signal.Signals(terminated.signum).name}: stopped", err=True)
+            sys.exit(128 + terminated.signum)
+        except OSError as error:  # a closed pipe, or a command's --help: other errors are CommandErrors
+            output_failed(error)
         except click.Abort as abort:
             if isinstance(abort.__context__, KeyboardInterrupt):
                 interrupted()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 import warnings
@@ -67,17 +68,38 @@ def check_output(job: Job, force: bool) -> None:
             raise OutputExists(f"stdout is the input file {job.source}; refusing to overwrite it")
         return
     out, source = Path(job.target), Path(job.source)
+    if job.target.endswith(("/", os.sep)):  # Path() would drop the slash, and write a file of that name
+        raise BadInput(f"{job.target} names a folder: give a file name (or -o FOLDER)")
     if job.source == "-":
         if _is_stream_of(standard_stream("stdin"), out):
             raise OutputExists(f"{job.target} is the file stdin reads; refusing to overwrite it")
-    elif out.resolve() == source.resolve() or _same_file(out, source):
+    elif _resolved(out) == _resolved(source) or _same_file(out, source):
         raise OutputExists(f"{job.target} is the input file; refusing to overwrite it")
     if out.is_dir():
         raise BadInput(f"{job.target} is a folder")
-    if (out.exists() or out.is_symlink()) and not force:
+    if (out.exists() or out.is_symlink()) and not force and not is_special(out):
         raise OutputExists(f"{job.target} exists (use --force to overwrite it)")
     if not out.parent.is_dir():
         raise BadInput(f"{out.parent}: no such folder for the output")
+
+
+def is_special(path: Path) -> bool:
+    """Whether ``path`` is, or links to, something other than a file or folder: a device (/dev/null), a
+    pipe or a socket. Such an output is written in place, as other tools do, not replaced by a file;
+    and writing to it overwrites nothing, so it needs no --force."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` with its links followed, as far as they go (a loop of links is left as it is)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links, before Python 3.13
+        return path.absolute()
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -120,22 +142,44 @@ def read_vqz_input(source: str) -> bytes:
 
 
 def write_output(target: str, data: bytes) -> None:
-    """Write ``data`` to stdout or, through a temporary file in the same folder, atomically to a file:
-    an error never leaves a partial output."""
+    """Write ``data`` to stdout, to a device or pipe in place (``is_special``), or else through a
+    temporary file in the same folder, synced, then renamed over the output: an error, a crash or a
+    signal never leaves a partial output. A file replaced (--force) keeps its permissions and, where
+    allowed, its owner."""
     if target == "-":
         stream = standard_stream("stdout")
-        stream.write(data)
+        _write_all(stream, data)
         stream.flush()
         return
     out = Path(target)
+    if is_special(out):
+        try:
+            with open(out, "wb") as stream:
+                if stream.isatty():
+                    raise click.UsageError(f"refusing to write binary data to a terminal ({target})")
+                _write_all(stream, data)
+        except OSError as error:
+            raise _naming(error, target) from error
+        return
     try:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        replaced = os.stat(out, follow_symlinks=False)
+    except OSError:
+        replaced = None
+    try:  # a short name of its own: OUT's name and more could pass the file system's limit
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".vqcodec-", suffix=".tmp")
     except OSError as error:
         raise _naming(error, target) from error
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the output private
+            f.flush()
+            os.fsync(f.fileno())
+        if replaced is not None and stat.S_ISREG(replaced.st_mode):
+            os.chmod(tmp, stat.S_IMODE(replaced.st_mode) & 0o777)
+            with contextlib.suppress(OSError):  # only the owner's group, or root, may give it back
+                os.chown(tmp, replaced.st_uid, replaced.st_gid)
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the output private
         os.replace(tmp, out)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
@@ -143,6 +187,17 @@ def write_output(target: str, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_all(stream: BinaryIO, data: bytes) -> None:
+    """Write all of ``data``: into a pipe whose reader went away, a write may write part of it and
+    return the count without an error, which the next one raises (``BrokenPipeError``)."""
+    view = memoryview(data)
+    while view:
+        written = stream.write(view)
+        if not written:
+            raise BrokenPipeError("nothing written")
+        view = view[written:]
 
 
 def _naming(error: OSError, target: str) -> OSError:
@@ -174,9 +229,10 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int],
 
 
 @contextlib.contextmanager
-def codec_warnings(quiet: bool = False) -> Iterator[None]:
-    """Show the codec's own warnings as ``vqcodec: warning:`` lines (unless quiet), and no others: torch's
-    and other libraries' warnings are not the user's business."""
+def codec_warnings(quiet: bool = False, source: str | None = None) -> Iterator[None]:
+    """Show the codec's own warnings as ``vqcodec: warning:`` lines (unless quiet), naming ``source``
+    if given (one of several inputs), and no others: torch's and other libraries' warnings are not the
+    user's business."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -184,7 +240,8 @@ def codec_warnings(quiet: bool = False) -> Iterator[None]:
         finally:
             for warning in caught:
                 if not quiet and Path(warning.filename).resolve().is_relative_to(_PACKAGE_DIR):
-                    click.echo(f"vqcodec: warning: {warning.message}", err=True)
+                    about = "" if source is None else f"{source}: "
+                    click.echo(f"vqcodec: warning: {about}{warning.message}", err=True)
 
 
 @dataclass(frozen=True)
@@ -203,22 +260,33 @@ class Output:
             click.echo(line, err=True)
 
 
+@contextlib.contextmanager
+def _naming_the_input(job: Job, only: type[CommandError] = CommandError) -> Iterator[None]:
+    """``errors()``, each message of the kind ``only`` starting with the input it is about (stdin for
+    ``-``)."""
+    try:
+        with errors():
+            yield
+    except only as error:
+        message, source = error.format_message(), "stdin" if job.source == "-" else job.source
+        if not message.startswith(source):
+            error.message = f"{source}: {message}"
+        raise
+
+
 def run_jobs(jobs: list[Job], work: Callable[[Job], str], output: Output, verb: str) -> None:
     """Do every job, each inside its own error report; with several, carry on past failures, sum up at
     the end and exit with the first failure's status."""
     if len(jobs) == 1:
-        with codec_warnings(output.quiet):
+        with _naming_the_input(jobs[0], BadInput), codec_warnings(output.quiet):  # not a model's
             output.say(work(jobs[0]))
         return
     failed: list[int] = []
     for job in jobs:
         try:
-            with codec_warnings(output.quiet), errors():
+            with _naming_the_input(job), codec_warnings(output.quiet, job.source):
                 output.say(work(job))
         except CommandError as error:
-            message = error.format_message()
-            if not message.startswith(job.source):
-                error.message = f"{job.source}: {message}"
             error.show()
             failed.append(error.exit_code)
     if not output.quiet:

@@ -270,6 +270,25 @@ def _writes(fmt: str, mode: str) -> bool:
     return True
 
 
+@functools.cache
+def pixel_fidelity(fmt: str) -> str | None:
+    """None if Pillow writes RGB images in the format ``fmt`` and reads them back as they were; else
+    what it does to them, in words ("resizes images", "changes the pixels", "is not read back to
+    check the pixels").
+    Tried on one noisy image: GIF's palette, ICO's sizes and MPO's JPEG show on it."""
+    rgb = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    try:
+        Image.fromarray(rgb).save(buffer, format=fmt)
+        with Image.open(io.BytesIO(buffer.getvalue())) as written:
+            size, back = written.size, np.asarray(written.convert("RGB"))
+    except _PILLOW_SAVE_ERRORS:
+        return "is not read back to check the pixels"
+    if size != (300, 300):
+        return "resizes images"
+    return None if np.array_equal(back, rgb) else "changes the pixels"
+
+
 def pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
     """Pad the bottom and right by repeating the edge pixels up to sides divisible by ``multiple``.
 
