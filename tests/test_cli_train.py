@@ -202,6 +202,20 @@ def test_sample_refuses_bad_options_before_drawing(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("n", "size", "temperature", "message"),
+    [(5, 1024, 1.0, "more than one run draws"), (1, 0, 1.0, "at least one"), (1, 16, 1e-9, "temperature")],
+)
+def test_the_sampling_api_keeps_the_commands_limits(
+    tmp_path: Path, n: int, size: int, temperature: float, message: str
+) -> None:
+    from vqcodec.sample import sample_to_folder
+
+    with pytest.raises(ValueError, match=message):
+        sample_to_folder(TINY, tmp_path / "s", n, size, size, temperature, device="cpu")
+    assert not (tmp_path / "s").exists()
+
+
 def test_sample_at_the_least_temperature(tmp_path: Path) -> None:
     """The lowest temperature allowed draws the most likely codes, whatever the seed."""
     sample = ["sample", "-m", TINY, "--n", "2", "--size", "16x16", "--temperature", "1e-6"]

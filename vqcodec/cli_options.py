@@ -104,3 +104,18 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value} is not a finite number", param, ctx)
         return number
+
+
+# --device of the commands that default to CUDA when there is one (training, sampling), refused while
+# parsing if unknown or absent here, as compress's is
+cuda_first_device_option = device_option_saying("cpu, cuda or cuda:N  [default: cuda if available, else cpu]")
+
+# a training run's folder, for the training stages after the first and for export
+run_dir_option = click.option(
+    "--run-dir",
+    "--run",
+    "run",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Run folder (after stage 1). --run is an alias that torchrun rejects (its own --run-path).",
+)
