@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import click
 from click.core import ParameterSource
-from PIL import Image
 
 from vqcodec.cli_errors import EXIT_STATUS, BadUsage, reports_errors
 from vqcodec.cli_files import (
@@ -379,23 +378,13 @@ def decompress(
 
 
 def _image_format(name: str, param_hint: str = "OUT") -> str:
-    """The Pillow format that a file name's extension or a format's name (``png``, ``.webp``) says, if
-    Pillow writes colour images in it; checked before anything is decoded."""
-    from vqcodec.imageio import pixel_fidelity, writable_mode
+    """``imageio.output_format`` as a usage error, checked before anything is decoded."""
+    from vqcodec.imageio import output_format
 
-    extension = "." + name.lower().lstrip(".")
-    Image.init()
-    fmt = Image.registered_extensions().get(extension)
-    if fmt is None or fmt not in Image.SAVE or fmt == "VQZ" or writable_mode(fmt, "RGB") is None:
-        raise click.BadParameter(
-            f"cannot write images with extension {extension!r} (use e.g. .png, .webp, .jpg)",
-            param_hint=param_hint,
-        )
-    if fmt not in LOSSY_FORMATS and pixel_fidelity(fmt) == "resizes images":
-        raise click.BadParameter(
-            f"{fmt} resizes the images it holds: use e.g. .png, .webp, .jpg", param_hint=param_hint
-        )
-    return fmt
+    try:
+        return output_format(name)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint=param_hint) from None
 
 
 def _image_format_of_out(target: str) -> str:

@@ -489,11 +489,20 @@ def _extension(path_or_file: str | os.PathLike[str] | BinaryIO) -> str:
 def _format_from_name(path_or_file: str | os.PathLike[str] | BinaryIO) -> str:
     """The format a path's (or an open file's) extension names; PNG where there is no extension."""
     extension = _extension(path_or_file)
-    if not extension:
-        return "PNG"
+    return output_format(extension) if extension else "PNG"
+
+
+def output_format(name: str) -> str:
+    """The Pillow format that a file name's extension or a format's name (``png``, ``.webp``) says, if
+    Pillow writes colour images in it and keeps their size; ValueError otherwise, and for VQZ (an image
+    written there would be compressed again)."""
+    extension = "." + name.lower().lstrip(".")
+    Image.init()
     fmt = Image.registered_extensions().get(extension)
-    if fmt is None:
-        raise ValueError(f"unknown image file extension {extension!r}; pass format= explicitly")
+    if fmt is None or fmt not in Image.SAVE or fmt == "VQZ" or writable_mode(fmt, "RGB") is None:
+        raise ValueError(f"cannot write images with extension {extension!r} (use e.g. .png, .webp, .jpg)")
+    if pixel_fidelity(fmt) == "resizes images":
+        raise ValueError(f"{fmt} resizes the images it holds: use e.g. .png, .webp, .jpg")
     return fmt
 
 

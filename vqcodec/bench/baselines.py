@@ -80,7 +80,7 @@ def factorized_transforms(n: int = 128, m: int = 192) -> tuple[nn.Module, nn.Mod
 
 
 def bmshj2018_sides() -> tuple[str, Callable[[torch.Tensor], Any], Callable[[Any], Any]]:
-    """The baseline of issue #19's targets as (what it is, encode, decode) on a (1, 3, H, W) tensor:
+    """The baseline of the speed targets as (what it is, encode, decode) on a (1, 3, H, W) tensor:
     CompressAI's bmshj2018-factorized (random weights) where it is installed; without it, its
     transforms rebuilt here with the latent rounded, a lower bound on that codec's times (its entropy
     coder is left out), since CompressAI cannot be installed beside every torch."""

@@ -3,7 +3,7 @@
 ``vqcodec.bench.speed`` starts it with ``run_child``; the child prints one JSON line: the seconds of
 every call, the files' sizes, the peak resident memory (``ru_maxrss``: model and Python included) and,
 on a GPU, the peak of the memory torch allocated there. "versus" times vqcodec and the baseline of
-issue #19's targets (``baselines.bmshj2018_sides``) image by image in one process, alternating which
+the speed targets (``baselines.bmshj2018_sides``) image by image in one process, alternating which
 goes first, so that a ratio of the two holds while the machine's speed drifts.
 """
 

@@ -5,7 +5,7 @@ model, warms it up untimed, then times every image from pixels in memory to byte
 3840x2160 image is kodim05 resized up with Lanczos; it is smoother than a real 4K photograph, so its
 codes are somewhat cheaper to code, but the work of the priors depends on the map size only. The same
 run times vqcodec against bmshj2018-factorized (CompressAI's, or without it its transforms) image by
-image in one process, for the ratios of issue #19's targets; CompressAI's codecs on their own where it
+image in one process, for the speed targets' ratios; CompressAI's codecs on their own where it
 is installed; the products' compute floor (``vqcodec.bench.baselines``); batch decoding
 (``decompress_many``) for the throughput; and the images coded whole (tile 0) for what the tiles cost
 in bits and save in time. Writes ``speed.json`` and ``results.md``; on the CPU also the threads under
@@ -299,7 +299,7 @@ def _compressai_section(report: dict[str, Any]) -> list[str]:
             f"Against {versus['baseline']}: both timed in one process, image by image over the"
             f" {versus['images']} Kodak images in {rounds} rounds, each side once first and once second, so"
             " that the machine's drift cancels. vqcodec's time as a multiple of bmshj2018-factorized's, the"
-            f" median of the {len(versus['encode']['ratios'])} per-image ratios (issue #19's target: 1.0x),"
+            f" median of the {len(versus['encode']['ratios'])} per-image ratios (the target: 1.0x),"
             f" in a plain Python process (glibc's malloc as it comes, both imported as libraries):"
             f" {_ratios(versus)}.",
             "",
