@@ -594,3 +594,24 @@ def test_refined_decoder_resumes_exactly(
         train_decoder(resumed, images, 6, **options)
     train_decoder(resumed, images, 6, **options)
     assert_identical(tensors(resumed, "decoder"), tensors(straight, "decoder"))
+
+
+def test_a_thin_image_is_cropped_without_resizing_it_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2x8192 pixels upscaled whole for a 256-pixel crop were 268 M pixels (800 MB) per crop; only the
+    crop's part is resized now, to nearly the pixels that resizing the whole gives."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from vqcodec.train import data
+
+    thin = Image.new("RGB", (2, 8192), (10, 200, 30))
+    assert np.all(np.asarray(data.random_crop(thin, 256, random.Random(0))) == (10, 200, 30))
+    assert data.centre_crop(thin, 256).size == (256, 256)
+    y, x = np.mgrid[0:120, 0:90]
+    photo = Image.fromarray(np.stack([x * 2, y * 2, x + y], axis=-1).astype(np.uint8))
+    whole = np.asarray(data.random_crop(photo, 64, random.Random(1)), dtype=int)
+    monkeypatch.setattr(data, "WHOLE_RESIZE_PIXELS", 0)
+    part = np.asarray(data.random_crop(photo, 64, random.Random(1)), dtype=int)
+    assert np.abs(whole - part).max() <= 1

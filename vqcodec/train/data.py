@@ -24,6 +24,7 @@ from vqcodec.imageio import load_image
 from vqcodec.train.pack import IMAGE_SUFFIXES, iter_images
 
 MIN_SCALE = 0.5  # random downscaling by a factor in [MIN_SCALE, 1] hides JPEG artefacts
+WHOLE_RESIZE_PIXELS = 2**24  # a crop of a larger resized image resizes only its own part
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -61,10 +62,8 @@ def random_crop(img: Image.Image, crop: int, rng: random.Random) -> Image.Image:
     w, h = img.size
     scale = max(rng.uniform(MIN_SCALE, 1.0), crop / min(w, h))
     size = (max(crop, round(w * scale)), max(crop, round(h * scale)))
-    if size != img.size:
-        img = img.resize(size, Image.Resampling.BICUBIC)
     x, y = rng.randint(0, size[0] - crop), rng.randint(0, size[1] - crop)
-    img = img.crop((x, y, x + crop, y + crop))
+    img = _resized_crop(img, size, (x, y), crop)
     if rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return img
@@ -76,9 +75,22 @@ def centre_crop(img: Image.Image, crop: int) -> Image.Image:
     if min(w, h) < crop:
         scale = crop / min(w, h)
         w, h = max(crop, round(w * scale)), max(crop, round(h * scale))
-        img = img.resize((w, h), Image.Resampling.BICUBIC)
-    x, y = (w - crop) // 2, (h - crop) // 2
-    return img.crop((x, y, x + crop, y + crop))
+    return _resized_crop(img, (w, h), ((w - crop) // 2, (h - crop) // 2), crop)
+
+
+def _resized_crop(img: Image.Image, size: tuple[int, int], at: tuple[int, int], crop: int) -> Image.Image:
+    """The ``crop`` square at ``at`` of ``img`` resized to ``size``. A resized image beyond
+    ``WHOLE_RESIZE_PIXELS`` (a thin image upscaled: 2x8192 to a 256-pixel crop is 268 M pixels) is not
+    made: only the square's part of ``img`` is resized, to nearly the same pixels (Pillow rounds
+    between its two passes, and the box's edges change them by a level or so)."""
+    x, y = at
+    if size == img.size:
+        return img.crop((x, y, x + crop, y + crop))
+    if size[0] * size[1] <= WHOLE_RESIZE_PIXELS:
+        return img.resize(size, Image.Resampling.BICUBIC).crop((x, y, x + crop, y + crop))
+    sx, sy = img.size[0] / size[0], img.size[1] / size[1]
+    box = (x * sx, y * sy, (x + crop) * sx, (y + crop) * sy)
+    return img.resize((crop, crop), Image.Resampling.BICUBIC, box=box)
 
 
 class ImageFolder(Dataset):
