@@ -390,6 +390,17 @@ def test_input_file_is_not_modified(tmp_path) -> None:
     assert (hashlib.sha256(path.read_bytes()).digest(), path.stat().st_mtime_ns) == before
 
 
+def test_nan_in_a_float_image_reads_as_zero() -> None:
+    """numpy's cast of NaN to uint8 is undefined (and warned of): the codec says what it makes of it."""
+    samples = np.full((4, 4), np.nan, np.float32)
+    samples[0, 0], samples[1, 1] = np.inf, 100.4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's RuntimeWarning no longer escapes
+        source = load_image(Image.fromarray(samples, "F"))
+    assert source.rgb[..., 0].tolist()[:2] == [[255, 0, 0, 0], [0, 100, 0, 0]]
+    assert any("NaN samples" in warning for warning in source.warnings)
+
+
 def test_a_stream_is_read_from_its_position() -> None:
     """As decompress reads a .vqz file: Pillow alone went back to the stream's start, and coded the
     image before the one at the position."""

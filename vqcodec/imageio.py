@@ -11,7 +11,7 @@ Conventions, chosen so that every input has one documented meaning:
   it carries a colour ICC profile: coded as colour, it would come back with a tint of colour.
 * 16-bit samples ("I;16*", and "I", which Pillow uses for some 16-bit files) are reduced to 8 bits
   with rounding, ``round(v / 257)``; "I" values outside 0..65535 are clipped. Float ("F") samples
-  follow Pillow's own convention of a 0..255 scale, rounded and clipped.
+  follow Pillow's own convention of a 0..255 scale, rounded and clipped (NaN read as 0).
 * Pillow decodes 16-bit RGB(A) and LA by keeping the high byte of each sample, so those lose up to
   one level more than rounding would; they are still reported as reduced to 8 bits.
 * Palette images become RGB, or RGBA when they have transparency; "L" and "RGB" images with a
@@ -431,7 +431,11 @@ def _standard_planes(
         return ((samples * 255 + 32767) // 65535).astype(np.uint8), "L", icc_profile
     if mode == "F":
         warnings.append("32-bit float image reduced to 8 bits")
-        return np.asarray(image).round().clip(0, 255).astype(np.uint8), "L", icc_profile
+        samples = np.asarray(image)
+        if not np.isfinite(samples).all():  # casting NaN is undefined: say what it becomes
+            warnings.append("NaN samples of the float image read as 0, infinite ones clipped")
+            samples = np.nan_to_num(samples, nan=0.0, posinf=255.0, neginf=0.0)
+        return samples.round().clip(0, 255).astype(np.uint8), "L", icc_profile
 
     if mode in _EXACT_CONVERSIONS:
         image = image.convert(_EXACT_CONVERSIONS[mode])
