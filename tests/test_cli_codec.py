@@ -571,8 +571,44 @@ def test_an_out_ending_in_a_slash_is_refused(model: str, png: Path, tmp_path: Pa
     notes.write_bytes(b"precious")
     assert_error(run("compress", "-m", model, "-f", png, f"{notes}/"), EXIT_BAD_INPUT, "names a folder")
     assert notes.read_bytes() == b"precious"
+    assert_error(run("compress", "-m", model, "-f", png, f"{notes}/."), EXIT_BAD_INPUT, "names a folder")
+    assert notes.read_bytes() == b"precious"
     assert_error(run("compress", "-m", model, png, f"{tmp_path}/new/"), EXIT_BAD_INPUT, "names a folder")
     assert files_in(tmp_path) == {"in.png", "notes.vqz"}
+
+
+def test_a_disk_or_socket_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Writing in place is for pipes and character devices: a block device is a disk."""
+    from vqcodec import cli_files
+    from vqcodec.cli_errors import OutputError
+
+    target = tmp_path / "sdz"
+    target.write_bytes(b"a disk")
+    real_stat = os.stat
+    monkeypatch.setattr(
+        os, "stat", lambda path, **kw: os.stat_result((stat.S_IFBLK | 0o660, *real_stat(path, **kw)[1:]))
+    )
+    assert not cli_files.is_special(target)
+    with pytest.raises(OutputError, match="neither a file, a pipe nor a character device"):
+        cli_files.write_output(str(target), b"data")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"a disk"
+
+
+def test_an_output_error_names_the_output(model: str, png: Path, tmp_path: Path):
+    vqz = tmp_path / "a.vqz"
+    assert run("compress", "-m", model, png, vqz).exit_code == 0
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "vqcodec", "decompress", "-m", model, str(vqz), "-"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert (result.returncode, result.stderr) == (
+        EXIT_BAD_INPUT,
+        "vqcodec: error: stdout: No space left on device\n",
+    )
 
 
 def test_a_name_at_the_file_systems_limit_is_written(model: str, png: Path, tmp_path: Path):

@@ -10,6 +10,7 @@ too) can use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -55,6 +56,11 @@ class CommandError(click.ClickException):
 
 class BadInput(CommandError):
     exit_code = EXIT_BAD_INPUT
+
+
+class OutputError(BadInput):
+    """The output could not be written (no space, no permission): bad input's status, named by the
+    output."""
 
 
 class BadUsage(CommandError):
@@ -163,6 +169,13 @@ def terminations_raised() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _of_the_output(error: OSError) -> bool:
+    """Whether ``error`` escaped from writing the process's own output (stdout): a closed pipe, or a
+    device error with no file named (anything else, a library failing to load say, is not)."""
+    full = (errno.ENOSPC, errno.EIO, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+    return isinstance(error, BrokenPipeError) or (error.errno in full and error.filename is None)
+
+
 def output_failed(error: OSError) -> NoReturn:
     """End the process when its output cannot be written: quietly, with the status a process killed by
     SIGPIPE has, when the reader went away (``vqcodec models | head -1``), else with one line (its
@@ -185,6 +198,8 @@ class Group(click.Group):
         try:
             return super().make_context(*args, **kwargs)
         except OSError as error:  # the top level's --help or --version, into a full disk or closed pipe
+            if not _of_the_output(error):
+                raise
             output_failed(error)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -198,6 +213,8 @@ class Group(click.Group):
                 click.echo(f"vqcodec: {signal.Signals(terminated.signum).name}: stopped", err=True)
             sys.exit(128 + terminated.signum)
         except OSError as error:  # a closed pipe, or a command's --help: other errors are CommandErrors
+            if not _of_the_output(error):
+                raise
             output_failed(error)
         except click.Abort as abort:
             if isinstance(abort.__context__, KeyboardInterrupt):

@@ -20,7 +20,7 @@ from typing import IO, Any, BinaryIO
 
 import click
 
-from vqcodec.cli_errors import BadInput, CommandError, OutputExists, errors
+from vqcodec.cli_errors import BadInput, CommandError, OutputError, OutputExists, errors
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -68,7 +68,7 @@ def check_output(job: Job, force: bool) -> None:
             raise OutputExists(f"stdout is the input file {job.source}; refusing to overwrite it")
         return
     out, source = Path(job.target), Path(job.source)
-    if job.target.endswith(("/", os.sep)):  # Path() would drop the slash, and write a file of that name
+    if _last_component(job.target) in ("", ".", ".."):  # Path() drops a final / or /.: a file of that name
         raise BadInput(f"{job.target} names a folder: give a file name (or -o FOLDER)")
     if job.source == "-":
         if _is_stream_of(standard_stream("stdin"), out):
@@ -83,15 +83,23 @@ def check_output(job: Job, force: bool) -> None:
         raise BadInput(f"{out.parent}: no such folder for the output")
 
 
+def _last_component(target: str) -> str:
+    """The last component of a path as written, before ``Path`` normalises it away."""
+    for separator in {"/", os.sep}:
+        target = target.rsplit(separator, 1)[-1]
+    return target
+
+
 def is_special(path: Path) -> bool:
-    """Whether ``path`` is, or links to, something other than a file or folder: a device (/dev/null), a
-    pipe or a socket. Such an output is written in place, as other tools do, not replaced by a file;
-    and writing to it overwrites nothing, so it needs no --force."""
+    """Whether ``path`` is, or links to, a pipe or a character device (/dev/null, a terminal). Such an
+    output is written in place, as other tools do, not replaced by a file, and needs no --force: its
+    data goes to a reader, nothing stored is overwritten. (A block device, a disk, is refused as an
+    existing output is without --force; with it, ``write_output`` refuses it still.)"""
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
         return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def _resolved(path: Path) -> Path:
@@ -148,10 +156,15 @@ def write_output(target: str, data: bytes) -> None:
     allowed, its owner."""
     if target == "-":
         stream = standard_stream("stdout")
-        _write_all(stream, data)
-        stream.flush()
+        try:
+            _write_all(stream, data)
+            stream.flush()
+        except OSError as error:
+            raise _naming(error, "stdout") from error
         return
     out = Path(target)
+    if _exists_as_other(out):
+        raise OutputError(f"{target} is neither a file, a pipe nor a character device: not written")
     if is_special(out):
         try:
             with open(out, "wb") as stream:
@@ -176,8 +189,9 @@ def write_output(target: str, data: bytes) -> None:
             os.fsync(f.fileno())
         if replaced is not None and stat.S_ISREG(replaced.st_mode):
             os.chmod(tmp, stat.S_IMODE(replaced.st_mode) & 0o777)
-            with contextlib.suppress(OSError):  # only the owner's group, or root, may give it back
-                os.chown(tmp, replaced.st_uid, replaced.st_gid)
+            if hasattr(os, "chown"):  # not on Windows
+                with contextlib.suppress(OSError):  # only the owner's group, or root, may give it back
+                    os.chown(tmp, replaced.st_uid, replaced.st_gid)
         else:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the output private
         os.replace(tmp, out)
@@ -187,6 +201,16 @@ def write_output(target: str, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _exists_as_other(path: Path) -> bool:
+    """Whether ``path`` is, or links to, something that no output may replace or be written into: a
+    block device (a disk), a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode))
 
 
 def _write_all(stream: BinaryIO, data: bytes) -> None:
@@ -200,9 +224,12 @@ def _write_all(stream: BinaryIO, data: bytes) -> None:
         view = view[written:]
 
 
-def _naming(error: OSError, target: str) -> OSError:
-    """``error`` about the output ``target``, not the hidden temporary file it was written through."""
-    return type(error)(error.errno, error.strerror, target)
+def _naming(error: OSError, target: str) -> OSError | OutputError:
+    """``error`` as an error of the output ``target`` (not of the hidden temporary file it was written
+    through, nor of the input); a closed pipe stays one (quietly, ``cli_errors.output_failed``)."""
+    if isinstance(error, BrokenPipeError):
+        return error
+    return OutputError(f"{target}: {error.strerror or error}")
 
 
 def _umask() -> int:
@@ -261,15 +288,16 @@ class Output:
 
 
 @contextlib.contextmanager
-def _naming_the_input(job: Job, only: type[CommandError] = CommandError) -> Iterator[None]:
-    """``errors()``, each message of the kind ``only`` starting with the input it is about (stdin for
-    ``-``)."""
+def _naming_the_input(job: Job, single: bool) -> Iterator[None]:
+    """``errors()``, each message starting with the input it is about (stdin for ``-``); for a
+    ``single`` input, only its input's errors (not the output's, not the model's)."""
+    only = BadInput if single else CommandError
     try:
         with errors():
             yield
     except only as error:
         message, source = error.format_message(), "stdin" if job.source == "-" else job.source
-        if not message.startswith(source):
+        if not message.startswith(f"{source}:") and not (single and isinstance(error, OutputError)):
             error.message = f"{source}: {message}"
         raise
 
@@ -278,13 +306,13 @@ def run_jobs(jobs: list[Job], work: Callable[[Job], str], output: Output, verb: 
     """Do every job, each inside its own error report; with several, carry on past failures, sum up at
     the end and exit with the first failure's status."""
     if len(jobs) == 1:
-        with _naming_the_input(jobs[0], BadInput), codec_warnings(output.quiet):  # not a model's
+        with _naming_the_input(jobs[0], single=True), codec_warnings(output.quiet):
             output.say(work(jobs[0]))
         return
     failed: list[int] = []
     for job in jobs:
         try:
-            with _naming_the_input(job), codec_warnings(output.quiet, job.source):
+            with _naming_the_input(job, single=False), codec_warnings(output.quiet, job.source):
                 output.say(work(job))
         except CommandError as error:
             error.show()
