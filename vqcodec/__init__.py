@@ -28,7 +28,7 @@ from __future__ import annotations
 from vqcodec import pillow_plugin, threads
 from vqcodec.api import compress, compress_result, decompress, decompress_many, info, load_model
 
-__version__ = "0.2.4"
+__version__ = "0.2.5"
 
 __all__ = ["compress", "compress_result", "decompress", "decompress_many", "info", "load_model"]
 
