@@ -297,9 +297,9 @@ def _naming_the_input(job: Job, single: bool) -> Iterator[None]:
             yield
     except only as error:
         message, source = error.format_message(), "stdin" if job.source == "-" else job.source
-        if not message.startswith(f"{source}:") and not (single and isinstance(error, OutputError)):
-            error.message = f"{source}: {message}"
-        raise
+        if message.startswith(f"{source}:") or (single and isinstance(error, OutputError)):
+            raise
+        raise type(error)(f"{source}: {message}") from error.__cause__
 
 
 def run_jobs(jobs: list[Job], work: Callable[[Job], str], output: Output, verb: str) -> None:
