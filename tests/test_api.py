@@ -102,6 +102,15 @@ def test_info_reads_the_header_only(vqz: Path, bundled: Path, monkeypatch: pytes
     }
 
 
+def test_info_checks_a_model_given_without_bits(vqz: Path, tmp_path: Path):
+    """It was ignored: `info -m other.safetensors` described the file as if the model fitted it."""
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(MODEL.read_bytes() + b" ")
+    with pytest.raises(ModelMismatchError, match="file needs model"):
+        vqcodec.info(vqz, model=other)
+    assert vqcodec.info(vqz, model=MODEL)["width"] == 20
+
+
 def test_info_bits_without_the_model_stays_header_only(vqz: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)  # an empty zoo
     assert vqcodec.info(vqz, bits=True)["ideal_bits"] is None

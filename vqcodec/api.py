@@ -169,8 +169,9 @@ def info(
 
     ``bits=True`` also decodes the codes (no pixels) with the file's model, given or bundled, to fill
     in the ideal bits of every level and the range coder's overhead over them; those fields are None
-    without ``bits``, or when the model is not available. ``model``, ``device``, ``progress`` and
-    ``threads`` only matter with ``bits``.
+    without ``bits``, or when the model is not available. A ``model`` given is checked against the
+    file's (``ModelMismatchError``) with or without ``bits``; ``device``, ``progress`` and ``threads``
+    only matter with ``bits``.
     """
     from vqcodec import zoo
     from vqcodec.coding.container import VQZFile
@@ -179,6 +180,11 @@ def info(
     check_threads(threads)
     data = read_vqz(data)
     file = VQZFile.from_bytes(data)
+    if not bits and model is not None:  # a model file's id is its bytes' digest: hashed, not loaded
+        if isinstance(model, (str, os.PathLike)):
+            file.check_model(bytes.fromhex(zoo.sha256_of(zoo.resolve_model(model))))
+        else:
+            file.check_model(bytes.fromhex(model.sha256))
     if not bits or (model is None and zoo.find_by_id(file.model_id) is None):
         return describe(data, file)
     with limited(threads):

@@ -32,7 +32,8 @@ def info(
 ) -> None:
     """Describe a .vqz file: image, model, code maps and, with --bits, where the bits go.
 
-    Without --bits only the header is read: no model, no decoding.
+    Without --bits only the header is read: no model, no decoding (a --model given is checked
+    against the file by its id, a digest of its bytes).
 
     \b
     Examples:

@@ -68,7 +68,8 @@ def _version(path: Path) -> _Version:
     return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The SHA-256 (hex) of a model file, computed once per version of the file (its size and mtime)."""
     key = _version(path)
     if key not in _digests:
         digest = hashlib.sha256()
@@ -93,7 +94,7 @@ def _description(path: Path) -> str | None:
 def list_models() -> list[ModelInfo]:
     """The bundled models, sorted by name."""
     return [
-        ModelInfo(path.stem, _sha256(path), path, path.stat().st_size, _description(path))
+        ModelInfo(path.stem, sha256_of(path), path, path.stat().st_size, _description(path))
         for path in sorted(ZOO_DIR.glob(f"*{SUFFIX}"))
         if path.is_file()
     ]
