@@ -274,8 +274,8 @@ def _writes(fmt: str, mode: str) -> bool:
 def pixel_fidelity(fmt: str) -> str | None:
     """None if Pillow writes RGB images in the format ``fmt`` and reads them back as they were; else
     what it does to them, in words ("resizes images", "changes the pixels", "is not read back to
-    check the pixels").
-    Tried on one noisy image: GIF's palette, ICO's sizes and MPO's JPEG show on it."""
+    check the pixels"). Tried once on a noisy image, on which GIF's palette, ICO's sizes and MPO's
+    JPEG all show."""
     rgb = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     try:
