@@ -166,6 +166,14 @@ class VQZFile:
         return self.height if self.coded_size is None else self.coded_size[1]
 
     def __post_init__(self) -> None:
+        """The checks of ``vqz.md`` §10 that the fields alone allow, section by section."""
+        self._check_header()
+        self._check_chunks()
+        self._check_resample()
+        self._check_tiles()
+
+    def _check_header(self) -> None:
+        """§4: the model id, geometry, colour and padding, levels, coder, checksum and payload length."""
         object.__setattr__(self, "level_shapes", tuple((int(h), int(w)) for h, w in self.level_shapes))
         if len(self.model_id) != MODEL_ID_LEN:
             raise FormatError(f"model id must be {MODEL_ID_LEN} bytes, got {len(self.model_id)}")
@@ -186,6 +194,9 @@ class VQZFile:
         if len(self.payload) % 4:
             raise FormatError(f"payload length {len(self.payload)} is not a multiple of 4 bytes")
         _check_payload_length(len(self.payload), self.level_shapes)
+
+    def _check_chunks(self) -> None:
+        """§5 and §5.3: the alpha plane, the metadata, their sizes and the number of chunks."""
         if self.colour.has_alpha != (self.alpha is not None):
             raise FormatError(f"colour mode {self.colour.name} and the presence of an alpha plane disagree")
         if self.alpha is not None and len(self.alpha) != self.width * self.height:
@@ -207,29 +218,37 @@ class VQZFile:
         known = (self.alpha, self.coded_size, self.tile, self.icc, self.exif, self.xmp)
         if sum(field is not None for field in known) + len(self.extra_chunks) > MAX_CHUNKS:
             raise FormatError(f"more than {MAX_CHUNKS} chunks")
-        if self.coded_size is not None:
-            object.__setattr__(self, "coded_size", (int(self.coded_size[0]), int(self.coded_size[1])))
-            coded_width, coded_height = self.coded_size
-            if not (1 <= coded_width <= self.width and 1 <= coded_height <= self.height):
-                raise FormatError(
-                    f"coded size {coded_width}x{coded_height} must lie within the image's"
-                    f" {self.width}x{self.height}"
-                )
-            if self.coded_size == (self.width, self.height):
-                raise FormatError("a RESAMPLE chunk must shrink the image (coded size equals the image size)")
-        if self.tile is not None:
-            object.__setattr__(self, "tile", (int(self.tile[0]), int(self.tile[1])))
-            tile_width, tile_height = self.tile
-            coded = (self.coded_width, self.coded_height)
-            too_small = any(side < min(MIN_TILE, whole) for side, whole in zip(self.tile, coded, strict=True))
-            if too_small or (tile_width >= self.coded_width and tile_height >= self.coded_height):
-                raise FormatError(
-                    f"tiles of {tile_width}x{tile_height} pixels must split the coded {coded[0]}x{coded[1]}"
-                    f" image, each side at least {MIN_TILE} or the image's"
-                )
         for chunk in self.extra_chunks:
             if not 0 <= chunk.type < 256 or chunk.critical or chunk.type in _KNOWN_CHUNKS:
                 raise FormatError(f"extra chunk type 0x{chunk.type:02x} must be an unknown ancillary type")
+
+    def _check_resample(self) -> None:
+        """§5.1: a coded size within the image, and smaller."""
+        if self.coded_size is None:
+            return
+        object.__setattr__(self, "coded_size", (int(self.coded_size[0]), int(self.coded_size[1])))
+        coded_width, coded_height = self.coded_size
+        if not (1 <= coded_width <= self.width and 1 <= coded_height <= self.height):
+            raise FormatError(
+                f"coded size {coded_width}x{coded_height} must lie within the image's"
+                f" {self.width}x{self.height}"
+            )
+        if self.coded_size == (self.width, self.height):
+            raise FormatError("a RESAMPLE chunk must shrink the image (coded size equals the image size)")
+
+    def _check_tiles(self) -> None:
+        """§5.2: tiles that split the coded image, each side at least ``MIN_TILE`` or the image's."""
+        if self.tile is None:
+            return
+        object.__setattr__(self, "tile", (int(self.tile[0]), int(self.tile[1])))
+        tile_width, tile_height = self.tile
+        coded = (self.coded_width, self.coded_height)
+        too_small = any(side < min(MIN_TILE, whole) for side, whole in zip(self.tile, coded, strict=True))
+        if too_small or (tile_width >= self.coded_width and tile_height >= self.coded_height):
+            raise FormatError(
+                f"tiles of {tile_width}x{tile_height} pixels must split the coded {coded[0]}x{coded[1]}"
+                f" image, each side at least {MIN_TILE} or the image's"
+            )
 
     def to_bytes(self) -> bytes:
         """Serialise, following the spec field by field."""
