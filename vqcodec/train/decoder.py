@@ -37,11 +37,11 @@ from vqcodec.train.checkpoint import (
     refuse_float_resume,
 )
 from vqcodec.train.data import CALIBRATION_IMAGES, calibration_images
-from vqcodec.train.evaluate import psnr_of_mse, reconstruction_mse
+from vqcodec.train.evaluate import psnr_of_mse
 from vqcodec.train.fake_quant import quantised_forward
 from vqcodec.train.loop import Schedule, Validation, train_stage
 from vqcodec.train.run import default_device, default_workers, read_config, resolve_precision
-from vqcodec.train.stage1 import VQVAEStage, image_folders, images_digest
+from vqcodec.train.stage1 import ImageStage, image_folders, images_digest
 
 STAGE = "decoder"
 DECODER_PARTS = ("upsamplers", "decoder")
@@ -70,7 +70,7 @@ class DecoderHalf(nn.Module):
 
 
 @dataclass
-class DecoderStage(VQVAEStage):
+class DecoderStage(ImageStage):
     """Stage 1b as the training loop sees it: stage 1's data, a frozen encoder, MSE of the decoder."""
 
     vqvae: VQVAE
@@ -112,15 +112,10 @@ class DecoderStage(VQVAEStage):
         return f"psnr {record['psnr']:.2f}"
 
     def validate(self, model: nn.Module) -> Validation | None:
-        if self.ranges is None or self.val_data is None:
-            return super().validate(self.vqvae)
-        batch_size = max(1, self.batch_size // self.env.world_size)
-        mse = reconstruction_mse(
-            self.vqvae, self.val_data, batch_size, self.env, self.precision, lambda x: self.forward(model, x)
-        )
-        return Validation(
-            {"val_mse": mse, "val_psnr": psnr_of_mse(mse)},
-            f"validation (integer roundings) mse {mse:.5f}, psnr {psnr_of_mse(mse):.2f} dB",
+        if self.ranges is None:
+            return self.reconstruction(self.vqvae, "validation")
+        return self.reconstruction(
+            self.vqvae, "validation (integer roundings)", lambda x: self.forward(model, x)
         )
 
 
@@ -184,7 +179,6 @@ def train_decoder(
             **({"input_ranges": ranges} if ranges is not None else {}),
             **sources,
         },
-        config=config,
         data=dataset,
         val_data=val_set,
         batch_size=batch_size,

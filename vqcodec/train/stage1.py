@@ -7,7 +7,7 @@ what it minimises and what it logs (codebook perplexity and usage per level).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +35,47 @@ STAGE = "vqvae"
 
 
 @dataclass
-class VQVAEStage(Stage):
-    """Stage 1 as the training loop sees it."""
+class ImageStage(Stage):
+    """A stage that learns from random crops of images (stage 1, and 1b in ``decoder.py``): their
+    stream of batches, and the reconstruction error on the validation crops."""
 
-    config: VQVAEConfig
     data: ImageFolder
     val_data: ImageFolder | None
     batch_size: int
     seed: int
     workers: int
+
+    def batches(self, start: int, stop: int) -> Iterator[torch.Tensor]:
+        env = self.env
+        sampler = StreamSampler(
+            len(self.data), self.batch_size, self.seed, start, stop, env.rank, env.world_size
+        )
+        loader = DataLoader(
+            self.data, batch_sampler=sampler, num_workers=self.workers, pin_memory=env.device.type == "cuda"
+        )
+        for x in loader:
+            yield x.to(env.device, non_blocking=True)
+
+    def reconstruction(
+        self, vqvae: nn.Module, what: str, reconstruct: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> Validation | None:
+        """The MSE and PSNR of ``vqvae``'s reconstructions (``reconstruct``'s, if given) of the
+        validation crops; None without them. ``what`` names the validation in the log."""
+        if self.val_data is None:
+            return None
+        batch_size = max(1, self.batch_size // self.env.world_size)
+        mse = reconstruction_mse(vqvae, self.val_data, batch_size, self.env, self.precision, reconstruct)
+        return Validation(
+            {"val_mse": mse, "val_psnr": psnr_of_mse(mse)},
+            f"{what} mse {mse:.5f}, psnr {psnr_of_mse(mse):.2f} dB",
+        )
+
+
+@dataclass
+class VQVAEStage(ImageStage):
+    """Stage 1 as the training loop sees it."""
+
+    config: VQVAEConfig
 
     @property
     def name(self) -> str:
@@ -59,17 +91,6 @@ class VQVAEStage(Stage):
 
     def build(self) -> nn.Module:
         return VQVAE(self.config)
-
-    def batches(self, start: int, stop: int) -> Iterator[torch.Tensor]:
-        env = self.env
-        sampler = StreamSampler(
-            len(self.data), self.batch_size, self.seed, start, stop, env.rank, env.world_size
-        )
-        loader = DataLoader(
-            self.data, batch_sampler=sampler, num_workers=self.workers, pin_memory=env.device.type == "cuda"
-        )
-        for x in loader:
-            yield x.to(env.device, non_blocking=True)
 
     def forward(self, net: nn.Module, batch: torch.Tensor) -> VQVAEOutput:
         return net(batch)
@@ -96,14 +117,7 @@ class VQVAEStage(Stage):
         return f"loss {record['loss']:.4f} psnr {record['psnr']:.2f} ppl {ppl}"
 
     def validate(self, model: nn.Module) -> Validation | None:
-        if self.val_data is None:
-            return None
-        batch_size = max(1, self.batch_size // self.env.world_size)
-        mse = reconstruction_mse(model, self.val_data, batch_size, self.env, self.precision)
-        return Validation(
-            {"val_mse": mse, "val_psnr": psnr_of_mse(mse)},
-            f"validation mse {mse:.5f}, psnr {psnr_of_mse(mse):.2f} dB",
-        )
+        return self.reconstruction(model, "validation")
 
 
 def train_vqvae(
