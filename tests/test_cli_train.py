@@ -284,3 +284,26 @@ def test_training_options_pass_through_torchrun() -> None:
 def test_help_teaches_with_examples(command: list[str]) -> None:
     result = ok(*command, "--help")
     assert "Usage:" in result.output and "vqcodec" in result.output
+
+
+def test_a_refused_start_leaves_no_run_behind(tmp_path: Path) -> None:
+    """`--resume` in a new folder failed after writing its config.json: a second try with another preset
+    was then refused as "another model configuration"."""
+    images, run = make_images(tmp_path / "images", n=2), tmp_path / "run"
+    vqvae = [
+        "train",
+        "vqvae",
+        "--data",
+        images,
+        "--out",
+        run,
+        "--crop",
+        "32",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    fails(*vqvae, "--preset", "tiny", "--resume", message="cannot resume: no checkpoint")
+    assert not (run / "config.json").exists()
+    ok(*vqvae, "--preset", "tiny", "--batch-size", "2")

@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 from vqcodec.models.config import PRESETS, ModelConfig, VQVAEConfig
 from vqcodec.models.vqvae import VQVAE, VQVAEOutput
 from vqcodec.train import dist
+from vqcodec.train.checkpoint import checkpoint_path
 from vqcodec.train.data import ImageFolder, StreamSampler
 from vqcodec.train.evaluate import psnr_of_mse, reconstruction_mse
-from vqcodec.train.loop import Schedule, Stage, Validation, train_stage
+from vqcodec.train.loop import Schedule, Stage, Validation, check_resume, train_stage
 from vqcodec.train.run import (
     default_device,
     default_workers,
@@ -153,20 +154,22 @@ def train_vqvae(
 
     env = dist.setup(device or default_device())
     precision = resolve_precision(precision, env.device)
+    settings = {
+        "batch_size": batch_size,
+        "crop": crop,
+        "lr": lr,
+        "seed": seed,
+        "precision": precision,
+        "images": images_digest(dataset),
+    }
+    check_resume(checkpoint_path(run, STAGE), settings, resume)  # a refused start leaves no config.json
     write_config(run, config)
     dist.barrier()
 
     stage = VQVAEStage(
         env=env,
         precision=precision,
-        settings={
-            "batch_size": batch_size,
-            "crop": crop,
-            "lr": lr,
-            "seed": seed,
-            "precision": precision,
-            "images": images_digest(dataset),
-        },
+        settings=settings,
         meta=sources,
         config=config.vqvae,
         data=dataset,
