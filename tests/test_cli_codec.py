@@ -548,7 +548,7 @@ def test_devices_and_pipes_are_written_in_place(model: str, png: Path, tmp_path:
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)  # never a hang
     reader.start()
     result = run("decompress", "-m", model, "--force", vqz, fifo)
     reader.join(timeout=60)
