@@ -178,7 +178,7 @@ def _of_the_output(error: OSError) -> bool:
 
 def output_failed(error: OSError) -> NoReturn:
     """End the process when its output cannot be written: quietly, with the status a process killed by
-    SIGPIPE has, when the reader went away (``vqcodec models | head -1``), else with one line (its
+    SIGPIPE has, when the reader went away (``vqcodec models | true``), else with one line (its
     ``--help`` into a full disk); stdout goes to /dev/null, so that Python's last flush is quiet."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if isinstance(error, BrokenPipeError):
