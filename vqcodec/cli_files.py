@@ -150,10 +150,10 @@ def read_vqz_input(source: str) -> bytes:
 
 
 def write_output(target: str, data: bytes) -> None:
-    """Write ``data`` to stdout, to a device or pipe in place (``is_special``), or else through a
-    temporary file in the same folder, synced, then renamed over the output: an error, a crash or a
-    signal never leaves a partial output. A file replaced (--force) keeps its permissions and, where
-    allowed, its owner."""
+    """Write ``data`` to stdout, to a pipe or character device in place (``is_special``), or else
+    through a temporary file in the same folder, synced, then renamed over the output: an error, a
+    crash or a signal never leaves a partial output. A file replaced (--force) keeps its permissions
+    and, where allowed, its owner; a block device or socket is refused."""
     if target == "-":
         stream = standard_stream("stdout")
         try:
