@@ -95,11 +95,20 @@ def is_special(path: Path) -> bool:
     output is written in place, as other tools do, not replaced by a file, and needs no --force: its
     data goes to a reader, nothing stored is overwritten. (A block device, a disk, is refused as an
     existing output is without --force; with it, ``write_output`` refuses it still.)"""
+    return _streams(_mode(path))
+
+
+def _streams(mode: int | None) -> bool:
+    """Whether a file of ``mode`` is a pipe or a character device (``is_special``)."""
+    return mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode))
+
+
+def _mode(path: Path) -> int | None:
+    """The mode of what ``path`` is or links to; None if there is nothing there (or it cannot be read)."""
     try:
-        mode = os.stat(path).st_mode
+        return os.stat(path).st_mode
     except (OSError, ValueError):
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+        return None
 
 
 def _resolved(path: Path) -> Path:
@@ -162,10 +171,11 @@ def write_output(target: str, data: bytes) -> None:
         except OSError as error:
             raise _naming(error, "stdout") from error
         return
-    out = Path(target)
-    if _exists_as_other(out):
+    out, mode = Path(target), _mode(Path(target))
+    in_place = _streams(mode)
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or in_place):
         raise OutputError(f"{target} is neither a file, a pipe nor a character device: not written")
-    if is_special(out):
+    if in_place:
         try:
             with open(out, "wb") as stream:
                 if stream.isatty():
@@ -201,16 +211,6 @@ def write_output(target: str, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _exists_as_other(path: Path) -> bool:
-    """Whether ``path`` is, or links to, something that no output may replace or be written into: a
-    block device (a disk), a socket."""
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode))
 
 
 def _write_all(stream: BinaryIO, data: bytes) -> None:
